@@ -1,0 +1,3 @@
+"""Planner, rollout controller, store, HTTP server and the `engine` CLI."""
+
+__all__: list[str] = []

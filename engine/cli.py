@@ -1,0 +1,55 @@
+"""The `engine` command line: one subcommand module per verb under engine/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+__all__ = ["main"]
+
+#: Subcommand modules, in the order `engine --help` lists them. Each module has
+#: ``register(subparsers) -> None`` that adds its parser and sets ``func``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "validate",
+    "plan",
+    "reports",
+    "schema",
+    "keys",
+)
+
+
+class _Registrar(Protocol):
+    def __call__(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None: ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="engine",
+        description="Plan and roll out agent releases across a device fleet.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"engine.commands.{name}")
+        register: _Registrar = module.register
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the engine CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

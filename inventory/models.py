@@ -1,0 +1,225 @@
+"""Validated models of the operator repo's inventory (devices, groups, settings).
+
+Operator-written YAML: every model forbids unknown keys, so a typo fails with
+its file, line and key path instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inventory.duration import Duration
+from inventory.version import Version
+
+__all__ = [
+    "AgentSpec",
+    "Device",
+    "EngineSettings",
+    "Group",
+    "Inventory",
+    "MaintenanceWindow",
+    "Match",
+    "OnFailure",
+    "Platform",
+    "RolloutPolicy",
+]
+
+
+class Platform(StrEnum):
+    """Operating system family of a device."""
+
+    WINDOWS = "windows"
+    LINUX = "linux"
+    MACOS = "macos"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+StrOrList = str | list[str]
+
+
+class Match(_Strict):
+    """Selector of devices: every key given must match; a list means any of its values."""
+
+    platform: Platform | list[Platform] | None = None
+    site: StrOrList | None = None
+    tags: StrOrList | None = None
+    labels: dict[str, StrOrList] | None = None
+
+    def matches(self, device: Device) -> bool:
+        """True when the device satisfies every key of this selector."""
+        if self.platform is not None:
+            allowed = self.platform if isinstance(self.platform, list) else [self.platform]
+            if device.platform not in allowed:
+                return False
+        if self.site is not None:
+            sites = self.site if isinstance(self.site, list) else [self.site]
+            if device.site not in sites:
+                return False
+        if self.tags is not None:
+            wanted = self.tags if isinstance(self.tags, list) else [self.tags]
+            if not any(t in device.tags for t in wanted):
+                return False
+        if self.labels is not None:
+            for key, value in self.labels.items():
+                values = value if isinstance(value, list) else [value]
+                if device.labels.get(key) not in values:
+                    return False
+        return True
+
+    @property
+    def is_empty(self) -> bool:
+        """A selector with no keys matches nothing (groups list members explicitly)."""
+        return (
+            self.platform is None
+            and self.site is None
+            and self.tags is None
+            and (self.labels is None)
+        )
+
+
+class Device(_Strict):
+    """One device of the fleet as the operator declares it."""
+
+    platform: Platform
+    site: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    pin: Version | None = None
+
+
+class AgentSpec(_Strict):
+    """Which agent release a group should run."""
+
+    release: Version
+
+
+class OnFailure(StrEnum):
+    """What a rollout does when a wave crosses its failure threshold."""
+
+    HALT = "halt"  # stop and plan devices that took the release back to the previous one
+    PAUSE = "pause"  # stop handing out the release; an operator decides
+
+
+class RolloutPolicy(_Strict):
+    """How fast a release moves through a group, and when it stops itself."""
+
+    waves: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        default_factory=lambda: [10.0, 50.0, 100.0],
+        description="cumulative percentages of the group, strictly increasing, ending at 100",
+    )
+    max_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    min_success_rate: float = Field(default=0.95, ge=0, le=1)
+    soak: Duration = timedelta(minutes=10)
+    max_parallel: int = Field(default=50, ge=1)
+    on_failure: OnFailure = OnFailure.HALT
+
+    @field_validator("waves")
+    @classmethod
+    def _waves_increase_to_100(cls, waves: list[float]) -> list[float]:
+        if not waves:
+            raise ValueError("waves must list at least one percentage, ending at 100")
+        for before, after in itertools.pairwise(waves):
+            if after <= before:
+                raise ValueError(
+                    f"waves must be strictly increasing cumulative percentages; "
+                    f"{after:g} follows {before:g}"
+                )
+        if waves[-1] != 100:
+            raise ValueError(f"the last wave must be 100 (the whole group), found {waves[-1]:g}")
+        return waves
+
+
+class MaintenanceWindow(_Strict):
+    """When devices of a group may be touched: a cron start, a duration, a time zone."""
+
+    cron: str
+    duration: Duration
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_is_valid(cls, cron: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(cron):
+            raise ValueError(
+                f"{cron!r} is not a cron expression: expected five fields "
+                "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
+            )
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_is_known(cls, tz: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(
+                f"{tz!r} is not a known IANA time zone (e.g. UTC, Europe/Berlin)"
+            ) from e
+        return tz
+
+    @field_validator("duration")
+    @classmethod
+    def _duration_positive(cls, duration: timedelta) -> timedelta:
+        if duration <= timedelta(0) or duration > timedelta(days=7):
+            raise ValueError("duration must be more than 0 and at most 7d")
+        return duration
+
+
+class Group(_Strict):
+    """A set of devices (by selector and/or explicit members) and what they should run."""
+
+    match: Match = Field(default_factory=Match)
+    members: list[str] = Field(default_factory=list)
+    priority: int = 0
+    agent: AgentSpec | None = None
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
+    maintenance_window: MaintenanceWindow | None = None
+    description: str | None = None
+
+
+class Inventory(_Strict):
+    """All devices and groups of the operator repo, merged from every inventory file."""
+
+    devices: dict[str, Device] = Field(default_factory=dict)
+    groups: dict[str, Group] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _members_exist(self) -> Inventory:
+        for name, group in self.groups.items():
+            for member in group.members:
+                if member not in self.devices:
+                    raise ValueError(
+                        f"group {name!r} lists member {member!r}, which is not a device"
+                    )
+        return self
+
+
+class EngineSettings(_Strict):
+    """engine.yaml: optional settings of the operator repo."""
+
+    state: str | None = Field(
+        default=None, description="SQLAlchemy URL of the store; default sqlite at .engine/state.db"
+    )
+    server_url: str | None = None
+    signing_key: str | None = Field(
+        default=None, description="path of the ed25519 private key used by `engine release sign`"
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list, description="paths of public keys whose signatures the engine checks"
+    )
+    stale_after: Duration = Field(
+        default=timedelta(days=7),
+        description="a device whose last report is older than this is planned as blocked",
+    )

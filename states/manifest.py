@@ -1,0 +1,234 @@
+"""Release manifests: one signed document binding a version to every file it installs.
+
+Manifests are read both by the engine (operator-written, strict) and by the
+agent runtime (served, possibly by a newer engine). ``ReleaseManifest`` is
+strict; the runtime parses with ``ReleaseManifest.parse_served`` which ignores
+unknown keys so an old runtime keeps working with a newer server.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inventory.duration import Duration
+from inventory.models import Platform
+from inventory.version import Version
+
+__all__ = [
+    "FileEntry",
+    "HealthCheck",
+    "HealthCheckKind",
+    "PlatformRelease",
+    "ReleaseManifest",
+    "validate_relative_path",
+]
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate_relative_path(path: str) -> str:
+    """Return ``path`` if it stays inside the agent root; raise ValueError otherwise.
+
+    Refuses absolute POSIX paths, Windows drive or UNC paths, backslashes,
+    ``..`` components and empty components.
+    """
+    if not path or path.strip() != path:
+        raise ValueError("path must be a non-empty relative path without surrounding spaces")
+    if "\\" in path:
+        raise ValueError(f"path {path!r} must use '/' as separator, not '\\'")
+    if "\x00" in path:
+        raise ValueError("path contains a NUL byte")
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).drive or path.startswith("/"):
+        raise ValueError(f"path {path!r} must be relative to the agent root, not absolute")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"path {path!r} must not contain '..', '.' or empty components")
+    return path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    """One file of a release: where it goes, what it must hash to, where to get it."""
+
+    path: str
+    sha256: str
+    size: int = Field(ge=0)
+    mode: int = Field(default=0o644, description="POSIX permission bits, e.g. 0755 or '0755'")
+    source: str = Field(description="path under the repo's artifacts/ or an http(s) URL")
+
+    @field_validator("path")
+    @classmethod
+    def _path_inside_root(cls, path: str) -> str:
+        return validate_relative_path(path)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str) -> str:
+        if not _SHA256_RE.match(value):
+            raise ValueError("sha256 must be 64 lowercase hexadecimal characters")
+        return value
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_octal(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = int(value, 8)
+            except ValueError as e:
+                raise ValueError(f"mode {value!r} is not octal (e.g. '0755')") from e
+        if isinstance(value, int) and not 0 <= value <= 0o7777:
+            raise ValueError("mode must be between 0000 and 7777 (octal)")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_path_or_url(cls, source: str) -> str:
+        if source.startswith(("http://", "https://")):
+            return source
+        return validate_relative_path(source)
+
+
+class HealthCheckKind(StrEnum):
+    """How the runtime proves the new version alive."""
+
+    HEARTBEAT_FILE = "heartbeat_file"
+    HTTP = "http"
+    PROCESS = "process"
+    SERVER = "server"
+
+
+class HealthCheck(_Strict):
+    """A check that the newly installed version runs: must pass within ``timeout``."""
+
+    kind: HealthCheckKind
+    timeout: Duration = timedelta(seconds=60)
+    path: str | None = Field(
+        default=None, description="heartbeat_file: file the agent writes, relative to agent root"
+    )
+    max_age: Duration = Field(
+        default=timedelta(seconds=30), description="heartbeat_file: how fresh the beat must be"
+    )
+    url: str | None = Field(default=None, description="http: a local URL answering 200")
+    stable_for: Duration = Field(
+        default=timedelta(seconds=5), description="process: how long it must stay up"
+    )
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> HealthCheck:
+        if self.kind is HealthCheckKind.HEARTBEAT_FILE and not self.path:
+            raise ValueError("a heartbeat_file health check needs 'path'")
+        if self.kind is HealthCheckKind.HTTP and not self.url:
+            raise ValueError("an http health check needs 'url'")
+        if self.path is not None:
+            validate_relative_path(self.path)
+        return self
+
+
+class PlatformRelease(_Strict):
+    """The files (and optionally how to run them) of a release on one platform."""
+
+    files: Annotated[list[FileEntry], Field(min_length=1)]
+    command: list[str] | None = Field(
+        default=None,
+        description="for the process service manager: argv to start the agent, "
+        "relative to the agent root; '{python}' is the runtime's interpreter",
+    )
+
+    @field_validator("files")
+    @classmethod
+    def _unique_paths(cls, files: list[FileEntry]) -> list[FileEntry]:
+        seen: set[str] = set()
+        for f in files:
+            key = f.path.lower()  # Windows and macOS file systems are case-insensitive
+            if key in seen:
+                raise ValueError(f"file {f.path!r} is listed twice")
+            seen.add(key)
+        return files
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of all files together."""
+        return sum(f.size for f in self.files)
+
+
+class ReleaseManifest(_Strict):
+    """releases/<version>.yaml: version, serial, expiry, files per platform, health, rollback."""
+
+    kind: Literal["release"] = "release"
+    version: Version
+    serial: int = Field(ge=1, description="monotonic across releases; devices refuse lower ones")
+    expires: datetime = Field(description="devices refuse the manifest after this instant")
+    platforms: dict[Platform, PlatformRelease]
+    health_check: HealthCheck | None = None
+    rollback_to: list[Version] = Field(
+        default_factory=list,
+        description="earlier releases this one authorises devices to go back to",
+    )
+    notes: str | None = None
+
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("expires needs a time zone, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _some_platform(
+        cls, value: dict[Platform, PlatformRelease]
+    ) -> dict[Platform, PlatformRelease]:
+        if not value:
+            raise ValueError("a release needs files for at least one platform")
+        return value
+
+    @classmethod
+    def parse_served(cls, data: dict[str, Any]) -> ReleaseManifest:
+        """Validate a manifest received from a server, ignoring keys newer engines add."""
+        return _ServedManifest.model_validate(data).to_manifest()
+
+
+class _ServedManifest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    version: Version
+    serial: int
+    expires: datetime
+    platforms: dict[str, dict[str, Any]]
+    health_check: dict[str, Any] | None = None
+    rollback_to: list[Version] = Field(default_factory=list)
+
+    def to_manifest(self) -> ReleaseManifest:
+        known = {p.value for p in Platform}
+        platforms: dict[Platform, PlatformRelease] = {}
+        for name, body in self.platforms.items():
+            if name not in known:
+                continue
+            files = [
+                FileEntry.model_validate(
+                    {k: v for k, v in f.items() if k in FileEntry.model_fields}
+                )
+                for f in body.get("files", [])
+            ]
+            platforms[Platform(name)] = PlatformRelease(files=files, command=body.get("command"))
+        health = None
+        if self.health_check is not None:
+            health = HealthCheck.model_validate(
+                {k: v for k, v in self.health_check.items() if k in HealthCheck.model_fields}
+            )
+        return ReleaseManifest(
+            version=self.version,
+            serial=self.serial,
+            expires=self.expires,
+            platforms=platforms,
+            health_check=health,
+            rollback_to=self.rollback_to,
+        )
