@@ -22,6 +22,7 @@ from states.plan import (
     StepName,
     WavePlan,
 )
+from states.report import Report
 
 __all__ = [
     "CHANGING_ACTIONS",
@@ -36,6 +37,7 @@ __all__ = [
     "PlatformRelease",
     "ReleaseManifest",
     "ReleaseRef",
+    "Report",
     "RolloutPlan",
     "StateRef",
     "Step",

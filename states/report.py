@@ -1,0 +1,40 @@
+"""What a device last said about itself: the input the planner diffs against."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from inventory.models import Platform
+from inventory.version import Version
+
+__all__ = ["Report"]
+
+
+class Report(BaseModel):
+    """A device's last report: which agent version runs there and when it was seen.
+
+    ``engine reports import`` reads a JSON list of these; the server stores one
+    per check-in. Unknown keys are ignored (exports from older systems carry
+    more fields).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    device: str = Field(min_length=1, max_length=200)
+    agent_version: Version | None = None
+    platform: Platform | None = None
+    last_seen: datetime
+    runtime_version: str | None = None
+    known_good: Version | None = None
+    last_result: str | None = Field(
+        default=None, description="outcome of the last transaction, e.g. committed, rolled_back"
+    )
+
+    @field_validator("last_seen")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("last_seen needs a time zone, e.g. 2026-11-27T10:00:00Z")
+        return value
