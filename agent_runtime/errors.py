@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentRuntimeError", "HealthCheckError", "ServiceError"]
+__all__ = [
+    "AgentRuntimeError",
+    "ArtifactMismatchError",
+    "ConfigError",
+    "DowngradeError",
+    "DownloadError",
+    "ExpiredManifestError",
+    "FaultInjectedError",
+    "HealthCheckError",
+    "JournalError",
+    "LayoutError",
+    "ManifestError",
+    "PlanError",
+    "ServiceError",
+    "SignatureInvalidError",
+    "StateError",
+]
 
 
 class AgentRuntimeError(Exception):
@@ -15,3 +31,61 @@ class ServiceError(AgentRuntimeError):
 
 class HealthCheckError(AgentRuntimeError):
     """A health check is misconfigured and cannot be run at all."""
+
+
+# --- transaction, trust, download, config (appended by the transaction owner) ---
+
+
+class ConfigError(AgentRuntimeError):
+    """The device config file is missing, malformed or has unknown / invalid keys."""
+
+
+class PlanError(AgentRuntimeError):
+    """The plan cannot be read, or does not name this device or its release."""
+
+
+class StateError(AgentRuntimeError):
+    """The device state file cannot be read or written."""
+
+
+class JournalError(AgentRuntimeError):
+    """The transaction journal cannot be read or written."""
+
+
+class LayoutError(AgentRuntimeError):
+    """The agent root cannot be changed as the layout requires."""
+
+
+class FaultInjectedError(AgentRuntimeError):
+    """A test fault point (AGENT_RUNTIME_FAULT) made a step fail."""
+
+
+class DownloadError(AgentRuntimeError):
+    """Transport failure fetching a manifest or artifact (network, HTTP status, stall).
+
+    ``status`` is the HTTP status code when the server answered, else None.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ManifestError(AgentRuntimeError):
+    """Bad data: a release that must not be installed (unsigned, expired, downgrade, mismatch)."""
+
+
+class SignatureInvalidError(ManifestError):
+    """The manifest's signature is missing, malformed, by an unknown key, or does not match."""
+
+
+class ExpiredManifestError(ManifestError):
+    """The manifest's ``expires`` instant has passed (freeze attack or stale release)."""
+
+
+class DowngradeError(ManifestError):
+    """The manifest's serial is below the highest seen and no rollback authorises it."""
+
+
+class ArtifactMismatchError(ManifestError):
+    """A downloaded file's size or sha256 differs from the signed manifest."""
