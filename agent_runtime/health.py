@@ -1,0 +1,243 @@
+"""Health checks that prove a given agent version alive after a restart.
+
+Kinds (``states.manifest.HealthCheckKind``):
+
+``heartbeat_file``
+    The agent writes JSON ``{"version": "3.0.1", "pid": 123, "time": "<ISO 8601 UTC>"}``
+    atomically to a file. ``check.path`` is relative to ``agent_dir``, the
+    directory the agent runs in (``RunSpec.cwd``). Healthy when the file names
+    the expected version, its time is after ``since`` and at most ``max_age``
+    old.
+``http``
+    GET ``check.url`` (loopback hosts only); healthy on status 200 with a JSON
+    body whose ``version`` is the expected one, or a text body naming it.
+``process``
+    The service manager reports the agent running without interruption for
+    ``stable_for``.
+``server``
+    Needs a server connection: not available to the on-device probe yet.
+
+Every check polls with the injected clock until it passes or ``check.timeout``
+elapses, and answers with a ``HealthResult`` naming the reason; an unhealthy
+agent is never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import requests
+
+from agent_runtime.effects import Clock, HealthResult, ServiceManager
+from agent_runtime.services.process import ProcessExit
+from inventory.duration import format_duration
+from inventory.version import Version, VersionError
+from states.manifest import HealthCheck, HealthCheckKind
+
+__all__ = ["ExitReporter", "Health", "read_heartbeat"]
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Longest single HTTP request of an http check (connect, read).
+HTTP_TIMEOUT = 2.0
+
+
+@runtime_checkable
+class ExitReporter(Protocol):
+    """A service manager that knows when and how the agent it started exited."""
+
+    def last_exit(self) -> ProcessExit | None:
+        """How the agent last ended; None while it runs or when unknown."""
+        ...
+
+
+def read_heartbeat(path: Path) -> tuple[str, datetime]:
+    """Read ``(version, time)`` from a heartbeat file.
+
+    Raises FileNotFoundError when it is missing and ValueError when it is not a
+    heartbeat (bad JSON, missing or malformed fields, a time without zone).
+    """
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    version, stamp = data.get("version"), data.get("time")
+    if not isinstance(version, str) or not isinstance(stamp, str):
+        raise ValueError("needs string fields 'version' and 'time'")
+    when = datetime.fromisoformat(stamp)
+    if when.tzinfo is None:
+        raise ValueError(f"time {stamp!r} has no time zone")
+    return version, when
+
+
+def _names_version(body: str, version: str) -> bool:
+    """True when ``version`` appears in ``body`` as a whole version (3.0.1 is not in 3.0.10)."""
+    pattern = rf"(?<![0-9A-Za-z.+-]){re.escape(version)}(?![0-9A-Za-z+-]|\.[0-9A-Za-z])"
+    return re.search(pattern, body) is not None
+
+
+def _same_version(found: str, expected: Version) -> bool:
+    try:
+        return Version.parse(found) == expected
+    except VersionError:
+        return False
+
+
+class Health:
+    """Implements ``effects.HealthProbe`` for one device's agent."""
+
+    def __init__(
+        self,
+        service: ServiceManager,
+        agent_dir: Path,
+        *,
+        poll_interval: float = 0.5,
+        http_get: Callable[[str, float], requests.Response] | None = None,
+    ) -> None:
+        self.service = service
+        self.agent_dir = agent_dir
+        self.poll_interval = poll_interval
+        self._http_get = http_get or _loopback_get
+
+    def wait_healthy(
+        self, check: HealthCheck, expected: Version, since: datetime, clock: Clock
+    ) -> HealthResult:
+        """Poll until ``check`` passes for ``expected`` with evidence newer than ``since``,
+        or ``check.timeout`` passes; the result says why it failed."""
+        if check.kind is HealthCheckKind.SERVER:
+            return HealthResult(False, "server health checks need a server connection")
+        if check.kind is HealthCheckKind.PROCESS:
+            return self._wait_stable(check, clock)
+        if check.kind is HealthCheckKind.HTTP:
+            assert check.url is not None  # enforced by HealthCheck
+            return self._poll(check, clock, lambda: self._http_once(check.url or "", expected))
+        assert check.path is not None  # enforced by HealthCheck
+        path = self.agent_dir / check.path
+        return self._poll(
+            check, clock, lambda: self._heartbeat_once(path, check, expected, since, clock)
+        )
+
+    # -- polling --------------------------------------------------------------------
+
+    def _exited(self) -> str | None:
+        """A description of the agent's exit when the service manager saw it end."""
+        if isinstance(self.service, ExitReporter) and not self.service.is_running():
+            ended = self.service.last_exit()
+            if ended is not None:
+                return f"process {ended.describe()}"
+        return None
+
+    def _poll(
+        self, check: HealthCheck, clock: Clock, once: Callable[[], HealthResult]
+    ) -> HealthResult:
+        timeout = check.timeout.total_seconds()
+        start = clock.monotonic()
+        while True:
+            result = once()
+            if result.healthy:
+                return result
+            elapsed = clock.monotonic() - start
+            exited = self._exited()
+            if exited is not None:
+                return HealthResult(False, f"{exited} after {elapsed:.1f}s; {result.detail}")
+            if elapsed >= timeout:
+                return HealthResult(
+                    False, f"{result.detail} after {format_duration(check.timeout)}"
+                )
+            clock.sleep(min(self.poll_interval, max(timeout - elapsed, 0.0)))
+
+    def _wait_stable(self, check: HealthCheck, clock: Clock) -> HealthResult:
+        timeout = check.timeout.total_seconds()
+        need = check.stable_for.total_seconds()
+        start = clock.monotonic()
+        up_since: float | None = None
+        interruptions = 0
+        while True:
+            now = clock.monotonic()
+            if self.service.is_running():
+                if up_since is None:
+                    up_since = now
+                if now - up_since >= need:
+                    return HealthResult(True, f"process running for {now - up_since:.1f}s")
+            else:
+                if up_since is not None:
+                    interruptions += 1
+                up_since = None
+                exited = self._exited()
+                if exited is not None:
+                    return HealthResult(False, f"{exited} after {now - start:.1f}s")
+            if now - start >= timeout:
+                ran = f"ran for {now - up_since:.1f}s" if up_since is not None else "is not running"
+                again = f", stopped {interruptions} time(s)" if interruptions else ""
+                return HealthResult(
+                    False,
+                    f"process not stable for {format_duration(check.stable_for)} within "
+                    f"{format_duration(check.timeout)}: {ran}{again}",
+                )
+            clock.sleep(min(self.poll_interval, max(timeout - (now - start), 0.0)))
+
+    # -- single attempts ------------------------------------------------------------
+
+    def _heartbeat_once(
+        self, path: Path, check: HealthCheck, expected: Version, since: datetime, clock: Clock
+    ) -> HealthResult:
+        try:
+            version, when = read_heartbeat(path)
+        except FileNotFoundError:
+            return HealthResult(False, f"no heartbeat file {path}")
+        except (OSError, ValueError) as e:
+            return HealthResult(False, f"heartbeat file {path} is unreadable: {e}")
+        if not _same_version(version, expected):
+            return HealthResult(False, f"heartbeat says {version}, expected {expected}")
+        if when <= since:
+            return HealthResult(
+                False, f"last heartbeat at {when.isoformat()} is from before the restart "
+                f"at {since.isoformat()}",
+            )  # fmt: skip
+        age = clock.now() - when
+        if age > check.max_age:
+            return HealthResult(
+                False, f"last heartbeat is {age.total_seconds():.1f}s old "
+                f"(max_age {format_duration(check.max_age)})",
+            )  # fmt: skip
+        return HealthResult(True, f"heartbeat from {expected} at {when.isoformat()}")
+
+    def _http_once(self, url: str, expected: Version) -> HealthResult:
+        host = urlsplit(url).hostname or ""
+        if urlsplit(url).scheme not in ("http", "https") or host not in LOOPBACK_HOSTS:
+            return HealthResult(False, f"refusing health URL {url}: only loopback http(s) URLs")
+        try:
+            response = self._http_get(url, HTTP_TIMEOUT)
+        except requests.RequestException as e:
+            return HealthResult(False, f"GET {url} failed: {type(e).__name__}")
+        if response.status_code != 200:
+            return HealthResult(False, f"GET {url} answered {response.status_code}")
+        body = response.text
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("version"), str):
+            if _same_version(data["version"], expected):
+                return HealthResult(True, f"GET {url} reports version {expected}")
+            return HealthResult(
+                False, f"GET {url} reports version {data['version']}, expected {expected}"
+            )
+        if _names_version(body, str(expected)):
+            return HealthResult(True, f"GET {url} names version {expected}")
+        return HealthResult(False, f"GET {url} answered 200 without naming version {expected}")
+
+
+def _loopback_get(url: str, timeout: float) -> requests.Response:
+    """GET without proxies from the environment (a proxy must not answer for localhost)."""
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.get(url, timeout=(timeout, timeout), allow_redirects=False)

@@ -1,0 +1,259 @@
+"""The ``process`` service manager: the runtime starts and supervises the agent itself.
+
+The agent is started detached (its own session), so it outlives the runtime;
+a pid file holding the pid *and* the process's creation time lets a later
+runtime find it again without mistaking a recycled pid for the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from agent_runtime.effects import RunSpec
+from agent_runtime.errors import ServiceError
+
+__all__ = ["PID_FILE", "ProcessExit", "ProcessManager", "write_atomic"]
+
+PID_FILE = "agent.pid"
+LOG_FILE = "agent.log"
+#: A log larger than this is moved to ``agent.log.1`` when the agent is started.
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+#: After SIGKILL, how long to wait for the process to disappear before giving up.
+KILL_WAIT = 5.0
+#: psutil derives creation times from clock ticks; equal within this is the same process.
+CREATE_TIME_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class ProcessExit:
+    """How the agent process this manager started last ended (code None: not our child)."""
+
+    pid: int
+    code: int | None
+
+    def describe(self) -> str:
+        """``exited with code 3`` or ``exited (exit code unknown)``."""
+        if self.code is None:
+            return "exited (exit code unknown)"
+        if self.code < 0:
+            return f"was killed by signal {-self.code}"
+        return f"exited with code {self.code}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new content only."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if os.name == "posix":
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class ProcessManager:
+    """Runs the agent as a detached child process tracked by a pid file in ``state_dir``."""
+
+    name = "process"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        stop_timeout: float = 10.0,
+        log_file: Path | None = None,
+        python: Path | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.stop_timeout = stop_timeout
+        self.log_file = log_file if log_file is not None else state_dir / LOG_FILE
+        self.python = str(python) if python is not None else sys.executable
+        self.pid_file = state_dir / PID_FILE
+        self._child: subprocess.Popen[bytes] | None = None
+        self._last_exit: ProcessExit | None = None
+
+    # -- ServiceManager ---------------------------------------------------------------
+
+    def restart(self, run: RunSpec) -> None:
+        """Stop the agent (SIGTERM, then SIGKILL after ``stop_timeout``) and start ``run``."""
+        self.stop()
+        self._start(run)
+
+    def stop(self) -> None:
+        """Stop the agent if it runs and forget its pid file; no error when it was not running."""
+        proc = self._running_process()
+        if proc is not None:
+            self._terminate(proc)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+
+    def is_running(self) -> bool:
+        """True when the pid file names a live, non-zombie process with the recorded start time."""
+        return self._running_process() is not None
+
+    def ensure_running(self, run: RunSpec) -> bool:
+        """Start ``run`` unless the agent already runs; True when it had to be started."""
+        if self.is_running():
+            return False
+        self._start(run)
+        return True
+
+    # -- extras -----------------------------------------------------------------------
+
+    def last_exit(self) -> ProcessExit | None:
+        """How the agent last ended, when this manager saw it end; None while it runs."""
+        self._running_process()  # reaps our child if it has exited
+        return self._last_exit
+
+    def pid(self) -> int | None:
+        """The running agent's pid, or None."""
+        proc = self._running_process()
+        return proc.pid if proc is not None else None
+
+    # -- internals --------------------------------------------------------------------
+
+    def _argv(self, run: RunSpec) -> list[str]:
+        if not run.argv:
+            raise ServiceError(
+                "the process service manager needs the release's 'command' "
+                "(e.g. ['{python}', 'nats_agent.py']); the manifest has none for this platform"
+            )
+        return [
+            self.python if a == "{python}" else a.replace("{python}", self.python) for a in run.argv
+        ]
+
+    def _start(self, run: RunSpec) -> None:
+        argv = self._argv(run)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._rotate_log()
+        env = {**os.environ, **run.env}
+        try:
+            with open(self.log_file, "ab") as log:
+                child = self._spawn(argv, run.cwd, env, log)
+        except OSError as e:
+            raise ServiceError(
+                f"cannot start the agent `{' '.join(argv)}` in {run.cwd}: {e}"
+            ) from e
+        self._child = child
+        self._last_exit = None
+        try:
+            create_time = psutil.Process(child.pid).create_time()
+        except psutil.Error:
+            create_time = 0.0  # already gone; is_running will say so
+        record = {
+            "pid": child.pid,
+            "create_time": create_time,
+            "version": str(run.version),
+            "argv": argv,
+            "cwd": str(run.cwd),
+            "started": datetime.now(UTC).isoformat(),
+        }
+        write_atomic(self.pid_file, (json.dumps(record, indent=2) + "\n").encode())
+
+    @staticmethod
+    def _spawn(
+        argv: list[str], cwd: Path, env: dict[str, str], log: IO[bytes]
+    ) -> subprocess.Popen[bytes]:
+        if sys.platform == "win32":
+            flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
+            return subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, creationflags=flags,
+            )  # fmt: skip
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )  # fmt: skip
+
+    def _rotate_log(self) -> None:
+        try:
+            if self.log_file.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(self.log_file, self.log_file.with_name(self.log_file.name + ".1"))
+        except FileNotFoundError:
+            pass
+
+    def _read_pid_file(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.pid_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None  # unreadable: treat as "no agent we know of"
+        if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+            return None
+        return data
+
+    def _running_process(self) -> psutil.Process | None:
+        record = self._read_pid_file()
+        if record is None:
+            return None
+        pid: int = record["pid"]
+        if self._child is not None and self._child.pid == pid:
+            code = self._child.poll()  # reaps our own exited child
+            if code is not None:
+                self._last_exit = ProcessExit(pid, code)
+                return None
+        try:
+            proc = psutil.Process(pid)
+            same = abs(proc.create_time() - float(record.get("create_time", 0))) < (
+                CREATE_TIME_TOLERANCE
+            )
+            if not same or proc.status() == psutil.STATUS_ZOMBIE:
+                self._note_gone(pid)
+                return None
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            self._note_gone(pid)
+            return None
+        except psutil.AccessDenied:
+            return None  # another user's process: a recycled pid, not the agent we started
+        return proc
+
+    def _note_gone(self, pid: int) -> None:
+        if self._last_exit is None or self._last_exit.pid != pid:
+            self._last_exit = ProcessExit(pid, None)
+
+    def _wait(self, proc: psutil.Process, timeout: float) -> int | None:
+        """Wait for ``proc`` to exit and return its exit code if it was our child."""
+        if self._child is not None and self._child.pid == proc.pid:
+            try:
+                return self._child.wait(timeout)
+            except subprocess.TimeoutExpired as e:
+                raise psutil.TimeoutExpired(timeout, proc.pid) from e
+        return proc.wait(timeout)
+
+    def _terminate(self, proc: psutil.Process) -> None:
+        try:
+            proc.terminate()
+            try:
+                code = self._wait(proc, self.stop_timeout)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                code = self._wait(proc, KILL_WAIT)
+        except psutil.NoSuchProcess:
+            code = None
+        except psutil.TimeoutExpired as e:
+            raise ServiceError(f"agent pid {proc.pid} survived SIGKILL for {KILL_WAIT:g}s") from e
+        except psutil.AccessDenied as e:
+            raise ServiceError(f"not allowed to stop agent pid {proc.pid}: {e}") from e
+        self._last_exit = ProcessExit(proc.pid, code)
