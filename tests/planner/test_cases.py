@@ -115,7 +115,11 @@ def test_stale_boundary() -> None:
     case = _load(Path(__file__).parent / "cases" / "every_action.yaml")
     now: datetime = case["now"]
     case["reports"] = {
-        "upd": {"agent_version": "3.0.0", "platform": "linux", "last_seen": now - timedelta(days=7)},
+        "upd": {
+            "agent_version": "3.0.0",
+            "platform": "linux",
+            "last_seen": now - timedelta(days=7),
+        },
         "same": {
             "agent_version": "3.0.0",
             "platform": "linux",

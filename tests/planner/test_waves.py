@@ -131,7 +131,10 @@ def test_filter_does_not_change_waves() -> None:
         {n: {"agent_version": "3.0.0", "platform": "linux", "last_seen": NOW} for n in names}
     )
     one = plan_fleet(
-        make_repo(inventory), reports, NOW, stale_after=NOW - NOW.replace(year=2025),
+        make_repo(inventory),
+        reports,
+        NOW,
+        stale_after=NOW - NOW.replace(year=2025),
         only_device=canary,
     )
     assert [(d.device, d.wave) for d in one.devices] == [(canary, 0)]

@@ -1,0 +1,134 @@
+"""Saved plans: write them atomically, read them back, and tell whether they are stale."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import orjson
+from pydantic import ValidationError
+
+from engine.errors import EngineError
+from states.plan import FORMAT_VERSION, Plan
+
+__all__ = [
+    "PlanFileError",
+    "check_plan_fresh",
+    "plan_json",
+    "read_plan",
+    "write_plan",
+]
+
+
+class PlanFileError(EngineError):
+    """A saved plan cannot be read: missing, not JSON, not a plan, or from a newer engine."""
+
+
+class _RepoDigest(Protocol):
+    @property
+    def digest(self) -> str: ...
+
+
+class _ReportsSource(Protocol):
+    @property
+    def display_url(self) -> str: ...
+    def reports_digest(self) -> tuple[int, str, datetime | None]: ...
+
+
+def plan_json(plan: Plan, *, indent: bool = False) -> bytes:
+    """The plan as JSON bytes (UTF-8, one document, trailing newline)."""
+    data = plan.model_dump(mode="json")
+    option = orjson.OPT_APPEND_NEWLINE | (orjson.OPT_INDENT_2 if indent else 0)
+    return orjson.dumps(data, option=option)
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    """Write the plan to ``path`` atomically: a temp file beside it, fsync, then rename.
+
+    Raises PlanFileError when the directory is missing or not writable.
+    """
+    data = plan_json(plan, indent=True)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise PlanFileError(f"cannot write the plan to {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise PlanFileError(f"cannot write the plan to {path}: {e.strerror or e}") from e
+
+
+def read_plan(path: Path) -> Plan:
+    """Read a plan saved by ``engine plan --out``.
+
+    Raises PlanFileError naming the file when it is missing, not JSON, not a
+    plan, or written in a newer plan format than this engine understands.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PlanFileError(f"cannot read the plan {path}: {e.strerror or e}") from e
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise PlanFileError(f"{path}: not a JSON document ({e})") from e
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise PlanFileError(f"{path}: not a plan written by `engine plan --out`")
+    version = data["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PlanFileError(
+            f"{path}: plan format_version {version!r} is newer than this engine "
+            f"understands ({FORMAT_VERSION}); upgrade the engine or re-run `engine plan`"
+        )
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise PlanFileError(f"{path}: {where}: {first['msg']}") from e
+
+
+def _short(digest: str) -> str:
+    return digest[:12] if digest else "(none)"
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "none"
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_plan_fresh(plan: Plan, repo: _RepoDigest, store: _ReportsSource) -> list[str]:
+    """Why ``plan`` no longer describes the repo and the reports; empty when it is fresh.
+
+    Compares the inventory digest (every inventory file, release manifest and
+    engine.yaml) and the reports digest recorded in the plan with the current
+    ones. A different git commit with identical files is not stale.
+    """
+    reasons: list[str] = []
+    if plan.inventory.digest != repo.digest:
+        reasons.append(
+            "the operator repo changed since the plan was made "
+            f"(inventory digest {_short(plan.inventory.digest)} then, {_short(repo.digest)} now)"
+        )
+    if plan.state.url and plan.state.url != store.display_url:
+        reasons.append(
+            f"the plan was computed from the store {plan.state.url}, not {store.display_url}"
+        )
+    count, digest, latest = store.reports_digest()
+    if digest != plan.state.reports_digest:
+        reasons.append(
+            "device reports changed since the plan was made "
+            f"({plan.state.reports} reports then, latest {_when(plan.state.latest_report)}; "
+            f"{count} now, latest {_when(latest)})"
+        )
+    return reasons

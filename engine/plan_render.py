@@ -1,0 +1,179 @@
+"""The human-readable `engine plan` output, in the spirit of `terraform plan`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC
+from typing import Any
+
+from states.plan import Action, DevicePlan, Plan, RolloutPlan
+
+__all__ = ["SYMBOLS", "render_plan", "summary_line"]
+
+#: One-character marker of each action, as in `terraform plan`.
+SYMBOLS: Mapping[Action, str] = {
+    Action.UPDATE: "~",
+    Action.INSTALL: "+",
+    Action.ROLLBACK: "<",
+    Action.BLOCKED: "!",
+    Action.PINNED: "=",
+    Action.NOOP: " ",
+}
+
+_COLOURS: Mapping[Action, str] = {
+    Action.UPDATE: "33",  # yellow
+    Action.INSTALL: "32",  # green
+    Action.ROLLBACK: "35",  # magenta
+    Action.BLOCKED: "31",  # red
+    Action.PINNED: "36",  # cyan
+    Action.NOOP: "2",  # dim
+}
+
+#: Summary phrases in the order they are printed.
+_PHRASES: tuple[tuple[str, str], ...] = (
+    ("update", "to update"),
+    ("install", "to install"),
+    ("rollback", "to roll back"),
+    ("noop", "unchanged"),
+    ("pinned", "pinned"),
+    ("blocked", "blocked"),
+)
+
+#: Devices listed per rollout without --verbose.
+DEFAULT_LIMIT = 10
+
+_ORDER = {
+    Action.ROLLBACK: 0,
+    Action.UPDATE: 1,
+    Action.INSTALL: 2,
+    Action.BLOCKED: 3,
+    Action.PINNED: 4,
+    Action.NOOP: 5,
+}
+
+
+class _Style:
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
+
+    def bold(self, text: str) -> str:
+        return self.paint(text, "1")
+
+
+def _phrase(counts: Mapping[str, int], *, all_zero: str = "no devices") -> str:
+    parts = [f"{counts.get(key, 0)} {words}" for key, words in _PHRASES if counts.get(key, 0)]
+    return ", ".join(parts) if parts else all_zero
+
+
+def summary_line(plan: Plan) -> str:
+    """``Plan: 12 to update, 3 to install, ...; 3 unmanaged.`` from the plan's summary."""
+    counts = plan.summary
+    parts = [f"{counts.get(key, 0)} {words}" for key, words in _PHRASES]
+    return f"Plan: {', '.join(parts)}; {counts.get('unmanaged', 0)} unmanaged."
+
+
+def _policy_text(rollout: RolloutPlan) -> str:
+    policy = rollout.policy
+    waves = "/".join(f"{w:g}" for w in policy.get("waves", []))
+    parts = [f"waves {waves}%"]
+    for key in ("max_parallel", "soak", "max_failure_rate"):
+        if key in policy:
+            parts.append(f"{key} {policy[key]}")
+    window: dict[str, Any] | None = rollout.maintenance_window
+    if window:
+        parts.append(
+            f"window '{window['cron']}' for {window['duration']} {window.get('timezone', 'UTC')}"
+        )
+    return ", ".join(parts)
+
+
+def _device_line(d: DevicePlan, width: int, style: _Style) -> str:
+    symbol = style.paint(SYMBOLS[d.action], _COLOURS[d.action])
+    action = style.paint(f"{d.action.value:<8}", _COLOURS[d.action])
+    wave = f"  [wave {d.wave}]" if d.wave is not None and d.action is not Action.BLOCKED else ""
+    return f"    {symbol} {d.device:<{width}}  {action} {d.reason}{wave}"
+
+
+def _device_lines(devices: list[DevicePlan], verbose: bool, style: _Style, limit: int) -> list[str]:
+    shown = devices if verbose else [d for d in devices if d.action is not Action.NOOP]
+    shown.sort(key=lambda d: (_ORDER[d.action], d.wave if d.wave is not None else -1, d.device))
+    hidden_noop = len(devices) - len(shown)
+    cut = shown if verbose else shown[:limit]
+    width = max((len(d.device) for d in cut), default=0)
+    lines = [_device_line(d, width, style) for d in cut]
+    more = len(shown) - len(cut)
+    if more:
+        lines.append(f"    ... {more} more; --verbose lists every device")
+    if hidden_noop and not verbose:
+        lines.append(f"    ({hidden_noop} unchanged not listed)")
+    return lines
+
+
+def render_plan(
+    plan: Plan, *, verbose: bool = False, colour: bool = False, limit: int = DEFAULT_LIMIT
+) -> str:
+    """The plan for a terminal: summary, each rollout's counts and waves, then devices.
+
+    Without ``verbose`` each rollout lists its first ``limit`` changing or
+    blocked devices and hides unchanged ones.
+    """
+    style = _Style(colour)
+    by_rollout: dict[str | None, list[DevicePlan]] = {}
+    for d in plan.devices:
+        by_rollout.setdefault(d.rollout, []).append(d)
+
+    lines = [style.bold(summary_line(plan)), ""]
+    for rollout in plan.rollouts:
+        devices = by_rollout.pop(rollout.id, [])
+        counts: dict[str, int] = {}
+        for d in devices:
+            counts[d.action.value] = counts.get(d.action.value, 0) + 1
+        lines.append(f"{style.bold(rollout.id)}  ({_policy_text(rollout)})")
+        lines.append(f"  {_phrase(counts)}")
+        for wave in rollout.waves:
+            noun = "device" if wave.devices == 1 else "devices"
+            lines.append(
+                f"  wave {wave.index} {wave.percent:>5g}%: {wave.devices:>6} {noun}, "
+                f"{wave.changing} changing"
+            )
+        lines.extend(_device_lines(devices, verbose, style, limit))
+        lines.append("")
+
+    pinned = by_rollout.pop(None, [])
+    rest = [d for group in by_rollout.values() for d in group]
+    if pinned or rest:
+        lines.append(style.bold("Held on their pin"))
+        lines.extend(_device_lines(pinned + rest, verbose, style, limit))
+        lines.append("")
+    if plan.unmanaged:
+        names = plan.unmanaged if verbose else plan.unmanaged[:limit]
+        more = len(plan.unmanaged) - len(names)
+        tail = f", ... {more} more" if more else ""
+        lines.append(f"Unmanaged (no pin and no group with a release): {', '.join(names)}{tail}")
+    if plan.unknown_reports:
+        names = plan.unknown_reports if verbose else plan.unknown_reports[:limit]
+        more = len(plan.unknown_reports) - len(names)
+        tail = f", ... {more} more" if more else ""
+        lines.append(f"Reports from devices not in the inventory: {', '.join(names)}{tail}")
+
+    inv = plan.inventory
+    git = ""
+    if inv.git_commit:
+        git = f", git {inv.git_commit[:10]}{' (dirty)' if inv.git_dirty else ''}"
+    state = plan.state
+    latest = (
+        state.latest_report.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+        if state.latest_report
+        else "none"
+    )
+    lines.append(
+        style.paint(
+            f"Inventory {inv.digest[:12]}{git}; state {state.url or '(in memory)'}: "
+            f"{state.reports} reports, latest {latest}",
+            "2",
+        )
+    )
+    return "\n".join(lines) + "\n"
