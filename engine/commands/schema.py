@@ -1,0 +1,52 @@
+"""`engine schema`: JSON Schema of the operator repo's YAML files, for editors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from inventory.loader import InventoryFile
+from inventory.models import EngineSettings
+from states.manifest import ReleaseManifest
+
+__all__ = ["KINDS", "register", "run", "schema_for"]
+
+KINDS: dict[str, type[BaseModel]] = {
+    "inventory": InventoryFile,
+    "release": ReleaseManifest,
+    "engine": EngineSettings,
+}
+
+_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def schema_for(kind: str) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of one kind of file: inventory, release or engine."""
+    schema = KINDS[kind].model_json_schema(mode="validation")
+    return {"$schema": _DIALECT, **schema}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `schema` subcommand."""
+    p = subparsers.add_parser(
+        "schema",
+        help="print the JSON Schema of the YAML files (for editors)",
+        description="Print the JSON Schema of inventory files (default), release manifests "
+        "or engine.yaml, e.g. for the YAML language server's yaml.schemas setting.",
+    )
+    p.add_argument(
+        "--kind",
+        choices=sorted(KINDS),
+        default="inventory",
+        help="which file's schema (default: inventory)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the schema of ``args.kind`` as JSON; return 0."""
+    print(json.dumps(schema_for(args.kind), indent=2, sort_keys=False))
+    return 0

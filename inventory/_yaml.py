@@ -1,0 +1,311 @@
+"""Reading operator YAML fast, and finding where a key path sits when something is wrong.
+
+Two readers with the same meaning (the YAML 1.2 JSON schema: plain ``true``,
+``false``, ``null``/empty and JSON numbers are typed, every other scalar is a
+string — so ``yes`` stays a string and ``0755`` stays text):
+
+* fast: rapidyaml parses into a C++ tree, emits JSON, orjson reads it. About
+  ten times faster than PyYAML's C loader on a 100k-device file.
+* fallback: PyYAML (C loader when built) with JSON-schema resolvers, used when
+  rapidyaml is missing, refuses the text, emits something that is not JSON, or
+  the text uses a construct the fast path would get wrong (tags, nan/inf words).
+
+Positions are not tracked while loading: only when a problem is found does
+``locate`` re-compose the text with marks to name line and column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+__all__ = [
+    "Found",
+    "Position",
+    "YamlSyntaxError",
+    "compose",
+    "gc_paused",
+    "locate",
+    "parse_yaml",
+]
+
+try:
+    import ryml
+
+    _HAVE_RYML = True
+except ImportError:  # pragma: no cover - rapidyaml is a dependency; this is the safety net
+    _HAVE_RYML = False
+
+
+class YamlSyntaxError(Exception):
+    """The text is not one well-formed YAML document (or repeats a key)."""
+
+    def __init__(self, message: str, line: int | None, column: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+@dataclass(frozen=True)
+class Position:
+    """1-based line and column of a node, and its text as written when it is a scalar."""
+
+    line: int
+    column: int
+    raw: str | None = None
+
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _JsonSchemaLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """PyYAML loader resolving plain scalars like the YAML 1.2 JSON schema."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, ScalarNode] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            first = seen.get(key_node.value)
+            if first is not None:
+                mark = key_node.start_mark
+                raise YamlSyntaxError(
+                    f"duplicate key {key_node.value!r}: first defined at line "
+                    f"{first.start_mark.line + 1}, column {first.start_mark.column + 1}; "
+                    "YAML would silently keep only the last one",
+                    mark.line + 1,
+                    mark.column + 1,
+                )
+            seen[key_node.value] = key_node
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return result
+
+
+_JsonSchemaLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$"), list("tf")
+)
+_JsonSchemaLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:null", re.compile(r"^(?:null|)$"), ["n", ""]
+)
+_JsonSchemaLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^-?(?:0|[1-9][0-9]*)$"), list("-0123456789")
+)
+_JsonSchemaLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"),
+    list("-.0123456789"),
+)
+_JsonSchemaLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: loading allocates millions of acyclic objects,
+    and letting the collector walk them costs more than the parse itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def parse_yaml(text: bytes | str) -> Any:
+    """Parse one YAML document into plain Python values; raise YamlSyntaxError.
+
+    Raises for syntax errors, several documents in one file, and a key repeated
+    inside one mapping, each with 1-based line and column.
+    """
+    data = text.encode() if isinstance(text, str) else text
+    if not data.strip():
+        return None
+    with gc_paused():
+        if _HAVE_RYML and not _fast_path_unsafe(data):
+            result = _parse_fast(data)
+            if result is not _FALLBACK:
+                return result
+        return _parse_pyyaml(data)
+
+
+_FALLBACK = object()
+
+
+def _fast_path_unsafe(data: bytes) -> bool:
+    # Tags change a scalar's type and rapidyaml's JSON emitter drops them; it
+    # also rewrites the words nan/inf/infinity (even as keys) to .nan/.inf.
+    if b"!" in data:
+        return True
+    low = data.lower()
+    for word in (b"nan", b"inf"):
+        start = low.find(word)
+        while start != -1:
+            end = start + len(word)
+            if word == b"inf" and low.startswith(b"inity", end):
+                end += 5
+            before = low[start - 1 : start] if start else b" "
+            after = low[end : end + 1] or b" "
+            if before in b" \t\n:[{,.+-" and not after.isalnum() and after not in b"_.-":
+                return True
+            start = low.find(word, start + 1)
+    return False
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    # rapidyaml's C++ error handler prints to fd 2 before raising; the caller
+    # reports the error itself (with PyYAML's clearer message).
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _parse_fast(data: bytes) -> Any:
+    try:
+        with _stderr_silenced():
+            tree = ryml.parse_in_arena(data)
+    except Exception:
+        return _FALLBACK  # let PyYAML name the syntax error
+    root = tree.root_id()
+    stream = tree.is_stream(root)
+    if stream:
+        if tree.num_children(root) != 1:
+            return _FALLBACK  # PyYAML reports "expected a single document"
+        root = tree.first_child(root)
+    elif not tree.has_val(root) and not tree.is_container(root):
+        return None
+    if b"*" in data or b"<<" in data:
+        tree.resolve()
+    try:
+        result = orjson.loads(ryml.emit_json_malloc(tree, root))
+    except Exception:
+        return _FALLBACK
+    if _count_nodes(result) != tree.size() - (1 if stream else 0):
+        return _FALLBACK  # a repeated key was dropped: PyYAML names it with its line
+    return result
+
+
+def _count_nodes(value: Any) -> int:
+    """Number of values in a JSON-like structure, containers included."""
+    total = 1
+    stack = [value]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            total += len(item)
+            for child in item.values():
+                if type(child) is dict or type(child) is list:
+                    push(child)
+        elif kind is list:
+            total += len(item)
+            for child in item:
+                if type(child) is dict or type(child) is list:
+                    push(child)
+    return total
+
+
+def _parse_pyyaml(data: bytes) -> Any:
+    try:
+        return yaml.load(data, Loader=_JsonSchemaLoader)
+    except YamlSyntaxError:
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        message = e.problem or "invalid YAML"
+        if e.context:
+            message = f"{message} ({e.context})"
+        if mark is None:
+            raise YamlSyntaxError(message, None, None) from e
+        raise YamlSyntaxError(message, mark.line + 1, mark.column + 1) from e
+    except yaml.YAMLError as e:
+        raise YamlSyntaxError(str(e), None, None) from e
+    except (ValueError, TypeError) as e:
+        # e.g. an unhashable (sequence) mapping key, or a bad !!binary payload
+        raise YamlSyntaxError(str(e), None, None) from e
+
+
+def compose(text: bytes | str) -> Node | None:
+    """Compose text into a node tree carrying positions; None for an empty document."""
+    try:
+        node: Node | None = yaml.compose(text, Loader=_JsonSchemaLoader)
+    except yaml.YAMLError:
+        return None
+    return node
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a key path sits: its key (for mapping entries) and its value, if present."""
+
+    key: Position | None
+    value: Position | None
+    depth: int
+
+    @property
+    def best(self) -> Position | None:
+        """The key's position when there is one (so unknown keys point at themselves)."""
+        return self.key or self.value
+
+
+def locate(root: Node | None, path: Sequence[str | int]) -> Found:
+    """Find ``path`` in a composed document; ``depth`` counts the elements found.
+
+    When the path is only partly present, ``value`` is the deepest node reached
+    (e.g. the mapping that lacks a required key).
+    """
+    if root is None:
+        return Found(None, None, 0)
+    node: Node = root
+    key_node: Node | None = None
+    depth = 0
+    for element in path:
+        nxt: tuple[Node | None, Node] | None = None
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                if isinstance(k, ScalarNode) and k.value == str(element):
+                    nxt = (k, v)  # the last one wins, as it does when loading
+        elif (
+            isinstance(node, SequenceNode)
+            and isinstance(element, int)
+            and 0 <= element < len(node.value)
+        ):
+            nxt = (None, node.value[element])
+        if nxt is None:
+            return Found(None, _position(node), depth)
+        key_node, node = nxt
+        depth += 1
+    key = _position(key_node) if key_node is not None else None
+    return Found(key, _position(node), depth)
+
+
+def _position(node: Node) -> Position:
+    raw = node.value if isinstance(node, ScalarNode) else None
+    return Position(node.start_mark.line + 1, node.start_mark.column + 1, raw)
