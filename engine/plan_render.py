@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC
 from typing import Any
 
-from states.plan import Action, DevicePlan, Plan, RolloutPlan
+from states.plan import CHANGING_ACTIONS, Action, DevicePlan, Plan, RolloutPlan
 
 __all__ = ["SYMBOLS", "render_plan", "summary_line"]
 
@@ -97,18 +97,36 @@ def _device_line(d: DevicePlan, width: int, style: _Style) -> str:
     return f"    {symbol} {d.device:<{width}}  {action} {d.reason}{wave}"
 
 
+def _section(devices: list[DevicePlan], verbose: bool, limit: int) -> tuple[list[DevicePlan], int]:
+    shown = devices if verbose else devices[:limit]
+    return shown, len(devices) - len(shown)
+
+
 def _device_lines(devices: list[DevicePlan], verbose: bool, style: _Style, limit: int) -> list[str]:
-    shown = devices if verbose else [d for d in devices if d.action is not Action.NOOP]
-    shown.sort(key=lambda d: (_ORDER[d.action], d.wave if d.wave is not None else -1, d.device))
-    hidden_noop = len(devices) - len(shown)
-    cut = shown if verbose else shown[:limit]
-    width = max((len(d.device) for d in cut), default=0)
-    lines = [_device_line(d, width, style) for d in cut]
-    more = len(shown) - len(cut)
-    if more:
-        lines.append(f"    ... {more} more; --verbose lists every device")
-    if hidden_noop and not verbose:
-        lines.append(f"    ({hidden_noop} unchanged not listed)")
+    """Changing devices by wave, then blocked and pinned ones, then (verbose) unchanged ones.
+
+    Without ``verbose`` each of the first two sections shows at most ``limit``.
+    """
+    changing = sorted(
+        (d for d in devices if d.action in CHANGING_ACTIONS),
+        key=lambda d: (d.wave if d.wave is not None else -1, d.device),
+    )
+    held = sorted(
+        (d for d in devices if d.action in (Action.BLOCKED, Action.PINNED)),
+        key=lambda d: (_ORDER[d.action], d.device),
+    )
+    unchanged = sorted((d for d in devices if d.action is Action.NOOP), key=lambda d: d.device)
+    sections = [_section(changing, verbose, limit), _section(held, verbose, limit)]
+    if verbose:
+        sections.append((unchanged, 0))
+    width = max((len(d.device) for shown, _ in sections for d in shown), default=0)
+    lines: list[str] = []
+    for shown, more in sections:
+        lines.extend(_device_line(d, width, style) for d in shown)
+        if more:
+            lines.append(f"    ... {more} more; --verbose lists every device")
+    if unchanged and not verbose:
+        lines.append(f"    ({len(unchanged)} unchanged not listed)")
     return lines
 
 

@@ -80,21 +80,7 @@ def make_release(
 
 def assign(inventory: Inventory) -> dict[str, str]:
     """The winning group of each device, by the inventory package's own rules."""
-    try:
-        from inventory.membership import assign_groups
-    except ImportError:  # TEMPORARY until E1 lands
-        out = {}
-        for dev_id, dev in inventory.devices.items():
-            best = None
-            for name, g in inventory.groups.items():
-                if g.agent is None:
-                    continue
-                if dev_id in g.members or (not g.match.is_empty and g.match.matches(dev)):
-                    if best is None or g.priority > inventory.groups[best].priority:
-                        best = name
-            if best:
-                out[dev_id] = best
-        return out
+    from inventory.membership import assign_groups
 
     assignment, _conflicts = assign_groups(inventory)
     return dict(assignment)
