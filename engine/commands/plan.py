@@ -88,9 +88,8 @@ def make_plan(
     for a store that cannot be read, and ValueError for an unknown --group or
     --device.
     """
-    from inventory.loader import load_operator_repo
-
     from engine.store import Store, digest_reports, redact_url, resolve_state_url
+    from inventory.loader import load_operator_repo
 
     repo = load_operator_repo(root)
     if group is not None and group not in repo.inventory.groups:
