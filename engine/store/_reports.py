@@ -1,0 +1,181 @@
+"""Reading and writing device reports (``states.report.Report``) in the ``reports`` table."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.errors import StoreError
+from engine.store._types import format_utc
+from engine.store.schema import reports
+from inventory.models import Platform
+from inventory.version import Version, VersionError
+from states.report import Report
+
+__all__ = ["ReportDigest", "UpsertCounts", "digest", "digest_reports", "load", "load_one", "upsert"]
+
+#: (count, sha256 hex over sorted (device, agent_version, last_seen), latest last_seen)
+ReportDigest = tuple[int, str, datetime | None]
+
+#: Rows per IN (...) lookup: well under SQLite's limit of bound parameters.
+_CHUNK = 5000
+
+_PLATFORMS: dict[str, Platform] = {p.value: p for p in Platform}
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    """What an upsert did: rows inserted, rows replaced, reports older than the stored row."""
+
+    new: int = 0
+    updated: int = 0
+    older: int = 0
+
+    @property
+    def written(self) -> int:
+        """Rows inserted or replaced."""
+        return self.new + self.updated
+
+
+def _row(report: Report, now: datetime) -> dict[str, Any]:
+    return {
+        "device": report.device,
+        "agent_version": None if report.agent_version is None else str(report.agent_version),
+        "platform": None if report.platform is None else report.platform.value,
+        "last_seen": report.last_seen,
+        "runtime_version": report.runtime_version,
+        "known_good": None if report.known_good is None else str(report.known_good),
+        "last_result": report.last_result,
+        "updated_at": now,
+    }
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def upsert(conn: Connection, items: Iterable[Report]) -> UpsertCounts:
+    """Insert new devices' reports and replace older ones, in the caller's transaction.
+
+    A report whose ``last_seen`` is before the stored one for its device is
+    not written (an old export must not undo what a device said later); when
+    the same device appears more than once, the last one given counts.
+    """
+    latest: dict[str, Report] = {}
+    for report in items:
+        latest[report.device] = report
+    if not latest:
+        return UpsertCounts()
+    stored: dict[str, datetime] = {}
+    for chunk in _chunks(list(latest)):
+        query = select(reports.c.device, reports.c.last_seen).where(reports.c.device.in_(chunk))
+        stored.update((d, t) for d, t in conn.execute(query))
+    new = updated = older = 0
+    for device, report in latest.items():
+        seen = stored.get(device)
+        if seen is None:
+            new += 1
+        elif report.last_seen >= seen:
+            updated += 1
+        else:
+            older += 1
+    now = datetime.now(UTC)
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(reports)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[reports.c.device],
+        set_={c.name: stmt.excluded[c.name] for c in reports.c if c.name != "device"},
+        where=stmt.excluded.last_seen >= reports.c.last_seen,
+    )
+    conn.execute(stmt, [_row(r, now) for r in latest.values()])
+    return UpsertCounts(new=new, updated=updated, older=older)
+
+
+class _Versions(dict[str, Version]):
+    """Parses each distinct version text once: a fleet runs a handful of versions."""
+
+    def __missing__(self, text: str) -> Version:
+        value = self[text] = Version(text)
+        return value
+
+
+def _report(row: Any, versions: _Versions) -> Report:
+    device, agent_version, platform, last_seen, runtime_version, known_good, last_result = row
+    try:
+        values = {
+            "device": device,
+            "agent_version": None if agent_version is None else versions[agent_version],
+            "platform": None if platform is None else _PLATFORMS[platform],
+            "last_seen": last_seen,
+            "runtime_version": runtime_version,
+            "known_good": None if known_good is None else versions[known_good],
+            "last_result": last_result,
+        }
+    except (VersionError, KeyError) as e:
+        raise StoreError(f"stored report of device {device!r} is unreadable: {e}") from e
+    # Values come typed from our own table: skip validation, it is the slow part.
+    return Report.model_construct(**values)
+
+
+_COLUMNS = (
+    reports.c.device,
+    reports.c.agent_version,
+    reports.c.platform,
+    reports.c.last_seen,
+    reports.c.runtime_version,
+    reports.c.known_good,
+    reports.c.last_result,
+)
+
+
+def load(conn: Connection) -> dict[str, Report]:
+    """Every stored report by device id."""
+    versions = _Versions()
+    return {row[0]: _report(row, versions) for row in conn.execute(select(*_COLUMNS))}
+
+
+def load_one(conn: Connection, device: str) -> Report | None:
+    """The stored report of one device, or None."""
+    row = conn.execute(select(*_COLUMNS).where(reports.c.device == device)).first()
+    return None if row is None else _report(row, _Versions())
+
+
+def _digest(rows: Iterable[tuple[str, str | None, datetime]]) -> ReportDigest:
+    h = hashlib.sha256()
+    count = 0
+    latest: datetime | None = None
+    for device, agent_version, last_seen in sorted(rows, key=lambda r: r[0]):
+        h.update(f"{device}\t{agent_version or ''}\t{format_utc(last_seen)}\n".encode())
+        count += 1
+        if latest is None or last_seen > latest:
+            latest = last_seen
+    return count, h.hexdigest(), latest
+
+
+def digest(conn: Connection) -> ReportDigest:
+    """Digest of the stored reports; equal to ``digest_reports`` of what ``load`` returns."""
+    query = select(reports.c.device, reports.c.agent_version, reports.c.last_seen)
+    return _digest((d, v, t) for d, v, t in conn.execute(query))
+
+
+def digest_reports(items: Iterable[Report]) -> ReportDigest:
+    """(count, sha256 over sorted (device, agent_version, last_seen), latest last_seen).
+
+    Saved plans record it to notice when the reports they were computed from
+    have changed.
+    """
+    return _digest(
+        (
+            r.device,
+            None if r.agent_version is None else str(r.agent_version),
+            r.last_seen,
+        )
+        for r in items
+    )
