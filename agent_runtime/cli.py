@@ -1,0 +1,153 @@
+"""The ``agent-runtime`` command line: converge, status, rollback.
+
+Exit codes: 0 converged or nothing to do, 1 failed / rolled back / refused,
+2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from agent_runtime.config import DEFAULT_CONFIG_PATHS, DeviceConfig, load_config
+from agent_runtime.converge import FilePlanSource, PlanSource, Runtime, exit_code
+from agent_runtime.errors import AgentRuntimeError, ConfigError, PlanError
+
+__all__ = ["main"]
+
+CONFIG_ENV = "AGENT_RUNTIME_CONFIG"
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _config_path(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no device config: pass --config FILE or set {CONFIG_ENV} "
+        f"(looked in {', '.join(str(p) for p in DEFAULT_CONFIG_PATHS)})"
+    )
+
+
+def _source(args: argparse.Namespace, config: DeviceConfig) -> PlanSource:
+    if args.plan:
+        return FilePlanSource(Path(args.plan), config.device)
+    raise ConfigError("converge needs --plan FILE (pull mode from a server is not available yet)")
+
+
+def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
+    runtime = Runtime(config, out=_out)
+    source = _source(args, config)
+    if args.once:
+        res = runtime.converge_once(source)
+        _out(f"result: {res.result} — {res.detail}")
+        return exit_code(res.result)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.is_set():
+        try:
+            res = runtime.converge_once(source)
+            _out(f"result: {res.result} — {res.detail}")
+        except AgentRuntimeError as e:  # the loop never dies: report and try again later
+            _out(f"converge failed: {e}")
+        except Exception as e:
+            _out(f"converge crashed (bug): {type(e).__name__}: {e}")
+        delay = runtime.jitter()
+        _out(f"next converge in {delay:.0f}s")
+        stop.wait(delay)
+    return 0
+
+
+def _status(args: argparse.Namespace, config: DeviceConfig) -> int:
+    status = Runtime(config, out=_out).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    j = status["journal"]
+    journal = j.get("state", "unreadable")
+    if journal in ("open", "closed"):
+        journal += f" ({j['phase']}, {j['previous'] or 'nothing'} -> {j['target']}, tx {j['txid']})"
+    attempts = ", ".join(f"{k}: {v}" for k, v in status["attempts"].items()) or "none"
+    rows = [
+        ("device", status["device"]),
+        ("layout", status["layout"]),
+        ("installed", status["installed"] or "nothing"),
+        ("known-good", status["known_good"] or "none"),
+        ("previous", status["previous"] or "none"),
+        ("agent", "running" if status["agent_running"] else "not running"),
+        ("journal", journal),
+        ("last result", f"{status['last_result'] or 'none'} {status['last_detail']}".strip()),
+        ("attempts", attempts),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<13}{value}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace, config: DeviceConfig) -> int:
+    res = Runtime(config, out=_out).rollback()
+    _out(f"result: {res.result} — {res.detail}")
+    return 0 if res.result.value in ("rolled_back", "committed") else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``agent-runtime``."""
+    parser = argparse.ArgumentParser(
+        prog="agent-runtime",
+        description="Converge this device's agent to its planned release, crash-safely.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    conv = sub.add_parser("converge", help="install the planned release (periodic unless --once)")
+    conv.add_argument("--once", action="store_true", help="converge once and exit")
+    conv.add_argument("--plan", metavar="FILE", help="plan file written by `engine plan --out`")
+    conv.add_argument("--config", metavar="FILE", help=f"device config (default ${CONFIG_ENV})")
+    conv.set_defaults(func=_converge)
+    st = sub.add_parser("status", help="installed, known-good, journal, last result")
+    st.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    st.add_argument("--config", metavar="FILE")
+    st.set_defaults(func=_status)
+    rb = sub.add_parser("rollback", help="restore the previous known-good release now")
+    rb.add_argument("--config", metavar="FILE")
+    rb.set_defaults(func=_rollback)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(_config_path(args.config))
+        code: int = args.func(args, config)
+        return code
+    except (ConfigError, PlanError) as e:
+        print(f"agent-runtime: {e}", file=sys.stderr)
+        return 2
+    except AgentRuntimeError as e:
+        print(f"agent-runtime: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

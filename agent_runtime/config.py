@@ -1,0 +1,228 @@
+"""The device config (YAML): who this device is, where its agent lives, whom it trusts.
+
+Relative paths resolve against the config file's directory. Unknown keys are
+errors naming the file, line and key path.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from agent_runtime.errors import ConfigError
+from agent_runtime.services.settings import ServiceSettings
+from inventory.duration import Duration
+from inventory.models import Platform
+from inventory.version import Version
+from states.manifest import HealthCheck, HealthCheckKind
+from states.signing import SignatureError, load_public_key
+
+__all__ = [
+    "ConvergeSettings",
+    "DeviceConfig",
+    "DownloadSettings",
+    "ServerSettings",
+    "load_config",
+    "this_platform",
+]
+
+DEFAULT_CONFIG_PATHS = (
+    Path("/etc/agent-runtime/config.yaml"),
+    Path("C:/ProgramData/AgentRuntime/config.yaml"),
+)
+
+
+def this_platform() -> Platform:
+    """The platform family of the machine the runtime runs on."""
+    if sys.platform == "win32":
+        return Platform.WINDOWS
+    if sys.platform == "darwin":
+        return Platform.MACOS
+    return Platform.LINUX
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DownloadSettings(_Strict):
+    """Limits for fetching manifests and artifacts."""
+
+    stall_timeout: Duration = Field(
+        default=timedelta(seconds=30), description="end a transfer after this long without bytes"
+    )
+    connect_timeout: Duration = timedelta(seconds=10)
+    max_manifest_bytes: int = Field(default=1024 * 1024, ge=1024)
+    retries: int = Field(default=2, ge=0, description="resumed retries of a failed transfer")
+
+
+class ConvergeSettings(_Strict):
+    """Periodic converge: every ``interval``, plus a random delay up to ``jitter``."""
+
+    interval: Duration = timedelta(minutes=5)
+    jitter: Duration = timedelta(seconds=30)
+
+
+class ServerSettings(_Strict):
+    """Where the engine server is (pull mode) and the file holding this device's token."""
+
+    url: str
+    token_file: Path
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"server url must start with http:// or https://, found {url!r}")
+        return url.rstrip("/")
+
+
+class DeviceConfig(_Strict):
+    """One device's runtime config file."""
+
+    device: str = Field(min_length=1)
+    platform: Platform = Field(default_factory=this_platform)
+    agent_root: Path
+    layout: Literal["versioned", "in_place"] = "in_place"
+    state_dir: Path
+    service: ServiceSettings = ServiceSettings()
+    health_check: HealthCheck = HealthCheck(
+        kind=HealthCheckKind.HEARTBEAT_FILE, path="heartbeat.json"
+    )
+    trusted_keys: list[str] = Field(min_length=1)
+    health_timeout: Duration | None = Field(
+        default=None, description="cap on any health check's timeout (tests, slow links)"
+    )
+    max_attempts: int = Field(default=3, ge=1)
+    backup_retention: Duration = timedelta(days=7)
+    download: DownloadSettings = DownloadSettings()
+    converge: ConvergeSettings = ConvergeSettings()
+    server: ServerSettings | None = None
+    installed_version: Version | None = Field(
+        default=None,
+        description="adoption: the version of a field install found without runtime state",
+    )
+    command: list[str] | None = Field(
+        default=None, description="process manager: argv when the release's manifest has none"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment of the agent")
+    pointer: Literal["auto", "symlink", "file"] = Field(
+        default="auto", description="versioned layout: how `current` is kept (auto: OS default)"
+    )
+    rename_aside: bool | None = Field(
+        default=None,
+        description="in-place layout: rename a running file to <name>.old before replacing it "
+        "(default: only on Windows)",
+    )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, keys: list[str]) -> list[str]:
+        for i, text in enumerate(keys):
+            try:
+                load_public_key(text)
+            except SignatureError as e:
+                raise ValueError(f"trusted_keys[{i}]: {e}") from e
+        return keys
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where downloads are kept until swapped in."""
+        return self.state_dir / "staging"
+
+
+def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for key in ("agent_root", "state_dir"):
+        if isinstance(out.get(key), str):
+            out[key] = str((base / out[key]).resolve())
+    server = out.get("server")
+    if isinstance(server, dict) and isinstance(server.get("token_file"), str):
+        out["server"] = {**server, "token_file": str(base / server["token_file"])}
+    service = out.get("service")
+    if isinstance(service, dict):
+        svc = dict(service)
+        for key in ("state_dir", "log_file", "plist", "python"):
+            if isinstance(svc.get(key), str) and key != "python":
+                svc[key] = str(base / svc[key])
+        out["service"] = svc
+    return out
+
+
+def _line_of(root: Node | None, path: tuple[int | str, ...]) -> int | None:
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for element in path:
+        nxt: Node | None = None
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                if isinstance(k, ScalarNode) and k.value == str(element):
+                    nxt = v
+                    line = k.start_mark.line + 1
+        elif (
+            isinstance(node, SequenceNode)
+            and isinstance(element, int)
+            and 0 <= element < len(node.value)
+        ):
+            nxt = node.value[element]
+            line = nxt.start_mark.line + 1
+        if nxt is None:
+            break
+        node = nxt
+    return line
+
+
+def load_config(path: Path) -> DeviceConfig:
+    """Read and validate a device config file.
+
+    Raises ConfigError as ``file:line: key.path: message`` for every problem.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the device config: {e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the device config must be a mapping of keys to values")
+    try:
+        return DeviceConfig.model_validate(_resolve(path.parent.resolve(), data))
+    except ValidationError as e:
+        root = yaml.compose(text)
+        lines = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top)"
+            line = _line_of(root, loc)
+            place = f"{path}:{line}" if line else str(path)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                allowed = _allowed_keys(loc[:-1])
+                msg = f"unknown key; allowed here: {', '.join(allowed)}"
+            elif "input" in err and not isinstance(err["input"], dict | list):
+                msg = f"{msg} (found {err['input']!r})"
+            lines.append(f"{place}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from e
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] = DeviceConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)

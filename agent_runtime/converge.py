@@ -1,0 +1,571 @@
+"""Converge: recover an open journal, read the desired release, and install it if needed.
+
+``Runtime`` wires the device config to real effects (service manager, health
+probe, clock, fetcher); tests may inject their own. A ``PlanSource`` supplies
+the device's entry of a plan: ``FilePlanSource`` reads a plan file written by
+``engine plan --out``; a server client can implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from agent_runtime._fsutil import remove_tree
+from agent_runtime.config import DeviceConfig
+from agent_runtime.effects import Clock, HealthProbe, ServiceManager
+from agent_runtime.errors import (
+    AgentRuntimeError,
+    DownloadError,
+    JournalError,
+    ManifestError,
+    PlanError,
+)
+from agent_runtime.fetch import Fetcher, is_url
+from agent_runtime.journal import JournalRecord, JournalStore
+from agent_runtime.layouts import Layout, make_layout
+from agent_runtime.phases import Phase
+from agent_runtime.state import DeviceState, Result, StateStore
+from agent_runtime.transaction import (
+    Effects,
+    Executor,
+    Outcome,
+    TxContext,
+    TxSpec,
+    cache_files,
+    installed_matches,
+    new_txid,
+    previous_release,
+)
+from agent_runtime.trust import TrustContext, check_release, parse_signed
+from inventory.version import Version
+from states.manifest import FileEntry, ReleaseManifest
+from states.plan import DevicePlan, Plan, ReleaseRef
+from states.signing import trusted_keys
+
+__all__ = [
+    "ConvergeResult",
+    "DesiredRelease",
+    "FilePlanSource",
+    "PlanSource",
+    "Runtime",
+    "exit_code",
+    "file_location",
+]
+
+
+@dataclass(frozen=True)
+class DesiredRelease:
+    """The device's entry of a plan and where its desired release can be fetched."""
+
+    device: DevicePlan
+    release: ReleaseRef | None
+    #: directory that relative local locations resolve against (plan.inventory.root)
+    base: Path | None
+
+
+class PlanSource(Protocol):
+    """Supplies the device's current plan entry (a plan file, or later a server check-in)."""
+
+    def fetch(self) -> DesiredRelease:
+        """The device's plan entry; raises PlanError when there is none or it is unreadable."""
+        ...
+
+
+class FilePlanSource:
+    """Reads a plan file (``engine plan --out``) afresh on every call."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        self.path = path
+        self.device = device
+
+    def fetch(self) -> DesiredRelease:
+        """The entry of this device; PlanError naming the file when absent or malformed."""
+        try:
+            plan = Plan.model_validate_json(self.path.read_bytes())
+        except OSError as e:
+            raise PlanError(f"{self.path}: cannot read the plan: {e.strerror or e}") from e
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise PlanError(f"{self.path}: not a plan: {loc}: {err['msg']}") from e
+        entries = [d for d in plan.devices if d.device == self.device]
+        if not entries:
+            raise PlanError(f"{self.path}: the plan has no entry for device {self.device!r}")
+        entry = entries[0]
+        release = plan.releases.get(str(entry.desired)) if entry.desired is not None else None
+        return DesiredRelease(entry, release, Path(plan.inventory.root))
+
+
+def _resolve(location: str, base: Path | None) -> str:
+    if is_url(location) or os.path.isabs(location) or base is None:
+        return location
+    return str(base / location)
+
+
+def file_location(ref: ReleaseRef, entry: FileEntry, base: Path | None) -> str:
+    """Where to fetch ``entry``: ``artifacts + sha256`` by hash, else ``artifacts/source``."""
+    if ref.artifacts_by_hash:
+        root = _resolve(ref.artifacts, base)
+        if is_url(root):
+            return root + entry.sha256
+        return (
+            str(Path(root) / entry.sha256) if root.endswith(("/", os.sep)) else root + entry.sha256
+        )
+    if is_url(entry.source):
+        return entry.source
+    root = _resolve(ref.artifacts, base)
+    return root.rstrip("/") + "/" + entry.source
+
+
+@dataclass(frozen=True)
+class ConvergeResult:
+    """One converge's result as reported (and kept in the state file)."""
+
+    result: Result
+    detail: str
+    outcome: Outcome | None = None
+
+
+def exit_code(result: Result) -> int:
+    """0 converged / no-op, 1 failed, rolled back or refused."""
+    return 0 if result in (Result.COMMITTED, Result.NOOP) else 1
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (one runtime per device at a time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise AgentRuntimeError(
+                    f"{path}: another agent-runtime is converging this device"
+                ) from e
+        except ImportError:  # Windows: msvcrt locking
+            import msvcrt
+
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            except OSError as e:
+                raise AgentRuntimeError(
+                    f"{path}: another agent-runtime is converging this device"
+                ) from e
+        yield
+
+
+class Runtime:
+    """The on-device runtime for one device config."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        service: ServiceManager | None = None,
+        make_probe: Callable[[Path], HealthProbe] | None = None,
+        clock: Clock | None = None,
+        fetcher: Fetcher | None = None,
+        layout: Layout | None = None,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        from agent_runtime.clock import SystemClock
+        from agent_runtime.health import Health
+        from agent_runtime.services import make_service_manager
+
+        self.config = config
+        self.keys = trusted_keys(config.trusted_keys)
+        self.layout = layout or make_layout(config)
+        self.service = service or make_service_manager(
+            config.service, default_state_dir=config.state_dir
+        )
+        svc = self.service
+        self.make_probe = make_probe or (lambda d: Health(svc, d, poll_interval=0.1))
+        self.clock = clock or SystemClock()
+        self.fetcher = fetcher or Fetcher(config.download)
+        self.journal = JournalStore(config.state_dir)
+        self.states = StateStore(config.state_dir)
+        self.out = out
+        self.executor = Executor(
+            config,
+            Effects(
+                layout=self.layout,
+                service=self.service,
+                make_probe=self.make_probe,
+                clock=self.clock,
+                fetcher=self.fetcher,
+                journal=self.journal,
+                states=self.states,
+                out=out,
+            ),
+        )
+
+    # -- entry points -------------------------------------------------------------------
+
+    def converge_once(self, source: PlanSource) -> ConvergeResult:
+        """Recover, then converge to the plan's desired release; never raises AgentRuntimeError
+        except PlanError (the plan is unusable) and a lock held by another runtime."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.config.state_dir / "lock"):
+            recovered = self._recover()
+            if recovered is not None and not recovered.outcome_closed:
+                return self._finish(recovered.result)
+            desired = source.fetch()
+            return self._finish(self._converge(desired))
+
+    def rollback(self) -> ConvergeResult:
+        """Restore the previous known-good release from the local copy (always allowed)."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.config.state_dir / "lock"):
+            recovered = self._recover()
+            if recovered is not None and not recovered.outcome_closed:
+                return self._finish(recovered.result)
+            state = self.states.load()
+            target = state.previous
+            if target is None:
+                return self._finish(
+                    ConvergeResult(Result.FAILED, "no previous known-good release to restore")
+                )
+            bad = state.installed
+            res = self._restore(state, target)
+            if res is None:
+                return self._finish(
+                    ConvergeResult(
+                        Result.FAILED, f"no complete local copy of {target} is kept: cannot restore"
+                    )
+                )
+            if res.result is Result.COMMITTED:
+                state = self.states.load()
+                if bad is not None:
+                    state.attempts[str(bad)] = self.config.max_attempts
+                    state.desired = bad
+                self.states.save(state)
+                res = ConvergeResult(
+                    Result.ROLLED_BACK, f"restored {target} on request; {bad} will not be retried "
+                    "until the desired release changes", res.outcome,
+                )  # fmt: skip
+            return self._finish(res)
+
+    def status(self) -> dict[str, Any]:
+        """Installed / known-good versions, the journal and the last result, as plain data."""
+        state = self.states.load()
+        try:
+            record = self.journal.load()
+        except JournalError as e:
+            record = None
+            journal: dict[str, Any] = {"error": str(e)}
+        else:
+            journal = {"state": "none"}
+        if record is not None:
+            journal = {
+                "state": "open" if record.is_open else "closed",
+                "txid": record.txid,
+                "phase": str(record.phase),
+                "target": str(record.target),
+                "previous": None if record.previous is None else str(record.previous),
+                "history": [str(p) for p in record.history],
+                "error": record.error,
+                "saves": record.saves,
+            }
+        return {
+            "device": self.config.device,
+            "layout": self.config.layout,
+            "installed": None if state.installed is None else str(state.installed),
+            "known_good": None if state.known_good is None else str(state.known_good),
+            "previous": None if state.previous is None else str(state.previous),
+            "adopted_from": state.adopted_from,
+            "highest_serial": state.highest_serial,
+            "desired": None if state.desired is None else str(state.desired),
+            "attempts": dict(state.attempts),
+            "last_result": None if state.last_result is None else str(state.last_result),
+            "last_detail": state.last_detail,
+            "last_run": None if state.last_run is None else state.last_run.isoformat(),
+            "agent_running": self.service.is_running(),
+            "journal": journal,
+        }
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def _recover(self) -> _Recovered | None:
+        record = self.journal.load()
+        if record is None or not record.is_open:
+            self._sweep_staging(None)
+            return None
+        self.out(f"open journal: transaction {record.txid} to {record.target} in {record.phase}")
+        staging = self.config.staging_dir / record.txid
+        try:
+            ctx = TxContext.load(staging, self.keys, self.config, self.states)
+        except (JournalError, ManifestError) as e:
+            outcome = self._close_unrecoverable(record, str(e))
+        else:
+            outcome = self.executor.recover(record, ctx)
+        self._apply(outcome, record.target)
+        self._sweep_staging(record.txid if not outcome.closed else None)
+        return _Recovered(ConvergeResult(outcome.result, outcome.detail, outcome), outcome.closed)
+
+    def _close_unrecoverable(self, record: JournalRecord, why: str) -> Outcome:
+        """The transaction files are gone: close the journal as far as can be known."""
+        state = self.states.load()
+        if record.phase is Phase.COMMIT and state.installed == record.target:
+            phase, result = Phase.DONE, Result.COMMITTED
+        elif record.phase in (Phase.DOWNLOAD, Phase.VERIFY, Phase.BACKUP, Phase.CLEANUP):
+            phase, result = Phase.FAILED, Result.FAILED
+        else:
+            phase, result = Phase.FAILED, Result.FAILED
+            why = f"cannot recover transaction {record.txid} in {record.phase}: {why}"
+        record.phase = phase
+        record.error = record.error or why
+        self.journal.save(record, self.clock.now())
+        return Outcome(phase, result, why)
+
+    def _sweep_staging(self, keep: str | None) -> None:
+        staging = self.config.staging_dir
+        if staging.is_dir():
+            for d in staging.iterdir():
+                if d.name != keep:
+                    remove_tree(d)
+
+    # -- converge -----------------------------------------------------------------------
+
+    def _converge(self, desired: DesiredRelease) -> ConvergeResult:
+        plan = desired.device
+        state = self.states.load()
+        target = plan.desired
+        if target is None:
+            return ConvergeResult(
+                Result.NOOP, f"the plan wants no release ({plan.action}): nothing"
+            )
+        if state.desired != target:
+            state.desired = target
+            state.attempts = {}
+        if state.installed is None:
+            adopted = self._adopt(state, plan.current)
+            if adopted is not None:
+                self.states.save(state)
+                return adopted
+        self.states.save(state)
+        if state.installed == target:
+            res = self._check_installed(state, desired)
+            if res is not None:
+                return res
+        tried = state.attempts.get(str(target), 0)
+        if tried >= self.config.max_attempts:
+            return ConvergeResult(
+                Result.FAILED,
+                f"{target} failed {tried} times (max_attempts {self.config.max_attempts}): "
+                "not retried until the desired release changes",
+            )
+        if target != state.installed:
+            restored = self._restore(state, target)
+            if restored is not None:
+                return restored
+        return self._update(state, desired)
+
+    def _adopt(self, state: DeviceState, plan_current: Version | None) -> ConvergeResult | None:
+        """Take over a field install: learn its version; None when there is nothing to adopt."""
+        if not self.layout.has_files():
+            return None
+        from agent_runtime.layouts.versioned import VersionedLayout
+
+        if isinstance(self.layout, VersionedLayout):
+            pointed = self.layout.current_version()
+            if pointed is not None:
+                state.installed, state.known_good, state.adopted_from = pointed, pointed, "layout"
+                return None
+        if self.config.installed_version is not None:
+            state.installed = self.config.installed_version
+            state.adopted_from = "config"
+        elif plan_current is not None:
+            state.installed = plan_current
+            state.adopted_from = "plan"
+        else:
+            return ConvergeResult(
+                Result.FAILED,
+                f"{self.config.agent_root} holds an agent of unknown version and the runtime has "
+                "no state: set installed_version in the device config to adopt it",
+            )
+        state.known_good = state.installed
+        self.out(f"adopted the install in {self.config.agent_root} as {state.installed} "
+                 f"(from {state.adopted_from})")  # fmt: skip
+        return None
+
+    def _check_installed(
+        self, state: DeviceState, desired: DesiredRelease
+    ) -> ConvergeResult | None:
+        """No-op when the installed files are the desired release's; None when they drifted."""
+        assert state.installed is not None
+        version = state.installed
+        manifest = self._kept(version)
+        from_plan = False
+        if manifest is None:
+            try:
+                manifest = self._plan_manifest(desired)[0]
+            except (ManifestError, DownloadError, PlanError) as e:
+                return ConvergeResult(Result.FAILED, f"cannot verify the installed {version}: {e}")
+            from_plan = True
+        files = manifest.platforms.get(self.config.platform)
+        if files is None:
+            return ConvergeResult(Result.FAILED, f"{version} has no files for this platform")
+        ok, hashed = installed_matches(self.layout, version, files.files, state)
+        if not ok:
+            self.out(f"installed files differ from release {version}: reinstalling it")
+            return None
+        if from_plan or hashed:
+            if from_plan:
+                m, s = self._plan_manifest_bytes(desired)
+                self.states.keep_manifest(version, m, s)
+            state.file_cache = cache_files(self.layout, version, files.files)
+            self.states.save(state)
+        started = self.service.ensure_running(self.executor.run_spec(version, files))
+        how = "agent was not running: started it" if started else "agent running"
+        return ConvergeResult(Result.NOOP, f"{version} installed and verified; {how}")
+
+    def _kept(self, version: Version) -> ReleaseManifest | None:
+        kept = self.states.kept_manifest(version)
+        if kept is None:
+            return None
+        try:
+            return parse_signed(
+                kept[0], kept[1], self.keys, str(self.states.manifest_paths(version)[0])
+            )
+        except ManifestError:
+            return None
+
+    def _plan_manifest_bytes(self, desired: DesiredRelease) -> tuple[bytes, bytes]:
+        ref = desired.release
+        if ref is None:
+            raise PlanError(f"the plan names no release entry for {desired.device.desired}")
+        limit = self.config.download.max_manifest_bytes
+        m = self.fetcher.read_small(_resolve(ref.manifest, desired.base), limit)
+        s = self.fetcher.read_small(_resolve(ref.signature, desired.base), 64 * 1024)
+        return m, s
+
+    def _plan_manifest(self, desired: DesiredRelease) -> tuple[ReleaseManifest, bytes, bytes]:
+        m, s = self._plan_manifest_bytes(desired)
+        ref = desired.release
+        assert ref is not None
+        return parse_signed(m, s, self.keys, ref.manifest), m, s
+
+    def _trust(self, state: DeviceState) -> TrustContext:
+        installed = self._kept(state.installed) if state.installed is not None else None
+        return TrustContext(
+            keys=self.keys,
+            platform=self.config.platform,
+            now=self.clock.now(),
+            highest_serial=state.highest_serial,
+            installed=installed,
+        )
+
+    def _restore(self, state: DeviceState, target: Version) -> ConvergeResult | None:
+        """Install ``target`` from the device's own copy, if a complete one is kept."""
+        source = self.layout.restore_source(target)
+        kept = self.states.kept_manifest(target)
+        if source is None or kept is None:
+            return None
+        where = str(self.states.manifest_paths(target)[0])
+        try:
+            manifest, files = check_release(
+                kept[0], kept[1], desired=target, ctx=self._trust(state), where=where,
+                local_restore=True,
+            )  # fmt: skip
+        except ManifestError:
+            return None
+        if not all((source / e.path).is_file() for e in files.files):
+            return None
+        self.out(f"restoring {target} from the local copy in {source}")
+        sources = {e.path: str(source / e.path) for e in files.files}
+        return self._run(state, "restore", target, (manifest, kept[0], kept[1]), sources)
+
+    def _update(self, state: DeviceState, desired: DesiredRelease) -> ConvergeResult:
+        target = desired.device.desired
+        assert target is not None
+        ref = desired.release
+        if ref is None:
+            raise PlanError(f"the plan has no releases[{target!s}] entry saying where {target} is")
+        try:
+            m, s = self._plan_manifest_bytes(desired)
+        except DownloadError as e:
+            return ConvergeResult(Result.FAILED, f"cannot fetch the manifest of {target}: {e}")
+        except ManifestError as e:
+            return ConvergeResult(Result.REFUSED, str(e))
+        try:
+            manifest, files = check_release(
+                m, s, desired=target, ctx=self._trust(state), where=ref.manifest
+            )
+        except ManifestError as e:
+            return ConvergeResult(Result.REFUSED, str(e))
+        self.out(f"release {target} (serial {manifest.serial}) verified; signed by a pinned key")
+        sources = {e.path: file_location(ref, e, desired.base) for e in files.files}
+        return self._run(state, "update", target, (manifest, m, s), sources)
+
+    def _run(
+        self,
+        state: DeviceState,
+        kind: str,
+        target: Version,
+        signed: tuple[ReleaseManifest, bytes, bytes],
+        sources: dict[str, str],
+    ) -> ConvergeResult:
+        manifest, manifest_bytes, signature = signed
+        state.attempts[str(target)] = state.attempts.get(str(target), 0) + 1
+        self.states.save(state)
+        txid = new_txid(self.clock.now())
+        files = manifest.platforms[self.config.platform]
+        prev_files, prev_health = previous_release(
+            state.installed, self.keys, self.config, self.states
+        )
+        ctx = TxContext(
+            spec=TxSpec(
+                txid=txid, kind=kind, target=target, previous=state.installed, sources=sources
+            ),
+            staging=self.config.staging_dir / txid,
+            manifest=manifest,
+            files=files,
+            manifest_bytes=manifest_bytes,
+            signature=signature,
+            previous_files=prev_files,
+            previous_health=prev_health,
+        )
+        self.out(
+            f"transaction {txid}: {state.installed or 'nothing'} -> {target} "
+            f"(attempt {state.attempts[str(target)]} of {self.config.max_attempts})"
+        )
+        outcome = self.executor.start(ctx)
+        self._apply(outcome, target)
+        return ConvergeResult(outcome.result, outcome.detail, outcome)
+
+    def _apply(self, outcome: Outcome, target: Version) -> None:
+        """Record a transaction's end in the state file (commit already recorded itself)."""
+        state = self.states.load()
+        state.last_result = outcome.result
+        state.last_detail = outcome.detail
+        self.states.save(state)
+
+    def _finish(self, res: ConvergeResult) -> ConvergeResult:
+        state = self.states.load()
+        state.last_result = res.result
+        state.last_detail = res.detail
+        state.last_run = self.clock.now()
+        self.states.save(state)
+        return res
+
+    def jitter(self) -> float:
+        """Seconds until the next periodic converge: interval plus a random share of jitter."""
+        c = self.config.converge
+        return c.interval.total_seconds() + random.uniform(0, c.jitter.total_seconds())
+
+
+@dataclass(frozen=True)
+class _Recovered:
+    result: ConvergeResult
+    outcome_closed: bool

@@ -1,0 +1,483 @@
+"""The crash-safe transaction executor: journal first, then the phase's effect, then the table.
+
+Phases, events and the ``TRANSITIONS`` table live in ``agent_runtime.phases``
+(pure, re-exported here). The executor saves the journal *before* entering
+each phase, performs the phase's effect through injected interfaces (fetcher,
+layout, service manager, health probe, clock) and feeds the outcome event to
+the table. Everything recovery needs — the verified manifest, its signature,
+where each file comes from — is written to ``staging/<txid>/`` before the
+first journal save, so a new process can pick up any open journal.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_runtime import faults
+from agent_runtime._fsutil import atomic_write_bytes, remove_tree, sha256_file
+from agent_runtime.config import DeviceConfig
+from agent_runtime.effects import Clock, HealthProbe, RunSpec, ServiceManager
+from agent_runtime.errors import ArtifactMismatchError, JournalError, ManifestError
+from agent_runtime.fetch import Fetcher
+from agent_runtime.journal import JournalRecord, JournalStore
+from agent_runtime.layouts.base import Layout, SwapPlan
+from agent_runtime.phases import (
+    RECOVERY_START,
+    TERMINAL_PHASES,
+    TRANSITIONS,
+    Event,
+    Phase,
+    next_phase,
+)
+from agent_runtime.state import CachedFile, DeviceState, Result, StateStore
+from agent_runtime.trust import parse_signed
+from inventory.version import Version
+from states.manifest import FileEntry, HealthCheck, PlatformRelease, ReleaseManifest
+from states.signing import TrustedKeys
+
+__all__ = [
+    "TRANSITIONS",
+    "Effects",
+    "Event",
+    "Executor",
+    "Outcome",
+    "Phase",
+    "TxContext",
+    "TxSpec",
+    "new_txid",
+]
+
+#: In-process retries of a phase whose failure maps back to itself (rollback, commit).
+MAX_RETRIES = 2
+#: Recoveries of one journal before the runtime declares a crash loop and gives up.
+MAX_RECOVERIES = 5
+#: Journal saves of one transaction before the runtime declares a state loop.
+MAX_SAVES = 500
+
+MANIFEST_NAME = "manifest.yaml"
+SPEC_NAME = "tx.json"
+
+
+def new_txid(now: datetime) -> str:
+    """A transaction id that sorts by time: ``20261127T101500-1a2b3c``."""
+    return now.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class TxSpec(BaseModel):
+    """What a transaction installs and from where; kept in ``staging/<txid>/tx.json``."""
+
+    model_config = ConfigDict(extra="ignore")
+    txid: str
+    kind: str = "update"  # "update" (from the plan's release) | "restore" (from a local copy)
+    target: Version
+    previous: Version | None
+    #: file path → where to fetch it (URL or local path)
+    sources: dict[str, str]
+    #: instant of the last (re)start, for "heartbeat newer than the restart"
+    since: datetime | None = None
+    rollback_since: datetime | None = None
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass
+class TxContext:
+    """A transaction's inputs, rebuilt from staging on recovery."""
+
+    spec: TxSpec
+    staging: Path
+    manifest: ReleaseManifest
+    files: PlatformRelease
+    manifest_bytes: bytes
+    signature: bytes
+    previous_files: PlatformRelease | None
+    previous_health: HealthCheck | None
+
+    @property
+    def swap_plan(self) -> SwapPlan:
+        """The layout's view of this transaction."""
+        return SwapPlan(
+            txid=self.spec.txid,
+            old=self.spec.previous,
+            new=self.spec.target,
+            old_files=None if self.previous_files is None else self.previous_files.files,
+            new_files=self.files.files,
+            staging=self.staging,
+        )
+
+    def save_spec(self) -> None:
+        """Durably rewrite ``tx.json``."""
+        atomic_write_bytes(self.staging / SPEC_NAME, self.spec.model_dump_json(indent=1).encode())
+
+    def write(self) -> None:
+        """Write everything recovery needs into the staging directory."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.staging / (MANIFEST_NAME + ".sig"), self.signature)
+        atomic_write_bytes(self.staging / MANIFEST_NAME, self.manifest_bytes)
+        self.save_spec()
+
+    @classmethod
+    def load(
+        cls, staging: Path, keys: TrustedKeys, config: DeviceConfig, states: StateStore
+    ) -> TxContext:
+        """Rebuild a context from ``staging`` (signature re-verified); JournalError if missing."""
+        try:
+            spec = TxSpec.model_validate_json((staging / SPEC_NAME).read_bytes())
+            manifest_bytes = (staging / MANIFEST_NAME).read_bytes()
+            signature = (staging / (MANIFEST_NAME + ".sig")).read_bytes()
+        except (OSError, ValueError) as e:
+            raise JournalError(f"{staging}: transaction files unreadable: {e}") from e
+        manifest = parse_signed(manifest_bytes, signature, keys, str(staging / MANIFEST_NAME))
+        files = manifest.platforms.get(config.platform)
+        if files is None:
+            raise JournalError(f"{staging}: manifest has no files for {config.platform}")
+        prev_files, prev_health = previous_release(spec.previous, keys, config, states)
+        return cls(
+            spec, staging, manifest, files, manifest_bytes, signature, prev_files, prev_health
+        )
+
+
+def previous_release(
+    version: Version | None, keys: TrustedKeys, config: DeviceConfig, states: StateStore
+) -> tuple[PlatformRelease | None, HealthCheck | None]:
+    """Files and health check of an installed release from its kept manifest (None if unknown)."""
+    if version is None:
+        return None, None
+    kept = states.kept_manifest(version)
+    if kept is None:
+        return None, None
+    try:
+        m = parse_signed(kept[0], kept[1], keys, str(states.manifest_paths(version)[0]))
+    except ManifestError:
+        return None, None
+    return m.platforms.get(config.platform), m.health_check
+
+
+@dataclass
+class Effects:
+    """The executor's window on the world."""
+
+    layout: Layout
+    service: ServiceManager
+    make_probe: Callable[[Path], HealthProbe]
+    clock: Clock
+    fetcher: Fetcher
+    journal: JournalStore
+    states: StateStore
+    out: Callable[[str], None] = print
+
+
+@dataclass
+class Outcome:
+    """How a transaction ended (or stopped, leaving its journal open)."""
+
+    phase: Phase
+    result: Result
+    detail: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def closed(self) -> bool:
+        """True when the journal reached a terminal phase."""
+        return self.phase in TERMINAL_PHASES
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class Executor:
+    """Runs one transaction through the transition table, journaling before each phase."""
+
+    def __init__(self, config: DeviceConfig, effects: Effects) -> None:
+        self.config = config
+        self.fx = effects
+        self._actions: dict[Phase, Callable[[JournalRecord, TxContext], str]] = {
+            Phase.DOWNLOAD: self._download,
+            Phase.VERIFY: self._verify,
+            Phase.BACKUP: self._backup,
+            Phase.SWAP: self._swap,
+            Phase.RESTART: self._restart,
+            Phase.CONFIRM: self._confirm,
+            Phase.COMMIT: self._commit,
+            Phase.CLEANUP: self._cleanup,
+            Phase.ROLLBACK_SWAP: self._rollback_swap,
+            Phase.ROLLBACK_RESTART: self._rollback_restart,
+            Phase.ROLLBACK_CONFIRM: self._rollback_confirm,
+        }
+
+    # -- entry points -------------------------------------------------------------------
+
+    def start(self, ctx: TxContext) -> Outcome:
+        """Run a new transaction from IDLE; ``ctx`` is written to staging first."""
+        ctx.write()
+        now = self.fx.clock.now()
+        record = JournalRecord(
+            txid=ctx.spec.txid,
+            kind=ctx.spec.kind,
+            phase=Phase.IDLE,
+            target=ctx.spec.target,
+            previous=ctx.spec.previous,
+            started_at=now,
+            updated_at=now,
+        )
+        return self._drive(record, ctx, next_phase(Phase.IDLE, Event.START))
+
+    def recover(self, record: JournalRecord, ctx: TxContext) -> Outcome:
+        """Resume an open journal left by a process that died (or gave up) in ``record.phase``."""
+        record.recoveries += 1
+        record.retries = 0
+        if record.recoveries > MAX_RECOVERIES or record.saves > MAX_SAVES:
+            detail = (
+                f"state loop detected: transaction {record.txid} to {record.target} was "
+                f"recovered {record.recoveries - 1} times ({record.saves} journal saves); "
+                "giving up — check the device by hand"
+            )
+            record.error = detail
+            record.phase = Phase.FAILED
+            self.fx.journal.save(record, self.fx.clock.now())
+            return Outcome(Phase.FAILED, Result.FAILED, detail)
+        start = RECOVERY_START[record.phase]
+        self.fx.out(
+            f"recovering transaction {record.txid}: open in {record.phase}, resuming at {start}"
+        )
+        return self._drive(record, ctx, start)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _drive(self, record: JournalRecord, ctx: TxContext, phase: Phase) -> Outcome:
+        timings: dict[str, float] = {}
+        clock = self.fx.clock
+        while phase not in TERMINAL_PHASES:
+            record.phase = phase
+            self.fx.journal.save(record, clock.now())
+            t0 = time.perf_counter()
+            try:
+                faults.hit(f"before:{phase}")
+                detail = self._actions[phase](record, ctx)
+                faults.hit(f"after:{phase}")
+                event = Event.OK
+            except Exception as e:  # every failing effect becomes a FAIL event
+                event = Event.FAIL
+                detail = f"{type(e).__name__}: {e}"
+                if phase not in (Phase.CLEANUP,) and not str(phase).startswith("ROLLBACK"):
+                    record.error = f"{phase}: {detail}"
+            elapsed = time.perf_counter() - t0
+            timings[str(phase)] = timings.get(str(phase), 0.0) + elapsed
+            self.fx.out(f"  {phase!s:<17} {event!s:<4} {elapsed:7.3f}s  {detail}")
+            nxt = next_phase(phase, event)
+            if nxt is phase:
+                record.retries += 1
+                if record.retries > MAX_RETRIES:
+                    msg = (
+                        f"{phase} keeps failing ({detail}); the journal stays open and "
+                        "the next start retries"
+                    )
+                    return Outcome(phase, Result.FAILED, msg, timings)
+                clock.sleep(0.2 * record.retries)
+            else:
+                record.retries = 0
+            phase = nxt
+        record.phase = phase
+        self.fx.journal.save(record, clock.now())
+        remove_tree(ctx.staging)  # the journal is closed: nothing needs the transaction files
+        result = {
+            Phase.DONE: Result.COMMITTED,
+            Phase.ROLLED_BACK: Result.ROLLED_BACK,
+            Phase.FAILED: Result.FAILED,
+        }[phase]
+        detail = record.error or ""
+        if phase is Phase.DONE:
+            detail = f"{ctx.spec.target} committed"
+        return Outcome(phase, result, detail, timings)
+
+    # -- phase effects (each returns a detail line, raises on failure) -------------------
+
+    def _download(self, record: JournalRecord, ctx: TxContext) -> str:
+        before = self.fx.fetcher.bytes_transferred
+        t0 = time.perf_counter()
+        for entry in ctx.files.files:
+            self.fx.fetcher.fetch(
+                ctx.spec.sources[entry.path],
+                ctx.swap_plan.staged(entry),
+                size=entry.size,
+                sha256=entry.sha256,
+            )
+        moved = self.fx.fetcher.bytes_transferred - before
+        secs = max(time.perf_counter() - t0, 1e-9)
+        return (
+            f"{len(ctx.files.files)} files, {_mb(ctx.files.total_size)} "
+            f"({_mb(moved)} transferred, {moved / secs / 1e6:.0f} MB/s)"
+        )
+
+    def _verify(self, record: JournalRecord, ctx: TxContext) -> str:
+        for entry in ctx.files.files:
+            path = ctx.swap_plan.staged(entry)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError as e:
+                raise ArtifactMismatchError(f"{entry.path}: staged file missing") from e
+            if size != entry.size:
+                raise ArtifactMismatchError(
+                    f"{entry.path}: staged {size} bytes, manifest declares {entry.size}"
+                )
+            digest = sha256_file(path)
+            if digest != entry.sha256:
+                raise ArtifactMismatchError(
+                    f"{entry.path}: sha256 {digest} does not match the manifest's {entry.sha256}"
+                )
+        return f"{len(ctx.files.files)} files match the signed manifest"
+
+    def _backup(self, record: JournalRecord, ctx: TxContext) -> str:
+        self.fx.layout.backup(ctx.swap_plan)
+        return f"{ctx.spec.previous or 'nothing'} kept restorable"
+
+    def _swap(self, record: JournalRecord, ctx: TxContext) -> str:
+        def touch(path: str) -> None:
+            record.swap_started.append(path)
+            self.fx.journal.save(record, self.fx.clock.now())
+
+        self.fx.layout.swap(ctx.swap_plan, touch)
+        return f"{ctx.spec.previous or 'nothing'} -> {ctx.spec.target}"
+
+    def run_spec(self, version: Version, files: PlatformRelease | None) -> RunSpec:
+        """How to run ``version`` once it is active."""
+        argv = (files.command if files is not None else None) or self.config.command or []
+        return RunSpec(
+            cwd=self.fx.layout.active_dir(version),
+            argv=list(argv),
+            version=version,
+            env=dict(self.config.env),
+        )
+
+    def health_check(self, check: HealthCheck | None) -> HealthCheck:
+        """The release's health check (or the device default), with the config's timeout cap."""
+        chosen = check or self.config.health_check
+        cap = self.config.health_timeout
+        if cap is not None and chosen.timeout > cap:
+            chosen = chosen.model_copy(update={"timeout": cap})
+        return chosen
+
+    def _restart(self, record: JournalRecord, ctx: TxContext) -> str:
+        ctx.spec.since = self.fx.clock.now()
+        ctx.save_spec()
+        self.fx.service.restart(self.run_spec(ctx.spec.target, ctx.files))
+        return f"{self.fx.service.name}: {ctx.spec.target} started"
+
+    def _confirm(self, record: JournalRecord, ctx: TxContext) -> str:
+        since = ctx.spec.since or record.started_at
+        check = self.health_check(ctx.manifest.health_check)
+        probe = self.fx.make_probe(self.fx.layout.active_dir(ctx.spec.target))
+        result = probe.wait_healthy(check, ctx.spec.target, since, self.fx.clock)
+        if not result.healthy:
+            raise _UnhealthyError(result.detail)
+        return result.detail
+
+    def _commit(self, record: JournalRecord, ctx: TxContext) -> str:
+        states = self.fx.states
+        state = states.load()
+        target = ctx.spec.target
+        states.keep_manifest(target, ctx.manifest_bytes, ctx.signature)
+        if state.known_good is not None and state.known_good != target:
+            state.previous = state.known_good
+        state.installed = target
+        state.known_good = target
+        state.adopted_from = None
+        if ctx.spec.kind == "update":
+            state.highest_serial = max(state.highest_serial, ctx.manifest.serial)
+        state.file_cache = cache_files(self.fx.layout, target, ctx.files.files)
+        state.last_result = Result.COMMITTED
+        state.last_detail = f"{target} committed"
+        states.save(state)
+        keep = {v for v in (target, state.previous) if v is not None}
+        cutoff = self.fx.clock.now() - self.config.backup_retention
+        self.fx.layout.finish(ctx.swap_plan, keep, cutoff)
+        return f"known-good is now {target}"
+
+    def _cleanup(self, record: JournalRecord, ctx: TxContext) -> str:
+        remove_tree(ctx.staging / "files")
+        return "staging removed; the running agent was not touched"
+
+    def _rollback_swap(self, record: JournalRecord, ctx: TxContext) -> str:
+        self.fx.layout.rollback(ctx.swap_plan, list(record.swap_started))
+        return f"files of {ctx.spec.previous or 'nothing'} restored"
+
+    def _rollback_restart(self, record: JournalRecord, ctx: TxContext) -> str:
+        previous = ctx.spec.previous
+        if previous is None:
+            self.fx.service.stop()
+            return "nothing was installed before: agent stopped"
+        ctx.spec.rollback_since = self.fx.clock.now()
+        ctx.save_spec()
+        self.fx.service.restart(self.run_spec(previous, ctx.previous_files))
+        return f"{self.fx.service.name}: {previous} started"
+
+    def _rollback_confirm(self, record: JournalRecord, ctx: TxContext) -> str:
+        previous = ctx.spec.previous
+        if previous is None:
+            return "nothing to confirm"
+        since = ctx.spec.rollback_since or record.started_at
+        check = self.health_check(ctx.previous_health)
+        probe = self.fx.make_probe(self.fx.layout.active_dir(previous))
+        result = probe.wait_healthy(check, previous, since, self.fx.clock)
+        if not result.healthy:
+            raise _UnhealthyError(f"known-good {previous}: {result.detail}")
+        self.fx.layout.discard(ctx.swap_plan)
+        return result.detail
+
+
+class _UnhealthyError(Exception):
+    """The health check did not pass."""
+
+
+def cache_files(layout: Layout, version: Version, files: list[FileEntry]) -> dict[str, CachedFile]:
+    """Stat of each installed file with the manifest's sha256, for the cheap no-op check."""
+    cache: dict[str, CachedFile] = {}
+    for entry in files:
+        try:
+            st = os.stat(layout.installed_path(version, entry))
+        except OSError:
+            continue
+        cache[entry.path] = CachedFile(
+            size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, sha256=entry.sha256
+        )
+    return cache
+
+
+def installed_matches(
+    layout: Layout, version: Version, files: list[FileEntry], state: DeviceState
+) -> tuple[bool, bool]:
+    """Whether the installed files of ``version`` match ``files``; and whether a hash was needed.
+
+    A file whose size, mtime and inode equal the cached stat (and whose cached
+    sha256 is the manifest's) is trusted without hashing; any other is hashed.
+    """
+    hashed = False
+    for entry in files:
+        path = layout.installed_path(version, entry)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False, hashed
+        cached = state.file_cache.get(entry.path)
+        if (
+            cached is not None
+            and cached.sha256 == entry.sha256
+            and cached.size == st.st_size
+            and cached.mtime_ns == st.st_mtime_ns
+            and cached.inode == st.st_ino
+        ):
+            continue
+        if st.st_size != entry.size:
+            return False, hashed
+        hashed = True
+        if sha256_file(path) != entry.sha256:
+            return False, hashed
+    return True, hashed
