@@ -110,16 +110,20 @@ def _load(root: Path) -> OperatorRepo:
     inventory_files = _inventory_paths(root, problems)
     renderer = _Renderer(root / INVENTORY_DIR)
     files: list[tuple[SourceFile, InventoryFile]] = []
+    failed_files = 0
     for path in inventory_files:
         source = SourceFile.read(path, root)
         sources.append(source)
         if path.name.endswith(".j2"):
             rendered = renderer.render(source, problems)
             if rendered is None:
+                failed_files += 1
                 continue
             source.text = rendered
         parsed = _validate_inventory_file(source, problems)
-        if parsed is not None:
+        if parsed is None:
+            failed_files += 1
+        else:
             files.append((source, parsed))
     # Helper templates (macros, includes) change what templates render to.
     sources.extend(
@@ -134,7 +138,16 @@ def _load(root: Path) -> OperatorRepo:
     sources.extend(catalog.sources)
 
     inventory = Inventory.model_construct(devices=devices, groups=groups)
-    _check_references(inventory, origin, catalog.releases, problems)
+    # A file that failed to load must not cause follow-on errors ("not a device",
+    # "no such release") about what it would have defined.
+    _check_references(
+        inventory,
+        origin,
+        catalog.releases,
+        problems,
+        devices_complete=failed_files == 0,
+        unloadable_releases=catalog.failed,
+    )
     assignment, conflicts = assign_groups(inventory)
     problems.extend(_conflict_problems(conflicts, origin))
     if problems:
@@ -355,12 +368,15 @@ def _check_references(
     origin: _Origin,
     releases: dict[Version, LoadedRelease],
     problems: list[Problem],
+    *,
+    devices_complete: bool,
+    unloadable_releases: set[str],
 ) -> None:
     known = ", ".join(str(v) for v in sorted(releases)) or "none (releases/ is empty)"
     for name, group in inventory.groups.items():
         source = origin.group[name]
         for i, member in enumerate(group.members):
-            if member not in inventory.devices:
+            if devices_complete and member not in inventory.devices:
                 problems.append(
                     source.problem(
                         ("groups", name, "members", i),
@@ -368,7 +384,11 @@ def _check_references(
                         at_value=True,
                     )
                 )
-        if group.agent is not None and group.agent.release not in releases:
+        if (
+            group.agent is not None
+            and group.agent.release not in releases
+            and str(group.agent.release) not in unloadable_releases
+        ):
             problems.append(
                 source.problem(
                     ("groups", name, "agent", "release"),
@@ -377,7 +397,11 @@ def _check_references(
                 )
             )
     for device_id, device in inventory.devices.items():
-        if device.pin is not None and device.pin not in releases:
+        if (
+            device.pin is not None
+            and device.pin not in releases
+            and str(device.pin) not in unloadable_releases
+        ):
             problems.append(
                 origin.device[device_id].problem(
                     ("devices", device_id, "pin"),

@@ -140,11 +140,20 @@ def problems_from_validation_error(
     unknown keys get the allowed keys and a "did you mean" suggestion.
     """
     grouped: dict[tuple[str | int, ...], list[dict[str, Any]]] = {}
+    branch_only: dict[tuple[str | int, ...], bool] = {}
     for err in error.errors(include_url=False):
         loc = _data_path(data, err["loc"], keep_last=err["type"] == "missing")
         grouped.setdefault(loc, []).append(dict(err))
+        from_branch = len(err["loc"]) > len(loc) and err["type"] != "missing"
+        branch_only[loc] = branch_only.get(loc, True) and from_branch
     problems = []
     for loc, errs in grouped.items():
+        # A union alternative of the wrong shape (a string where the value is a
+        # list) is noise when another alternative got further into the value.
+        if branch_only[loc] and any(
+            len(other) > len(loc) and other[: len(loc)] == loc for other in grouped
+        ):
+            continue
         full = (*prefix, *loc)
         problems.append(_problem_for(source, full, loc, errs, model))
     return problems

@@ -30,6 +30,7 @@ class ReleaseCatalog:
     releases: dict[Version, LoadedRelease] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     sources: list[SourceFile] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)  # file name versions that did not load
 
 
 def load_release_catalog(root: Path) -> ReleaseCatalog:
@@ -45,6 +46,7 @@ def load_release_catalog(root: Path) -> ReleaseCatalog:
         catalog.sources.append(source)
         loaded = _load_one(source, catalog.problems)
         if loaded is None:
+            catalog.failed.add(path.name.removesuffix(_SUFFIX))
             continue
         manifest = loaded.manifest
         other = by_version.get(manifest.version)
@@ -67,6 +69,7 @@ def load_release_catalog(root: Path) -> ReleaseCatalog:
                     at_value=True,
                 )
             )
+            catalog.failed.add(str(manifest.version))
             continue
         by_version[manifest.version] = source
         by_serial[manifest.serial] = source
