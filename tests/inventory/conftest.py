@@ -13,8 +13,12 @@ SHA = "a" * 64
 
 def manifest_text(version: str, serial: int, *, extra: str = "", files: str | None = None) -> str:
     """A valid release manifest as YAML text (``files`` replaces the linux file list)."""
-    body = files if files is not None else (
-        f"      - {{path: agent.py, sha256: '{SHA}', size: 10, source: {version}/agent.py}}\n"
+    body = (
+        files
+        if files is not None
+        else (
+            f"      - {{path: agent.py, sha256: '{SHA}', size: 10, source: {version}/agent.py}}\n"
+        )
     )
     return (
         f"version: '{version}'\n"

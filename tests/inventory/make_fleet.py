@@ -34,7 +34,9 @@ GROUPS = """groups:
 """
 
 
-def write_fleet(root: Path, devices: int, *, files: int = 1, releases_from: Path | None = None) -> None:
+def write_fleet(
+    root: Path, devices: int, *, files: int = 1, releases_from: Path | None = None
+) -> None:
     """Write inventory/ (devices split over ``files`` files) and groups.yaml under ``root``."""
     inventory = root / "inventory"
     inventory.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,10 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "waves not increasing",
-        {"inventory/more.yaml": "groups:\n  g:\n    match: {site: x}\n    rollout:\n      waves: [10, 10, 100]\n"},
+        {
+            "inventory/more.yaml": "groups:\n  g:\n    match: {site: x}\n    rollout:\n"
+            "      waves: [10, 10, 100]\n"
+        },
         [
             "inventory/more.yaml:5:14: groups.g.rollout.waves: waves must be strictly "
             "increasing cumulative percentages; 10 follows 10"
@@ -165,7 +168,10 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "waves not ending at 100",
-        {"inventory/more.yaml": "groups:\n  g:\n    match: {site: x}\n    rollout: {waves: [5, 50]}\n"},
+        {
+            "inventory/more.yaml": "groups:\n  g:\n    match: {site: x}\n"
+            "    rollout: {waves: [5, 50]}\n"
+        },
         [
             "inventory/more.yaml:4:22: groups.g.rollout.waves: the last wave must be 100 "
             "(the whole group), found 50"
@@ -173,7 +179,10 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "bad duration",
-        {"inventory/more.yaml": "groups:\n  g:\n    match: {site: x}\n    rollout: {soak: 10 minutes}\n"},
+        {
+            "inventory/more.yaml": "groups:\n  g:\n    match: {site: x}\n"
+            "    rollout: {soak: 10 minutes}\n"
+        },
         [
             "inventory/more.yaml:4:21: groups.g.rollout.soak: '10 minutes' is not a duration: "
             "use a number with a unit ms, s, m, h, d or w (e.g. 30s, 10m, 1h30m)"
@@ -198,16 +207,25 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     (
         "a list instead of a mapping",
         {"inventory/more.yaml": "- a\n- b\n"},
-        ["inventory/more.yaml:1:1: expected a mapping with 'devices' and/or 'groups', found a list"],
+        [
+            "inventory/more.yaml:1:1: expected a mapping with 'devices' and/or 'groups', "
+            "found a list"
+        ],
     ),
     (
         "undefined template variable",
-        {"inventory/gen.yaml.j2": "devices:\n{% for i in range(2) %}\n  d{{ i }}:\n    platform: {{ plat }}\n{% endfor %}\n"},
+        {
+            "inventory/gen.yaml.j2": "devices:\n{% for i in range(2) %}\n  d{{ i }}:\n"
+            "    platform: {{ plat }}\n{% endfor %}\n"
+        },
         ["inventory/gen.yaml.j2:4: Jinja2: 'plat' is undefined"],
     ),
     (
         "template syntax error",
-        {"inventory/gen.yaml.j2": "devices:\n{% for i in range(2) %}\n  d{{ i }}: {platform: linux}\n"},
+        {
+            "inventory/gen.yaml.j2": "devices:\n{% for i in range(2) %}\n"
+            "  d{{ i }}: {platform: linux}\n"
+        },
         [
             "inventory/gen.yaml.j2:3: Jinja2: Unexpected end of template. Jinja was looking "
             "for the following tags: 'endfor' or 'else'. The innermost block that needs to be "
@@ -226,7 +244,10 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "overlapping groups that disagree",
-        {"inventory/more.yaml": "groups:\n  hamburg:\n    match: {site: hamburg}\n    agent: {release: '3.0.2'}\n"},
+        {
+            "inventory/more.yaml": "groups:\n  hamburg:\n    match: {site: hamburg}\n"
+            "    agent: {release: '3.0.2'}\n"
+        },
         [
             "inventory/more.yaml:2:3: groups.hamburg: groups 'hamburg' "
             "(inventory/more.yaml:2) and 'linux-prod' (inventory/groups.yaml:6) both have "
@@ -237,7 +258,11 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     # release manifests
     (
         "manifest path with ..",
-        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, files=_file(f"{{path: ../x, sha256: '{SHA}', size: 1, source: x}}"))},
+        {
+            "releases/3.0.2.yaml": manifest_text(
+                "3.0.2", 2, files=_file(f"{{path: ../x, sha256: '{SHA}', size: 1, source: x}}")
+            )
+        },
         [
             "releases/3.0.2.yaml:7:16: platforms.linux.files[0].path: path '../x' must not "
             "contain '..', '.' or empty components"
@@ -245,7 +270,11 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "manifest absolute path",
-        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, files=_file(f"{{path: /etc/x, sha256: '{SHA}', size: 1, source: x}}"))},
+        {
+            "releases/3.0.2.yaml": manifest_text(
+                "3.0.2", 2, files=_file(f"{{path: /etc/x, sha256: '{SHA}', size: 1, source: x}}")
+            )
+        },
         [
             "releases/3.0.2.yaml:7:16: platforms.linux.files[0].path: path '/etc/x' must be "
             "relative to the agent root, not absolute"
@@ -253,7 +282,11 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "manifest drive path",
-        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, files=_file(f"{{path: 'C:/x', sha256: '{SHA}', size: 1, source: x}}"))},
+        {
+            "releases/3.0.2.yaml": manifest_text(
+                "3.0.2", 2, files=_file(f"{{path: 'C:/x', sha256: '{SHA}', size: 1, source: x}}")
+            )
+        },
         [
             "releases/3.0.2.yaml:7:16: platforms.linux.files[0].path: path 'C:/x' must be "
             "relative to the agent root, not absolute"
@@ -261,7 +294,11 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "manifest bad sha256",
-        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, files=_file("{path: a, sha256: ABC, size: 1, source: x}"))},
+        {
+            "releases/3.0.2.yaml": manifest_text(
+                "3.0.2", 2, files=_file("{path: a, sha256: ABC, size: 1, source: x}")
+            )
+        },
         [
             "releases/3.0.2.yaml:7:27: platforms.linux.files[0].sha256: sha256 must be 64 "
             "lowercase hexadecimal characters"
@@ -297,7 +334,10 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
     ),
     (
         "manifest version released twice",
-        {"releases/3.0.yaml": manifest_text("3.0", 5), "releases/3.0.0.yaml": manifest_text("3.0.0", 6)},
+        {
+            "releases/3.0.yaml": manifest_text("3.0", 5),
+            "releases/3.0.0.yaml": manifest_text("3.0.0", 6),
+        },
         ["releases/3.0.yaml:1:10: version: version 3.0 is also released by releases/3.0.0.yaml:1"],
     ),
     (
@@ -351,7 +391,7 @@ def test_all_problems_are_reported_not_only_the_first(make_repo: RepoMaker) -> N
 
 
 def test_broken_file_causes_no_follow_on_errors(make_repo: RepoMaker) -> None:
-    """Members defined in a broken file, and releases in a broken manifest, are not reported missing."""
+    """Devices of a broken file and releases of a broken manifest are not reported missing."""
     root = make_repo(
         {
             "inventory/devices.yaml": DEVICES + "    platfrom: linux\n",
