@@ -1,6 +1,12 @@
-"""Loading the operator repo: YAML (optionally Jinja2-templated) into validated models."""
+"""Loading the operator repo: YAML (optionally Jinja2-templated) into validated models.
+
+The loader itself (``inventory.loader.load_operator_repo``) is not imported here:
+the agent runtime imports these shared models and must not pull in Jinja2,
+rapidyaml or orjson.
+"""
 
 from inventory.duration import Duration, format_duration, parse_duration
+from inventory.errors import InventoryError, Problem
 from inventory.models import (
     AgentSpec,
     Device,
@@ -22,10 +28,12 @@ __all__ = [
     "EngineSettings",
     "Group",
     "Inventory",
+    "InventoryError",
     "MaintenanceWindow",
     "Match",
     "OnFailure",
     "Platform",
+    "Problem",
     "RolloutPolicy",
     "Version",
     "VersionError",
