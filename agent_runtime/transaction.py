@@ -266,7 +266,7 @@ class Executor:
                 event = Event.OK
             except Exception as e:  # every failing effect becomes a FAIL event
                 event = Event.FAIL
-                detail = f"{type(e).__name__}: {e}"
+                detail = str(e) if isinstance(e, _UnhealthyError) else f"{type(e).__name__}: {e}"
                 if phase not in (Phase.CLEANUP,) and not str(phase).startswith("ROLLBACK"):
                     record.error = f"{phase}: {detail}"
             elapsed = time.perf_counter() - t0

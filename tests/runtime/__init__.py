@@ -1,0 +1,1 @@
+"""Tests of the on-device runtime: transaction, trust, download, layouts, kill matrix."""
