@@ -8,6 +8,7 @@ from engine.store._url import (
     normalize_url,
     redact_url,
     resolve_state_url,
+    settings_state,
 )
 from engine.store.store import Store
 
@@ -22,4 +23,5 @@ __all__ = [
     "normalize_url",
     "redact_url",
     "resolve_state_url",
+    "settings_state",
 ]

@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from engine.errors import StoreError
 
-__all__ = ["ENV_STATE_URL", "default_state_url", "normalize_url", "redact_url", "resolve_state_url"]
+__all__ = [
+    "ENV_STATE_URL",
+    "default_state_url",
+    "normalize_url",
+    "redact_url",
+    "resolve_state_url",
+    "settings_state",
+]
 
 #: Environment variable that overrides engine.yaml's ``state`` (but not ``--state``).
 ENV_STATE_URL = "ENGINE_STATE_URL"
@@ -82,3 +90,33 @@ def redact_url(url: str) -> str:
         creds, _, host = rest.rpartition("@")
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def settings_state(root: Path) -> str | None:
+    """The ``state`` key of ``ROOT/engine.yaml``, or None when the file or key is absent.
+
+    Reads only that key, so that commands touching just the store work while
+    the rest of the operator repo is broken. Raises StoreError when engine.yaml
+    is not YAML or ``state`` is not a string.
+    """
+    path = root / "engine.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise StoreError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
+    if not isinstance(data, dict) or data.get("state") is None:
+        return None
+    state = data["state"]
+    if not isinstance(state, str):
+        raise StoreError(
+            f"{path}: state: expected a database URL string, found {type(state).__name__}"
+        )
+    return state
