@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from engine.errors import StoreError
+
 __all__ = ["create_store_engine", "write_connection"]
 
 #: Execution option asking the SQLite "begin" hook for BEGIN IMMEDIATE.
@@ -26,13 +28,19 @@ def create_store_engine(url: str) -> Engine:
     mode with synchronous=NORMAL, a busy timeout and foreign keys on, and
     transactions are begun explicitly (deferred for reads, immediate for
     ``write_connection``). PostgreSQL: sessions use UTC, connections are
-    checked before use.
+    checked before use. Raises StoreError when the SQLite directory cannot be made.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            directory = Path(database).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot open the store {url}: cannot create {directory}: {e.strerror}"
+                ) from e
         engine = create_engine(url)
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

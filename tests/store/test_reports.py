@@ -1,0 +1,203 @@
+"""Reports in the store: upsert semantics, time zones, loading, digest."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from engine.store import Store, StoreError, UpsertCounts, digest_reports
+from engine.store._reports import _construct
+from inventory.models import Platform
+from inventory.version import Version
+from states.report import Report
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+
+def report(device: str, version: str | None = "3.0.1", seen: datetime = T0, **kw: object) -> Report:
+    """A valid report, validated like one from a device."""
+    return Report.model_validate(
+        {"device": device, "agent_version": version, "platform": "linux", "last_seen": seen, **kw}
+    )
+
+
+def test_upsert_inserts_then_updates(store: Store) -> None:
+    """New devices are inserted; a newer report replaces every field of the stored one."""
+    assert store.import_reports([report("a"), report("b")]) == UpsertCounts(new=2)
+    newer = report(
+        "a",
+        "3.0.2",
+        T0 + timedelta(minutes=5),
+        known_good="3.0.1",
+        runtime_version="1.2",
+        last_result="committed",
+    )
+    assert store.import_reports([newer, report("c")]) == UpsertCounts(new=1, updated=1)
+    loaded = store.load_reports()
+    assert sorted(loaded) == ["a", "b", "c"]
+    assert loaded["a"] == newer
+    assert loaded["b"] == report("b")
+
+
+def test_upsert_returns_rows_written(store: Store) -> None:
+    """upsert_reports returns how many reports it wrote, in one call."""
+    assert store.upsert_reports(report(f"d{i}") for i in range(3)) == 3
+    assert store.upsert_reports([]) == 0
+    assert len(store.load_reports()) == 3
+
+
+def test_older_report_does_not_replace_newer(store: Store) -> None:
+    """A report older than the stored one (e.g. an old export) is skipped, not written."""
+    store.upsert_reports([report("a", "3.0.2", T0)])
+    counts = store.import_reports([report("a", "2.9.0", T0 - timedelta(days=1))])
+    assert counts == UpsertCounts(older=1)
+    assert store.load_reports()["a"].agent_version == Version("3.0.2")
+
+
+def test_same_device_twice_last_wins(store: Store) -> None:
+    """When one batch holds a device twice the last report given is stored."""
+    counts = store.import_reports([report("a", "1.0.0"), report("a", "2.0.0")])
+    assert counts == UpsertCounts(new=1)
+    assert store.load_reports()["a"].agent_version == Version("2.0.0")
+
+
+def test_nullable_fields_round_trip(store: Store) -> None:
+    """A report with no version, platform or results comes back with None in those fields."""
+    bare = Report(device="bare", last_seen=T0)
+    store.upsert_reports([bare])
+    assert store.load_reports() == {"bare": bare}
+    assert store.get_report("bare") == bare
+    assert store.get_report("missing") is None
+
+
+def test_time_zones_round_trip_as_utc(store: Store) -> None:
+    """last_seen in any zone comes back as the same instant, timezone-aware, in UTC."""
+    berlin = timezone(timedelta(hours=1))
+    seen = datetime(2026, 11, 27, 11, 30, 15, 123456, tzinfo=berlin)
+    store.upsert_reports([report("a", seen=seen)])
+    loaded = store.load_reports()["a"].last_seen
+    assert loaded == seen
+    assert loaded.tzinfo is UTC
+    assert loaded.isoformat() == "2026-11-27T10:30:15.123456+00:00"
+    assert store.reports_digest()[2] == seen
+
+
+def test_order_across_zones_is_by_instant(store: Store) -> None:
+    """Comparing with the stored last_seen uses the instant, not the written local time."""
+    store.upsert_reports([report("a", "1.0.0", datetime(2026, 1, 1, 10, 0, tzinfo=UTC))])
+    # 11:00 at UTC+2 is 09:00 UTC: older, so skipped.
+    earlier = datetime(2026, 1, 1, 11, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert store.import_reports([report("a", "0.9.0", earlier)]) == UpsertCounts(older=1)
+
+
+def test_load_many_reports(store: Store) -> None:
+    """Ten thousand reports load back exactly, with typed versions and platforms."""
+    platforms = list(Platform)
+    reports = [
+        Report(
+            device=f"dev-{i:05d}",
+            agent_version=Version(f"3.{i % 7}.{i % 3}"),
+            platform=platforms[i % 3],
+            last_seen=T0 + timedelta(seconds=i),
+            runtime_version=None if i % 2 else "1.0",
+            known_good=Version("3.0.0") if i % 5 else None,
+            last_result="committed" if i % 4 else None,
+        )
+        for i in range(10_000)
+    ]
+    assert store.upsert_reports(reports) == 10_000
+    loaded = store.load_reports()
+    assert loaded == {r.device: r for r in reports}
+    sample = loaded["dev-00042"]
+    assert isinstance(sample.agent_version, Version)
+    assert sample.platform is Platform.WINDOWS  # 42 % 3 == 0
+    assert sample.model_dump() == reports[42].model_dump()
+
+
+def test_fast_construct_matches_model_construct() -> None:
+    """The loader's fast constructor builds the same object pydantic's model_construct does."""
+    values: dict[str, Any] = {
+        "device": "a",
+        "agent_version": Version("3.0.1"),
+        "platform": Platform.LINUX,
+        "last_seen": T0,
+        "runtime_version": "1.0",
+        "known_good": None,
+        "last_result": "committed",
+    }
+    fast, slow = _construct(dict(values)), Report.model_construct(**values)
+    assert fast == slow
+    assert fast.__pydantic_fields_set__ == slow.__pydantic_fields_set__
+    assert fast.__pydantic_extra__ == slow.__pydantic_extra__
+    assert fast.__pydantic_private__ == slow.__pydantic_private__
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert fast.model_copy(update={"device": "b"}).device == "b"
+    with pytest.raises(ValueError, match="frozen"):
+        fast.device = "c"  # type: ignore[misc]
+
+
+def test_digest_of_empty_store(store: Store) -> None:
+    """An empty store has count 0, the digest of nothing and no latest report."""
+    count, digest, latest = store.reports_digest()
+    assert (count, latest) == (0, None)
+    assert digest == digest_reports([])[1]
+
+
+def test_digest_changes_only_with_reports(store: Store) -> None:
+    """The digest changes when a report's version or time changes, not on a no-op re-import."""
+    reports = [report("a"), report("b", seen=T0 + timedelta(hours=1))]
+    store.upsert_reports(reports)
+    first = store.reports_digest()
+    assert first[0] == 2 and first[2] == T0 + timedelta(hours=1)
+    store.upsert_reports(reports)
+    assert store.reports_digest() == first
+    store.upsert_reports([report("a", "3.0.2")])
+    second = store.reports_digest()
+    assert second[1] != first[1]
+    store.upsert_reports([report("a", "3.0.2", T0 + timedelta(hours=2))])
+    third = store.reports_digest()
+    assert third[1] not in (first[1], second[1])
+    assert third[2] == T0 + timedelta(hours=2)
+
+
+def test_digest_matches_digest_of_loaded_reports(store: Store) -> None:
+    """reports_digest equals digest_reports over load_reports (what saved plans compare)."""
+    store.upsert_reports(
+        [
+            report(f"d{i}", None if i % 3 == 0 else f"1.{i}.0", T0 + timedelta(seconds=i))
+            for i in range(50)
+        ]
+    )
+    assert store.reports_digest() == digest_reports(store.load_reports().values())
+
+
+def test_digest_is_the_same_on_both_backends(postgres_url: str, tmp_path: Path) -> None:
+    """SQLite and PostgreSQL stores holding the same reports have the same digest."""
+    reports = [report(f"d{i}", f"1.{i}.0", T0 + timedelta(microseconds=i)) for i in range(20)]
+    results = []
+    for url in (f"sqlite:///{tmp_path}/s.db", postgres_url):
+        with Store.open(url) as store:
+            store.upsert_reports(reports)
+            results.append(store.reports_digest())
+    assert results[0] == results[1]
+
+
+def test_unreadable_stored_row_is_a_store_error(store: Store) -> None:
+    """A row holding a bad version (written outside the engine) fails naming the device."""
+    store.upsert_reports([report("a")])
+    with store.write() as conn:
+        conn.execute(text("UPDATE reports SET agent_version = 'not-a-version' WHERE device = 'a'"))
+    with pytest.raises(StoreError, match="stored report of device 'a' is unreadable"):
+        store.load_reports()
+
+
+def test_naive_datetime_is_refused_by_the_column(store: Store) -> None:
+    """Writing a naive datetime fails instead of storing an ambiguous time, and writes nothing."""
+    bad = Report.model_construct(device="n", last_seen=datetime(2026, 1, 1))
+    with pytest.raises(StoreError, match="naive datetime"):
+        store.upsert_reports([report("ok"), bad])
+    assert store.load_reports() == {}
