@@ -27,6 +27,7 @@ from agent_runtime.errors import (
     JournalError,
     ManifestError,
     PlanError,
+    SignatureInvalidError,
 )
 from agent_runtime.fetch import Fetcher, is_url
 from agent_runtime.journal import JournalRecord, JournalStore
@@ -447,7 +448,16 @@ class Runtime:
             raise PlanError(f"the plan names no release entry for {desired.device.desired}")
         limit = self.config.download.max_manifest_bytes
         m = self.fetcher.read_small(_resolve(ref.manifest, desired.base), limit)
-        s = self.fetcher.read_small(_resolve(ref.signature, desired.base), 64 * 1024)
+        sig_at = _resolve(ref.signature, desired.base)
+        try:
+            s = self.fetcher.read_small(sig_at, 64 * 1024)
+        except DownloadError as e:
+            missing = e.status == 404 or (not is_url(sig_at) and not Path(sig_at).exists())
+            if missing:
+                raise SignatureInvalidError(
+                    f"{ref.manifest}: no signature at {sig_at}: refusing an unsigned release"
+                ) from e
+            raise
         return m, s
 
     def _plan_manifest(self, desired: DesiredRelease) -> tuple[ReleaseManifest, bytes, bytes]:

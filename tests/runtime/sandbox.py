@@ -148,7 +148,12 @@ class Sandbox:
         return self.repo / "artifacts" / version / "linux" / rel
 
     def write_plan(
-        self, desired: str | None, current: str | None = None, *, base_url: str | None = None
+        self,
+        desired: str | None,
+        current: str | None = None,
+        *,
+        base_url: str | None = None,
+        artifacts_url: str | None = None,
     ) -> Path:
         """A plan file whose entry for this device wants ``desired``."""
         releases: dict[str, ReleaseRef] = {}
@@ -161,7 +166,7 @@ class Sandbox:
                 manifest=loc(f"releases/{v}.yaml"),
                 signature=loc(f"releases/{v}.yaml.sig"),
                 manifest_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest(),
-                artifacts=loc("artifacts"),
+                artifacts=artifacts_url or loc("artifacts"),
             )
         plan = Plan(
             generated_at=datetime.now(UTC),
@@ -221,6 +226,7 @@ class Sandbox:
         """Environment of an ``agent-runtime`` subprocess (with an optional fault)."""
         env = {k: v for k, v in os.environ.items() if k != "AGENT_RUNTIME_FAULT"}
         env["PYTHONPATH"] = str(REPO_ROOT)
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         if fault:
             env["AGENT_RUNTIME_FAULT"] = fault
         return env
