@@ -111,6 +111,16 @@ _JsonSchemaLoader.add_implicit_resolver(
 _JsonSchemaLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
 
 
+class _MarkLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """Composes only: locating a key needs structure and raw text, not typed scalars,
+    and skipping the resolver's regular expressions makes this a third faster."""
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
+        if kind is ScalarNode:
+            return "tag:yaml.org,2002:str"
+        return "tag:yaml.org,2002:map" if kind is MappingNode else "tag:yaml.org,2002:seq"
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector: loading allocates millions of acyclic objects,
@@ -255,7 +265,8 @@ def _parse_pyyaml(data: bytes) -> Any:
 def compose(text: bytes | str) -> Node | None:
     """Compose text into a node tree carrying positions; None for an empty document."""
     try:
-        node: Node | None = yaml.compose(text, Loader=_JsonSchemaLoader)
+        with gc_paused():
+            node: Node | None = yaml.compose(text, Loader=_MarkLoader)
     except yaml.YAMLError:
         return None
     return node
@@ -275,11 +286,16 @@ class Found:
         return self.key or self.value
 
 
-def locate(root: Node | None, path: Sequence[str | int]) -> Found:
+def locate(
+    root: Node | None,
+    path: Sequence[str | int],
+    index: dict[int, dict[str, tuple[Node, Node]]] | None = None,
+) -> Found:
     """Find ``path`` in a composed document; ``depth`` counts the elements found.
 
     When the path is only partly present, ``value`` is the deepest node reached
-    (e.g. the mapping that lacks a required key).
+    (e.g. the mapping that lacks a required key). Pass the same ``index`` for
+    many lookups in one document: large mappings are then searched in O(1).
     """
     if root is None:
         return Found(None, None, 0)
@@ -289,9 +305,7 @@ def locate(root: Node | None, path: Sequence[str | int]) -> Found:
     for element in path:
         nxt: tuple[Node | None, Node] | None = None
         if isinstance(node, MappingNode):
-            for k, v in node.value:
-                if isinstance(k, ScalarNode) and k.value == str(element):
-                    nxt = (k, v)  # the last one wins, as it does when loading
+            nxt = _child(node, str(element), index)
         elif (
             isinstance(node, SequenceNode)
             and isinstance(element, int)
@@ -304,6 +318,22 @@ def locate(root: Node | None, path: Sequence[str | int]) -> Found:
         depth += 1
     key = _position(key_node) if key_node is not None else None
     return Found(key, _position(node), depth)
+
+
+def _child(
+    node: MappingNode, key: str, index: dict[int, dict[str, tuple[Node, Node]]] | None
+) -> tuple[Node, Node] | None:
+    if index is None or len(node.value) < 16:
+        found = None
+        for k, v in node.value:
+            if isinstance(k, ScalarNode) and k.value == key:
+                found = (k, v)  # the last one wins, as it does when loading
+        return found
+    table = index.get(id(node))
+    if table is None:
+        table = {k.value: (k, v) for k, v in node.value if isinstance(k, ScalarNode)}
+        index[id(node)] = table
+    return table.get(key)
 
 
 def _position(node: Node) -> Position:

@@ -86,8 +86,17 @@ def load_operator_repo(root: Path) -> OperatorRepo:
     root = Path(root).absolute()
     if not root.is_dir():
         raise InventoryError([Problem(root, None, None, "", "is not a directory")])
+    problems: list[Problem] | None = None
     with gc_paused():
-        repo = _load(root)
+        try:
+            repo = _load(root)
+        except InventoryError as e:
+            # Raise afresh below, once the frames holding the parsed and composed
+            # documents are gone: freeing them by reference count while the
+            # collector is paused beats a full collection over millions of nodes.
+            problems = e.problems
+    if problems is not None:
+        raise InventoryError(problems)
     # What was just loaded lives as long as the process needs it: keep later
     # collections from walking it again and again.
     gc.freeze()

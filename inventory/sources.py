@@ -59,6 +59,7 @@ class SourceFile:
     text: bytes
     _node: Node | None = field(default=None, repr=False)
     _composed: bool = field(default=False, repr=False)
+    _index: dict[int, dict[str, tuple[Node, Node]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, path: Path, root: Path) -> SourceFile:
@@ -82,7 +83,7 @@ class SourceFile:
         if not self._composed:
             self._node = compose(self.text)
             self._composed = True
-        return locate(self._node, path)
+        return locate(self._node, path, self._index)
 
     def problem(self, path: KeyPath, message: str, *, at_value: bool = False) -> Problem:
         """A Problem at ``path`` (its key, or its value when ``at_value``)."""
@@ -146,13 +147,12 @@ def problems_from_validation_error(
         grouped.setdefault(loc, []).append(dict(err))
         from_branch = len(err["loc"]) > len(loc) and err["type"] != "missing"
         branch_only[loc] = branch_only.get(loc, True) and from_branch
+    ancestors = {loc[:i] for loc in grouped for i in range(len(loc))}
     problems = []
     for loc, errs in grouped.items():
         # A union alternative of the wrong shape (a string where the value is a
         # list) is noise when another alternative got further into the value.
-        if branch_only[loc] and any(
-            len(other) > len(loc) and other[: len(loc)] == loc for other in grouped
-        ):
+        if branch_only[loc] and loc in ancestors:
             continue
         full = (*prefix, *loc)
         problems.append(_problem_for(source, full, loc, errs, model))
