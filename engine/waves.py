@@ -18,7 +18,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable, Sequence
 
-__all__ = ["assign_waves", "wave_fraction", "wave_index"]
+__all__ = ["assign_waves", "wave_fraction", "wave_index", "wave_indices"]
 
 _SCALE = float(1 << 64)
 
@@ -36,28 +36,40 @@ def wave_index(fraction: float, waves: Sequence[float]) -> int:
     return min(index, len(waves) - 1)
 
 
+def wave_indices(
+    group: str, devices: Sequence[str], changing: Sequence[bool], waves: Sequence[float]
+) -> list[int]:
+    """Wave index of each device of one rollout (same order), with a canary guarantee.
+
+    If at least one device is changing and none of the changing devices falls
+    into wave 0, the changing device with the lowest fraction joins wave 0.
+    """
+    result: list[int] = []
+    canary_found = False
+    lowest: tuple[float, str, int] | None = None
+    sha256 = hashlib.sha256
+    bisect_right = bisect.bisect_right
+    last = len(waves) - 1
+    for position, device in enumerate(devices):
+        fraction = int.from_bytes(sha256(f"{group}:{device}".encode()).digest()[:8]) / _SCALE
+        index = min(bisect_right(waves, fraction * 100), last)
+        result.append(index)
+        if changing[position]:
+            if index == 0:
+                canary_found = True
+            elif lowest is None or (fraction, device) < lowest[:2]:
+                lowest = (fraction, device, position)
+    if not canary_found and lowest is not None:
+        result[lowest[2]] = 0
+    return result
+
+
 def assign_waves(
     group: str,
     devices: Iterable[tuple[str, bool]],
     waves: Sequence[float],
 ) -> dict[str, int]:
-    """Wave index of each ``(device, changing)`` of one rollout, with a canary guarantee.
-
-    If at least one device is changing and none of the changing devices falls
-    into wave 0, the changing device with the lowest fraction joins wave 0.
-    """
-    result: dict[str, int] = {}
-    canary_found = False
-    lowest: tuple[float, str] | None = None
-    for device, changing in devices:
-        fraction = wave_fraction(group, device)
-        index = wave_index(fraction, waves)
-        result[device] = index
-        if changing:
-            if index == 0:
-                canary_found = True
-            elif lowest is None or (fraction, device) < lowest:
-                lowest = (fraction, device)
-    if not canary_found and lowest is not None:
-        result[lowest[1]] = 0
-    return result
+    """Wave index of each ``(device, changing)`` of one rollout; see :func:`wave_indices`."""
+    pairs = list(devices)
+    indices = wave_indices(group, [d for d, _ in pairs], [c for _, c in pairs], waves)
+    return {device: index for (device, _), index in zip(pairs, indices, strict=True)}

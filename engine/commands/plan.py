@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,6 +77,22 @@ def _colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building a plan of many small, acyclic objects.
+
+    With 100k devices the collector would otherwise walk the whole heap again
+    and again as objects are allocated, for nothing: none of them are cycles.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def make_plan(
     root: Path,
     *,
@@ -111,16 +130,17 @@ def make_plan(
     state_ref = StateRef(
         url=redact_url(url), reports=count, reports_digest=digest, latest_report=latest
     )
-    return plan_fleet(
-        repo,
-        reports,
-        now if now is not None else datetime.now(UTC),
-        stale_after=repo.settings.stale_after,
-        only_group=group,
-        only_device=device,
-        inventory_ref=inventory_ref,
-        state_ref=state_ref,
-    )
+    with _gc_paused():
+        return plan_fleet(
+            repo,
+            reports,
+            now if now is not None else datetime.now(UTC),
+            stale_after=repo.settings.stale_after,
+            only_group=group,
+            only_device=device,
+            inventory_ref=inventory_ref,
+            state_ref=state_ref,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,11 +159,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         try:
-            write_plan(plan, args.out)
+            with _gc_paused():
+                write_plan(plan, args.out)
         except EngineError as e:
             return _error(str(e))
     if args.json:
-        sys.stdout.buffer.write(plan_json(plan))
+        with _gc_paused():
+            sys.stdout.buffer.write(plan_json(plan))
         sys.stdout.flush()
     else:
         sys.stdout.write(render_plan(plan, verbose=args.verbose, colour=_colour()))

@@ -1,0 +1,361 @@
+"""How `engine validate` and `engine plan` scale with the fleet: 1k, 10k, 100k devices.
+
+For each size this generates a realistic operator repo under a temporary
+directory (about 10 groups, 20 sites, tags, labels, inventory split over one
+file per site, the example releases for three platforms), imports reports for
+95 % of the devices into a fresh SQLite store, then measures:
+
+* ``validate``: wall time of a fresh ``engine validate`` process;
+* ``plan``: wall time of a fresh ``engine plan --json --out`` process (load,
+  validate, read reports, diff, JSON written), and its peak RSS;
+* an in-process phase breakdown: YAML parse, the whole repo load (parse,
+  validation, merge, group assignment, release catalog), reports read, diff,
+  JSON write.
+
+With 10k devices it also times ``ansible-inventory --list`` over an equivalent
+Ansible inventory (hosts with their vars in YAML), with ansible-core installed
+into a throwaway venv under the temporary directory, and prints the ratio.
+
+Usage::
+
+    .venv/bin/python bench/plan_scale.py [--sizes 1000,10000,100000] [--skip-ansible]
+
+Prints figures only; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "fleet"
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from engine.plan_io import write_plan  # noqa: E402
+from engine.planner import plan_fleet  # noqa: E402
+from engine.store import Store  # noqa: E402
+from inventory._yaml import parse_yaml  # noqa: E402
+from inventory.loader import load_operator_repo  # noqa: E402
+from inventory.models import Platform  # noqa: E402
+from inventory.version import Version  # noqa: E402
+from states.report import Report  # noqa: E402
+
+SITES = [
+    "berlin", "hamburg", "munich", "cologne", "frankfurt", "stuttgart", "dusseldorf",
+    "leipzig", "dortmund", "essen", "bremen", "dresden", "hanover", "nuremberg",
+    "duisburg", "bochum", "wuppertal", "bielefeld", "bonn", "munster",
+]  # fmt: skip
+PLATFORMS = ["windows", "linux", "macos"]
+ROLES = {"windows": "pos", "linux": "srv", "macos": "mac"}
+CUSTOMERS = ["acme", "globex", "initech", "umbrella", "hooli"]
+TIERS = ["gold", "silver", "bronze"]
+
+GROUPS_YAML = """\
+groups:
+  canary:
+    match: {tags: internal}
+    priority: 100
+    agent: {release: "3.0.1"}
+    rollout: {waves: [100], max_parallel: 20, soak: 10m}
+  linux-prod:
+    match: {platform: linux}
+    agent: {release: "3.0.1"}
+    rollout: {waves: [1, 5, 25, 50, 100], soak: 30m, max_parallel: 200}
+    maintenance_window: {cron: "0 2 * * *", duration: 3h, timezone: Europe/Berlin}
+  windows-prod:
+    match: {platform: windows}
+    agent: {release: "3.0.1"}
+    rollout: {waves: [1, 10, 50, 100], soak: 1h, max_parallel: 500}
+  macos-prod:
+    match: {platform: macos}
+    agent: {release: "3.0.1"}
+    rollout: {waves: [5, 25, 100], soak: 30m, max_parallel: 100}
+  gold-windows:
+    match: {platform: windows, labels: {tier: gold}}
+    priority: 10
+    agent: {release: "3.0.1"}
+    rollout: {waves: [2, 20, 100], max_parallel: 50}
+  south:
+    match: {site: [munich, stuttgart, nuremberg]}
+    priority: 5
+    agent: {release: "3.0.0"}
+    rollout: {waves: [10, 100]}
+  acme:
+    match: {labels: {customer: acme}}
+    description: catalogue only
+  kiosks:
+    match: {tags: kiosk}
+    description: catalogue only
+  lab:
+    match: {tags: lab}
+    priority: 50
+    agent: {release: "3.0.1"}
+  frozen:
+    match: {labels: {change_freeze: "true"}}
+    priority: 60
+    agent: {release: "3.0.0"}
+"""
+
+
+@dataclass
+class Fleet:
+    """A generated operator repo and its store."""
+
+    size: int
+    root: Path
+    state_url: str
+    devices: dict[str, dict[str, object]]
+
+
+def _device(rng: random.Random, site: str, index: int) -> tuple[str, dict[str, object]]:
+    platform = rng.choices(PLATFORMS, weights=[6, 3, 1])[0]
+    name = f"{site}-{ROLES[platform]}-{index:06d}"
+    tags = ["internal"] if rng.random() < 0.002 else []
+    if rng.random() < 0.1:
+        tags.append("kiosk")
+    if rng.random() < 0.01:
+        tags.append("lab")
+    labels = {"customer": rng.choice(CUSTOMERS), "tier": rng.choice(TIERS)}
+    if rng.random() < 0.005:
+        labels["change_freeze"] = "true"
+    body: dict[str, object] = {"platform": platform, "site": site, "tags": tags, "labels": labels}
+    if rng.random() < 0.001:
+        body["pin"] = "3.0.0"
+    return name, body
+
+
+def _yaml_device(name: str, body: dict[str, object]) -> str:
+    tags = body["tags"]
+    labels = body["labels"]
+    assert isinstance(tags, list) and isinstance(labels, dict)
+    label_text = ", ".join(f'{k}: "{v}"' for k, v in labels.items())
+    pin = f', pin: "{body["pin"]}"' if "pin" in body else ""
+    return (
+        f"  {name}: {{platform: {body['platform']}, site: {body['site']}, "
+        f"tags: [{', '.join(tags)}], labels: {{{label_text}}}{pin}}}\n"
+    )
+
+
+def generate(size: int, base: Path) -> Fleet:
+    """Write an operator repo of ``size`` devices and a store with 95 % of them reported."""
+    rng = random.Random(size)
+    root = base / f"fleet-{size}"
+    (root / "inventory").mkdir(parents=True)
+    shutil.copytree(EXAMPLE / "releases", root / "releases")
+    shutil.copytree(EXAMPLE / "artifacts", root / "artifacts")
+    (root / "engine.yaml").write_text("stale_after: 30d\n")
+    (root / "inventory" / "groups.yaml").write_text(GROUPS_YAML)
+    devices: dict[str, dict[str, object]] = {}
+    per_site = size // len(SITES)
+    for s, site in enumerate(SITES):
+        count = per_site if s < len(SITES) - 1 else size - per_site * (len(SITES) - 1)
+        lines = ["devices:\n"]
+        for i in range(count):
+            name, body = _device(rng, site, i)
+            devices[name] = body
+            lines.append(_yaml_device(name, body))
+        (root / "inventory" / f"{site}.yaml").write_text("".join(lines))
+
+    now = datetime.now(UTC)
+    reports = []
+    for name, body in devices.items():
+        if rng.random() >= 0.95:
+            continue
+        version = rng.choices(["3.0.0", "3.0.1", None, "3.0.2"], weights=[80, 17, 2, 1])[0]
+        seen = now - timedelta(minutes=rng.randrange(60 * 24 * 40))
+        reports.append(
+            Report.model_construct(
+                device=name,
+                agent_version=None if version is None else Version(version),
+                platform=Platform(str(body["platform"])),
+                last_seen=seen,
+                runtime_version=None,
+                known_good=None,
+                last_result=None,
+            )
+        )
+    state_url = f"sqlite:///{root / '.engine' / 'state.db'}"
+    (root / ".engine").mkdir()
+    with Store.open(state_url) as store:
+        store.import_reports(reports)
+    return Fleet(size=size, root=root, state_url=state_url, devices=devices)
+
+
+def _run_child(argv: list[str], stdout_path: Path | None = None) -> tuple[float, int, int]:
+    """Run a child process; return (wall seconds, exit code, peak RSS in MB)."""
+    out = stdout_path.open("wb") if stdout_path is not None else subprocess.DEVNULL
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+    finally:
+        if stdout_path is not None and not isinstance(out, int):
+            out.close()
+    if proc.returncode not in (0, 2):
+        print(f"  ! {' '.join(argv[:4])} ... exited {proc.returncode}: {err[-2000:]}")
+    return wall, proc.returncode, usage.ru_maxrss // 1024
+
+
+def phases(fleet: Fleet) -> dict[str, float]:
+    """Time each phase of `engine plan` in this process (a second, warm run of the imports)."""
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    for path in sorted((fleet.root / "inventory").glob("*.yaml")):
+        parse_yaml(path.read_bytes())
+    out["yaml parse"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    repo = load_operator_repo(fleet.root)
+    out["repo load (parse+validate+assign)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with Store.open(fleet.state_url) as store:
+        reports = store.load_reports()
+    out["reports read"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    plan = plan_fleet(repo, reports, datetime.now(UTC), stale_after=repo.settings.stale_after)
+    out["diff (plan_fleet)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    write_plan(plan, fleet.root / "phase-plan.json")
+    out["JSON write"] = time.perf_counter() - start
+    return out
+
+
+def _ansible_inventory(fleet: Fleet, path: Path) -> None:
+    """An Ansible YAML inventory with the same hosts, vars and groups."""
+    by_platform: dict[str, list[str]] = {p: [] for p in PLATFORMS}
+    lines = ["all:\n", "  hosts:\n"]
+    for name, body in fleet.devices.items():
+        by_platform[str(body["platform"])].append(name)
+        labels = body["labels"]
+        assert isinstance(labels, dict)
+        label_text = ", ".join(f"{k}: {v}" for k, v in labels.items())
+        lines.append(
+            f"    {name}: {{platform: {body['platform']}, site: {body['site']}, "
+            f"tags: {body['tags']}, labels: {{{label_text}}}, agent_release: '3.0.1'}}\n"
+        )
+    lines.append("  children:\n")
+    for platform, hosts in by_platform.items():
+        lines.append(f"    {platform}_prod:\n      hosts:\n")
+        lines.extend(f"        {h}:\n" for h in hosts)
+    path.write_text("".join(lines))
+
+
+def ansible(fleet: Fleet, base: Path) -> float | None:
+    """Seconds for `ansible-inventory --list` on the equivalent inventory, or None."""
+    env_dir = base / "ansible-venv"
+    print("  installing ansible-core into a throwaway venv (pip) ...", flush=True)
+    try:
+        venv.create(env_dir, with_pip=True)
+        subprocess.run(
+            [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "ansible-core"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        print(f"  ansible-core could not be installed ({e}); skipping the comparison")
+        if detail:
+            print("  " + detail.decode(errors="replace")[-500:])
+        return None
+    inventory = base / "ansible-hosts.yaml"
+    _ansible_inventory(fleet, inventory)
+    argv = [str(env_dir / "bin" / "ansible-inventory"), "-i", str(inventory), "--list"]
+    wall, rc, rss = _run_child(argv)
+    if rc != 0:
+        return None
+    print(f"  ansible-inventory --list: {wall:.2f} s, peak {rss} MB")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--skip-ansible", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the generated repos")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+
+    base = Path(tempfile.mkdtemp(prefix="plan-scale-"))
+    engine = [sys.executable, "-m", "engine"]
+    rows = []
+    ansible_ratio: str | None = None
+    try:
+        for size in sizes:
+            print(f"== {size} devices: generating ...", flush=True)
+            start = time.perf_counter()
+            fleet = generate(size, base)
+            print(f"  generated in {time.perf_counter() - start:.1f} s under {fleet.root}")
+            v_wall, v_rc, v_rss = _run_child([*engine, "validate", "-C", str(fleet.root)])
+            p_wall, p_rc, p_rss = _run_child(
+                [
+                    *engine, "plan", "-C", str(fleet.root), "--state", fleet.state_url,
+                    "--json", "--out", str(fleet.root / "plan.json"),
+                ],
+                stdout_path=fleet.root / "plan-stdout.json",
+            )  # fmt: skip
+            plan_mb = (fleet.root / "plan.json").stat().st_size / 1e6 if p_rc == 0 else 0.0
+            breakdown = phases(fleet)
+            rows.append((size, v_wall, v_rc, p_wall, p_rc, p_rss, plan_mb, breakdown))
+            print(
+                f"  validate {v_wall:.2f} s (rc {v_rc}, {v_rss} MB); "
+                f"plan {p_wall:.2f} s (rc {p_rc}, peak {p_rss} MB, plan {plan_mb:.1f} MB)"
+            )
+            for name, seconds in breakdown.items():
+                print(f"    {name:<36} {seconds:7.3f} s")
+            if size == 10_000 and not args.skip_ansible:
+                a_wall = ansible(fleet, base)
+                if a_wall is not None:
+                    ansible_ratio = (
+                        f"ansible-inventory --list {a_wall:.2f} s vs engine plan {p_wall:.2f} s "
+                        f"at 10k devices: ansible takes {a_wall / p_wall:.1f}x as long"
+                    )
+        print()
+        header = (
+            f"{'devices':>8} {'validate s':>10} {'plan s':>8} {'peak MB':>8} {'plan MB':>8} "
+            f"{'yaml':>6} {'load':>6} {'reports':>8} {'diff':>6} {'json':>6}"
+        )
+        print(header)
+        print("-" * len(header))
+        for size, v_wall, _v_rc, p_wall, _p_rc, p_rss, plan_mb, b in rows:
+            print(
+                f"{size:>8} {v_wall:>10.2f} {p_wall:>8.2f} {p_rss:>8} {plan_mb:>8.1f} "
+                f"{b['yaml parse']:>6.2f} {b['repo load (parse+validate+assign)']:>6.2f} "
+                f"{b['reports read']:>8.2f} {b['diff (plan_fleet)']:>6.2f} "
+                f"{b['JSON write']:>6.2f}"
+            )
+        print("(plan s / peak MB: a fresh `engine plan --json --out` process; the rest in-process)")
+        print("target: 100k devices planned cold in under 3 s and 600 MB")
+        if ansible_ratio:
+            print(ansible_ratio)
+    finally:
+        if args.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
