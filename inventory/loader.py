@@ -167,17 +167,19 @@ def _load(root: Path) -> OperatorRepo:
         inventory=inventory,
         releases=catalog.releases,
         assignment=assignment,
-        digest=repo_digest(root, (s.path for s in sources)),
+        digest=_digest((s.rel.as_posix(), s.data) for s in sources),
         files=tuple(sorted((s.rel for s in sources), key=lambda p: p.as_posix())),
     )
 
 
 def repo_digest(root: Path, paths: Iterable[Path]) -> str:
     """sha256 over each file's path relative to ``root`` (POSIX form) and bytes, sorted."""
+    return _digest((p.relative_to(root).as_posix(), p.read_bytes()) for p in paths)
+
+
+def _digest(entries: Iterable[tuple[str, bytes]]) -> str:
     digest = hashlib.sha256()
-    entries = sorted((p.relative_to(root).as_posix(), p) for p in paths)
-    for rel, path in entries:
-        data = path.read_bytes()
+    for rel, data in sorted(entries):
         digest.update(rel.encode())
         digest.update(b"\0")
         digest.update(len(data).to_bytes(8, "big"))

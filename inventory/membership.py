@@ -55,33 +55,44 @@ class _Index:
     """Device ids by platform, site, tag and label, built once per inventory."""
 
     def __init__(self, inventory: Inventory, selectors: Iterable[Match]) -> None:
-        wanted = list(selectors)
-        need_site = any(m.site is not None for m in wanted)
-        need_tags = any(m.tags is not None for m in wanted)
-        need_labels = any(m.labels is not None for m in wanted)
-        need_platform = any(m.platform is not None for m in wanted)
+        # Index only the values some selector asks for: most tags and labels of
+        # a large fleet are never matched on.
+        sites: set[str | None] = set()
+        tags: set[str] = set()
+        label_keys: set[str] = set()
+        need_platform = False
+        for m in selectors:
+            need_platform = need_platform or m.platform is not None
+            if m.site is not None:
+                sites.update(m.site if isinstance(m.site, list) else [m.site])
+            if m.tags is not None:
+                tags.update(m.tags if isinstance(m.tags, list) else [m.tags])
+            if m.labels is not None:
+                label_keys.update(m.labels)
         self.platform: dict[str, set[str]] = defaultdict(set)
         self.site: dict[str | None, set[str]] = defaultdict(set)
         self.tag: dict[str, set[str]] = defaultdict(set)
         self.label: dict[tuple[str, str], set[str]] = defaultdict(set)
         for device_id, device in inventory.devices.items():
             if need_platform:
-                self.platform[device.platform.value].add(device_id)
-            if need_site:
+                self.platform[device.platform].add(device_id)
+            if sites and device.site in sites:
                 self.site[device.site].add(device_id)
-            if need_tags:
+            if tags and device.tags:
                 for tag in device.tags:
-                    self.tag[tag].add(device_id)
-            if need_labels:
-                for item in device.labels.items():
-                    self.label[item].add(device_id)
+                    if tag in tags:
+                        self.tag[tag].add(device_id)
+            if label_keys and device.labels:
+                for key, value in device.labels.items():
+                    if key in label_keys:
+                        self.label[key, value].add(device_id)
 
     def select(self, match: Match) -> set[str]:
         """Ids of the devices ``match`` selects (an empty selector selects none)."""
         parts: list[set[str]] = []
         if match.platform is not None:
             values = match.platform if isinstance(match.platform, list) else [match.platform]
-            parts.append(_union(self.platform.get(str(v.value)) for v in values))
+            parts.append(_union(self.platform.get(v) for v in values))
         if match.site is not None:
             sites = match.site if isinstance(match.site, list) else [match.site]
             parts.append(_union(self.site.get(s) for s in sites))
