@@ -14,7 +14,12 @@ __all__ = [
     "JournalError",
     "LayoutError",
     "ManifestError",
+    "NoPlanOfferedError",
     "PlanError",
+    "ServerAuthError",
+    "ServerError",
+    "ServerProtocolError",
+    "ServerUnavailableError",
     "ServiceError",
     "SignatureInvalidError",
     "StateError",
@@ -89,3 +94,42 @@ class DowngradeError(ManifestError):
 
 class ArtifactMismatchError(ManifestError):
     """A downloaded file's size or sha256 differs from the signed manifest."""
+
+
+# --- server connection, pull mode (appended by the pull-mode owner) ---
+
+
+class ServerError(AgentRuntimeError):
+    """The engine server could not be used for a request.
+
+    ``status`` is the HTTP status code when the server answered, else None.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerUnavailableError(ServerError):
+    """The server is unreachable, timed out, or asked to come back later (429, 5xx).
+
+    ``retry_after`` is the server's Retry-After in seconds, when it sent one.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class ServerAuthError(ServerError):
+    """The server refused the device's token or its enrollment (401, 403)."""
+
+
+class ServerProtocolError(ServerError):
+    """The server refused a request as malformed (other 4xx) or answered something unparsable."""
+
+
+class NoPlanOfferedError(PlanError):
+    """The server's check-in answer carries no plan: nothing to do this time."""
