@@ -129,6 +129,24 @@ def test_unmanaged_devices_are_not_an_error(make_repo: RepoMaker) -> None:
     assert "loner" not in repo.assignment
 
 
+def test_fallback_reader_gives_the_same_repo(
+    make_repo: RepoMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without rapidyaml, PyYAML loads the same repo with the same digest."""
+    from inventory import _yaml
+
+    root = make_repo()
+    fast = load_operator_repo(root)
+    monkeypatch.setattr(_yaml, "_HAVE_RYML", False)
+    slow = load_operator_repo(root)
+    assert slow.inventory == fast.inventory
+    assert slow.assignment == fast.assignment
+    assert slow.digest == fast.digest
+    assert {v: r.manifest for v, r in slow.releases.items()} == {
+        v: r.manifest for v, r in fast.releases.items()
+    }
+
+
 def test_load_release_checks_one_file(tmp_path: Path) -> None:
     """load_release validates a single manifest, including its file name."""
     path = tmp_path / "releases" / "3.1.0-rc1.yaml"
