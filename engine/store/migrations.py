@@ -21,7 +21,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Connection, Index, MetaData, String, Table
+from sqlalchemy import (
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
 
 from engine.store._types import UTCDateTime
 
@@ -55,7 +63,55 @@ def _0001_reports(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _0002_devices(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "devices",
+        md,
+        Column("device", String(200), primary_key=True),
+        Column("platform", String(16), nullable=False),
+        Column("token_hash", String(64), nullable=False),
+        Column("enrolled_at", UTCDateTime(), nullable=False),
+        Column("revoked_at", UTCDateTime(), nullable=True),
+        Column("runtime_version", String(100), nullable=True),
+        Column("enrollments", Integer, nullable=False),
+    )
+    Table(
+        "heartbeats",
+        md,
+        Column("device", String(200), primary_key=True),
+        Column("version", String(100), nullable=False),
+        Column("at", UTCDateTime(), nullable=False),
+        Column("pid", Integer, nullable=True),
+        Column("received_at", UTCDateTime(), nullable=False),
+    )
+    Table(
+        "events",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("device", String(200), nullable=False),
+        Column("target", String(100), nullable=False),
+        Column("step", String(50), nullable=False),
+        Column("status", String(50), nullable=False),
+        Column("detail", String(2000), nullable=True),
+        Column("at", UTCDateTime(), nullable=False),
+        Column("received_at", UTCDateTime(), nullable=False),
+        Index("ix_events_device_id", "device", "id"),
+    )
+    md.create_all(conn)
+    # What the device said about its last transaction, beside its report.
+    for column in (
+        "tx_target VARCHAR(100)",
+        "tx_phase VARCHAR(50)",
+        "tx_attempts INTEGER",
+        "tx_detail VARCHAR(2000)",
+        "agent_running BOOLEAN",
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
+    Migration(2, "devices, heartbeats, events", _0002_devices),
 ]
