@@ -70,10 +70,30 @@ class ConvergeSettings(_Strict):
 
 
 class ServerSettings(_Strict):
-    """Where the engine server is (pull mode) and the file holding this device's token."""
+    """Where the engine server is (pull mode) and the file holding this device's token.
+
+    Without a token file the runtime enrolls with the enrollment secret (from
+    ``enrollment_secret_file``, ``enrollment_secret`` or
+    ``$AGENT_RUNTIME_ENROLLMENT_SECRET``) and writes the token there (mode 0600).
+    """
 
     url: str
     token_file: Path
+    enrollment_secret: str | None = Field(default=None, repr=False)
+    enrollment_secret_file: Path | None = None
+    timeout: Duration = Field(
+        default=timedelta(seconds=10), description="limit for one request to the server"
+    )
+    heartbeat_interval: Duration = Field(
+        default=timedelta(seconds=10),
+        description="how often the agent's heartbeat is forwarded to the server",
+    )
+    backoff_base: Duration = Field(
+        default=timedelta(seconds=1), description="first retry delay while the server is down"
+    )
+    backoff_cap: Duration = Field(
+        default=timedelta(minutes=5), description="longest retry delay while the server is down"
+    )
 
     @field_validator("url")
     @classmethod
@@ -143,8 +163,12 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(key), str):
             out[key] = str((base / out[key]).resolve())
     server = out.get("server")
-    if isinstance(server, dict) and isinstance(server.get("token_file"), str):
-        out["server"] = {**server, "token_file": str(base / server["token_file"])}
+    if isinstance(server, dict):
+        srv = dict(server)
+        for key in ("token_file", "enrollment_secret_file"):
+            if isinstance(srv.get(key), str):
+                srv[key] = str(base / srv[key])
+        out["server"] = srv
     service = out.get("service")
     if isinstance(service, dict):
         svc = dict(service)
