@@ -34,6 +34,7 @@ __all__ = [
     "YamlSyntaxError",
     "compose",
     "gc_paused",
+    "key_path_at",
     "locate",
     "parse_yaml",
 ]
@@ -49,11 +50,19 @@ except ImportError:  # pragma: no cover - rapidyaml is a dependency; this is the
 class YamlSyntaxError(Exception):
     """The text is not one well-formed YAML document (or repeats a key)."""
 
-    def __init__(self, message: str, line: int | None, column: int | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        line: int | None,
+        column: int | None,
+        *,
+        duplicate_key: bool = False,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
         self.column = column
+        self.duplicate_key = duplicate_key
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class _JsonSchemaLoader(_BaseLoader):  # type: ignore[valid-type,misc]
                     "YAML would silently keep only the last one",
                     mark.line + 1,
                     mark.column + 1,
+                    duplicate_key=True,
                 )
             seen[key_node.value] = key_node
         result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
@@ -334,6 +344,28 @@ def _child(
         table = {k.value: (k, v) for k, v in node.value if isinstance(k, ScalarNode)}
         index[id(node)] = table
     return table.get(key)
+
+
+def key_path_at(root: Node | None, line: int, column: int) -> list[str | int] | None:
+    """Key path of the mapping key written at 1-based ``line``:``column``, if any."""
+    if root is None:
+        return None
+    stack: list[tuple[Node, list[str | int]]] = [(root, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                if not isinstance(k, ScalarNode):
+                    continue
+                if (k.start_mark.line + 1, k.start_mark.column + 1) == (line, column):
+                    return [*path, k.value]
+                if v.start_mark.line + 1 <= line <= v.end_mark.line + 1:
+                    stack.append((v, [*path, k.value]))
+        elif isinstance(node, SequenceNode):
+            for i, item in enumerate(node.value):
+                if item.start_mark.line + 1 <= line <= item.end_mark.line + 1:
+                    stack.append((item, [*path, i]))
+    return None
 
 
 def _position(node: Node) -> Position:

@@ -18,7 +18,15 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import Node
 
-from inventory._yaml import Found, Position, YamlSyntaxError, compose, locate, parse_yaml
+from inventory._yaml import (
+    Found,
+    Position,
+    YamlSyntaxError,
+    compose,
+    key_path_at,
+    locate,
+    parse_yaml,
+)
 from inventory.errors import Problem
 
 __all__ = [
@@ -76,14 +84,21 @@ class SourceFile:
         try:
             return parse_yaml(self.text), []
         except YamlSyntaxError as e:
+            if e.duplicate_key and e.line is not None and e.column is not None:
+                path = key_path_at(self._composed_root(), e.line, e.column)
+                key_path = format_key_path(path) if path else ""
+                return None, [Problem(self.rel, e.line, e.column, key_path, e.message)]
             return None, [Problem(self.rel, e.line, e.column, "", f"YAML: {e.message}")]
 
     def find(self, path: KeyPath) -> Found:
         """Where ``path`` sits in this file (composed on first use)."""
+        return locate(self._composed_root(), path, self._index)
+
+    def _composed_root(self) -> Node | None:
         if not self._composed:
             self._node = compose(self.text)
             self._composed = True
-        return locate(self._node, path, self._index)
+        return self._node
 
     def problem(self, path: KeyPath, message: str, *, at_value: bool = False) -> Problem:
         """A Problem at ``path`` (its key, or its value when ``at_value``)."""

@@ -95,7 +95,7 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         "duplicate key inside one mapping",
         {"inventory/more.yaml": "devices:\n  a:\n    platform: linux\n  a:\n    platform: macos\n"},
         [
-            "inventory/more.yaml:4:3: YAML: duplicate key 'a': first defined at line 2, "
+            "inventory/more.yaml:4:3: devices.a: duplicate key 'a': first defined at line 2, "
             "column 3; YAML would silently keep only the last one"
         ],
     ),
@@ -103,8 +103,8 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         "duplicate key nested deep",
         {"inventory/more.yaml": "devices:\n  a:\n    platform: linux\n    site: x\n    site: y\n"},
         [
-            "inventory/more.yaml:5:5: YAML: duplicate key 'site': first defined at line 4, "
-            "column 5; YAML would silently keep only the last one"
+            "inventory/more.yaml:5:5: devices.a.site: duplicate key 'site': first defined at "
+            "line 4, column 5; YAML would silently keep only the last one"
         ],
     ),
     (
