@@ -82,6 +82,9 @@ def load_operator_repo(root: Path) -> OperatorRepo:
     """Load and validate the operator repo at ``root``.
 
     Raises InventoryError listing every problem found (not only the first).
+    The garbage collector is paused while loading and the result is frozen
+    (``gc.freeze``) so later collections skip it; objects that die by reference
+    count are still freed.
     """
     root = Path(root).absolute()
     if not root.is_dir():
