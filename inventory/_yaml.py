@@ -167,8 +167,11 @@ _FALLBACK = object()
 def _fast_path_unsafe(data: bytes) -> bool:
     # Tags change a scalar's type and rapidyaml's JSON emitter drops them; it
     # also rewrites the words nan/inf/infinity (even as keys) to .nan/.inf.
-    if b"!" in data:
-        return True
+    start = data.find(b"!")
+    while start != -1:
+        if start == 0 or data[start - 1 : start] in b" \t\n[{,":
+            return True  # a tag starts a node; "!" inside text ("done!") does not
+        start = data.find(b"!", start + 1)
     low = data.lower()
     for word in (b"nan", b"inf"):
         start = low.find(word)

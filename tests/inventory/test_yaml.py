@@ -89,6 +89,24 @@ def test_syntax_errors_have_positions(text: bytes, line: int, column: int, messa
     assert (info.value.line, info.value.column, info.value.message) == (line, column, message)
 
 
+@pytest.mark.parametrize(
+    ("text", "unsafe"),
+    [
+        (b"a: !!str 3.10\n", True),
+        (b"- !custom x\n", True),
+        (b"a: [!!int '1']\n", True),
+        (b"description: don't touch!\n", False),
+        (b"nan: 1\n", True),
+        (b"a: -inf\n", True),
+        (b"a: Infinity\n", True),
+        (b"tags: [info, infra, nano, dev-inf-01]\n", False),
+    ],
+)
+def test_fast_path_avoids_what_rapidyaml_gets_wrong(text: bytes, unsafe: bool) -> None:
+    """Tags and nan/inf words go to PyYAML; an exclamation mark in text does not."""
+    assert _yaml._fast_path_unsafe(text) is unsafe
+
+
 def test_merge_key_override_is_not_a_duplicate() -> None:
     """Overriding a merged key is allowed; only keys written twice are refused."""
     text = b"base: &b {x: 1, y: 1}\nd:\n  <<: *b\n  x: 2\n"
