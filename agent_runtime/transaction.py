@@ -172,6 +172,8 @@ class Effects:
     journal: JournalStore
     states: StateStore
     out: Callable[[str], None] = print
+    #: told of each phase: (record, phase, "started" | "ok" | "failed", detail); must not raise
+    on_phase: Callable[[JournalRecord, Phase, str, str], None] | None = None
 
 
 @dataclass
@@ -258,6 +260,7 @@ class Executor:
         while phase not in TERMINAL_PHASES:
             record.phase = phase
             self.fx.journal.save(record, clock.now())
+            self._tell(record, phase, "started", "")
             t0 = time.perf_counter()
             try:
                 faults.hit(f"before:{phase}")
@@ -272,6 +275,7 @@ class Executor:
             elapsed = time.perf_counter() - t0
             timings[str(phase)] = timings.get(str(phase), 0.0) + elapsed
             self.fx.out(f"  {phase!s:<17} {event!s:<4} {elapsed:7.3f}s  {detail}")
+            self._tell(record, phase, "ok" if event is Event.OK else "failed", detail)
             nxt = next_phase(phase, event)
             if nxt is phase:
                 record.retries += 1
@@ -297,6 +301,14 @@ class Executor:
         if phase is Phase.DONE:
             detail = f"{ctx.spec.target} committed"
         return Outcome(phase, result, detail, timings)
+
+    def _tell(self, record: JournalRecord, phase: Phase, status: str, detail: str) -> None:
+        """Report a phase to the observer, if any; an observer's failure changes nothing."""
+        if self.fx.on_phase is not None:
+            try:
+                self.fx.on_phase(record, phase, status, detail)
+            except Exception as e:  # observers (event reporting) are best-effort
+                self.fx.out(f"  (phase observer failed: {type(e).__name__}: {e})")
 
     # -- phase effects (each returns a detail line, raises on failure) -------------------
 
