@@ -47,10 +47,12 @@ def _config_path(arg: str | None) -> Path:
 def _source(args: argparse.Namespace, config: DeviceConfig) -> PlanSource:
     if args.plan:
         return FilePlanSource(Path(args.plan), config.device)
-    raise ConfigError("converge needs --plan FILE (pull mode from a server is not available yet)")
+    raise ConfigError("converge needs --plan FILE, or a 'server' section in the device config")
 
 
 def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
+    if not args.plan and config.server is not None:
+        return _pull(args, config)
     runtime = Runtime(config, out=_out)
     source = _source(args, config)
     if args.once:
@@ -76,6 +78,20 @@ def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
         _out(f"next converge in {delay:.0f}s")
         stop.wait(delay)
     return 0
+
+
+def _pull(args: argparse.Namespace, config: DeviceConfig) -> int:
+    """Pull mode: check in with the config's server and converge to what it offers."""
+    from agent_runtime.pull import run_pull
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return run_pull(config, stop=stop, once=args.once, out=_out)
 
 
 def _status(args: argparse.Namespace, config: DeviceConfig) -> int:
@@ -119,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     conv = sub.add_parser("converge", help="install the planned release (periodic unless --once)")
     conv.add_argument("--once", action="store_true", help="converge once and exit")
-    conv.add_argument("--plan", metavar="FILE", help="plan file written by `engine plan --out`")
+    conv.add_argument(
+        "--plan",
+        metavar="FILE",
+        help="plan file written by `engine plan --out` (default: pull mode, when the config "
+        "names a server)",
+    )
     conv.add_argument("--config", metavar="FILE", help=f"device config (default ${CONFIG_ENV})")
     conv.set_defaults(func=_converge)
     st = sub.add_parser("status", help="installed, known-good, journal, last result")

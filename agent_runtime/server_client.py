@@ -1,0 +1,214 @@
+"""The device side of the engine server's device API (``states.protocol``), over HTTP.
+
+Every request is bounded by a timeout. Failures map to the runtime's error
+classes: ``ServerUnavailableError`` (unreachable, timed out, 429 or 5xx; with
+the server's Retry-After), ``ServerAuthError`` (401/403), and
+``ServerProtocolError`` (another 4xx, or an answer that is not the expected
+message).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import requests
+from pydantic import BaseModel, ValidationError
+
+from agent_runtime.errors import (
+    ServerAuthError,
+    ServerProtocolError,
+    ServerUnavailableError,
+)
+from inventory.models import Platform
+from states.protocol import (
+    API_PREFIX,
+    CheckinRequest,
+    CheckinResponse,
+    EnrollRequest,
+    EnrollResponse,
+    EventBatch,
+    Heartbeat,
+    StepEvent,
+)
+
+__all__ = ["ServerClient", "parse_retry_after"]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+#: Longest Retry-After honoured; a server asking for more is asked again after this.
+MAX_RETRY_AFTER = 3600.0
+#: Largest answer read from the server (a check-in answer is a few kilobytes).
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); None if absent
+    or unparsable. Capped at an hour, never negative."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class ServerClient:
+    """One device's connection to ``engine serve`` (not thread-safe: one per thread)."""
+
+    def __init__(
+        self,
+        url: str,
+        device: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.device = device
+        self.token = token
+        self.timeout = timeout
+        self.session = session if session is not None else requests.Session()
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def enroll(
+        self, platform: Platform, secret: str, runtime_version: str | None = None
+    ) -> EnrollResponse:
+        """Trade the enrollment secret for this device's token (also kept in ``self.token``)."""
+        body = EnrollRequest(
+            device=self.device,
+            platform=platform,
+            enrollment_secret=secret,
+            runtime_version=runtime_version,
+        )
+        answer = self._parse(
+            EnrollResponse, self._request("POST", f"{API_PREFIX}/enroll", body, auth=False)
+        )
+        self.token = answer.token
+        return answer
+
+    def checkin(self, report: CheckinRequest) -> CheckinResponse:
+        """Report this device and receive its plan (or none) and the next poll interval."""
+        return self._parse(
+            CheckinResponse, self._request("POST", self._device_path("checkin"), report)
+        )
+
+    def post_events(self, events: Sequence[StepEvent]) -> None:
+        """Send step events (at most 100, the protocol's batch limit)."""
+        if events:
+            self._request("POST", self._device_path("events"), EventBatch(events=list(events)))
+
+    def post_heartbeat(self, beat: Heartbeat) -> None:
+        """Forward the agent's heartbeat."""
+        self._request("POST", self._device_path("heartbeat"), beat)
+
+    def get_heartbeat(self) -> Heartbeat | None:
+        """The server's record of this device's last heartbeat; None when it has none."""
+        try:
+            resp = self._request("GET", self._device_path("heartbeat"))
+        except ServerProtocolError as e:
+            if e.status == 404:
+                return None
+            raise
+        return self._parse(Heartbeat, resp)
+
+    def absolute(self, location: str) -> str:
+        """A server path (``/v1/...``) as a URL on this server; URLs are returned unchanged."""
+        if location.startswith(("http://", "https://")):
+            return location
+        return self.url + "/" + location.lstrip("/")
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self.session.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _device_path(self, what: str) -> str:
+        return f"{API_PREFIX}/devices/{quote(self.device, safe='')}/{what}"
+
+    def _request(
+        self, method: str, path: str, body: BaseModel | None = None, *, auth: bool = True
+    ) -> requests.Response:
+        url = self.url + path
+        headers = {"Accept": "application/json"}
+        if auth:
+            if self.token is None:
+                raise ServerAuthError(f"{method} {url}: the device has no token (not enrolled)")
+            headers["Authorization"] = f"Bearer {self.token}"
+        data: bytes | None = None
+        if body is not None:
+            data = body.model_dump_json(exclude_none=True).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            resp = self.session.request(
+                method, url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
+            )
+        except requests.Timeout as e:
+            raise ServerUnavailableError(
+                f"{method} {url}: timed out after {self.timeout:g}s"
+            ) from e
+        except requests.RequestException as e:
+            raise ServerUnavailableError(f"{method} {url}: cannot connect: {_reason(e)}") from e
+        status = resp.status_code
+        if status < 300:
+            return resp
+        detail = _detail(resp)
+        message = f"{method} {url}: HTTP {status}{': ' + detail if detail else ''}"
+        if status == 429 or status >= 500:
+            raise ServerUnavailableError(
+                message, status, parse_retry_after(resp.headers.get("Retry-After"))
+            )
+        if status in (401, 403):
+            raise ServerAuthError(message, status)
+        raise ServerProtocolError(message, status)
+
+    def _parse(self, model: type[_M], resp: requests.Response) -> _M:
+        where = f"{resp.request.method} {resp.url}"
+        if len(resp.content) > MAX_RESPONSE_BYTES:
+            raise ServerProtocolError(
+                f"{where}: answer of {len(resp.content)} bytes exceeds {MAX_RESPONSE_BYTES}"
+            )
+        try:
+            return model.model_validate_json(resp.content)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+            raise ServerProtocolError(
+                f"{where}: not a {model.__name__}: {loc}: {err['msg']}", resp.status_code
+            ) from e
+
+
+def _detail(resp: requests.Response) -> str:
+    """The server's error message, from a JSON ``detail`` when there is one."""
+    text = resp.text[:500]
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        return text.strip()
+    if isinstance(data, dict) and "detail" in data:
+        return str(data["detail"])[:500]
+    return text.strip()
+
+
+def _reason(e: requests.RequestException) -> str:
+    inner = e.args[0] if e.args else e
+    reason = getattr(inner, "reason", None)
+    return str(reason if reason is not None else inner)[:300]
