@@ -15,7 +15,9 @@ Kinds (``states.manifest.HealthCheckKind``):
     The service manager reports the agent running without interruption for
     ``stable_for``.
 ``server``
-    Needs a server connection: not available to the on-device probe yet.
+    Needs a server connection: in pull mode ``agent_runtime.pull.ServerHealth``
+    answers it from the server's record of the agent's heartbeat; this local
+    probe reports it unhealthy.
 
 Every check polls with the injected clock until it passes or ``check.timeout``
 elapses, and answers with a ``HealthResult`` naming the reason; an unhealthy
