@@ -24,11 +24,15 @@ from dataclasses import dataclass
 from sqlalchemy import (
     Column,
     Connection,
+    Float,
+    ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
 )
 
 from engine.store._types import UTCDateTime
@@ -110,8 +114,78 @@ def _0002_devices(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
 
 
+def _0003_rollouts(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "releases",
+        md,
+        Column("version", String(100), primary_key=True),
+        Column("serial", Integer, nullable=False),
+        Column("manifest", LargeBinary, nullable=False),
+        Column("signature", LargeBinary, nullable=True),
+        Column("manifest_sha256", String(64), nullable=False),
+        Column("files", Text, nullable=False),
+        Column("recorded_at", UTCDateTime(), nullable=False),
+    )
+    Table(
+        "rollouts",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("name", String(300), nullable=False),
+        Column("group_name", String(200), nullable=False),
+        Column("release", String(100), nullable=False),
+        Column("release_sha256", String(64), nullable=True),
+        Column("priority", Integer, nullable=False),
+        Column("policy", Text, nullable=False),
+        Column("maintenance_window", Text, nullable=True),
+        Column("state", String(20), nullable=False),
+        Column("reason", String(2000), nullable=True),
+        Column("current_wave", Integer, nullable=False),
+        Column("wave_opened_at", UTCDateTime(), nullable=True),
+        Column("wave_met_at", UTCDateTime(), nullable=True),
+        Column("resumed_at", UTCDateTime(), nullable=True),
+        Column("inventory_digest", String(64), nullable=True),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("updated_at", UTCDateTime(), nullable=False),
+        Column("finished_at", UTCDateTime(), nullable=True),
+        Index("ix_rollouts_group_state", "group_name", "state"),
+        Index("ix_rollouts_state", "state"),
+    )
+    Table(
+        "rollout_devices",
+        md,
+        Column("rollout_id", Integer, ForeignKey("rollouts.id"), primary_key=True),
+        Column("device", String(200), primary_key=True),
+        Column("wave", Integer, nullable=False),
+        Column("position", Float, nullable=False),
+        Column("platform", String(16), nullable=False),
+        Column("from_version", String(100), nullable=True),
+        Column("state", String(20), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("reason", String(2000), nullable=True),
+        Column("rollback_to", String(100), nullable=True),
+        Column("offered_at", UTCDateTime(), nullable=True),
+        Column("started_at", UTCDateTime(), nullable=True),
+        Column("finished_at", UTCDateTime(), nullable=True),
+        Column("retry_at", UTCDateTime(), nullable=True),
+        Column("updated_at", UTCDateTime(), nullable=False),
+        Index("ix_rollout_devices_device_state", "device", "state"),
+        Index("ix_rollout_devices_rollout_state", "rollout_id", "state", "wave", "position"),
+    )
+    Table(
+        "controller_lease",
+        md,
+        Column("name", String(50), primary_key=True),
+        Column("owner", String(100), nullable=False),
+        Column("acquired_at", UTCDateTime(), nullable=False),
+        Column("expires_at", UTCDateTime(), nullable=False),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
     Migration(2, "devices, heartbeats, events", _0002_devices),
+    Migration(3, "releases, rollouts, rollout devices, controller lease", _0003_rollouts),
 ]

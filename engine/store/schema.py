@@ -7,11 +7,33 @@ databases to the same shape (tests/store checks that both agree).
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 from engine.store._types import UTCDateTime
 
-__all__ = ["devices", "events", "heartbeats", "metadata", "reports"]
+__all__ = [
+    "controller_lease",
+    "devices",
+    "events",
+    "heartbeats",
+    "metadata",
+    "releases",
+    "reports",
+    "rollout_devices",
+    "rollouts",
+]
 
 metadata = MetaData()
 
@@ -76,4 +98,76 @@ events = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
     Index("ix_events_device_id", "device", "id"),
+)
+
+#: Signed release manifests recorded by `engine apply`, served to devices by any replica.
+releases = Table(
+    "releases",
+    metadata,
+    Column("version", String(100), primary_key=True),
+    Column("serial", Integer, nullable=False),
+    Column("manifest", LargeBinary, nullable=False),  # the exact signed bytes
+    Column("signature", LargeBinary, nullable=True),  # the detached .sig, None when unsigned
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("files", Text, nullable=False),  # JSON {platform: [{path, sha256, size, source}]}
+    Column("recorded_at", UTCDateTime(), nullable=False),
+)
+
+#: One group moving to one release (``state``: engine.rollouts.model.RolloutState).
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(300), nullable=False),  # the plan's rollout id, group@release
+    Column("group_name", String(200), nullable=False),
+    Column("release", String(100), nullable=False),
+    Column("release_sha256", String(64), nullable=True),
+    Column("priority", Integer, nullable=False),
+    Column("policy", Text, nullable=False),  # JSON of inventory.models.RolloutPolicy
+    Column("maintenance_window", Text, nullable=True),  # JSON of MaintenanceWindow
+    Column("state", String(20), nullable=False),
+    Column("reason", String(2000), nullable=True),
+    Column("current_wave", Integer, nullable=False),  # highest wave opened
+    Column("wave_opened_at", UTCDateTime(), nullable=True),
+    Column("wave_met_at", UTCDateTime(), nullable=True),  # current wave reached min_success_rate
+    Column("resumed_at", UTCDateTime(), nullable=True),
+    Column("inventory_digest", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Index("ix_rollouts_group_state", "group_name", "state"),
+    Index("ix_rollouts_state", "state"),
+)
+
+#: Each device of a rollout (``state``: engine.rollouts.model.DeviceState).
+rollout_devices = Table(
+    "rollout_devices",
+    metadata,
+    Column("rollout_id", Integer, ForeignKey("rollouts.id"), primary_key=True),
+    Column("device", String(200), primary_key=True),
+    Column("wave", Integer, nullable=False),
+    Column("position", Float, nullable=False),  # stable order inside the wave
+    Column("platform", String(16), nullable=False),
+    Column("from_version", String(100), nullable=True),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("reason", String(2000), nullable=True),
+    Column("rollback_to", String(100), nullable=True),
+    Column("offered_at", UTCDateTime(), nullable=True),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("retry_at", UTCDateTime(), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_rollout_devices_device_state", "device", "state"),
+    Index("ix_rollout_devices_rollout_state", "rollout_id", "state", "wave", "position"),
+)
+
+#: The rollout controller's leader lease on SQLite (PostgreSQL uses an advisory lock).
+controller_lease = Table(
+    "controller_lease",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("owner", String(100), nullable=False),
+    Column("acquired_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
 )
