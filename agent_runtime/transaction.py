@@ -31,6 +31,7 @@ from agent_runtime.journal import JournalRecord, JournalStore
 from agent_runtime.layouts.base import Layout, SwapPlan
 from agent_runtime.phases import (
     RECOVERY_START,
+    ROLLBACK_PHASES,
     TERMINAL_PHASES,
     TRANSITIONS,
     Event,
@@ -277,7 +278,7 @@ class Executor:
             self.fx.out(f"  {phase!s:<17} {event!s:<4} {elapsed:7.3f}s  {detail}")
             self._tell(record, phase, "ok" if event is Event.OK else "failed", detail)
             nxt = next_phase(phase, event)
-            if nxt is phase:
+            if event is Event.FAIL and (nxt is phase or phase in ROLLBACK_PHASES):
                 record.retries += 1
                 if record.retries > MAX_RETRIES:
                     msg = (
@@ -286,8 +287,6 @@ class Executor:
                     )
                     return Outcome(phase, Result.FAILED, msg, timings)
                 clock.sleep(0.2 * record.retries)
-            else:
-                record.retries = 0
             phase = nxt
         record.phase = phase
         self.fx.journal.save(record, clock.now())

@@ -284,8 +284,10 @@ class Sandbox:
         out: dict[str, str] = {}
         for p in sorted(self.root.rglob("*")):
             rel = p.relative_to(self.root).as_posix()
-            if p.is_dir() or rel.split("/")[0] == "backup" or p.name.startswith(
-                ("heartbeat.json", ".heartbeat.json")
+            if (
+                p.is_dir()
+                or rel.split("/")[0] == "backup"
+                or p.name.startswith(("heartbeat.json", ".heartbeat.json"))
             ):
                 continue
             out[rel] = "link:" + os.readlink(p) if p.is_symlink() else _sha(p)
@@ -323,7 +325,9 @@ class Sandbox:
                 if last["version"] == version and fresh and self.agent_pid() == last["pid"]:
                     return dict(last)
             time.sleep(0.1)
-        raise AssertionError(f"no fresh heartbeat of {version} (last: {last}, pid {self.agent_pid()})")
+        raise AssertionError(
+            f"no fresh heartbeat of {version} (last: {last}, pid {self.agent_pid()})"
+        )
 
     def assert_consistent(self) -> str:
         """The kill-matrix invariant; returns the installed release."""

@@ -1,0 +1,148 @@
+"""Kill matrix: the runtime killed or failing at every phase boundary ends on one release.
+
+Every case runs ``agent-runtime converge --once`` as a real subprocess with a
+fault point (``AGENT_RUNTIME_FAULT``), then starts it again without one. After
+the restart the agent root holds exactly one release's files, that release
+runs and heartbeats, and the journal is closed.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from agent_runtime.phases import FORWARD_PHASES
+from tests.runtime.sandbox import Sandbox
+
+LAYOUTS = ["in_place", "versioned"]
+
+
+def _cases(layout: str) -> list[tuple[str, str]]:
+    """(fault spec, mode) for every phase boundary, rollback phase and mid-swap point."""
+    cases: list[tuple[str, str]] = []
+    swap_steps = (1, 2, 3) if layout == "in_place" else (1, 2)
+    for phase in FORWARD_PHASES:
+        cases += [(f"before:{phase}=kill", "kill"), (f"after:{phase}=kill", "kill")]
+        cases.append((f"before:{phase}=fail", "fail"))
+    for phase in ("ROLLBACK_SWAP", "ROLLBACK_RESTART", "ROLLBACK_CONFIRM"):
+        for mode in ("kill", "fail"):
+            cases.append((f"before:CONFIRM=fail,before:{phase}={mode}", mode))
+    for mode in ("kill", "fail"):
+        cases.append((f"before:VERIFY=fail,before:CLEANUP={mode}", mode))
+        for n in swap_steps:
+            cases.append((f"swap.file:{n}={mode}", mode))
+    cases.append(("download.chunk:1=kill", "kill"))
+    return cases
+
+
+MATRIX = [(layout, *case) for layout in LAYOUTS for case in _cases(layout)]
+
+
+@pytest.fixture(scope="module")
+def devices(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Sandbox]]:
+    """One device per layout shared by the matrix: 3.0.0 installed, 3.0.1 published."""
+    made: dict[str, Sandbox] = {}
+    yield made
+    for sb in made.values():
+        sb.stop_agent()
+
+
+def _device(devices: dict[str, Sandbox], layout: str, base: Path) -> Sandbox:
+    if layout not in devices:
+        sb = Sandbox(base=base, layout=layout)
+        sb.publish("3.0.0", extra_files={"core/legacy.py": b"LEGACY = True\n"})
+        sb.publish("3.0.1")
+        sb.write_plan("3.0.0")
+        run = sb.converge()
+        assert run.returncode == 0, run.stdout + run.stderr
+        devices[layout] = sb
+    return devices[layout]
+
+
+def _flip_target(sb: Sandbox) -> str:
+    current = sb.state_json()["installed"]
+    target = "3.0.1" if current == "3.0.0" else "3.0.0"
+    sb.write_plan(target, current)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("layout", "fault", "mode"), MATRIX, ids=[f"{c[0]}-{c[1]}" for c in MATRIX]
+)
+@pytest.mark.slow
+def test_fault_then_restart_ends_on_one_release(
+    devices: dict[str, Sandbox],
+    tmp_path_factory: pytest.TempPathFactory,
+    layout: str,
+    fault: str,
+    mode: str,
+) -> None:
+    """Killed or failing at this point, then restarted: one release, running, journal closed."""
+    device = _device(devices, layout, tmp_path_factory.mktemp(f"kill-{layout}"))
+    target = _flip_target(device)
+    faulted = device.converge(fault=fault)
+    out = faulted.stdout + faulted.stderr
+    if mode == "kill":
+        assert faulted.returncode == -signal.SIGKILL, out
+    else:
+        assert faulted.returncode in (0, 1), out
+        journal = device.journal_json()
+        if journal is not None and journal["phase"] in ("DONE", "ROLLED_BACK", "FAILED"):
+            device.assert_consistent()  # a failing step alone never leaves a mix
+    restarted = device.converge()
+    assert restarted.returncode == 0, f"{fault}\n{out}\n--- restart ---\n{restarted.stdout}"
+    assert device.assert_consistent() == target
+    assert device.staging_entries() == []
+
+
+def _random_kills(base: Path, layout: str, wanted: int) -> str | None:
+    """Kill ``wanted`` converges at random instants; None if every restart was consistent."""
+    rng = random.Random(f"kills-{layout}")
+    sb = Sandbox(base=base, layout=layout)
+    try:
+        sb.publish("3.0.0")
+        sb.publish("3.0.1")
+        sb.write_plan("3.0.0")
+        assert sb.converge().returncode == 0
+        kills = trials = 0
+        while kills < wanted and trials < 3 * wanted:
+            trials += 1
+            _flip_target(sb)
+            proc = subprocess.Popen(
+                sb.cli_argv("converge", "--once", "--plan", str(sb.plan_path)),
+                env=sb.cli_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(rng.uniform(0.25, 1.0))
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+            proc.wait(30)
+            again = sb.converge()
+            if again.returncode != 0:
+                return f"{layout} trial {trials}: {again.stdout}{again.stderr}"
+            sb.assert_consistent()
+        if kills < wanted:
+            return f"{layout}: only {kills} kills landed in {trials} trials"
+        return None
+    except AssertionError as e:
+        return f"{layout}: {e}"
+    finally:
+        sb.stop_agent()
+
+
+@pytest.mark.slow
+def test_random_kills(tmp_path: Path) -> None:
+    """50 SIGKILLs at random instants (25 per layout, run side by side): 0 inconsistent restarts."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(_random_kills, tmp_path / layout, layout, 25) for layout in LAYOUTS]
+        failures = [f.result() for f in futures]
+    assert failures == [None, None]
