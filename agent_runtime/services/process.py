@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ LOG_ROTATE_BYTES = 10 * 1024 * 1024
 KILL_WAIT = 5.0
 #: psutil derives creation times from clock ticks; equal within this is the same process.
 CREATE_TIME_TOLERANCE = 0.01
+_WAIT_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,20 @@ class ProcessManager:
                 return self._child.wait(timeout)
             except subprocess.TimeoutExpired as e:
                 raise psutil.TimeoutExpired(timeout, proc.pid) from e
-        return proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return proc.wait(timeout=0)  # reaps it when it is our child after all
+            except psutil.TimeoutExpired:
+                pass
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return None  # exited; its parent (maybe a non-reaping init) owns the code
+            except psutil.NoSuchProcess:
+                return None
+            if time.monotonic() >= deadline:
+                raise psutil.TimeoutExpired(timeout, proc.pid)
+            time.sleep(_WAIT_POLL)
 
     def _terminate(self, proc: psutil.Process) -> None:
         try:
