@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, Select, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.errors import StoreError
@@ -25,8 +25,8 @@ __all__ = ["ReportDigest", "UpsertCounts", "digest", "digest_reports", "load", "
 #: (count, sha256 hex over sorted (device, agent_version, last_seen), latest last_seen)
 ReportDigest = tuple[int, str, datetime | None]
 
-#: Rows per IN (...) lookup: well under SQLite's limit of bound parameters.
-_CHUNK = 5000
+#: Above this many devices, stored rows are read by one full scan, not by IN (...).
+_IN_LIMIT = 500
 
 _PLATFORMS: dict[str, Platform] = {p.value: p for p in Platform}
 
@@ -58,9 +58,14 @@ def _row(report: Report, now: datetime) -> dict[str, Any]:
     }
 
 
-def _chunks(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+def _stored_query(devices: list[str]) -> Select[str, datetime]:
+    query = select(reports.c.device, reports.c.last_seen)
+    if len(devices) > _IN_LIMIT:
+        # One scan of the table beats big IN lists: psycopg prepares a query
+        # after a few runs and PostgreSQL's generic plan then compares every
+        # row with every listed value (seconds per 5000 values at 100k rows).
+        return query
+    return query.where(reports.c.device.in_(devices))
 
 
 def upsert(conn: Connection, items: Iterable[Report]) -> UpsertCounts:
@@ -75,10 +80,7 @@ def upsert(conn: Connection, items: Iterable[Report]) -> UpsertCounts:
         latest[report.device] = report
     if not latest:
         return UpsertCounts()
-    stored: dict[str, datetime] = {}
-    for chunk in _chunks(list(latest)):
-        query = select(reports.c.device, reports.c.last_seen).where(reports.c.device.in_(chunk))
-        stored.update((d, t) for d, t in conn.execute(query))
+    stored = {device: seen for device, seen in conn.execute(_stored_query(list(latest)))}
     new = updated = older = 0
     for device, report in latest.items():
         seen = stored.get(device)

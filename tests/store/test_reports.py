@@ -201,3 +201,20 @@ def test_naive_datetime_is_refused_by_the_column(store: Store) -> None:
     with pytest.raises(StoreError, match="naive datetime"):
         store.upsert_reports([report("ok"), bad])
     assert store.load_reports() == {}
+
+
+def test_large_batch_counts_new_updated_older(store: Store) -> None:
+    """Batches bigger than the IN-list limit count new, updated and older reports correctly."""
+    store.upsert_reports(report(f"d{i:04d}", "1.0.0", T0) for i in range(600))
+    batch = [
+        report(
+            f"d{i:04d}", "2.0.0", T0 + timedelta(hours=1) if i < 300 else T0 - timedelta(hours=1)
+        )
+        for i in range(1000)
+    ]
+    assert store.import_reports(batch) == UpsertCounts(new=400, updated=300, older=300)
+    versions = {d: str(r.agent_version) for d, r in store.load_reports().items()}
+    assert versions["d0000"] == "2.0.0"  # newer: replaced
+    assert versions["d0599"] == "1.0.0"  # older: kept
+    assert versions["d0999"] == "2.0.0"  # new
+    assert len(versions) == 1000

@@ -1,0 +1,101 @@
+"""Time the store with many device reports on SQLite and PostgreSQL; prints figures.
+
+Usage: .venv/bin/python -m bench.store_scale [--devices 100000] [--pg HOST:PORT]
+
+PostgreSQL runs in a fresh temporary database (user postgres) that is dropped
+afterwards; it is skipped with a note when the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+from psycopg import sql
+
+from engine.store import Store
+from inventory.models import Platform
+from inventory.version import Version
+from states.report import Report
+
+T = TypeVar("T")
+
+
+def _timed(label: str, fn: Callable[[], T], repeat: int = 1) -> T:
+    best = float("inf")
+    result: T | None = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    suffix = f" (best of {repeat})" if repeat > 1 else ""
+    print(f"  {label:<28} {best:8.3f} s{suffix}")
+    assert result is not None
+    return result
+
+
+def _reports(n: int, offset: timedelta) -> list[Report]:
+    base = datetime(2026, 11, 27, tzinfo=UTC) + offset
+    versions = [Version(f"3.0.{i}") for i in range(5)]
+    platforms = list(Platform)
+    return [
+        Report(
+            device=f"dev-{i:06d}",
+            agent_version=versions[i % 5],
+            platform=platforms[i % 3],
+            last_seen=base + timedelta(seconds=i),
+            runtime_version="1.0.0",
+            known_good=versions[0],
+            last_result="committed",
+        )
+        for i in range(n)
+    ]
+
+
+def bench(url: str, n: int) -> None:
+    """Upsert n new reports, upsert n newer ones, then load and digest them."""
+    with Store.open(url) as store:
+        print(f"{store.display_url.split(':')[0]}: {n} reports")
+        first, second = _reports(n, timedelta(0)), _reports(n, timedelta(hours=1))
+        _timed("upsert (all new)", lambda: store.import_reports(first))
+        _timed("upsert (all updated)", lambda: store.import_reports(second))
+        loaded = _timed("load_reports", store.load_reports, repeat=3)
+        assert len(loaded) == n
+        _timed("reports_digest", store.reports_digest, repeat=3)
+
+
+def main() -> None:
+    """Run the benchmark on both backends."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--pg", default="127.0.0.1:5432", help="PostgreSQL HOST:PORT")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        bench(f"sqlite:///{Path(tmp) / 'state.db'}", args.devices)
+    host, _, port = args.pg.partition(":")
+    admin = f"host={host} port={port or 5432} user=postgres dbname=postgres connect_timeout=3"
+    name = f"engine_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as e:
+        print(f"postgresql: skipped, cannot reach {args.pg}: {e}")
+        return
+    try:
+        bench(f"postgresql://postgres@{host}:{port or 5432}/{name}", args.devices)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+if __name__ == "__main__":
+    main()
