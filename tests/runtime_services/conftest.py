@@ -65,7 +65,7 @@ class FakeRunner:
         assert argv == expected, f"expected {expected}, got {argv}"
         if isinstance(answer, BaseException):
             raise answer
-        return answer
+        return subprocess.CompletedProcess(argv, answer.returncode, answer.stdout, answer.stderr)
 
     def done(self) -> bool:
         """True when every scripted command was issued."""
