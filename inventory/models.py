@@ -223,3 +223,12 @@ class EngineSettings(_Strict):
         default=timedelta(days=7),
         description="a device whose last report is older than this is planned as blocked",
     )
+    poll_interval: Duration = Field(
+        default=timedelta(seconds=60),
+        description="engine serve: how often devices check in (jitter of 10% is added)",
+    )
+    field_release: Version | None = Field(
+        default=None,
+        description="engine serve: the release /diags/persistentagentversion and "
+        "/installerFiles describe; default the newest release whose rollout completed",
+    )
