@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_runtime.phases import FORWARD_PHASES
+from agent_runtime.phases import FORWARD_PHASES, ROLLBACK_PHASES
 from tests.runtime.sandbox import Sandbox
 
 LAYOUTS = ["in_place", "versioned"]
@@ -31,7 +31,7 @@ def _cases(layout: str) -> list[tuple[str, str]]:
     for phase in FORWARD_PHASES:
         cases += [(f"before:{phase}=kill", "kill"), (f"after:{phase}=kill", "kill")]
         cases.append((f"before:{phase}=fail", "fail"))
-    for phase in ("ROLLBACK_SWAP", "ROLLBACK_RESTART", "ROLLBACK_CONFIRM"):
+    for phase in ROLLBACK_PHASES:
         for mode in ("kill", "fail"):
             cases.append((f"before:CONFIRM=fail,before:{phase}={mode}", mode))
     for mode in ("kill", "fail"):
