@@ -546,6 +546,7 @@ class PullLoop:
                 delay, code = self.step()
                 if once:
                     break
+                code = 0  # the periodic loop ends on request, not on a round's result
                 self.out(f"next check-in in {delay:.1f}s")
                 stop.wait(delay)
         finally:

@@ -163,7 +163,7 @@ class ServerClient:
             )
         except requests.Timeout as e:
             raise ServerUnavailableError(
-                f"{method} {url}: timed out after {self.timeout:g}s"
+                f"{method} {url}: no answer within {self.timeout:g}s"
             ) from e
         except requests.RequestException as e:
             raise ServerUnavailableError(f"{method} {url}: cannot connect: {_reason(e)}") from e
@@ -209,6 +209,9 @@ def _detail(resp: requests.Response) -> str:
 
 
 def _reason(e: requests.RequestException) -> str:
-    inner = e.args[0] if e.args else e
-    reason = getattr(inner, "reason", None)
-    return str(reason if reason is not None else inner)[:300]
+    text = str(e)
+    for known in ("Connection refused", "Name or service not known", "No route to host",
+                  "Connection reset by peer", "Remote end closed connection"):  # fmt: skip
+        if known in text:
+            return known.lower()
+    return text[:300]
