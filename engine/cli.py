@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "reports",
     "schema",
     "keys",
+    "serve",
+    "devices",
 )
 
 

@@ -1,0 +1,158 @@
+"""`engine devices enroll|list|revoke`: the device registry, directly in the store.
+
+``enroll DEVICE --platform P`` registers a device and prints its new token
+once (for provisioning a device without the fleet secret, or to readmit a
+revoked one); ``revoke DEVICE`` makes its token stop working; ``list`` shows
+every device. These work with the server down; a running server notices a
+revocation made here within its token cache time (5 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.errors import EngineError
+from engine.store import Store, resolve_state_url, settings_state
+from inventory.models import Platform
+
+__all__ = ["register"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `devices` subcommand with `enroll`, `list` and `revoke`."""
+    parser = subparsers.add_parser(
+        "devices",
+        help="enroll, list or revoke devices of engine serve",
+        description="Manage the devices that may talk to engine serve. Devices normally "
+        "enroll themselves with the fleet's enrollment secret (.engine/enrollment.secret); "
+        "these commands work on the store directly, with the server up or down.",
+    )
+    actions = parser.add_subparsers(dest="devices_action", metavar="ACTION", required=True)
+
+    enroll = actions.add_parser(
+        "enroll",
+        help="register a device and print its new token (once)",
+        description="Register DEVICE (or readmit a revoked one) with a new token and print "
+        "the token once; only its sha256 is stored. Its previous token stops working. Put "
+        "the token in the device's runtime config (token_file).",
+    )
+    enroll.add_argument("device", metavar="DEVICE")
+    enroll.add_argument(
+        "--platform", required=True, choices=[p.value for p in Platform], help="device platform"
+    )
+    enroll.add_argument("--json", action="store_true", help="print {device, token} as JSON")
+    _common(enroll)
+    enroll.set_defaults(func=run_enroll)
+
+    lst = actions.add_parser("list", help="show enrolled and reporting devices")
+    lst.add_argument("--json", action="store_true", help="print one JSON list on stdout")
+    _common(lst)
+    lst.set_defaults(func=run_list)
+
+    revoke = actions.add_parser(
+        "revoke",
+        help="make a device's token stop working",
+        description="Revoke DEVICE's token. The device cannot enroll again with the fleet "
+        "secret; `engine devices enroll` readmits it.",
+    )
+    revoke.add_argument("device", metavar="DEVICE")
+    _common(revoke)
+    revoke.set_defaults(func=run_revoke)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-C",
+        dest="directory",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="operator repo (default: current directory)",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="URL",
+        help="store URL (default: $ENGINE_STATE_URL, engine.yaml, DIR/.engine/state.db)",
+    )
+
+
+def _open(args: argparse.Namespace) -> Store:
+    root = Path(args.directory).absolute()
+    return Store.open(resolve_state_url(root, args.state, settings_state(root)))
+
+
+def _error(message: str) -> int:
+    print(f"engine devices: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    """Register a device with a new token and print the token."""
+    from engine.server.registry import enroll_device
+
+    try:
+        store = _open(args)
+        with store, store.write() as conn:
+            enrollment = enroll_device(
+                conn, args.device, Platform(args.platform), datetime.now(UTC), operator=True
+            )
+    except EngineError as e:
+        return _error(str(e))
+    if args.json:
+        print(json.dumps({"device": enrollment.device, "token": enrollment.token}))
+    else:
+        what = "enrolled"
+        if enrollment.reenrolled:
+            what = "enrolled again (its old token no longer works)"
+        print(f"device {args.device} {what}; its token (shown once):", file=sys.stderr)
+        print(enrollment.token)
+    return EXIT_OK
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    """Revoke a device's token."""
+    from engine.server.registry import revoke_device
+
+    try:
+        store = _open(args)
+        with store, store.write() as conn:
+            known = revoke_device(conn, args.device, datetime.now(UTC))
+    except EngineError as e:
+        return _error(str(e))
+    if not known:
+        return _error(f"device {args.device!r} never enrolled; nothing revoked")
+    print(f"device {args.device} revoked")
+    return EXIT_OK
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print every enrolled or reporting device."""
+    from engine.server.registry import list_devices
+
+    try:
+        store = _open(args)
+        with store, store.read() as conn:
+            rows = list_devices(conn)
+    except EngineError as e:
+        return _error(str(e))
+    now = datetime.now(UTC)
+    if args.json:
+        print(json.dumps([d.as_json(now, online_within=180.0) for d in rows]))
+        return EXIT_OK
+    if not rows:
+        print("no devices")
+        return EXIT_OK
+    header = f"{'DEVICE':30} {'PLATFORM':8} {'VERSION':10} {'LAST CHECK-IN':26} STATE"
+    print(header)
+    for d in rows:
+        state = "revoked" if d.revoked_at else ("enrolled" if d.enrolled else "not enrolled")
+        seen = d.last_seen.isoformat(timespec="seconds") if d.last_seen else "-"
+        print(f"{d.device:30} {d.platform or '-':8} {d.agent_version or '-':10} {seen:26} {state}")
+    return EXIT_OK

@@ -1,0 +1,197 @@
+"""`engine serve`: run the HTTP server for devices and operators, and the rollout controller."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+from inventory.errors import InventoryError
+
+__all__ = ["register", "run"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+ENV_WEBHOOK_SECRET = "ENGINE_WEBHOOK_SECRET"
+
+log = logging.getLogger("engine.server")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `serve` subcommand."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve devices and operators over HTTP and run rollouts",
+        description="Serve the device API (enrollment, check-in, events, heartbeats, "
+        "releases, artifacts), the operator API and dashboard, and the endpoints agents "
+        "in the field call; run the rollout controller. Stops cleanly on SIGTERM/SIGINT.",
+    )
+    p.add_argument(
+        "-C",
+        dest="directory",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="operator repo (default: current directory)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="store URL (default: $ENGINE_STATE_URL, engine.yaml, DIR/.engine/state.db)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; SQLite: keep 1)"
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between device check-ins (default: engine.yaml poll_interval, 60)",
+    )
+    p.add_argument(
+        "--allow-unknown-devices",
+        action="store_true",
+        help="let any device id enroll, not only the inventory's",
+    )
+    p.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help=f"notify this URL when a rollout halts (HMAC-signed with ${ENV_WEBHOOK_SECRET})",
+    )
+    p.add_argument(
+        "--no-controller",
+        action="store_true",
+        help="serve only; another replica runs the rollout controller",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def _error(message: str) -> int:
+    print(f"engine serve: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for name in ("engine", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    from engine.server.bootstrap import ServeOptions, build_server, options_to_env
+
+    _setup_logging(args.log_level)
+    if args.workers < 1:
+        return _error("--workers must be at least 1")
+    options = ServeOptions(
+        root=str(Path(args.directory).absolute()),
+        state=args.state,
+        poll_interval=args.poll_interval,
+        allow_unknown_devices=args.allow_unknown_devices,
+    )
+    try:
+        built = build_server(options)
+    except InventoryError as e:
+        return _error(f"the operator repo has errors:\n{e}")
+    except EngineError as e:
+        return _error(str(e))
+    settings = built.settings
+    try:
+        sock = socket.create_server((args.host, args.port), reuse_port=False)
+    except OSError as e:
+        settings.store.close()
+        return _error(f"cannot listen on {args.host}:{args.port}: {e.strerror}")
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    stop = threading.Event()
+    controller_thread = None
+    if not args.no_controller:
+        controller_thread = _start_controller(settings, args.webhook_url, stop)
+    print(f"engine serve: store {settings.store.display_url}", flush=True)
+    print(f"engine serve: admin token in {built.admin.origin}", flush=True)
+    print(f"engine serve: enrollment secret in {built.enrollment.origin}", flush=True)
+    try:
+        if args.workers == 1:
+            _serve_one(built.app(), sock, url, args.log_level)
+        else:
+            os.environ.update(options_to_env(options, built))
+            _serve_many(sock, url, args.workers, args.log_level)
+    finally:
+        stop.set()
+        if controller_thread is not None:
+            controller_thread.join(timeout=10)
+        settings.store.close()
+        sock.close()
+    print("engine serve: stopped", flush=True)
+    return EXIT_OK
+
+
+def _start_controller(settings: Any, webhook_url: str | None, stop: threading.Event) -> Any:
+    from engine.rollouts.controller import RolloutController
+
+    controller = RolloutController(
+        settings.store,
+        clock=settings.clock,
+        webhook_url=webhook_url,
+        webhook_secret=os.environ.get(ENV_WEBHOOK_SECRET) or None,
+    )
+    thread = threading.Thread(
+        target=controller.run, args=(stop,), name="rollout-controller", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _uvicorn_config(app: Any, log_level: str, **extra: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        access_log=False,
+        log_config=None,
+        log_level=log_level,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+        **extra,
+    )
+
+
+def _serve_one(app: Any, sock: socket.socket, url: str, log_level: str) -> None:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"engine serve: ready at {url} (dashboard {url}/, API {url}/docs)")
+                sys.stdout.flush()
+
+    _Server(_uvicorn_config(app, log_level)).run(sockets=[sock])
+
+
+def _serve_many(sock: socket.socket, url: str, workers: int, log_level: str) -> None:
+    from uvicorn.supervisors import Multiprocess
+
+    config = _uvicorn_config(
+        "engine.server.bootstrap:app_from_env", log_level, factory=True, workers=workers
+    )
+    print(f"engine serve: ready at {url} with {workers} workers", flush=True)
+    Multiprocess(config, sockets=[sock]).run()

@@ -1,0 +1,141 @@
+"""The operator API under ``/v1/admin``: devices, rollouts, fleet status (admin token)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from engine.server._http import json_response, refuse
+from engine.server.app import ServerState
+from engine.server.registry import list_devices, revoke_device
+
+__all__ = ["router"]
+
+log = logging.getLogger("engine.server")
+
+_bearer = HTTPBearer(auto_error=False, description="the admin token (.engine/admin.token)")
+
+
+def _jsonable(value: Any) -> Any:
+    """Rollout results as JSON-ready data, whatever shape the rollout module returns."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def router(state: ServerState) -> APIRouter:
+    """The operator routes, bound to ``state``."""
+    settings = state.settings
+
+    def admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            refuse(
+                401,
+                "missing credentials: send 'Authorization: Bearer <admin token>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
+            refuse(403, "this token is not the admin token")
+
+    api = APIRouter(
+        prefix="/v1/admin",
+        tags=["operator"],
+        dependencies=[Depends(admin)],
+        responses={401: {"description": "no admin token"}, 403: {"description": "wrong token"}},
+    )
+
+    @api.get("/devices", response_model=None)
+    async def devices() -> Response:
+        """Every device: platform, version, last check-in, online or offline, revocation."""
+        now = settings.clock()
+        with state.store.read() as conn:
+            rows = list_devices(conn)
+        return json_response([d.as_json(now, settings.online_seconds) for d in rows])
+
+    @api.post("/devices/{device}/revoke", response_model=None, responses={404: {}})
+    async def revoke(device: str) -> Response:
+        """Revoke the device's token at once; it cannot enroll again without an operator."""
+        with state.store.write() as conn:
+            known = revoke_device(conn, device, settings.clock())
+        state.tokens.forget(device)
+        if not known:
+            refuse(404, f"device {device!r} never enrolled")
+        return json_response({"device": device, "revoked": True})
+
+    @api.get("/rollouts", response_model=None)
+    async def rollouts() -> Response:
+        """Every rollout with its waves and device counts."""
+        from engine.rollouts import rollout_status
+
+        with state.store.read() as conn:
+            return json_response(_jsonable(rollout_status(conn)))
+
+    @api.get("/rollouts/{rollout}", response_model=None, responses={404: {}})
+    async def rollout(rollout: str) -> Response:
+        """One rollout with its waves and device counts."""
+        from engine.rollouts import rollout_status
+
+        with state.store.read() as conn:
+            found = [r for r in _jsonable(rollout_status(conn)) if r.get("id") == rollout]
+        if not found:
+            refuse(404, f"no rollout {rollout!r}")
+        return json_response(found[0])
+
+    @api.post("/rollouts/{rollout}/{action}", response_model=None, responses={404: {}})
+    async def act(rollout: str, action: str) -> Response:
+        """Pause, resume or abort a rollout (action: pause | resume | abort)."""
+        from engine import rollouts
+
+        functions = {
+            "pause": rollouts.pause_rollout,
+            "resume": rollouts.resume_rollout,
+            "abort": rollouts.abort_rollout,
+        }
+        function = functions.get(action)
+        if function is None:
+            refuse(404, f"unknown action {action[:40]!r}: use pause, resume or abort")
+        with state.store.write() as conn:
+            result = function(conn, rollout)
+        log.info("rollout %s: %s by the operator API", rollout, action)
+        return json_response({"rollout": rollout, "action": action, "result": _jsonable(result)})
+
+    @api.get("/status", response_model=None)
+    async def status() -> Response:
+        """Fleet status: devices per version, online and offline, and the rollouts."""
+        from engine.rollouts import rollout_status
+
+        now = settings.clock()
+        with state.store.read() as conn:
+            rows = [d.as_json(now, settings.online_seconds) for d in list_devices(conn)]
+            rollouts = _jsonable(rollout_status(conn))
+        versions = Counter(d["agent_version"] or "none" for d in rows)
+        return json_response(
+            {
+                "time": now.isoformat(),
+                "devices": len(rows),
+                "enrolled": sum(d["enrolled"] for d in rows),
+                "revoked": sum(d["revoked"] for d in rows),
+                "online": sum(d["online"] for d in rows),
+                "offline": sum(not d["online"] for d in rows),
+                "versions": dict(sorted(versions.items())),
+                "rollouts": rollouts,
+            }
+        )
+
+    return api

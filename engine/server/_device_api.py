@@ -1,0 +1,270 @@
+"""The device API (``states.protocol``): enrollment, check-in, events, heartbeats, releases.
+
+The check-in is the hot path: handlers are ``async`` and do their short
+SQLite/PostgreSQL work inline (no thread-pool hop), bodies are parsed by
+pydantic from bytes, answers are serialised with orjson.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+
+from engine.server._device_db import (
+    insert_events,
+    read_heartbeat,
+    upsert_checkin,
+    upsert_heartbeat,
+)
+from engine.server._http import parse_body, refuse
+from engine.server.app import ServerState, body_spec
+from engine.server.registry import DeviceRevokedError, enroll_device, get_device
+from engine.store.schema import reports
+from states.protocol import (
+    CheckinRequest,
+    CheckinResponse,
+    EnrollRequest,
+    EnrollResponse,
+    EventBatch,
+    Heartbeat,
+)
+from states.report import Report
+
+__all__ = ["router"]
+
+log = logging.getLogger("engine.server")
+
+_DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,100}$")
+
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no token, device not enrolled, or token revoked"},
+    403: {"description": "the token belongs to another device"},
+}
+_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not JSON"},
+    413: {"description": "the body exceeds the size limit"},
+    422: {"description": "the body is not the expected message"},
+}
+
+
+def _device(device: str) -> str:
+    if not _DEVICE_RE.match(device):
+        refuse(404, "not a device id: letters, digits and . _ : - only, at most 200")
+    return device
+
+
+def router(state: ServerState) -> APIRouter:
+    """The device API's routes, bound to ``state``."""
+    api = APIRouter(tags=["devices"])
+    settings = state.settings
+    store = state.store
+    sql = state.sql
+    tokens = state.tokens
+    clock = settings.clock
+    limit = settings.max_body_bytes
+    offer_for = state.offer
+
+    @api.post(
+        "/v1/enroll",
+        response_model=None,
+        responses={
+            200: {"model": EnrollResponse},
+            401: {"description": "wrong enrollment secret"},
+            403: {"description": "device not in the inventory, or revoked"},
+            **_BODY,
+        },
+        openapi_extra=body_spec(EnrollRequest),
+    )
+    async def enroll(request: Request) -> Response:
+        """Trade the fleet's enrollment secret for a new device token (replacing any old one)."""
+        body = await parse_body(request, EnrollRequest, limit)
+        if not hmac.compare_digest(
+            body.enrollment_secret.encode(), settings.enrollment_secret.encode()
+        ):
+            log.warning("enrollment of %s refused: wrong enrollment secret", body.device)
+            refuse(401, "wrong enrollment secret")
+        known = settings.known_devices
+        if known is not None and body.device not in known and not _seen(state, body.device):
+            log.warning("enrollment of %s refused: not in the inventory", body.device)
+            refuse(
+                403,
+                f"device {body.device!r} is not in the operator repo's inventory; add it "
+                "there (or run engine serve --allow-unknown-devices)",
+            )
+        try:
+            with store.write() as conn:
+                enrollment = enroll_device(
+                    conn, body.device, body.platform, clock(), runtime_version=body.runtime_version
+                )
+        except DeviceRevokedError as e:
+            refuse(403, str(e))
+        tokens.forget(body.device)
+        answer = EnrollResponse(
+            device=body.device, token=enrollment.token, poll_interval=state.poll_interval()
+        )
+        return Response(answer.model_dump_json(), media_type="application/json")
+
+    @api.post(
+        "/v1/devices/{device}/checkin",
+        response_model=None,
+        responses={200: {"model": CheckinResponse}, **_AUTH, **_BODY},
+        openapi_extra=body_spec(CheckinRequest),
+    )
+    async def checkin(device: str, request: Request) -> Response:
+        """Record the device's report; answer its plan (or none) and the next poll interval."""
+        tokens.check(request, _device(device))
+        body = await parse_body(request, CheckinRequest, limit)
+        now = clock()
+        tx = body.transaction
+        report = Report.model_construct(
+            device=device,
+            agent_version=body.agent_version,
+            platform=body.platform,
+            last_seen=now,
+            runtime_version=body.runtime_version,
+            known_good=body.known_good,
+            last_result=None if tx is None else tx.result,
+        )
+        with store.write() as conn:
+            upsert_checkin(conn, sql, device, body, now)
+            offer = offer_for(conn, device, report, now)
+        interval = state.poll_interval()
+        if offer is None:
+            content = b'{"plan":null,"release":null,"poll_interval":%.3f}' % interval
+        else:
+            content = orjson.dumps(
+                {
+                    "plan": offer.plan.model_dump(mode="json"),
+                    "release": offer.release.model_dump(mode="json"),
+                    "poll_interval": interval,
+                }
+            )
+        return Response(content, media_type="application/json")
+
+    @api.post(
+        "/v1/devices/{device}/events",
+        status_code=204,
+        response_model=None,
+        responses={**_AUTH, **_BODY},
+        openapi_extra=body_spec(EventBatch),
+    )
+    async def events(device: str, request: Request) -> Response:
+        """Store the device's step events."""
+        tokens.check(request, _device(device))
+        body = await parse_body(request, EventBatch, limit)
+        with store.write() as conn:
+            insert_events(conn, sql, device, body.events, clock())
+        return Response(status_code=204)
+
+    @api.post(
+        "/v1/devices/{device}/heartbeat",
+        status_code=204,
+        response_model=None,
+        responses={**_AUTH, **_BODY},
+        openapi_extra=body_spec(Heartbeat),
+    )
+    async def post_heartbeat(device: str, request: Request) -> Response:
+        """Keep the agent's heartbeat as the device's latest."""
+        tokens.check(request, _device(device))
+        body = await parse_body(request, Heartbeat, limit)
+        with store.write() as conn:
+            upsert_heartbeat(conn, sql, device, body, clock())
+        return Response(status_code=204)
+
+    @api.get(
+        "/v1/devices/{device}/heartbeat",
+        response_model=None,
+        responses={200: {"model": Heartbeat}, 404: {"description": "no heartbeat yet"}, **_AUTH},
+    )
+    async def get_heartbeat(device: str, request: Request) -> Response:
+        """The server's record of the device's latest heartbeat."""
+        tokens.check(request, _device(device))
+        with store.read() as conn:
+            beat = read_heartbeat(conn, sql, device)
+        if beat is None:
+            refuse(404, f"no heartbeat recorded for device {device!r}")
+        return Response(beat.model_dump_json(), media_type="application/json")
+
+    @api.get(
+        "/v1/releases/{version}/manifest",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
+        tags=["releases"],
+    )
+    async def manifest(version: str) -> Response:
+        """The release's manifest, the exact bytes that were signed."""
+        release = state.releases.get(version) if _VERSION_RE.match(version) else None
+        if release is None:
+            refuse(404, f"no release {version!r}")
+        etag = hashlib.sha256(release.manifest_bytes).hexdigest()
+        return Response(
+            release.manifest_bytes,
+            media_type="application/octet-stream",
+            headers={"ETag": f'"{etag}"'},
+        )
+
+    @api.get(
+        "/v1/releases/{version}/signature",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
+        tags=["releases"],
+    )
+    async def signature(version: str) -> Response:
+        """The detached ed25519 signature of the release's manifest."""
+        release = state.releases.get(version) if _VERSION_RE.match(version) else None
+        if release is None:
+            refuse(404, f"no release {version!r}")
+        if release.signature is None:
+            refuse(404, f"release {version} has no signature (engine release sign)")
+        return Response(release.signature, media_type="application/octet-stream")
+
+    @api.get(
+        "/v1/artifacts/{sha256}",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {}}},
+            206: {"description": "the requested byte range (Range: bytes=START-END)"},
+            404: {},
+            416: {"description": "the range lies outside the file"},
+        },
+        tags=["releases"],
+    )
+    async def artifact(sha256: str) -> Response:
+        """A release file by its sha256, with HTTP Range support; ETag is the sha256."""
+        return await serve_artifact(state, sha256)
+
+    return api
+
+
+async def serve_artifact(state: ServerState, sha256: str) -> Response:
+    """The artifact file declared with ``sha256`` (404 when none, 500 when it changed on disk)."""
+    path = state.artifacts.find(sha256) if _SHA256_RE.match(sha256) else None
+    if path is None:
+        refuse(404, f"no artifact with sha256 {sha256[:80]!r}")
+    if not await anyio.to_thread.run_sync(state.artifacts.verified, sha256, path):
+        log.error("artifact %s no longer hashes to %s: not served", path, sha256)
+        refuse(500, f"the artifact file for {sha256} changed on the server; tell the operator")
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        headers={"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=31536000, immutable"},
+    )
+
+
+def _seen(state: ServerState, device: str) -> bool:
+    """Whether the server already knows ``device`` (enrolled, or reported via import)."""
+    with state.store.read() as conn:
+        if get_device(conn, device) is not None:
+            return True
+        row = conn.execute(reports.select().where(reports.c.device == device)).first()
+        return row is not None

@@ -1,0 +1,169 @@
+"""The device API's queries, as plain SQL: they run on every check-in.
+
+Statements go straight to the driver (``exec_driver_sql``), skipping
+SQLAlchemy's compilation and per-value processing; values are typed here
+(SQLite keeps instants as fixed-width ISO text, see engine.store._types).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from engine.store._types import format_utc
+from states.protocol import CheckinRequest, Heartbeat, StepEvent
+
+__all__ = [
+    "DeviceSql",
+    "insert_events",
+    "lookup_token",
+    "read_heartbeat",
+    "upsert_checkin",
+    "upsert_heartbeat",
+]
+
+_REPORT_COLUMNS = (
+    "device",
+    "agent_version",
+    "platform",
+    "last_seen",
+    "runtime_version",
+    "known_good",
+    "last_result",
+    "updated_at",
+    "tx_target",
+    "tx_phase",
+    "tx_attempts",
+    "tx_detail",
+    "agent_running",
+)
+_HEARTBEAT_COLUMNS = ("device", "version", "at", "pid", "received_at")
+_EVENT_COLUMNS = ("device", "target", "step", "status", "detail", "at", "received_at")
+
+
+def _upsert(table: str, columns: Sequence[str], mark: str) -> str:
+    values = ", ".join(mark.format(c) for c in columns)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+        f"ON CONFLICT ({columns[0]}) DO UPDATE SET {sets}"
+    )
+
+
+class DeviceSql:
+    """The statements for one dialect, and how it wants instants bound."""
+
+    def __init__(self, dialect: str) -> None:
+        """Build the statements for ``dialect`` ("sqlite" or "postgresql")."""
+        self.sqlite = dialect == "sqlite"
+        mark = ":{}" if self.sqlite else "%({})s"
+        self.report = _upsert("reports", _REPORT_COLUMNS, mark)
+        self.heartbeat = _upsert("heartbeats", _HEARTBEAT_COLUMNS, mark)
+        self.event = (
+            f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+            f"VALUES ({', '.join(mark.format(c) for c in _EVENT_COLUMNS)})"
+        )
+        self.token = "SELECT token_hash, revoked_at FROM devices WHERE device = " + mark.format(
+            "device"
+        )
+        self.read_heartbeat = (
+            "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
+        )
+
+    def instant(self, value: datetime) -> Any:
+        """``value`` as this driver binds a UTCDateTime column (a naive time is taken as UTC)."""
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return format_utc(value) if self.sqlite else value
+
+    def read_instant(self, value: Any) -> datetime:
+        """A UTCDateTime column's value as an aware datetime."""
+        if isinstance(value, str):
+            return datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value
+
+
+def lookup_token(conn: Connection, sql: DeviceSql, device: str) -> tuple[str, bool] | None:
+    """(token sha256, revoked) of ``device``, or None when it never enrolled."""
+    row = conn.exec_driver_sql(sql.token, {"device": device}).first()
+    if row is None:
+        return None
+    return str(row[0]), row[1] is not None
+
+
+def upsert_checkin(
+    conn: Connection, sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
+) -> None:
+    """Record a check-in as the device's report (one row per device)."""
+    tx = body.transaction
+    stamp = sql.instant(now)
+    conn.exec_driver_sql(
+        sql.report,
+        {
+            "device": device,
+            "agent_version": None if body.agent_version is None else str(body.agent_version),
+            "platform": body.platform.value,
+            "last_seen": stamp,
+            "runtime_version": body.runtime_version,
+            "known_good": None if body.known_good is None else str(body.known_good),
+            "last_result": None if tx is None else tx.result,
+            "updated_at": stamp,
+            "tx_target": None if tx is None or tx.target is None else str(tx.target),
+            "tx_phase": None if tx is None else tx.phase,
+            "tx_attempts": None if tx is None else tx.attempts,
+            "tx_detail": None if tx is None else tx.detail,
+            "agent_running": body.agent_running,
+        },
+    )
+
+
+def upsert_heartbeat(
+    conn: Connection, sql: DeviceSql, device: str, beat: Heartbeat, now: datetime
+) -> None:
+    """Keep ``beat`` as the device's latest heartbeat."""
+    conn.exec_driver_sql(
+        sql.heartbeat,
+        {
+            "device": device,
+            "version": str(beat.version),
+            "at": sql.instant(beat.at),
+            "pid": beat.pid,
+            "received_at": sql.instant(now),
+        },
+    )
+
+
+def read_heartbeat(conn: Connection, sql: DeviceSql, device: str) -> Heartbeat | None:
+    """The device's latest heartbeat as recorded, or None."""
+    row = conn.exec_driver_sql(sql.read_heartbeat, {"device": device}).first()
+    if row is None:
+        return None
+    return Heartbeat(version=row[0], at=sql.read_instant(row[1]), pid=row[2])
+
+
+def insert_events(
+    conn: Connection, sql: DeviceSql, device: str, events: Sequence[StepEvent], now: datetime
+) -> None:
+    """Append the device's step events."""
+    if not events:
+        return
+    received = sql.instant(now)
+    conn.exec_driver_sql(
+        sql.event,
+        [
+            {
+                "device": device,
+                "target": str(e.target),
+                "step": str(e.step),
+                "status": e.status,
+                "detail": e.detail,
+                "at": sql.instant(e.at),
+                "received_at": received,
+            }
+            for e in events
+        ],
+    )

@@ -1,0 +1,62 @@
+"""Request bodies and error answers shared by every route: size cap, JSON, clear 4xx."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn, TypeVar
+
+import orjson
+from fastapi import HTTPException, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["json_response", "parse_body", "read_body", "refuse"]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> NoReturn:
+    """Answer ``status`` with ``{"detail": detail}``; nothing after this runs."""
+    raise HTTPException(status_code=status, detail=detail, headers=headers)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """A JSON answer serialised with orjson (datetimes as ISO 8601)."""
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            refuse(400, f"Content-Length {declared[:40]!r} is not a number")
+        if length > limit:
+            refuse(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
+        # The HTTP parser holds a body to its declared length.
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            refuse(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_body(request: Request, model: type[_M], limit: int) -> _M:
+    """Read and validate the body as ``model``: 413 too big, 400 not JSON, 422 wrong shape."""
+    body = await read_body(request, limit)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False, include_context=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            refuse(400, f"request body is not valid JSON: {errors[0]['msg']}")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
+            for err in errors[:10]
+        )
+        refuse(422, f"request body is not a valid {model.__name__}: {problems}")

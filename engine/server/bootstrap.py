@@ -1,0 +1,102 @@
+"""Building a server from an operator repo: settings, store, credentials, the app.
+
+``engine serve`` calls ``build_server`` once; with ``--workers N`` each
+uvicorn worker process calls ``app_from_env`` (the options travel in
+``$ENGINE_SERVE_OPTIONS``, the credentials in their usual variables).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from engine.server._known import InventoryDevices, load_inventory_devices
+from engine.server.app import ServerSettings, create_app
+from engine.server.clock import clock_from_env
+from engine.server.credentials import (
+    ADMIN_TOKEN_FILE,
+    ENROLLMENT_SECRET_FILE,
+    ENV_ADMIN_TOKEN,
+    ENV_ENROLLMENT_SECRET,
+    Credential,
+    load_credential,
+)
+from engine.store import Store, resolve_state_url
+from inventory.loader import OperatorRepo, load_operator_repo
+
+__all__ = ["ENV_SERVE_OPTIONS", "BuiltServer", "ServeOptions", "app_from_env", "build_server"]
+
+ENV_SERVE_OPTIONS = "ENGINE_SERVE_OPTIONS"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What the command line says about the server (None: engine.yaml or the default)."""
+
+    root: str
+    state: str | None = None
+    poll_interval: float | None = None
+    allow_unknown_devices: bool = False
+
+
+@dataclass
+class BuiltServer:
+    """A ready server: its settings, credentials and the loaded repo (the store is open)."""
+
+    settings: ServerSettings
+    admin: Credential
+    enrollment: Credential
+    repo: OperatorRepo
+
+    def app(self) -> FastAPI:
+        """The ASGI application."""
+        return create_app(self.settings)
+
+
+def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
+    """Load the repo, open (and migrate) the store, read or create the credentials.
+
+    Raises InventoryError for a broken repo, StoreError, CredentialError.
+    """
+    root = Path(options.root).absolute()
+    repo = load_operator_repo(root)
+    url = resolve_state_url(root, options.state, repo.settings.state)
+    admin = load_credential(root, ENV_ADMIN_TOKEN, ADMIN_TOKEN_FILE)
+    enrollment = load_credential(root, ENV_ENROLLMENT_SECRET, ENROLLMENT_SECRET_FILE)
+    store = Store.open(url, migrate=migrate)
+    poll = options.poll_interval
+    if poll is None:
+        poll = repo.settings.poll_interval.total_seconds()
+    known = None
+    if not options.allow_unknown_devices:
+        known = InventoryDevices(root, frozenset(repo.inventory.devices), load_inventory_devices)
+    settings = ServerSettings(
+        store=store,
+        repo_root=root,
+        admin_token=admin.value,
+        enrollment_secret=enrollment.value,
+        known_devices=known,
+        poll_interval=poll,
+        field_release=repo.settings.field_release,
+        clock=clock_from_env(),
+    )
+    return BuiltServer(settings, admin, enrollment, repo)
+
+
+def options_to_env(options: ServeOptions, built: BuiltServer) -> dict[str, str]:
+    """Environment for worker processes: the options and both credentials."""
+    return {
+        ENV_SERVE_OPTIONS: json.dumps(asdict(options)),
+        ENV_ADMIN_TOKEN: built.admin.value,
+        ENV_ENROLLMENT_SECRET: built.enrollment.value,
+    }
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process, from ``$ENGINE_SERVE_OPTIONS`` (store already migrated)."""
+    options = ServeOptions(**json.loads(os.environ[ENV_SERVE_OPTIONS]))
+    return build_server(options, migrate=False).app()
