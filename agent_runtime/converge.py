@@ -181,7 +181,6 @@ class Runtime:
         out: Callable[[str], None] = print,
     ) -> None:
         from agent_runtime.clock import SystemClock
-        from agent_runtime.health import Health
         from agent_runtime.services import make_service_manager
 
         self.config = config
@@ -190,8 +189,7 @@ class Runtime:
         self.service = service or make_service_manager(
             config.service, default_state_dir=config.state_dir
         )
-        svc = self.service
-        self.make_probe = make_probe or (lambda d: Health(svc, d, poll_interval=0.1))
+        self.make_probe = make_probe or self._health_probe
         self.clock = clock or SystemClock()
         self.fetcher = fetcher or Fetcher(config.download)
         self.journal = JournalStore(config.state_dir)
@@ -210,6 +208,11 @@ class Runtime:
                 out=out,
             ),
         )
+
+    def _health_probe(self, agent_dir: Path) -> HealthProbe:
+        from agent_runtime.health import Health  # imported on first use: it pulls in requests
+
+        return Health(self.service, agent_dir, poll_interval=0.1)
 
     # -- entry points -------------------------------------------------------------------
 

@@ -14,14 +14,15 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
-
-import requests
+from typing import IO, TYPE_CHECKING
 
 from agent_runtime import faults
 from agent_runtime._fsutil import fsync_dir
 from agent_runtime.config import DownloadSettings
 from agent_runtime.errors import ArtifactMismatchError, DownloadError
+
+if TYPE_CHECKING:  # requests is imported on first use: a runtime fetching only local
+    import requests  # paths (or idling) keeps ~10 MB less resident
 
 __all__ = ["Fetcher", "Progress", "is_url"]
 
@@ -45,9 +46,18 @@ class Fetcher:
 
     def __init__(self, settings: DownloadSettings, session: requests.Session | None = None) -> None:
         self.settings = settings
-        self.session = session if session is not None else requests.Session()
+        self._session = session
         self.headers: dict[str, str] = {}
         self.bytes_transferred = 0
+
+    @property
+    def session(self) -> requests.Session:
+        """The HTTP session, created on first use."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+        return self._session
 
     @property
     def _timeout(self) -> tuple[float, float]:
@@ -68,6 +78,8 @@ class Fetcher:
             except OSError as e:
                 raise DownloadError(f"{location}: cannot read: {e.strerror or e}") from e
         else:
+            import requests
+
             try:
                 with self.session.get(
                     location, stream=True, timeout=self._timeout, headers=self.headers
@@ -150,6 +162,8 @@ class Fetcher:
             )
 
     def _fetch_http(self, location: str, part: Path, size: int, progress: Progress | None) -> None:
+        import requests
+
         offset = part.stat().st_size if part.exists() else 0
         if offset > size:
             part.unlink()
@@ -237,6 +251,8 @@ def _hash_of(path: Path) -> str:
 
 
 def _describe(e: requests.RequestException) -> str:
+    import requests
+
     if isinstance(e, requests.ConnectTimeout):
         return "connection timed out"
     if isinstance(e, requests.ReadTimeout | requests.exceptions.ChunkedEncodingError):

@@ -1,0 +1,200 @@
+"""Benchmark the agent runtime: a 50 MB update over HTTP on 127.0.0.1, phase by phase.
+
+Prints, for each layout: the time of every phase of a 3.0.0 -> 3.0.1 update
+(download from a local ThreadingHTTPServer), a no-op converge (in process and
+as a fresh `agent-runtime converge --once` process), and the resident memory
+of an idle periodic `agent-runtime converge` process. Usage::
+
+    .venv/bin/python bench/runtime.py [--pad-mb 50] [--layout in_place|versioned|both]
+
+Targets: download + verify + backup + swap < 1 s; no-op < 0.3 s; idle RSS < 50 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from agent_runtime.config import load_config  # noqa: E402
+from agent_runtime.converge import FilePlanSource, Runtime  # noqa: E402
+from examples.build_releases import build  # noqa: E402
+from states.plan import DevicePlan, InventoryRef, Plan, ReleaseRef, StateRef  # noqa: E402
+from states.signing import generate_key, private_key_pem, public_key_text  # noqa: E402
+
+DEVICE = "bench-device"
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serve(root: Path) -> Iterator[str]:
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _plan(path: Path, repo: Path, desired: str, current: str | None, url: str | None) -> None:
+    releases = {}
+    for v in ("3.0.0", "3.0.1"):
+        m = repo / "releases" / f"{v}.yaml"
+        serial = int(yaml.safe_load(m.read_text())["serial"])
+        base = f"{url}/" if url else ""
+        releases[v] = ReleaseRef(
+            version=v,  # type: ignore[arg-type]
+            serial=serial,
+            manifest=f"{base}releases/{v}.yaml",
+            signature=f"{base}releases/{v}.yaml.sig",
+            manifest_sha256=hashlib.sha256(m.read_bytes()).hexdigest(),
+            artifacts=f"{base}artifacts",
+        )
+    plan = Plan(
+        generated_at=datetime.now(UTC),
+        inventory=InventoryRef(root=str(repo), digest="bench"),
+        state=StateRef(url="bench", reports=0, reports_digest="bench"),
+        summary={},
+        devices=[
+            DevicePlan(
+                device=DEVICE,
+                group=None,
+                platform="linux",  # type: ignore[arg-type]
+                current=current,  # type: ignore[arg-type]
+                desired=desired,  # type: ignore[arg-type]
+                action="update",  # type: ignore[arg-type]
+            )
+        ],
+        releases=releases,
+    )
+    path.write_text(plan.model_dump_json())
+
+
+def _bench_layout(base: Path, repo: Path, pinned: str, layout: str) -> dict[str, float]:
+    dev = base / layout
+    dev.mkdir()
+    config = dev / "device.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device": DEVICE,
+                "platform": "linux",
+                "agent_root": str(dev / "agent"),
+                "state_dir": str(dev / "state"),
+                "layout": layout,
+                "trusted_keys": [pinned],
+                "env": {"HEARTBEAT_INTERVAL": "0.2", "PYTHONDONTWRITEBYTECODE": "1"},
+                "converge": {"interval": "1h", "jitter": "0s"},
+            }
+        )
+    )
+    plan = dev / "plan.json"
+    rt = Runtime(load_config(config), out=lambda _l: None)
+    figures: dict[str, float] = {}
+    try:
+        _plan(plan, repo, "3.0.0", None, None)
+        res = rt.converge_once(FilePlanSource(plan, DEVICE))
+        assert res.result.value == "committed", res.detail
+        with _serve(repo) as url:
+            _plan(plan, repo, "3.0.1", "3.0.0", url)
+            t0 = time.perf_counter()
+            res = rt.converge_once(FilePlanSource(plan, DEVICE))
+            figures["update total (incl. manifest fetch)"] = time.perf_counter() - t0
+            assert res.result.value == "committed" and res.outcome is not None, res.detail
+            for phase, secs in res.outcome.timings.items():
+                figures[phase] = secs
+            figures["download+verify+backup+swap"] = sum(
+                res.outcome.timings[p] for p in ("DOWNLOAD", "VERIFY", "BACKUP", "SWAP")
+            )
+            t0 = time.perf_counter()
+            res = rt.converge_once(FilePlanSource(plan, DEVICE))
+            figures["no-op converge (in process)"] = time.perf_counter() - t0
+            assert res.result.value == "noop", res.detail
+            cli = [sys.executable, "-m", "agent_runtime.cli"]
+            env = {**os.environ, "PYTHONPATH": str(_REPO), "NO_PROXY": "127.0.0.1"}
+            t0 = time.perf_counter()
+            subprocess.run(
+                [*cli, "converge", "--once", "--plan", str(plan), "--config", str(config)],
+                env=env, check=True, capture_output=True,
+            )  # fmt: skip
+            figures["no-op converge (new process, incl. startup)"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import agent_runtime.converge"], env=env,
+                           check=True)  # fmt: skip
+            figures["  of which interpreter + imports"] = time.perf_counter() - t0
+            periodic = subprocess.Popen(
+                [*cli, "converge", "--plan", str(plan), "--config", str(config)],
+                env=env, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert periodic.stdout is not None
+                for line in periodic.stdout:
+                    if line.startswith("next converge"):
+                        break
+                time.sleep(1.0)
+                rss = psutil.Process(periodic.pid).memory_info().rss
+                figures["idle RSS of periodic converge (MB)"] = rss / 1e6
+            finally:
+                periodic.terminate()
+                periodic.wait(10)
+    finally:
+        rt.service.stop()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a table of figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--pad-mb", type=int, default=50)
+    parser.add_argument("--layout", choices=["in_place", "versioned", "both"], default="both")
+    args = parser.parse_args(argv)
+    layouts = ["in_place", "versioned"] if args.layout == "both" else [args.layout]
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
+        base = Path(tmp)
+        key = generate_key()
+        keyfile = base / "release.key"
+        keyfile.write_bytes(private_key_pem(key))
+        repo = base / "repo"
+        with contextlib.redirect_stdout(open(os.devnull, "w")):
+            build(repo, ["3.0.0", "3.0.1"], expires="2036-01-01T00:00:00Z",
+                  pad_mb=args.pad_mb, key=keyfile)  # fmt: skip
+        results = {lay: _bench_layout(base, repo, public_key_text(key.public_key()), lay)
+                   for lay in layouts}  # fmt: skip
+    names = list(next(iter(results.values())))
+    print(f"agent-runtime benchmark: 3.0.0 -> 3.0.1, agent padded by {args.pad_mb} MiB, "
+          "HTTP on 127.0.0.1")  # fmt: skip
+    print(f"{'figure (seconds unless noted)':<46}" + "".join(f"{lay:>12}" for lay in layouts))
+    for name in names:
+        row = "".join(f"{results[lay].get(name, float('nan')):>12.3f}" for lay in layouts)
+        print(f"{name:<46}{row}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
