@@ -32,6 +32,7 @@ def _timed(label: str, fn: Callable[[], T], repeat: int = 1) -> T:
     best = float("inf")
     result: T | None = None
     for _ in range(repeat):
+        result = None  # free the previous result outside the timed region
         start = time.perf_counter()
         result = fn()
         best = min(best, time.perf_counter() - start)

@@ -141,6 +141,20 @@ _SELECT = (
 )
 
 
+def _fetch_all(conn: Connection, query: str) -> list[Any]:
+    """Rows of a parameterless query as the driver's tuples, in ``conn``'s transaction.
+
+    The driver's cursor skips SQLAlchemy's Row objects and result processing:
+    a quarter of the time of loading 100k reports. Values are typed by the caller.
+    """
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(query)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     # Building 100k objects triggers the cyclic collector hundreds of times
@@ -189,10 +203,8 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
 
 def load(conn: Connection) -> dict[str, Report]:
     """Every stored report by device id."""
-    # Plain SQL skips SQLAlchemy's per-value result processing; values are
-    # typed here once instead.
     with _gc_paused():
-        return _reports_from(conn, conn.exec_driver_sql(_SELECT).all())
+        return _reports_from(conn, _fetch_all(conn, _SELECT))
 
 
 def load_one(conn: Connection, device: str) -> Report | None:
@@ -201,23 +213,30 @@ def load_one(conn: Connection, device: str) -> Report | None:
     return _reports_from(conn, rows).get(device)
 
 
-def _digest(rows: Iterable[tuple[str, str | None, str]]) -> ReportDigest:
-    h = hashlib.sha256()
-    count = 0
-    latest = ""
-    for device, agent_version, last_seen in sorted(rows):
-        h.update(f"{device}\t{agent_version or ''}\t{last_seen}\n".encode())
-        count += 1
-        latest = max(latest, last_seen)
-    return count, h.hexdigest(), datetime.fromisoformat(latest) if latest else None
+def _digest(rows: list[tuple[str, str | None, str]]) -> ReportDigest:
+    # Device ids are unique, so this sorts by device (code point order on
+    # every backend; database collations differ).
+    rows.sort()
+    text = "".join([f"{device}\t{version or ''}\t{seen}\n" for device, version, seen in rows])
+    latest = max((seen for _, _, seen in rows), default=None)
+    return (
+        len(rows),
+        hashlib.sha256(text.encode()).hexdigest(),
+        None if latest is None else datetime.fromisoformat(latest),
+    )
+
+
+#: last_seen as ``format_utc`` writes it, computed by PostgreSQL itself.
+_PG_UTC_TEXT = "to_char(last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 
 
 def digest(conn: Connection) -> ReportDigest:
     """Digest of the stored reports; equal to ``digest_reports`` of what ``load`` returns."""
-    rows = conn.exec_driver_sql("SELECT device, agent_version, last_seen FROM reports")
-    if conn.dialect.name == "sqlite":
-        return _digest((d, v, t) for d, v, t in rows)
-    return _digest((d, v, format_utc(t)) for d, v, t in rows)
+    # SQLite stores last_seen as format_utc text already.
+    seen = "last_seen" if conn.dialect.name == "sqlite" else _PG_UTC_TEXT
+    query = f"SELECT device, agent_version, {seen} FROM reports"
+    with _gc_paused():
+        return _digest([(d, v, t) for d, v, t in _fetch_all(conn, query)])
 
 
 def digest_reports(items: Iterable[Report]) -> ReportDigest:
@@ -227,10 +246,12 @@ def digest_reports(items: Iterable[Report]) -> ReportDigest:
     have changed.
     """
     return _digest(
-        (
-            r.device,
-            None if r.agent_version is None else str(r.agent_version),
-            format_utc(r.last_seen),
-        )
-        for r in items
+        [
+            (
+                r.device,
+                None if r.agent_version is None else str(r.agent_version),
+                format_utc(r.last_seen),
+            )
+            for r in items
+        ]
     )
