@@ -1,0 +1,19 @@
+"""Root of the rollout package's exceptions."""
+
+from __future__ import annotations
+
+from engine.errors import EngineError
+
+__all__ = ["RolloutError", "RolloutNotFoundError", "RolloutStateError"]
+
+
+class RolloutError(EngineError):
+    """Base of every error the rollout package raises on purpose."""
+
+
+class RolloutNotFoundError(RolloutError):
+    """No rollout has the id or name given."""
+
+
+class RolloutStateError(RolloutError):
+    """The operation is not allowed in the rollout's current state (e.g. resume a completed one)."""

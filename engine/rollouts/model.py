@@ -1,0 +1,107 @@
+"""States of rollouts and of their devices, and the controller's timing settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+__all__ = [
+    "ACTIVE_DEVICE_STATES",
+    "FAILED_STATES",
+    "LIVE_ROLLOUT_STATES",
+    "NOT_COUNTED_STATES",
+    "TERMINAL_DEVICE_STATES",
+    "DeviceState",
+    "RolloutState",
+    "Timings",
+]
+
+
+class RolloutState(StrEnum):
+    """Where a rollout is; see docs/rollouts.md for the transitions."""
+
+    ACTIVE = "active"  # waves open as they meet their success rate and soak
+    PAUSED = "paused"  # no new offers; devices already updating finish
+    HALTED = "halted"  # failure rate crossed: devices that took the release roll back
+    COMPLETED = "completed"  # the last wave met its success rate; stragglers still update
+    ABORTED = "aborted"  # an operator stopped it: nothing more is handed out
+    SUPERSEDED = "superseded"  # a newer rollout of the same group replaced it
+
+
+#: Rollouts the controller still looks at.
+LIVE_ROLLOUT_STATES = frozenset(
+    {RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.HALTED, RolloutState.COMPLETED}
+)
+
+
+class DeviceState(StrEnum):
+    """Where one device of a rollout is."""
+
+    PENDING = "pending"  # waits for its wave, a free slot, to be online, or a retry time
+    OFFERED = "offered"  # given a slot: its next check-in inside the window gets the plan
+    IN_PROGRESS = "in_progress"  # took the plan; its reports decide the outcome
+    SUCCEEDED = "succeeded"  # runs the release and heartbeats (or already did at apply)
+    FAILED = "failed"  # the attempt failed; retried at retry_at while attempts remain
+    TIMED_OUT = "timed_out"  # went silent after taking the plan; counts as failed
+    ROLLBACK = "rollback"  # the rollout halted: its next check-in gets a rollback plan
+    ROLLING_BACK = "rolling_back"  # took the rollback plan
+    ROLLED_BACK = "rolled_back"  # back on its previous release
+    ROLLBACK_FAILED = "rollback_failed"  # the rollback did not bring the previous release back
+    EXCLUDED = "excluded"  # not moved by this rollout (pinned, blocked); see reason
+    OVERRIDDEN = "overridden"  # a higher-priority rollout holds this device
+    CANCELLED = "cancelled"  # the rollout was aborted or superseded before it finished here
+
+
+#: States that no longer change (retries aside: FAILED/TIMED_OUT with retry_at set move on).
+TERMINAL_DEVICE_STATES = frozenset(
+    {
+        DeviceState.SUCCEEDED,
+        DeviceState.FAILED,
+        DeviceState.TIMED_OUT,
+        DeviceState.ROLLED_BACK,
+        DeviceState.ROLLBACK_FAILED,
+        DeviceState.EXCLUDED,
+        DeviceState.OVERRIDDEN,
+        DeviceState.CANCELLED,
+    }
+)
+
+#: States in which a device holds one of the rollout's ``max_parallel`` slots.
+ACTIVE_DEVICE_STATES = frozenset({DeviceState.OFFERED, DeviceState.IN_PROGRESS})
+
+#: States that count against a wave's failure rate.
+FAILED_STATES = frozenset({DeviceState.FAILED, DeviceState.TIMED_OUT})
+
+#: States that do not count in a wave's size.
+NOT_COUNTED_STATES = frozenset(
+    {DeviceState.EXCLUDED, DeviceState.OVERRIDDEN, DeviceState.CANCELLED}
+)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The controller's deadlines; defaults suit a real fleet, tests and demos compress them.
+
+    - ``update_timeout``: a device that took a plan and has no outcome after this
+      is ``timed_out`` (it counts as failed; it is retried if attempts remain).
+    - ``max_attempts``: attempts per device (first try plus retries).
+    - ``retry_backoff``: wait before retry n is ``retry_backoff * 2**(n-1)``.
+    - ``offline_after``: a device not seen for this long is offline: it is not
+      given a slot, and status lists it as offline.
+    - ``offer_ttl``: an offered device that does not check in within this gives
+      its slot back (it is offered again once it is seen).
+    - ``lease_ttl``: how long a SQLite controller lease lasts without renewal.
+    """
+
+    update_timeout: timedelta = timedelta(minutes=15)
+    max_attempts: int = 3
+    retry_backoff: timedelta = timedelta(minutes=1)
+    offline_after: timedelta = timedelta(minutes=15)
+    offer_ttl: timedelta = timedelta(minutes=10)
+    lease_ttl: timedelta = timedelta(seconds=5)
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        """How long a device waits after its ``attempts``-th failed attempt."""
+        factor: int = 2 ** max(0, attempts - 1)
+        return self.retry_backoff * factor

@@ -1,0 +1,333 @@
+"""What a device gets when it checks in: its plan and where its release is, or nothing.
+
+``offer_for_device`` is on the check-in hot path: one indexed query for the
+device's open rollout rows, and one conditional UPDATE when it hands out a
+plan. Release references, parsed policies and windows are cached in memory.
+Outcomes (succeeded, failed, rolled back) are judged by the controller's tick
+from the stored reports and heartbeats, not here (see docs/rollouts.md).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, update
+
+from engine.rollouts.model import DeviceState, RolloutState
+from engine.rollouts.windows import in_window
+from engine.store.schema import releases, rollout_devices, rollouts
+from inventory.models import MaintenanceWindow, Platform
+from inventory.version import Version
+from states.plan import Action, DevicePlan, ReleaseRef, Step, StepName
+from states.report import Report
+
+__all__ = [
+    "FAILURE_RESULTS",
+    "Offer",
+    "clear_caches",
+    "offer_for_device",
+    "release_ref",
+    "server_release_ref",
+]
+
+#: ``last_result`` values that mean the device's transaction did not end on its target.
+FAILURE_RESULTS = frozenset({"rolled_back", "failed", "refused"})
+
+_WANTED = [
+    DeviceState.OFFERED.value,
+    DeviceState.IN_PROGRESS.value,
+    DeviceState.ROLLBACK.value,
+]
+_LIVE = [
+    RolloutState.ACTIVE.value,
+    RolloutState.PAUSED.value,
+    RolloutState.HALTED.value,
+    RolloutState.COMPLETED.value,
+]
+_OFFERING = (RolloutState.ACTIVE.value, RolloutState.COMPLETED.value)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A plan handed to a device and the release it needs."""
+
+    plan: DevicePlan
+    release: ReleaseRef
+
+
+@dataclass(frozen=True)
+class _ReleaseInfo:
+    ref: ReleaseRef
+    sizes: dict[str, tuple[int, int]]  # platform -> (file count, total bytes)
+
+
+_release_cache: dict[str, _ReleaseInfo] = {}
+_window_cache: dict[str, MaintenanceWindow] = {}
+_steps_cache: dict[tuple[str, int, str, str | None], list[Step]] = {}
+_lock = threading.Lock()
+
+
+def clear_caches() -> None:
+    """Forget cached releases and windows (tests; a re-recorded release refreshes itself)."""
+    with _lock:
+        _release_cache.clear()
+        _window_cache.clear()
+        _steps_cache.clear()
+
+
+def server_release_ref(version: str, serial: int, manifest_sha256: str) -> ReleaseRef:
+    """The ReleaseRef devices get from a server: server paths, artifacts by hash."""
+    return ReleaseRef.model_construct(
+        version=Version(version),
+        serial=serial,
+        manifest=f"/v1/releases/{version}/manifest",
+        signature=f"/v1/releases/{version}/signature",
+        manifest_sha256=manifest_sha256,
+        artifacts="/v1/artifacts/",
+        artifacts_by_hash=True,
+    )
+
+
+def _load_release(conn: Connection, version: str) -> _ReleaseInfo | None:
+    row = conn.execute(
+        select(releases.c.serial, releases.c.manifest_sha256, releases.c.files).where(
+            releases.c.version == version
+        )
+    ).first()
+    if row is None:
+        return None
+    files: dict[str, list[dict[str, Any]]] = json.loads(row.files)
+    sizes = {p: (len(fs), sum(int(f["size"]) for f in fs)) for p, fs in files.items()}
+    return _ReleaseInfo(server_release_ref(version, int(row.serial), row.manifest_sha256), sizes)
+
+
+def _release(conn: Connection, version: str, sha256: str | None = None) -> _ReleaseInfo | None:
+    info = _release_cache.get(version)
+    if info is None or (sha256 is not None and info.ref.manifest_sha256 != sha256):
+        info = _load_release(conn, version)
+        if info is None:
+            return None
+        with _lock:
+            _release_cache[version] = info
+    return info
+
+
+def release_ref(conn: Connection, version: str) -> ReleaseRef | None:
+    """The server ReleaseRef of a recorded release (cached), or None when not recorded."""
+    info = _release(conn, version)
+    return None if info is None else info.ref
+
+
+def _window(text: str | None) -> MaintenanceWindow | None:
+    if text is None:
+        return None
+    found = _window_cache.get(text)
+    if found is None:
+        found = MaintenanceWindow.model_validate(json.loads(text))
+        with _lock:
+            _window_cache[text] = found
+    return found
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _steps(info: _ReleaseInfo, platform: str, current: Version | None) -> list[Step]:
+    desired = info.ref.version
+    cache_key = (str(desired), info.ref.serial, platform, None if current is None else str(current))
+    found = _steps_cache.get(cache_key)
+    if found is not None:
+        return found
+    count, size = info.sizes.get(platform, (0, 0))
+    files = f"{count} file{'s' if count != 1 else ''}"
+    steps = [
+        Step.model_construct(name=StepName.DOWNLOAD, detail=f"{files}, {_size(size)}"),
+        Step.model_construct(
+            name=StepName.VERIFY, detail=f"signature of {desired}, then sha256 and size of {files}"
+        ),
+        Step.model_construct(
+            name=StepName.BACKUP,
+            detail=f"keep {current} restorable" if current else "nothing installed to back up",
+        ),
+        Step.model_construct(
+            name=StepName.SWAP,
+            detail=f"{current} -> {desired}" if current else f"install {desired}",
+        ),
+        Step.model_construct(
+            name=StepName.RESTART, detail="restart the agent through its service manager"
+        ),
+        Step.model_construct(
+            name=StepName.CONFIRM_HEARTBEAT, detail=f"{desired} runs and heartbeats"
+        ),
+        Step.model_construct(
+            name=StepName.COMMIT, detail=f"record {desired} as known-good and report"
+        ),
+    ]
+    with _lock:
+        _steps_cache[cache_key] = steps
+    return steps
+
+
+def _action(current: Version | None, desired: Version) -> Action:
+    if current is None:
+        return Action.INSTALL
+    return Action.UPDATE if current < desired else Action.ROLLBACK
+
+
+def _plan(
+    device: str,
+    *,
+    row: Any,
+    info: _ReleaseInfo,
+    current: Version | None,
+    action: Action,
+    reason: str,
+) -> DevicePlan:
+    return DevicePlan.model_construct(
+        device=device,
+        group=row.group_name,
+        platform=Platform(row.platform),
+        current=current,
+        desired=info.ref.version,
+        action=action,
+        reason=reason,
+        wave=row.wave,
+        rollout=row.name,
+        steps=_steps(info, row.platform, current),
+    )
+
+
+def offer_for_device(conn: Connection, device: str, report: Report, now: datetime) -> Offer | None:
+    """The plan to hand ``device`` at this check-in, or None.
+
+    ``report`` is what the device just said (already stored or not) and ``now``
+    the server's time, which must be the time the report is stored with. A
+    device gets:
+
+    - its update when the controller offered it (its wave is open and a
+      ``max_parallel`` slot is free), its rollout is active or completed, and
+      its group's maintenance window is open at ``now``; the device's row
+      moves from offered to in_progress in the caller's transaction;
+    - the same plan again while it is in progress and has not reported a
+      failure (a lost answer must not strand it);
+    - a rollback to the release it came from when its rollout halted, also
+      only inside the window;
+    - nothing otherwise: pinned and excluded devices, paused, aborted and
+      superseded rollouts, closed windows. When the device is in several
+      live rollouts, the one of the highest group priority (then the newest)
+      decides.
+    """
+    rows = conn.execute(_OFFER_QUERY, {"device": device}).all()
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: (r.priority, r.rollout_id))
+    state = row.state
+    rollout_state = row.rollout_state
+    current = report.agent_version
+    if state == DeviceState.OFFERED.value:
+        if rollout_state not in _OFFERING:
+            return None
+        if not in_window(_window(row.maintenance_window), now):
+            return None
+        info = _release(conn, row.release, row.release_sha256)
+        if info is None:
+            return None
+        desired = info.ref.version
+        if current is not None and current == desired:
+            return None  # already there: the controller marks it succeeded
+        taken = conn.execute(
+            update(rollout_devices)
+            .where(
+                rollout_devices.c.rollout_id == row.rollout_id,
+                rollout_devices.c.device == device,
+                rollout_devices.c.state == DeviceState.OFFERED.value,
+            )
+            .values(
+                state=DeviceState.IN_PROGRESS.value,
+                started_at=now,
+                attempts=rollout_devices.c.attempts + 1,
+                from_version=None if current is None else str(current),
+                updated_at=now,
+            )
+        )
+        if taken.rowcount != 1:
+            return None  # another replica handed it out, or the controller took it back
+        action = _action(current, desired)
+        reason = f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
+        plan = _plan(device, row=row, info=info, current=current, action=action, reason=reason)
+        return Offer(plan, info.ref)
+    if state == DeviceState.IN_PROGRESS.value:
+        if rollout_state not in (*_OFFERING, RolloutState.PAUSED.value):
+            return None
+        started = row.started_at
+        finished = started is None or report.last_seen > started
+        if report.last_result in FAILURE_RESULTS and finished:
+            return None  # it failed; the controller decides on a retry
+        info = _release(conn, row.release, row.release_sha256)
+        if info is None:
+            return None
+        desired = info.ref.version
+        action = _action(current, desired) if current != desired else Action.NOOP
+        reason = f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
+        plan = _plan(device, row=row, info=info, current=current, action=action, reason=reason)
+        return Offer(plan, info.ref)
+    if state == DeviceState.ROLLBACK.value:
+        if rollout_state != RolloutState.HALTED.value or row.rollback_to is None:
+            return None
+        if not in_window(_window(row.maintenance_window), now):
+            return None
+        info = _release(conn, row.rollback_to)
+        if info is None:
+            return None
+        taken = conn.execute(
+            update(rollout_devices)
+            .where(
+                rollout_devices.c.rollout_id == row.rollout_id,
+                rollout_devices.c.device == device,
+                rollout_devices.c.state == DeviceState.ROLLBACK.value,
+            )
+            .values(state=DeviceState.ROLLING_BACK.value, started_at=now, updated_at=now)
+        )
+        if taken.rowcount != 1:
+            return None
+        reason = f"rollout {row.name} halted: back to {info.ref.version}"
+        plan = _plan(
+            device, row=row, info=info, current=current, action=Action.ROLLBACK, reason=reason
+        )
+        return Offer(plan, info.ref)
+    return None
+
+
+_OFFER_QUERY = (
+    select(
+        rollout_devices.c.rollout_id,
+        rollout_devices.c.state,
+        rollout_devices.c.wave,
+        rollout_devices.c.rollback_to,
+        rollout_devices.c.platform,
+        rollout_devices.c.started_at,
+        rollouts.c.name,
+        rollouts.c.group_name,
+        rollouts.c.release,
+        rollouts.c.release_sha256,
+        rollouts.c.state.label("rollout_state"),
+        rollouts.c.priority,
+        rollouts.c.maintenance_window,
+    )
+    .join(rollouts, rollouts.c.id == rollout_devices.c.rollout_id)
+    .where(
+        rollout_devices.c.device == bindparam("device"),
+        rollout_devices.c.state.in_(_WANTED),
+        rollouts.c.state.in_(_LIVE),
+    )
+)

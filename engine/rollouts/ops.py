@@ -1,0 +1,134 @@
+"""Operator actions on a rollout: pause, resume, abort (CLI and operator API)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, select, update
+
+from engine.rollouts.errors import RolloutNotFoundError, RolloutStateError
+from engine.rollouts.model import DeviceState, RolloutState
+from engine.store.schema import rollout_devices, rollouts
+
+__all__ = ["abort_rollout", "pause_rollout", "resume_rollout"]
+
+_UNFINISHED = [
+    s.value
+    for s in (
+        DeviceState.PENDING,
+        DeviceState.OFFERED,
+        DeviceState.IN_PROGRESS,
+        DeviceState.ROLLBACK,
+        DeviceState.ROLLING_BACK,
+    )
+]
+
+
+def _state(conn: Connection, rollout_id: int) -> RolloutState:
+    row = conn.execute(
+        select(rollouts.c.state).where(rollouts.c.id == rollout_id).with_for_update()
+    ).first()
+    if row is None:
+        raise RolloutNotFoundError(f"no rollout #{rollout_id}")
+    return RolloutState(row[0])
+
+
+def pause_rollout(
+    conn: Connection, rollout_id: int, now: datetime, *, by: str = "operator"
+) -> None:
+    """Stop handing out the release; devices already updating finish.
+
+    Offered devices that did not take their plan yet give their slot back.
+    Raises RolloutStateError unless the rollout is active.
+    """
+    state = _state(conn, rollout_id)
+    if state is RolloutState.PAUSED:
+        return
+    if state is not RolloutState.ACTIVE:
+        raise RolloutStateError(
+            f"rollout #{rollout_id} is {state.value}; only an active one pauses"
+        )
+    conn.execute(
+        update(rollouts)
+        .where(rollouts.c.id == rollout_id)
+        .values(state=RolloutState.PAUSED.value, reason=f"paused by {by}", updated_at=now)
+    )
+    conn.execute(
+        update(rollout_devices)
+        .where(
+            rollout_devices.c.rollout_id == rollout_id,
+            rollout_devices.c.state == DeviceState.OFFERED.value,
+        )
+        .values(state=DeviceState.PENDING.value, offered_at=None, updated_at=now)
+    )
+
+
+def resume_rollout(
+    conn: Connection, rollout_id: int, now: datetime, *, by: str = "operator"
+) -> None:
+    """Reopen a paused rollout; failures before now no longer count against its waves.
+
+    The current wave's soak starts again. Raises RolloutStateError unless the
+    rollout is paused (a halted rollout rolled its devices back: apply again).
+    """
+    state = _state(conn, rollout_id)
+    if state is RolloutState.ACTIVE:
+        return
+    if state is not RolloutState.PAUSED:
+        hint = (
+            "; apply the release again to start a new rollout"
+            if state
+            in (
+                RolloutState.HALTED,
+                RolloutState.ABORTED,
+            )
+            else ""
+        )
+        raise RolloutStateError(
+            f"rollout #{rollout_id} is {state.value}; only a paused one resumes{hint}"
+        )
+    conn.execute(
+        update(rollouts)
+        .where(rollouts.c.id == rollout_id)
+        .values(
+            state=RolloutState.ACTIVE.value,
+            reason=f"resumed by {by}",
+            resumed_at=now,
+            wave_met_at=None,
+            updated_at=now,
+        )
+    )
+
+
+def abort_rollout(
+    conn: Connection, rollout_id: int, now: datetime, *, by: str = "operator"
+) -> None:
+    """Stop the rollout for good: nothing more is handed out, rollbacks included.
+
+    Devices not finished are marked cancelled (one updating at this moment
+    finishes on its own; its report still shows where it ended). Raises
+    RolloutStateError for a completed, superseded or already aborted rollout.
+    """
+    state = _state(conn, rollout_id)
+    if state not in (RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.HALTED):
+        raise RolloutStateError(
+            f"rollout #{rollout_id} is {state.value}; only an active, paused or halted one aborts"
+        )
+    conn.execute(
+        update(rollouts)
+        .where(rollouts.c.id == rollout_id)
+        .values(
+            state=RolloutState.ABORTED.value,
+            reason=f"aborted by {by}",
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        update(rollout_devices)
+        .where(
+            rollout_devices.c.rollout_id == rollout_id,
+            rollout_devices.c.state.in_(_UNFINISHED),
+        )
+        .values(state=DeviceState.CANCELLED.value, reason=f"aborted by {by}", updated_at=now)
+    )

@@ -1,0 +1,410 @@
+"""Recording an applied plan: one rollout per group and release, its devices, its releases.
+
+``record_rollouts`` runs inside the caller's write transaction, so an apply
+lands completely or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from engine.rollouts.errors import RolloutError
+from engine.rollouts.model import NOT_COUNTED_STATES, DeviceState, RolloutState
+from engine.store.schema import releases, rollout_devices, rollouts
+from engine.waves import wave_fraction
+from inventory.models import Inventory
+from inventory.version import Version
+from states.manifest import ReleaseManifest
+from states.plan import CHANGING_ACTIONS, Action, DevicePlan, Plan, RolloutPlan
+
+__all__ = [
+    "ApplyResult",
+    "RecordedRollout",
+    "applicable_rollouts",
+    "record_rollouts",
+]
+
+#: Planner reasons of blocked devices that only lack a (recent) report: they join
+#: the rollout as pending and take their stable wave once they report.
+_NO_REPORT_PREFIX = "no report"
+
+_LIVE = [s.value for s in (RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.COMPLETED)]
+_LIVE_ALL = [*_LIVE, RolloutState.HALTED.value]
+_OPEN_DEVICE_STATES = [
+    s.value
+    for s in (
+        DeviceState.PENDING,
+        DeviceState.OFFERED,
+        DeviceState.IN_PROGRESS,
+        DeviceState.ROLLBACK,
+        DeviceState.ROLLING_BACK,
+    )
+]
+_CHUNK = 2000
+
+
+class _Release(Protocol):
+    @property
+    def manifest(self) -> ReleaseManifest: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def signature_path(self) -> Path | None: ...
+
+
+class RepoLike(Protocol):
+    """What recording reads of the operator repo (``inventory.loader.OperatorRepo``)."""
+
+    @property
+    def inventory(self) -> Inventory: ...
+    @property
+    def releases(self) -> Mapping[Version, _Release]: ...
+    @property
+    def digest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RecordedRollout:
+    """A rollout written by ``record_rollouts``."""
+
+    id: int
+    name: str
+    group: str
+    release: str
+    devices: int
+    pending: int
+    succeeded: int
+    excluded: int
+    overridden: int
+    superseded: tuple[int, ...]
+
+
+@dataclass
+class ApplyResult:
+    """What an apply recorded, skipped and replaced."""
+
+    rollouts: list[RecordedRollout] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)  # messages: already rolling out
+    releases: list[str] = field(default_factory=list)  # versions written to the store
+    unsigned: list[str] = field(default_factory=list)  # versions without a .sig
+
+
+def applicable_rollouts(plan: Plan, inventory: Inventory) -> list[RolloutPlan]:
+    """The plan's rollouts that `engine apply` records: a group moving to its own release.
+
+    Rollouts of devices held on their pin (no group, or a pin that differs from
+    the group's release) are left out: pinned devices are never moved.
+    """
+    chosen: list[RolloutPlan] = []
+    for rollout in plan.rollouts:
+        group = inventory.groups.get(rollout.group)
+        if group is None or group.agent is None or group.agent.release != rollout.release:
+            continue
+        chosen.append(rollout)
+    return chosen
+
+
+def _device_row(d: DevicePlan, inventory: Inventory, group: str, now: datetime) -> dict[str, Any]:
+    device = inventory.devices.get(d.device)
+    pin = device.pin if device is not None else None
+    current = None if d.current is None else str(d.current)
+    reason: str | None = None
+    if pin is not None or d.action is Action.PINNED:
+        state, reason = DeviceState.EXCLUDED, f"pinned to {pin}" if pin else d.reason
+    elif d.action is Action.NOOP:
+        state, reason = DeviceState.SUCCEEDED, "already on the release when applied"
+    elif d.action in CHANGING_ACTIONS:
+        state = DeviceState.PENDING
+    elif d.action is Action.BLOCKED and d.reason.startswith(_NO_REPORT_PREFIX):
+        state, reason = DeviceState.PENDING, d.reason
+    else:
+        state, reason = DeviceState.EXCLUDED, d.reason or f"planned as {d.action.value}"
+    return {
+        "device": d.device,
+        "wave": d.wave if d.wave is not None else 0,
+        "position": wave_fraction(group, d.device),
+        "platform": d.platform.value,
+        "from_version": current,
+        "state": state.value,
+        "attempts": 0,
+        "reason": reason,
+        "rollback_to": None,
+        "offered_at": None,
+        "started_at": None,
+        "finished_at": now if state is DeviceState.SUCCEEDED else None,
+        "retry_at": None,
+        "updated_at": now,
+    }
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _supersede(conn: Connection, group: str, now: datetime, new_name: str) -> list[int]:
+    ids = [
+        int(i)
+        for (i,) in conn.execute(
+            select(rollouts.c.id).where(
+                rollouts.c.group_name == group, rollouts.c.state.in_(_LIVE_ALL)
+            )
+        )
+    ]
+    if not ids:
+        return []
+    conn.execute(
+        update(rollouts)
+        .where(rollouts.c.id.in_(ids))
+        .values(
+            state=RolloutState.SUPERSEDED.value,
+            reason=f"superseded by {new_name}",
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        update(rollout_devices)
+        .where(
+            rollout_devices.c.rollout_id.in_(ids),
+            rollout_devices.c.state.in_(_OPEN_DEVICE_STATES),
+        )
+        .values(
+            state=DeviceState.CANCELLED.value, reason=f"superseded by {new_name}", updated_at=now
+        )
+    )
+    return ids
+
+
+def _resolve_overlaps(
+    conn: Connection,
+    rollout_id: int,
+    *,
+    group: str,
+    priority: int,
+    devices: list[str],
+    now: datetime,
+) -> int:
+    """Let the higher-priority live rollout keep each device also held by another group's.
+
+    Returns how many of the new rollout's devices were overridden. On equal
+    priority the newer rollout wins.
+    """
+    counted = [s.value for s in NOT_COUNTED_STATES]
+    lost: dict[str, str] = {}
+    for chunk in _chunks(devices):
+        rows = conn.execute(
+            select(
+                rollout_devices.c.rollout_id,
+                rollout_devices.c.device,
+                rollouts.c.priority,
+                rollouts.c.name,
+            )
+            .join(rollouts, rollouts.c.id == rollout_devices.c.rollout_id)
+            .where(
+                rollout_devices.c.device.in_(chunk),
+                rollout_devices.c.rollout_id != rollout_id,
+                rollouts.c.group_name != group,
+                rollouts.c.state.in_(_LIVE_ALL),
+                rollout_devices.c.state.not_in(counted),
+            )
+        ).all()
+        for other_id, device, other_priority, other_name in rows:
+            if other_priority > priority:
+                lost[device] = f"{other_name} (priority {other_priority}) holds this device"
+            else:
+                conn.execute(
+                    update(rollout_devices)
+                    .where(
+                        rollout_devices.c.rollout_id == other_id,
+                        rollout_devices.c.device == device,
+                    )
+                    .values(
+                        state=DeviceState.OVERRIDDEN.value,
+                        reason=f"rollout #{rollout_id} of group {group} "
+                        f"(priority {priority}) holds this device",
+                        updated_at=now,
+                    )
+                )
+    for device, reason in lost.items():
+        conn.execute(
+            update(rollout_devices)
+            .where(
+                and_(
+                    rollout_devices.c.rollout_id == rollout_id,
+                    rollout_devices.c.device == device,
+                )
+            )
+            .values(state=DeviceState.OVERRIDDEN.value, reason=reason, updated_at=now)
+        )
+    return len(lost)
+
+
+def _files_json(manifest: ReleaseManifest) -> str:
+    return json.dumps(
+        {
+            platform.value: [
+                {"path": f.path, "sha256": f.sha256, "size": f.size, "source": f.source}
+                for f in release.files
+            ]
+            for platform, release in manifest.platforms.items()
+        },
+        sort_keys=True,
+    )
+
+
+def record_release(conn: Connection, release: _Release, now: datetime) -> bool:
+    """Store a release's exact manifest and signature bytes; True when it has a signature.
+
+    A version already stored with other bytes is replaced (the operator
+    re-signed or rebuilt it). Raises RolloutError when the manifest file
+    changed since the repo was loaded.
+    """
+    manifest = release.manifest
+    try:
+        data = release.path.read_bytes()
+        signature = (
+            release.signature_path.read_bytes() if release.signature_path is not None else None
+        )
+    except OSError as e:
+        raise RolloutError(f"cannot read release {manifest.version}: {e}") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != release.sha256:
+        raise RolloutError(
+            f"{release.path} changed while applying (sha256 {digest[:12]}, "
+            f"loaded {release.sha256[:12]}); run `engine apply` again"
+        )
+    version = str(manifest.version)
+    values = {
+        "serial": manifest.serial,
+        "manifest": data,
+        "signature": signature,
+        "manifest_sha256": digest,
+        "files": _files_json(manifest),
+        "recorded_at": now,
+    }
+    found = conn.execute(
+        select(releases.c.manifest_sha256, releases.c.signature).where(
+            releases.c.version == version
+        )
+    ).first()
+    if found is None:
+        conn.execute(insert(releases).values(version=version, **values))
+    elif found[0] != digest or found[1] != signature:
+        conn.execute(update(releases).where(releases.c.version == version).values(**values))
+    return signature is not None
+
+
+def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime) -> ApplyResult:
+    """Record the plan's rollouts, their devices and their releases in the caller's transaction.
+
+    One rollout per group moving to its release (see ``applicable_rollouts``),
+    with every device of that group the plan put in it: changing devices and
+    devices without a report yet are ``pending`` in their plan wave, unchanged
+    ones ``succeeded``, pinned and otherwise blocked ones ``excluded`` with the
+    reason. A group's earlier live rollout is superseded, unless it already
+    moves the group to the same release and is active, paused or completed
+    (then nothing is recorded for that group). The manifest and signature
+    bytes of each target release and of each release devices come from are
+    stored for the server. Raises RolloutError when a release file cannot be
+    read or changed since the repo was loaded.
+    """
+    inventory = repo.inventory
+    result = ApplyResult()
+    by_rollout: dict[str, list[DevicePlan]] = {}
+    for d in plan.devices:
+        if d.rollout is not None:
+            by_rollout.setdefault(d.rollout, []).append(d)
+    versions: set[Version] = set()
+    for rp in applicable_rollouts(plan, inventory):
+        group = inventory.groups[rp.group]
+        same = conn.execute(
+            select(rollouts.c.id, rollouts.c.state).where(
+                rollouts.c.group_name == rp.group,
+                rollouts.c.state.in_(_LIVE),
+                rollouts.c.release == str(rp.release),
+            )
+        ).first()
+        if same is not None:
+            result.unchanged.append(
+                f"{rp.id}: rollout #{same[0]} already moves group {rp.group} to "
+                f"{rp.release} ({same[1]}); nothing recorded"
+            )
+            continue
+        superseded = _supersede(conn, rp.group, now, rp.id)
+        loaded = repo.releases.get(rp.release)
+        rid = conn.execute(
+            insert(rollouts)
+            .values(
+                name=rp.id,
+                group_name=rp.group,
+                release=str(rp.release),
+                release_sha256=loaded.sha256 if loaded is not None else None,
+                priority=group.priority,
+                policy=json.dumps(rp.policy, sort_keys=True),
+                maintenance_window=json.dumps(rp.maintenance_window, sort_keys=True)
+                if rp.maintenance_window is not None
+                else None,
+                state=RolloutState.ACTIVE.value,
+                reason=None,
+                current_wave=0,
+                wave_opened_at=now,
+                wave_met_at=None,
+                resumed_at=None,
+                inventory_digest=repo.digest,
+                created_at=now,
+                updated_at=now,
+                finished_at=None,
+            )
+            .returning(rollouts.c.id)
+        ).scalar_one()
+        rows = [_device_row(d, inventory, rp.group, now) for d in by_rollout.get(rp.id, [])]
+        for row in rows:
+            row["rollout_id"] = rid
+            if row["from_version"] is not None:
+                versions.add(Version(row["from_version"]))
+        if rows:
+            conn.execute(insert(rollout_devices), rows)
+        overridden = _resolve_overlaps(
+            conn,
+            rid,
+            group=rp.group,
+            priority=group.priority,
+            devices=[r["device"] for r in rows],
+            now=now,
+        )
+        versions.add(rp.release)
+        states = [r["state"] for r in rows]
+        result.rollouts.append(
+            RecordedRollout(
+                id=rid,
+                name=rp.id,
+                group=rp.group,
+                release=str(rp.release),
+                devices=len(rows),
+                pending=states.count(DeviceState.PENDING.value),
+                succeeded=states.count(DeviceState.SUCCEEDED.value),
+                excluded=states.count(DeviceState.EXCLUDED.value),
+                overridden=overridden,
+                superseded=tuple(superseded),
+            )
+        )
+    for version in sorted(versions):
+        loaded = repo.releases.get(version)
+        if loaded is None:
+            continue
+        signed = record_release(conn, loaded, now)
+        result.releases.append(str(version))
+        if not signed:
+            result.unsigned.append(str(version))
+    return result
