@@ -15,6 +15,9 @@ __all__ = ["main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "validate",
     "plan",
+    "apply",
+    "status",
+    "rollout",
     "reports",
     "schema",
     "keys",

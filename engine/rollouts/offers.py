@@ -277,7 +277,9 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
         if info is None:
             return None
         desired = info.ref.version
-        action = _action(current, desired) if current != desired else Action.NOOP
+        if current is not None and current == desired:
+            return None  # installed; the controller waits for its heartbeat
+        action = _action(current, desired)
         reason = f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
         plan = _plan(device, row=row, info=info, current=current, action=action, reason=reason)
         return Offer(plan, info.ref)

@@ -1,0 +1,217 @@
+"""`engine apply`: record rollouts from a saved plan (refusing a stale one) or a fresh plan."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.errors import EngineError
+from inventory.errors import InventoryError
+
+if TYPE_CHECKING:
+    from engine.rollouts.status import RolloutStatus
+    from engine.store import Store
+
+__all__ = ["register", "run"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+#: States in which `apply --wait` stops following a rollout.
+_SETTLED = frozenset({"completed", "halted", "paused", "aborted", "superseded"})
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `apply` subcommand."""
+    p = subparsers.add_parser(
+        "apply",
+        help="record rollouts of a plan (saved, or made now) in the store",
+        description="Record one rollout per group moving to a new release: a saved plan "
+        "(`engine plan --out FILE`) is refused when the operator repo or the reports "
+        "changed since; without one, plan now and ask for confirmation. `engine serve` "
+        "then moves the rollouts wave by wave.",
+    )
+    p.add_argument("plan", nargs="?", type=Path, metavar="PLAN.json", help="a saved plan")
+    p.add_argument(
+        "-C",
+        dest="directory",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="operator repo (default: the saved plan's, else the current directory)",
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="apply without asking")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the rollouts until each completes, halts, pauses or is aborted",
+    )
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="store URL (default: $ENGINE_STATE_URL, engine.yaml's state, DIR/.engine/state.db)",
+    )
+    p.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _error(message: str) -> int:
+    print(f"engine apply: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `engine apply`; 0 when recorded (and, with --wait, completed), else 1."""
+    from engine.commands.plan import make_plan
+    from engine.plan_io import check_plan_fresh, read_plan
+    from engine.plan_render import render_plan
+    from engine.rollouts import record_rollouts
+    from engine.rollouts.record import applicable_rollouts
+    from engine.store import Store, resolve_state_url
+    from inventory.loader import load_operator_repo
+    from states.plan import CHANGING_ACTIONS, Action
+
+    plan_path: Path | None = args.plan
+    try:
+        saved = read_plan(plan_path) if plan_path is not None else None
+    except EngineError as e:
+        return _error(str(e))
+    if args.directory is not None:
+        root: Path = args.directory
+    elif saved is not None:
+        root = Path(saved.inventory.root)
+    else:
+        root = Path(".")
+    if not root.is_dir():
+        return _error(f"{root} is not a directory (give the operator repo with -C DIR)")
+    root = root.resolve()
+    try:
+        repo = load_operator_repo(root)
+        url = resolve_state_url(root, args.state, repo.settings.state)
+        store = Store.open(url)
+    except InventoryError as e:
+        print(f"engine apply: the operator repo {root} has problems:", file=sys.stderr)
+        print(e.render(), file=sys.stderr)
+        return EXIT_ERROR
+    except EngineError as e:
+        return _error(str(e))
+    with store:
+        try:
+            if saved is not None:
+                stale = check_plan_fresh(saved, repo, store)
+                if stale:
+                    lines = "\n".join(f"  - {reason}" for reason in stale)
+                    return _error(
+                        f"the plan {plan_path} is stale; nothing applied:\n{lines}\n"
+                        f"Make a new one with `engine plan -C {root} --out {plan_path}`, "
+                        f"or run `engine apply -C {root}` to plan and apply now."
+                    )
+                plan = saved
+            else:
+                plan = make_plan(root, state=args.state)
+        except (EngineError, ValueError) as e:
+            return _error(str(e))
+
+        sys.stdout.write(render_plan(plan, colour=_colour()))
+        chosen = {r.id for r in applicable_rollouts(plan, repo.inventory)}
+        moving = [
+            d
+            for d in plan.devices
+            if d.rollout in chosen
+            and (d.action in CHANGING_ACTIONS or d.action is Action.BLOCKED)
+            and repo.inventory.devices[d.device].pin is None
+        ]
+        changing = sum(1 for d in moving if d.action in CHANGING_ACTIONS)
+        if not chosen or not moving:
+            print("\nNothing to apply: no group has devices to move to its release.")
+            return EXIT_OK
+        question = (
+            f"Apply {len(chosen)} change{'s' if len(chosen) != 1 else ''} to "
+            f"{changing} device{'s' if changing != 1 else ''}"
+        )
+        waiting = len(moving) - changing
+        if waiting:
+            question += f" (and {waiting} more once they report)"
+        question += "? [y/N] "
+        if not args.yes:
+            if not sys.stdin.isatty():
+                return _error(
+                    "stdin is not a terminal, so there is nobody to confirm; "
+                    "nothing applied. Pass --yes to apply without asking."
+                )
+            answer = input("\n" + question).strip().lower()
+            if answer not in ("y", "yes"):
+                print("Apply cancelled; nothing recorded.")
+                return EXIT_ERROR
+        now = datetime.now(UTC)
+        try:
+            with store.write() as conn:
+                result = record_rollouts(conn, plan, repo, now)
+        except EngineError as e:
+            return _error(f"{e}; nothing recorded")
+        print()
+        for r in result.rollouts:
+            extra = f", superseding #{', #'.join(map(str, r.superseded))}" if r.superseded else ""
+            print(
+                f"Recorded rollout #{r.id} {r.name}: {r.devices} devices "
+                f"({r.pending} to move, {r.succeeded} already there, "
+                f"{r.excluded + r.overridden} excluded){extra}"
+            )
+        for message in result.unchanged:
+            print(message)
+        for version in result.unsigned:
+            print(
+                f"warning: release {version} has no signature (releases/{version}.yaml.sig); "
+                "devices refuse unsigned releases: sign it with `engine release sign`",
+                file=sys.stderr,
+            )
+        if not args.wait or not result.rollouts:
+            return EXIT_OK
+        return _follow(store, [r.id for r in result.rollouts], args.poll)
+
+
+def _follow(store: Store, ids: list[int], poll: float) -> int:
+    """Show the rollouts live until each settles; 0 when all completed."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from engine.commands.status import render_rollouts
+    from engine.rollouts.status import rollout_status
+
+    console = Console(highlight=False)
+
+    def snapshot() -> list[RolloutStatus]:
+        now = datetime.now(UTC)
+        with store.read() as conn:
+            found: list[RolloutStatus] = []
+            for rollout_id in ids:
+                found.extend(rollout_status(conn, now=now, rollout_id=rollout_id))
+            return found
+
+    statuses = snapshot()
+    with Live(render_rollouts(statuses, None), console=console, refresh_per_second=4) as live:
+        while not all(s.state.value in _SETTLED for s in statuses):
+            time.sleep(poll)
+            statuses = snapshot()
+            live.update(render_rollouts(statuses, None))
+    unfinished = 0
+    for s in statuses:
+        totals = s.totals
+        print(
+            f"#{s.id} {s.name}: {s.state.value}; "
+            f"{totals['succeeded']} succeeded, {totals['failed']} failed, "
+            f"{totals['rolled_back']} rolled back, {totals['offline']} offline"
+            + (f" ({s.reason})" if s.reason and s.state.value != "completed" else "")
+        )
+        if s.state.value != "completed":
+            unfinished += 1
+    return EXIT_OK if unfinished == 0 else EXIT_ERROR

@@ -1,0 +1,151 @@
+"""`engine status`: rollouts with per-wave counts, and the fleet's agent versions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.rollouts.status import RolloutStatus
+
+__all__ = ["register", "render_rollouts", "run", "state_url"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+_STATE_STYLE = {
+    "active": "yellow",
+    "paused": "magenta",
+    "halted": "bold red",
+    "completed": "green",
+    "aborted": "red",
+    "superseded": "dim",
+}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `status` subcommand."""
+    p = subparsers.add_parser(
+        "status",
+        help="show rollouts, their waves, and the fleet's versions",
+        description="Show each rollout with its waves: devices pending, in progress, "
+        "succeeded, failed, rolled back, offline; and how many devices run each agent "
+        "version. Reads the store directly, so it works while `engine serve` is down.",
+    )
+    add_store_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document, nothing else")
+    p.add_argument("--rollout", metavar="ID", help="only this rollout (number or group@release)")
+    p.set_defaults(func=run)
+
+
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    """-C DIR and --state URL, as every store command has them."""
+    p.add_argument(
+        "-C",
+        dest="directory",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="operator repo (default: current directory)",
+    )
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="store URL (default: $ENGINE_STATE_URL, engine.yaml's state, DIR/.engine/state.db)",
+    )
+
+
+def state_url(directory: Path, state: str | None) -> str:
+    """The store URL for -C DIR and --state (reads only engine.yaml's state key)."""
+    from engine.store import resolve_state_url, settings_state
+
+    if not directory.is_dir():
+        raise EngineError(f"{directory} is not a directory (give the operator repo with -C DIR)")
+    root = directory.resolve()
+    return resolve_state_url(root, state, settings_state(root))
+
+
+def _bar(done: int, total: int) -> ProgressBar:
+    return ProgressBar(total=max(total, 1), completed=done, width=20)
+
+
+def render_rollouts(
+    statuses: Sequence[RolloutStatus], versions: dict[str, int] | None
+) -> RenderableType:
+    """Rich tables of rollouts and, when given, the fleet's versions."""
+    parts: list[RenderableType] = []
+    for status in statuses:
+        style = _STATE_STYLE.get(status.state.value, "")
+        title = Text.assemble(
+            (f"#{status.id} {status.name}", "bold"),
+            "  ",
+            (status.state.value, style),
+            f"  wave {status.current_wave + 1}/{len(status.waves)}",
+            "  window open" if status.window_open else "  window closed",
+        )
+        table = Table(title=title, title_justify="left", expand=False)
+        for name in ("wave", "devices", "pending", "in progress", "succeeded", "failed"):
+            table.add_column(name, justify="right")
+        for name in ("rolled back", "offline", "excluded"):
+            table.add_column(name, justify="right")
+        table.add_column("progress")
+        for w in status.waves:
+            label = f"{w.index} ({w.percent:g}%)" + ("" if w.open else " closed")
+            counted = w.devices - w.excluded
+            table.add_row(
+                label,
+                str(w.devices),
+                str(w.pending),
+                str(w.in_progress),
+                str(w.succeeded),
+                str(w.failed),
+                str(w.rolled_back),
+                str(w.offline),
+                str(w.excluded),
+                _bar(w.succeeded, counted),
+            )
+        parts.append(table)
+        if status.reason:
+            parts.append(Text(f"  {status.reason}", style="dim"))
+    if not statuses:
+        parts.append(Text("No rollouts recorded; `engine apply` records them."))
+    if versions is not None:
+        vt = Table(title="Fleet versions", title_justify="left")
+        vt.add_column("agent version")
+        vt.add_column("devices", justify="right")
+        for version, count in versions.items():
+            vt.add_row(version, str(count))
+        parts.append(vt)
+    return Group(*parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `engine status`; 0, or 1 when the store or the rollout cannot be read."""
+    from engine.rollouts.status import fleet_status, resolve_rollout
+    from engine.store import Store
+
+    now = datetime.now(UTC)
+    try:
+        with Store.open(state_url(args.directory, args.state)) as store, store.read() as conn:
+            rollout_id = resolve_rollout(conn, args.rollout) if args.rollout else None
+            status = fleet_status(conn, now=now, rollout_id=rollout_id)
+    except EngineError as e:
+        print(f"engine status: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        sys.stdout.write(status.model_dump_json(indent=2) + "\n")
+        return EXIT_OK
+    console = Console(highlight=False)
+    console.print(render_rollouts(status.rollouts, status.versions))
+    return EXIT_OK
