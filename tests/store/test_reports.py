@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,24 @@ def test_large_batch_counts_new_updated_older(store: Store) -> None:
     assert versions["d0599"] == "1.0.0"  # older: kept
     assert versions["d0999"] == "2.0.0"  # new
     assert len(versions) == 1000
+
+
+def test_one_store_shared_by_threads(store: Store) -> None:
+    """Threads sharing one Store (as the server's workers do) write and read without losing data."""
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for i in range(20):
+                store.upsert_reports([report(f"w{worker}-{i}", seen=T0 + timedelta(seconds=i))])
+                store.load_reports()
+        except BaseException as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(store.load_reports()) == 6 * 20
