@@ -76,8 +76,22 @@ def state_url(directory: Path, state: str | None) -> str:
     return resolve_state_url(root, state, settings_state(root))
 
 
+#: Table columns; closed waves are dimmed.
+_COLUMNS = (
+    "wave",
+    "devices",
+    "pending",
+    "in\nprogress",
+    "succeeded",
+    "failed",
+    "rolled\nback",
+    "offline",
+    "excluded",
+)
+
+
 def _bar(done: int, total: int) -> ProgressBar:
-    return ProgressBar(total=max(total, 1), completed=done, width=20)
+    return ProgressBar(total=max(total, 1), completed=done, width=60)
 
 
 def render_rollouts(
@@ -94,17 +108,19 @@ def render_rollouts(
             f"  wave {status.current_wave + 1}/{len(status.waves)}",
             "  window open" if status.window_open else "  window closed",
         )
-        table = Table(title=title, title_justify="left", expand=False)
-        for name in ("wave", "devices", "pending", "in progress", "succeeded", "failed"):
-            table.add_column(name, justify="right")
-        for name in ("rolled back", "offline", "excluded"):
-            table.add_column(name, justify="right")
-        table.add_column("progress")
+        table = Table(
+            title=title,
+            title_justify="left",
+            box=None,
+            header_style="bold",
+            padding=(0, 0, 0, 1),
+            pad_edge=False,
+        )
+        for name in _COLUMNS:
+            table.add_column(name, justify="right", min_width=max(map(len, name.split("\n"))))
         for w in status.waves:
-            label = f"{w.index} ({w.percent:g}%)" + ("" if w.open else " closed")
-            counted = w.devices - w.excluded
             table.add_row(
-                label,
+                f"{w.index} {w.percent:g}%",
                 str(w.devices),
                 str(w.pending),
                 str(w.in_progress),
@@ -113,9 +129,11 @@ def render_rollouts(
                 str(w.rolled_back),
                 str(w.offline),
                 str(w.excluded),
-                _bar(w.succeeded, counted),
+                style=None if w.open else "dim",
             )
         parts.append(table)
+        counted = sum(w.devices - w.excluded for w in status.waves)
+        parts.append(_bar(status.totals["succeeded"], counted))
         if status.reason:
             parts.append(Text(f"  {status.reason}", style="dim"))
     if not statuses:
