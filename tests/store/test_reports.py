@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import text
 
 from engine.store import Store, StoreError, UpsertCounts, digest_reports
-from engine.store._reports import _construct
 from inventory.models import Platform
 from inventory.version import Version
 from states.report import Report
@@ -119,8 +118,8 @@ def test_load_many_reports(store: Store) -> None:
     assert sample.model_dump() == reports[42].model_dump()
 
 
-def test_fast_construct_matches_model_construct() -> None:
-    """The loader's fast constructor builds the same object pydantic's model_construct does."""
+def test_loaded_reports_match_model_construct(store: Store) -> None:
+    """Loaded reports are the objects pydantic's model_construct builds (fields set, extras)."""
     values: dict[str, Any] = {
         "device": "a",
         "agent_version": Version("3.0.1"),
@@ -130,13 +129,15 @@ def test_fast_construct_matches_model_construct() -> None:
         "known_good": None,
         "last_result": "committed",
     }
-    fast, slow = _construct(dict(values)), Report.model_construct(**values)
+    store.upsert_reports([Report(**values)])
+    fast, slow = store.load_reports()["a"], Report.model_construct(**values)
     assert fast == slow
     assert fast.__pydantic_fields_set__ == slow.__pydantic_fields_set__
     assert fast.__pydantic_extra__ == slow.__pydantic_extra__
     assert fast.__pydantic_private__ == slow.__pydantic_private__
     assert fast.model_dump_json() == slow.model_dump_json()
     assert fast.model_copy(update={"device": "b"}).device == "b"
+    assert fast.device == "a"
     with pytest.raises(ValueError, match="frozen"):
         fast.device = "c"  # type: ignore[misc]
 
