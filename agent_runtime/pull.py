@@ -484,7 +484,13 @@ class PullLoop:
 
         self.config = config
         self.settings = config.server
-        self.out = out
+        self._said = 0
+
+        def say(line: str) -> None:
+            self._said += 1
+            out(line)
+
+        self.out = say
         self.rng = rng or random.Random()
         timeout = self.settings.timeout.total_seconds()
         self.tokens = TokenFile(self.settings.token_file)
@@ -501,7 +507,7 @@ class PullLoop:
         self.events = EventSender(
             ServerClient(self.settings.url, config.device, timeout=timeout),
             lambda: self.token,
-            out=out,
+            out=self.out,
         )
         probe_client = ServerClient(self.settings.url, config.device, timeout=timeout)
 
@@ -520,7 +526,7 @@ class PullLoop:
                 forward=self.forwarder.forward,
                 poll_interval=0.2,
             ),
-            out=out,
+            out=self.out,
         )
         self._hook_phases()
         self.source = ServerPlanSource(self)
@@ -543,11 +549,13 @@ class PullLoop:
         code = 0
         try:
             while not stop.is_set():
+                said = self._said
                 delay, code = self.step()
                 if once:
                     break
                 code = 0  # the periodic loop ends on request, not on a round's result
-                self.out(f"next check-in in {delay:.1f}s")
+                if self._said != said:  # quiet rounds (nothing offered) log nothing
+                    self.out(f"next check-in in {delay:.1f}s")
                 stop.wait(delay)
         finally:
             self.forwarder.stop()
