@@ -45,6 +45,19 @@ class UpsertCounts:
         return self.new + self.updated
 
 
+#: Columns a Report fills. Other columns of the table (the server's record of the
+#: last transaction) belong to their writers and an upsert leaves them as they are.
+_REPORT_COLUMNS = (
+    "agent_version",
+    "platform",
+    "last_seen",
+    "runtime_version",
+    "known_good",
+    "last_result",
+    "updated_at",
+)
+
+
 def _row(report: Report, now: datetime) -> dict[str, Any]:
     return {
         "device": report.device,
@@ -95,7 +108,7 @@ def upsert(conn: Connection, items: Iterable[Report]) -> UpsertCounts:
     stmt = insert(reports)
     stmt = stmt.on_conflict_do_update(
         index_elements=[reports.c.device],
-        set_={c.name: stmt.excluded[c.name] for c in reports.c if c.name != "device"},
+        set_={name: stmt.excluded[name] for name in _REPORT_COLUMNS},
         where=stmt.excluded.last_seen >= reports.c.last_seen,
     )
     conn.execute(stmt, [_row(r, now) for r in latest.values()])

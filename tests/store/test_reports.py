@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import String, select, text
 
 from engine.store import Store, StoreError, UpsertCounts, digest_reports
+from engine.store.schema import reports as reports_table
 from inventory.models import Platform
 from inventory.version import Version
 from states.report import Report
@@ -241,3 +242,30 @@ def test_one_store_shared_by_threads(store: Store) -> None:
         t.join(60)
     assert errors == []
     assert len(store.load_reports()) == 6 * 20
+
+
+def test_upsert_leaves_other_writers_columns_alone(store: Store) -> None:
+    """Columns a Report does not carry (e.g. the server's transaction record) survive an upsert."""
+    extra = {c.name for c in reports_table.c} - {
+        "device",
+        "agent_version",
+        "platform",
+        "last_seen",
+        "runtime_version",
+        "known_good",
+        "last_result",
+        "updated_at",
+    }
+    store.upsert_reports([report("a", "1.0.0")])
+    text_columns = [
+        c.name for c in reports_table.c if c.name in extra and isinstance(c.type, String)
+    ]
+    if not text_columns:
+        pytest.skip("the reports table has no columns beyond the Report's")
+    column = text_columns[0]
+    with store.write() as conn:
+        conn.execute(reports_table.update().values({column: "kept"}))
+    store.upsert_reports([report("a", "2.0.0", T0 + timedelta(hours=1))])
+    with store.read() as conn:
+        row = conn.execute(select(reports_table.c[column], reports_table.c.agent_version)).one()
+    assert tuple(row) == ("kept", "2.0.0")
