@@ -1,0 +1,221 @@
+"""The quickstart: a whole rollout story on this machine, in about two minutes.
+
+Starts `engine serve` on SQLite and a small fleet of real device runtimes in a
+temporary directory (each running the example agent 3.0.0), rolls out the
+good release 3.0.1 through canaries and waves, then the broken 3.0.2: the
+canary wave fails, the rollouts halt, and the devices that tried it roll back
+to 3.0.1 on their own. Prints what happened and cleans up (also on Ctrl-C).
+
+Usage: ``scripts/demo [--devices N] [--keep]`` (or ``python examples/demo.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # run as a script: make the project's packages importable
+    sys.path.insert(0, str(_REPO))
+
+from examples.local_fleet import Fleet, demo_devices, wait_until  # noqa: E402
+
+SOAK = "5s"
+
+
+def demo_groups(release: str) -> dict[str, Any]:
+    """A canary group (internal machines first) and the fleet in three waves."""
+    return {
+        "canary": {
+            "description": "IT's own machines take every release first",
+            "match": {"tags": "internal"},
+            "priority": 100,
+            "agent": {"release": release},
+            "rollout": {"waves": [100], "max_parallel": 5, "soak": SOAK,
+                        "max_failure_rate": 0.0},
+        },
+        "fleet": {
+            "description": "every store device",
+            "match": {"site": "demo"},
+            "agent": {"release": release},
+            "rollout": {"waves": [10, 50, 100], "max_parallel": 5, "soak": SOAK,
+                        "max_failure_rate": 0.1},
+        },
+    }  # fmt: skip
+
+
+class Demo:
+    """The demo's steps, printing as it goes."""
+
+    def __init__(self, base: Path, devices: int) -> None:
+        self.t0 = time.monotonic()
+        canaries = max(2, min(4, devices // 7))
+        self.fleet = Fleet(base, demo_devices(devices, canaries), demo_groups("3.0.0"),
+                           out=self.say)  # fmt: skip
+        self.canaries = [s.id for s in self.fleet.specs if "internal" in s.tags]
+
+    def say(self, line: str = "") -> None:
+        """Print a line with the elapsed time."""
+        stamp = f"[{time.monotonic() - self.t0:5.1f}s] " if line else ""
+        print(f"{stamp}{line}", flush=True)
+
+    def title(self, text: str) -> None:
+        """A section heading."""
+        print(f"\n== {text}", flush=True)
+
+    def engine(self, *args: str, show: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `engine ARGS` in the operator repo, echoing the command and (optionally) output."""
+        print(f"$ engine {' '.join(args)}", flush=True)
+        if show:  # output straight to the terminal: apply --wait draws its live progress
+            proc = subprocess.run(
+                [sys.executable, "-m", "engine", *args], cwd=self.fleet.repo.root,
+                env=_engine_env(), text=True, check=False,
+            )  # fmt: skip
+            return subprocess.CompletedProcess(proc.args, proc.returncode, "", "")
+        return self.fleet.repo.engine(*args, check=False)
+
+    def run(self) -> None:
+        """The whole story."""
+        f = self.fleet
+        n = len(f.devices)
+        self.title(f"1. A fleet of {n} devices on this machine")
+        self.say(f"operator repo {f.repo.root}: {len(self.canaries)} canaries (tag internal), "
+                 f"{n - len(self.canaries)} store devices; releases 3.0.0 to 3.0.3")  # fmt: skip
+        f.setup("3.0.0")
+        self.say(f"starting {n} device runtimes (`agent-runtime converge`, pull mode, "
+                 "check-in every second)")  # fmt: skip
+        f.start()
+        f.wait_reported("3.0.0", timeout=120)
+        self.say(f"all {n} devices enrolled and report agent 3.0.0, running and heartbeating")
+
+        self.title("2. Roll out the good release 3.0.1")
+        f.repo.set_release("3.0.1")
+        self.say("inventory: both groups now want 3.0.1")
+        plan = self.engine("plan", show=False)
+        print("\n".join(plan.stdout.splitlines()[:1]), flush=True)
+        self.engine("apply", "--yes", "--wait")
+        wait_until("every device to run 3.0.1",
+                   lambda: all(d.heartbeating("3.0.1") for d in f.devices.values()),
+                   timeout=120, progress=self._versions_line, out=self.say)  # fmt: skip
+        self.say(f"all {n} devices run 3.0.1 and heartbeat")
+        self.show_waves("3.0.1")
+
+        self.title("3. Roll out the broken release 3.0.2 (it exits at start)")
+        f.repo.set_release("3.0.2")
+        self.say("inventory: both groups now want 3.0.2")
+        before = {i: len(d.transactions()) for i, d in f.devices.items()}
+        self.engine("apply", "--yes", "--wait")
+        tried = {i for i, d in f.devices.items() if len(d.transactions()) > before[i]}
+        wait_until("the devices that tried 3.0.2 to heartbeat on 3.0.1 again",
+                   lambda: all(f.devices[i].heartbeating("3.0.1") for i in tried),
+                   timeout=60)  # fmt: skip
+
+        self.title("4. What happened")
+        self.narrate(tried)
+        self.title("engine status")
+        self.engine("status")
+
+    def _versions_line(self) -> str:
+        counts: dict[str, int] = {}
+        for v in self.fleet.versions().values():
+            counts[str(v)] = counts.get(str(v), 0) + 1
+        return ", ".join(f"{v}: {c}" for v, c in sorted(counts.items()))
+
+    def show_waves(self, release: str) -> None:
+        """Each rollout of ``release`` with its waves, from `engine status --json`."""
+        for r in self._status()["rollouts"]:
+            if r["release"] != release:
+                continue
+            waves = ", ".join(f"wave {w['index']} ({w['percent']:g}%): {w['succeeded']} "
+                              "succeeded" for w in r["waves"])  # fmt: skip
+            self.say(f"rollout {r['name']}: {r['state']}; {waves}")
+
+    def _status(self) -> dict[str, Any]:
+        out = self.fleet.repo.engine("status", "--json").stdout
+        data: dict[str, Any] = json.loads(out)
+        return data
+
+    def narrate(self, tried: set[str]) -> None:
+        """Per device: group, what it tried, where it is now; then the counts."""
+        f = self.fleet
+        print(f"{'device':<16}{'platform':<9}{'group':<8}{'3.0.2?':<24}{'now':<7}agent", flush=True)
+        for i, d in f.devices.items():
+            group = "canary" if i in self.canaries else "fleet"
+            attempt = [r for t, r in d.transactions() if t == "3.0.2"]
+            took = f"tried: {attempt[-1]}" if attempt else "never offered"
+            pid = d.agent_pid()
+            alive = f"pid {pid}, heartbeating" if d.heartbeating(str(d.installed())) else "DOWN"
+            print(f"{i:<16}{d.spec.platform:<9}{group:<8}{took:<24}{d.installed()!s:<7}{alive}",
+                  flush=True)  # fmt: skip
+        status = self._status()
+        halted = [r for r in status["rollouts"] if r["release"] == "3.0.2"]
+        untouched = [i for i in f.devices if i not in tried]
+        print(flush=True)
+        for r in halted:
+            print(f"rollout {r['name']}: {r['state']} — {r.get('reason') or ''}", flush=True)
+        versions = self._versions_line()
+        print(
+            f"{len(tried)} devices tried 3.0.2; each failed its health check (the agent exited) "
+            "and rolled itself back to 3.0.1, which runs and heartbeats again.",
+            flush=True,
+        )
+        print(f"{len(untouched)} devices in later waves were never offered 3.0.2.", flush=True)
+        print(f"fleet versions now: {versions}", flush=True)
+
+
+def _engine_env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; 0 when the story played out, 1 otherwise."""
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=20, help="fleet size (default 20)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir and print its path")
+    args = parser.parse_args(argv)
+    if args.devices < 6:
+        parser.error("--devices must be at least 6")
+    base = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    demo = Demo(base, args.devices)
+    code = 1
+    try:
+        demo.run()
+        code = 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything", flush=True)
+        code = 130
+    except (TimeoutError, RuntimeError, subprocess.SubprocessError) as e:
+        print(f"\ndemo failed: {e}", file=sys.stderr, flush=True)
+        print(f"server log: {demo.fleet.server.log}\n{demo.fleet.server.tail()}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        demo.say("stopping the runtimes, agents and the server")
+        demo.fleet.stop()
+        if args.keep:
+            print(f"kept {base}", flush=True)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+        demo.say(f"done in {time.monotonic() - demo.t0:.0f}s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
