@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import requests
 
 from agent_runtime.effects import Clock, HealthResult, ServiceManager
+from agent_runtime.errors import HealthCheckError
 from agent_runtime.services.process import ProcessExit
 from inventory.duration import format_duration
 from inventory.version import Version, VersionError
@@ -102,26 +103,31 @@ class Health:
         agent_dir: Path,
         *,
         poll_interval: float = 0.5,
-        http_get: Callable[[str, float], requests.Response] | None = None,
     ) -> None:
         self.service = service
         self.agent_dir = agent_dir
         self.poll_interval = poll_interval
-        self._http_get = http_get or _loopback_get
 
     def wait_healthy(
         self, check: HealthCheck, expected: Version, since: datetime, clock: Clock
     ) -> HealthResult:
         """Poll until ``check`` passes for ``expected`` with evidence newer than ``since``,
-        or ``check.timeout`` passes; the result says why it failed."""
+        or ``check.timeout`` passes; the result says why it failed.
+
+        Raises HealthCheckError only for a check missing its url/path (which
+        ``HealthCheck`` validation already refuses).
+        """
         if check.kind is HealthCheckKind.SERVER:
             return HealthResult(False, "server health checks need a server connection")
         if check.kind is HealthCheckKind.PROCESS:
             return self._wait_stable(check, clock)
         if check.kind is HealthCheckKind.HTTP:
-            assert check.url is not None  # enforced by HealthCheck
-            return self._poll(check, clock, lambda: self._http_once(check.url or "", expected))
-        assert check.path is not None  # enforced by HealthCheck
+            url = check.url
+            if url is None:
+                raise HealthCheckError("an http health check needs 'url'")
+            return self._poll(check, clock, lambda: self._http_once(url, expected))
+        if check.path is None:
+            raise HealthCheckError("a heartbeat_file health check needs 'path'")
         path = self.agent_dir / check.path
         return self._poll(
             check, clock, lambda: self._heartbeat_once(path, check, expected, since, clock)
@@ -217,7 +223,7 @@ class Health:
         if urlsplit(url).scheme not in ("http", "https") or host not in LOOPBACK_HOSTS:
             return HealthResult(False, f"refusing health URL {url}: only loopback http(s) URLs")
         try:
-            response = self._http_get(url, HTTP_TIMEOUT)
+            response = _loopback_get(url, HTTP_TIMEOUT)
         except requests.RequestException as e:
             return HealthResult(False, f"GET {url} failed: {type(e).__name__}")
         if response.status_code != 200:

@@ -154,7 +154,8 @@ def _write(path: Path, data: bytes, mode: int | None = None) -> None:
 def build(out: Path, versions: list[str], *, expires: str, pad_mb: int, key: Path | None) -> None:
     """Write ``artifacts/<version>/<platform>/...`` and ``releases/<version>.yaml`` under ``out``.
 
-    Raises ValueError for a version not in the catalogue or an invalid manifest.
+    Raises KeyError for a version not in ``CATALOGUE`` and pydantic's ValidationError
+    when a manifest would not validate (a bug in this script).
     """
     signing_key = load_private_key(key) if key is not None else None
     for version in versions:
