@@ -250,6 +250,40 @@ def _resolve_overlaps(
     return len(lost)
 
 
+def _extend(
+    conn: Connection,
+    rollout_id: int,
+    *,
+    group: str,
+    priority: int,
+    planned: list[DevicePlan],
+    inventory: Inventory,
+    now: datetime,
+) -> int:
+    """Add devices the plan has in a rollout that already runs (new in the inventory)."""
+    known = {
+        d
+        for (d,) in conn.execute(
+            select(rollout_devices.c.device).where(rollout_devices.c.rollout_id == rollout_id)
+        )
+    }
+    rows = [_device_row(d, inventory, group, now) for d in planned if d.device not in known]
+    if not rows:
+        return 0
+    for row in rows:
+        row["rollout_id"] = rollout_id
+    conn.execute(insert(rollout_devices), rows)
+    _resolve_overlaps(
+        conn,
+        rollout_id,
+        group=group,
+        priority=priority,
+        devices=[r["device"] for r in rows],
+        now=now,
+    )
+    return len(rows)
+
+
 def _files_json(manifest: ReleaseManifest) -> str:
     return json.dumps(
         {
@@ -336,9 +370,19 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
             )
         ).first()
         if same is not None:
+            added = _extend(
+                conn,
+                int(same[0]),
+                group=rp.group,
+                priority=group.priority,
+                planned=by_rollout.get(rp.id, []),
+                inventory=inventory,
+                now=now,
+            )
+            extra = f"; {added} new devices joined it" if added else "; nothing recorded"
             result.unchanged.append(
                 f"{rp.id}: rollout #{same[0]} already moves group {rp.group} to "
-                f"{rp.release} ({same[1]}); nothing recorded"
+                f"{rp.release} ({same[1]}){extra}"
             )
             continue
         superseded = _supersede(conn, rp.group, now, rp.id)
