@@ -401,30 +401,6 @@ class RuntimeDevice:
         self.base.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    def preinstall(self, repo: OperatorRepo, version: str, timeout: float = 120) -> None:
-        """Install ``version`` from the repo's local files with `agent-runtime converge --once
-        --plan` (the agent then runs); RuntimeError with the output when it fails."""
-        plan = {
-            "generated_at": datetime.now(UTC).isoformat(),
-            "inventory": {"root": str(repo.root), "digest": "preinstall"},
-            "state": {"url": "preinstall", "reports": 0, "reports_digest": "preinstall"},
-            "summary": {},
-            "devices": [{"device": self.id, "group": None, "platform": self.spec.platform,
-                         "current": None, "desired": version, "action": "install"}],
-            "releases": {version: repo.release_ref(version)},
-        }  # fmt: skip
-        path = self.base / "preinstall-plan.json"
-        path.write_text(json.dumps(plan))
-        proc = subprocess.run(
-            [sys.executable, "-m", "agent_runtime.cli", "converge", "--once", "--plan", str(path),
-             "--config", str(self.config_path)],
-            env=_env(), capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"{self.id}: preinstall of {version} failed:\n{proc.stdout}{proc.stderr}"
-            )
-
     def start(self) -> None:
         """Start `agent-runtime converge` (pull mode) for this device."""
         with open(self.log, "ab") as logf:
@@ -574,7 +550,7 @@ class Fleet:
         """One device by id."""
         return self.devices[device_id]
 
-    def setup(self, preinstall: str = "3.0.0", parallel: int = 6) -> None:
+    def setup(self, preinstall: str = "3.0.0", parallel: int = 8) -> None:
         """Create the repo, start the server, write configs and preinstall every device."""
         self.repo.create(self.specs, self.groups, poll_interval=self.poll_interval, out=self.out)
         self.server.start()
@@ -583,8 +559,7 @@ class Fleet:
         for d in self.devices.values():
             d.write_config(key, self.server.url, self.server.enrollment_secret)
         self.out(f"installing agent {preinstall} on {len(self.devices)} devices …")
-        with ThreadPoolExecutor(parallel) as pool:
-            list(pool.map(lambda d: d.preinstall(self.repo, preinstall), self.devices.values()))
+        preinstall_devices(list(self.devices.values()), self.repo, preinstall, parallel=parallel)
 
     def start(self, ids: Iterable[str] | None = None) -> None:
         """Start the runtimes of ``ids`` (default: all)."""
@@ -640,3 +615,64 @@ def _device_rows(data: Any) -> list[dict[str, Any]]:
     if isinstance(data, dict):
         data = data.get("devices", [])
     return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+
+
+def preinstall_devices(
+    devices: Sequence[RuntimeDevice],
+    repo: OperatorRepo,
+    version: str,
+    *,
+    parallel: int = 8,
+    timeout: float = 300,
+) -> None:
+    """Install ``version`` on each device from the repo's local files, as a plan file would
+    (the real runtime's converge, run for all devices in one helper process); the agents run
+    afterwards. RuntimeError with the output when any device fails."""
+    if not devices:
+        return
+    plan = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "inventory": {"root": str(repo.root), "digest": "preinstall"},
+        "state": {"url": "preinstall", "reports": 0, "reports_digest": "preinstall"},
+        "summary": {},
+        "devices": [{"device": d.id, "group": None, "platform": d.spec.platform,
+                     "current": None, "desired": version, "action": "install"}
+                    for d in devices],
+        "releases": {version: repo.release_ref(version)},
+    }  # fmt: skip
+    path = devices[0].base.parent / f"preinstall-{version}-{os.getpid()}-{time.time_ns()}.json"
+    path.write_text(json.dumps(plan))
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "_preinstall", str(path), str(parallel),
+         *(str(d.config_path) for d in devices)],
+        env=_env(), capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"preinstall of {version} failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _preinstall_main(plan: str, parallel: int, configs: list[str]) -> int:
+    """In a helper process: converge each device config to the plan file once."""
+    from agent_runtime.config import load_config
+    from agent_runtime.converge import FilePlanSource, Runtime
+
+    def one(config_path: str) -> tuple[str, str]:
+        config = load_config(Path(config_path))
+        runtime = Runtime(config, out=lambda _line: None)
+        res = runtime.converge_once(FilePlanSource(Path(plan), config.device))
+        return config.device, f"{res.result} {res.detail}"
+
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(pool.map(one, configs))
+    failed = [f"{d}: {r}" for d, r in results if not r.startswith("committed")]
+    for line in failed:
+        print(line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "_preinstall":
+        sys.path.insert(0, str(REPO_ROOT))
+        sys.exit(_preinstall_main(sys.argv[2], int(sys.argv[3]), sys.argv[4:]))
+    sys.exit("usage: local_fleet.py _preinstall PLAN PARALLEL CONFIG...")
