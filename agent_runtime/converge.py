@@ -313,6 +313,10 @@ class Runtime:
             outcome = self._close_unrecoverable(record, str(e))
         else:
             outcome = self.executor.recover(record, ctx)
+        if outcome.gave_up:
+            state = self.states.load()
+            state.attempts[str(record.target)] = self.config.max_attempts
+            self.states.save(state)
         self._apply(outcome, record.target)
         self._sweep_staging(record.txid if not outcome.closed else None)
         return _Recovered(ConvergeResult(outcome.result, outcome.detail, outcome), outcome.closed)

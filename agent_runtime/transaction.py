@@ -185,6 +185,8 @@ class Outcome:
     result: Result
     detail: str
     timings: dict[str, float] = field(default_factory=dict)
+    #: recovery gave up (crash loop): the target must not be tried again
+    gave_up: bool = False
 
     @property
     def closed(self) -> bool:
@@ -246,7 +248,8 @@ class Executor:
             record.error = detail
             record.phase = Phase.FAILED
             self.fx.journal.save(record, self.fx.clock.now())
-            return Outcome(Phase.FAILED, Result.FAILED, detail)
+            self.fx.out(detail)
+            return Outcome(Phase.FAILED, Result.FAILED, detail, gave_up=True)
         start = RECOVERY_START[record.phase]
         self.fx.out(
             f"recovering transaction {record.txid}: open in {record.phase}, resuming at {start}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 
 import pytest
 
@@ -224,3 +226,48 @@ def test_bad_config_and_missing_device_exit_2(make_sandbox: MakeSandbox) -> None
     sb.plan_path.write_text(sb.plan_path.read_text().replace("test-device-01", "other"))
     run = sb.converge()
     assert run.returncode == 2 and "no entry for device" in run.stderr
+
+
+def test_crash_loop_is_broken_by_the_recovery_counter(make_sandbox: MakeSandbox) -> None:
+    """A journal recovered too often is closed as a state loop instead of looping forever."""
+    sb = make_sandbox(layout="in_place")
+    for v in ("3.0.0", "3.0.1"):
+        sb.publish(v)
+    pid = _installed(sb, "3.0.0")
+    sb.write_plan("3.0.1", "3.0.0")
+    assert sb.converge(fault="before:SWAP=kill").returncode < 0
+    journal_path = sb.state / "journal.json"
+    journal = json.loads(journal_path.read_text())
+    journal["recoveries"] = 5
+    journal_path.write_text(json.dumps(journal))
+    run = sb.converge()
+    assert run.returncode == 1 and "state loop detected" in run.stdout
+    assert sb.journal_json()["phase"] == "FAILED"  # type: ignore[index]
+    assert sb.agent_pid() == pid and sb.assert_consistent() == "3.0.0"
+
+
+def test_periodic_converge_runs_and_stops_on_sigterm(make_sandbox: MakeSandbox) -> None:
+    """Without --once the runtime converges, waits for the next round, and exits on SIGTERM."""
+    sb = make_sandbox(layout="in_place")
+    sb.publish("3.0.0")
+    sb.write_config(converge={"interval": "1h", "jitter": "1s"})
+    sb.write_plan("3.0.0")
+    proc = subprocess.Popen(
+        sb.cli_argv("converge", "--plan", str(sb.plan_path)),
+        env=sb.cli_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("next converge"):
+                break
+        assert any("result: committed" in x for x in lines), lines
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert sb.assert_consistent() == "3.0.0"
