@@ -169,6 +169,9 @@ def _uvicorn_config(app: Any, log_level: str, **extra: Any) -> Any:
         loop="uvloop",
         http="httptools",
         lifespan="off",
+        # Nothing uses the client's address: no X-Forwarded-* processing per request.
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=10,
         **extra,
     )

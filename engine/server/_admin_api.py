@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
-from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -13,6 +12,17 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from engine.rollouts import (
+    RolloutNotFoundError,
+    RolloutStateError,
+    abort_rollout,
+    fleet_status,
+    pause_rollout,
+    resolve_rollout,
+    resume_rollout,
+    rollout_devices_status,
+    rollout_status,
+)
 from engine.server._http import json_response, refuse
 from engine.server.app import ServerState
 from engine.server.registry import list_devices, revoke_device
@@ -20,6 +30,8 @@ from engine.server.registry import list_devices, revoke_device
 __all__ = ["router"]
 
 log = logging.getLogger("engine.server")
+
+_ACTIONS = {"pause": pause_rollout, "resume": resume_rollout, "abort": abort_rollout}
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token (.engine/admin.token)")
 
@@ -80,51 +92,55 @@ def router(state: ServerState) -> APIRouter:
 
     @api.get("/rollouts", response_model=None)
     async def rollouts() -> Response:
-        """Every rollout with its waves and device counts."""
-        from engine.rollouts import rollout_status
-
+        """The newest rollouts with their waves and device counts (superseded ones left out)."""
         with state.store.read() as conn:
-            return json_response(_jsonable(rollout_status(conn)))
+            found = rollout_status(conn, now=settings.clock())
+        return json_response(_jsonable(found))
 
     @api.get("/rollouts/{rollout}", response_model=None, responses={404: {}})
     async def rollout(rollout: str) -> Response:
-        """One rollout with its waves and device counts."""
-        from engine.rollouts import rollout_status
+        """One rollout (number or group@release): waves, counts and its devices."""
+        try:
+            with state.store.read() as conn:
+                rollout_id = resolve_rollout(conn, rollout)
+                found = rollout_status(conn, now=settings.clock(), rollout_id=rollout_id)
+                devices = rollout_devices_status(conn, rollout_id, limit=10_000)
+        except RolloutNotFoundError as e:
+            refuse(404, str(e))
+        body = _jsonable(found[0])
+        body["devices"] = _jsonable(devices)
+        return json_response(body)
 
-        with state.store.read() as conn:
-            found = [r for r in _jsonable(rollout_status(conn)) if r.get("id") == rollout]
-        if not found:
-            refuse(404, f"no rollout {rollout!r}")
-        return json_response(found[0])
-
-    @api.post("/rollouts/{rollout}/{action}", response_model=None, responses={404: {}})
+    @api.post(
+        "/rollouts/{rollout}/{action}",
+        response_model=None,
+        responses={404: {}, 409: {"description": "the rollout's state does not allow it"}},
+    )
     async def act(rollout: str, action: str) -> Response:
         """Pause, resume or abort a rollout (action: pause | resume | abort)."""
-        from engine import rollouts
-
-        functions = {
-            "pause": rollouts.pause_rollout,
-            "resume": rollouts.resume_rollout,
-            "abort": rollouts.abort_rollout,
-        }
-        function = functions.get(action)
+        function = _ACTIONS.get(action)
         if function is None:
             refuse(404, f"unknown action {action[:40]!r}: use pause, resume or abort")
-        with state.store.write() as conn:
-            result = function(conn, rollout)
+        now = settings.clock()
+        try:
+            with state.store.write() as conn:
+                rollout_id = resolve_rollout(conn, rollout)
+                function(conn, rollout_id, now, by="operator API")
+                found = rollout_status(conn, now=now, rollout_id=rollout_id)
+        except RolloutNotFoundError as e:
+            refuse(404, str(e))
+        except RolloutStateError as e:
+            refuse(409, str(e))
         log.info("rollout %s: %s by the operator API", rollout, action)
-        return json_response({"rollout": rollout, "action": action, "result": _jsonable(result)})
+        return json_response(_jsonable(found[0]))
 
     @api.get("/status", response_model=None)
     async def status() -> Response:
-        """Fleet status: devices per version, online and offline, and the rollouts."""
-        from engine.rollouts import rollout_status
-
+        """Fleet status: devices online and offline, versions, and the rollouts."""
         now = settings.clock()
         with state.store.read() as conn:
             rows = [d.as_json(now, settings.online_seconds) for d in list_devices(conn)]
-            rollouts = _jsonable(rollout_status(conn))
-        versions = Counter(d["agent_version"] or "none" for d in rows)
+            fleet = fleet_status(conn, now=now)
         return json_response(
             {
                 "time": now.isoformat(),
@@ -133,8 +149,8 @@ def router(state: ServerState) -> APIRouter:
                 "revoked": sum(d["revoked"] for d in rows),
                 "online": sum(d["online"] for d in rows),
                 "offline": sum(not d["online"] for d in rows),
-                "versions": dict(sorted(versions.items())),
-                "rollouts": rollouts,
+                "versions": fleet.versions,
+                "rollouts": _jsonable(fleet.rollouts),
             }
         )
 

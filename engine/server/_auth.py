@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import enum
 import hmac
+import logging
 import time
 from collections.abc import Callable
 
-from fastapi import Request
-
+from engine.errors import StoreError
 from engine.server._http import refuse
 from engine.server.credentials import hash_token
 
-__all__ = ["DeviceTokens", "bearer", "require_admin"]
+__all__ = ["MISSING", "DeviceTokens", "Missing", "bearer"]
+
+log = logging.getLogger("engine.server")
 
 #: Cached entries beyond this many are dropped all at once (a fleet is far smaller).
 _MAX_ENTRIES = 500_000
 
 _BEARER = "bearer "
+_RETRY = {"Retry-After": "5"}
 
 
-def bearer(request: Request) -> str:
-    """The bearer token of the request; 401 when there is none."""
-    header = request.headers.get("authorization")
+def bearer(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header value; 401 when there is none."""
     if header is None or header[:7].lower() != _BEARER or not header[7:].strip():
         refuse(
             401,
@@ -31,12 +34,13 @@ def bearer(request: Request) -> str:
     return header[7:].strip()
 
 
-def require_admin(request: Request, admin_token: str) -> None:
-    """401 without a bearer token, 403 when it is not the admin token."""
-    token = bearer(request)
-    if not hmac.compare_digest(token.encode(), admin_token.encode()):
-        refuse(403, "this token is not the admin token")
+class Missing(enum.Enum):
+    """Marks a device whose registry row is not cached."""
 
+    MISSING = enum.auto()
+
+
+MISSING = Missing.MISSING
 
 #: A registry lookup: device -> (token sha256, revoked) or None when not enrolled.
 Lookup = Callable[[str], tuple[str, bool] | None]
@@ -55,22 +59,40 @@ class DeviceTokens:
         self._ttl = ttl
         self._cache: dict[str, tuple[float, tuple[str, bool] | None]] = {}
 
-    def check(self, request: Request, device: str) -> None:
-        """Refuse unless the request carries ``device``'s current token.
+    def check(self, authorization: str | None, device: str) -> None:
+        """Refuse unless the Authorization header value carries ``device``'s current token.
 
         401: no token, device not enrolled, or revoked (the device may enroll
-        again, unless revoked); 403: a token that is not this device's.
+        again, unless revoked); 403: a token that is not this device's;
+        503 when the registry cannot be read.
         """
-        token = bearer(request)
-        now = time.monotonic()
+        token = bearer(authorization)
+        row = self.cached(device)
+        if row is MISSING:
+            try:
+                row = self._lookup(device)
+            except StoreError as e:
+                log.error("token of %s not checked: %s", device, e)
+                refuse(503, "the server cannot reach its store; try again later", _RETRY)
+            self.remember(device, row)
+        self.verify(device, token, row)
+
+    def cached(self, device: str) -> tuple[str, bool] | Missing | None:
+        """The cached registry row of ``device`` (None: not enrolled), or MISSING."""
         hit = self._cache.get(device)
-        if hit is not None and hit[0] > now:
-            row = hit[1]
-        else:
-            row = self._lookup(device)
-            if len(self._cache) >= _MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[device] = (now + self._ttl, row)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return MISSING
+
+    def remember(self, device: str, row: tuple[str, bool] | None) -> None:
+        """Cache ``device``'s registry row for ``ttl`` seconds."""
+        if len(self._cache) >= _MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[device] = (time.monotonic() + self._ttl, row)
+
+    @staticmethod
+    def verify(device: str, token: str, row: tuple[str, bool] | None) -> None:
+        """Refuse (401/403) unless ``token`` is the current token of ``row``."""
         if row is None:
             refuse(
                 401,

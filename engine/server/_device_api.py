@@ -11,20 +11,21 @@ import hashlib
 import hmac
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio.to_thread
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
+from engine.errors import StoreError
 from engine.server._device_db import (
     insert_events,
     read_heartbeat,
-    upsert_checkin,
     upsert_heartbeat,
 )
-from engine.server._http import parse_body, refuse
+from engine.server._http import DEVICE_RE, parse_body, read_body, refuse
 from engine.server.app import ServerState, body_spec
 from engine.server.registry import DeviceRevokedError, enroll_device, get_device
 from engine.store.schema import reports
@@ -36,13 +37,11 @@ from states.protocol import (
     EventBatch,
     Heartbeat,
 )
-from states.report import Report
 
 __all__ = ["router"]
 
 log = logging.getLogger("engine.server")
 
-_DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,100}$")
 
@@ -58,7 +57,7 @@ _BODY: dict[int | str, dict[str, Any]] = {
 
 
 def _device(device: str) -> str:
-    if not _DEVICE_RE.match(device):
+    if not DEVICE_RE.match(device):
         refuse(404, "not a device id: letters, digits and . _ : - only, at most 200")
     return device
 
@@ -72,7 +71,8 @@ def router(state: ServerState) -> APIRouter:
     tokens = state.tokens
     clock = settings.clock
     limit = settings.max_body_bytes
-    offer_for = state.offer
+    db = state.loop_db
+    checkins = state.checkins
 
     @api.post(
         "/v1/enroll",
@@ -122,33 +122,9 @@ def router(state: ServerState) -> APIRouter:
     )
     async def checkin(device: str, request: Request) -> Response:
         """Record the device's report; answer its plan (or none) and the next poll interval."""
-        tokens.check(request, _device(device))
-        body = await parse_body(request, CheckinRequest, limit)
-        now = clock()
-        tx = body.transaction
-        report = Report.model_construct(
-            device=device,
-            agent_version=body.agent_version,
-            platform=body.platform,
-            last_seen=now,
-            runtime_version=body.runtime_version,
-            known_good=body.known_good,
-            last_result=None if tx is None else tx.result,
-        )
-        with store.write() as conn:
-            upsert_checkin(conn, sql, device, body, now)
-            offer = offer_for(conn, device, report, now)
-        interval = state.poll_interval()
-        if offer is None:
-            content = b'{"plan":null,"release":null,"poll_interval":%.3f}' % interval
-        else:
-            content = orjson.dumps(
-                {
-                    "plan": offer.plan.model_dump(mode="json"),
-                    "release": offer.release.model_dump(mode="json"),
-                    "poll_interval": interval,
-                }
-            )
+        _device(device)
+        body = await read_body(request, limit)
+        content = checkins.handle(device, request.headers.get("authorization"), body)
         return Response(content, media_type="application/json")
 
     @api.post(
@@ -160,9 +136,9 @@ def router(state: ServerState) -> APIRouter:
     )
     async def events(device: str, request: Request) -> Response:
         """Store the device's step events."""
-        tokens.check(request, _device(device))
+        tokens.check(request.headers.get("authorization"), _device(device))
         body = await parse_body(request, EventBatch, limit)
-        with store.write() as conn:
+        with _stored(device), db.write() as conn:
             insert_events(conn, sql, device, body.events, clock())
         return Response(status_code=204)
 
@@ -175,9 +151,9 @@ def router(state: ServerState) -> APIRouter:
     )
     async def post_heartbeat(device: str, request: Request) -> Response:
         """Keep the agent's heartbeat as the device's latest."""
-        tokens.check(request, _device(device))
+        tokens.check(request.headers.get("authorization"), _device(device))
         body = await parse_body(request, Heartbeat, limit)
-        with store.write() as conn:
+        with _stored(device), db.write() as conn:
             upsert_heartbeat(conn, sql, device, body, clock())
         return Response(status_code=204)
 
@@ -188,7 +164,7 @@ def router(state: ServerState) -> APIRouter:
     )
     async def get_heartbeat(device: str, request: Request) -> Response:
         """The server's record of the device's latest heartbeat."""
-        tokens.check(request, _device(device))
+        tokens.check(request.headers.get("authorization"), _device(device))
         with store.read() as conn:
             beat = read_heartbeat(conn, sql, device)
         if beat is None:
@@ -259,6 +235,16 @@ async def serve_artifact(state: ServerState, sha256: str) -> Response:
         media_type="application/octet-stream",
         headers={"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=31536000, immutable"},
     )
+
+
+@contextmanager
+def _stored(device: str) -> Iterator[None]:
+    """Turn a store failure into 503 with Retry-After (the device tries again later)."""
+    try:
+        yield
+    except StoreError as e:
+        log.error("request of device %s not stored: %s", device, e)
+        refuse(503, "the server cannot reach its store; try again later", {"Retry-After": "5"})
 
 
 def _seen(state: ServerState, device: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn, TypeVar
 
 import orjson
@@ -9,9 +10,12 @@ from fastapi import HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["json_response", "parse_body", "read_body", "refuse"]
+__all__ = ["DEVICE_RE", "json_response", "parse_body", "read_body", "refuse", "validation_message"]
 
 _M = TypeVar("_M", bound=BaseModel)
+
+#: A device id as states.protocol allows it.
+DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 
 def refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> NoReturn:
@@ -52,11 +56,15 @@ async def parse_body(request: Request, model: type[_M], limit: int) -> _M:
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
-        errors = e.errors(include_url=False, include_input=False, include_context=False)
-        if any(err["type"] == "json_invalid" for err in errors):
-            refuse(400, f"request body is not valid JSON: {errors[0]['msg']}")
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
-            for err in errors[:10]
-        )
-        refuse(422, f"request body is not a valid {model.__name__}: {problems}")
+        refuse(*validation_message(model, e))
+
+
+def validation_message(model: type[Any], error: ValidationError) -> tuple[int, str]:
+    """(status, message) for a body that failed ``model``: 400 not JSON, 422 wrong shape."""
+    errors = error.errors(include_url=False, include_input=False, include_context=False)
+    if any(err["type"] == "json_invalid" for err in errors):
+        return 400, f"request body is not valid JSON: {errors[0]['msg']}"
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}" for err in errors[:10]
+    )
+    return 422, f"request body is not a valid {model.__name__}: {problems}"

@@ -12,8 +12,11 @@ from typing import Any, Protocol
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Connection
+from starlette.types import Receive, Scope, Send
 
+from engine.rollouts.offers import offer_for_device
 from engine.server._auth import DeviceTokens
+from engine.server._checkin import CheckinFastPath, Checkins, LoopConnection, checkin_device
 from engine.server._device_db import DeviceSql, lookup_token
 from engine.server._releases import ArtifactIndex, ReleaseSource, read_releases_table
 from engine.server.clock import utc_now
@@ -41,12 +44,6 @@ class Offer(Protocol):
 
 #: ``offer_for_device(conn, device, report, now)``: the device's plan, or None.
 OfferFunction = Callable[[Connection, str, Report, datetime], Offer | None]
-
-
-def _rollout_offer() -> OfferFunction:
-    from engine.rollouts.offers import offer_for_device
-
-    return offer_for_device
 
 
 @dataclass
@@ -83,10 +80,12 @@ class ServerState:
         self.settings = settings
         self.store = settings.store
         self.sql = DeviceSql(settings.store.engine.dialect.name)
-        self.offer: OfferFunction = settings.offer or _rollout_offer()
+        self.offer: OfferFunction = settings.offer or offer_for_device
         self.tokens = DeviceTokens(self._lookup_token, settings.token_cache_seconds)
         self.releases = ReleaseSource(settings.repo_root, self._read_releases)
         self.artifacts = ArtifactIndex(settings.repo_root / "artifacts", self.releases)
+        self.loop_db = LoopConnection(settings.store)
+        self.checkins = Checkins(self)
         self._random = random.Random()
 
     def poll_interval(self) -> float:
@@ -95,7 +94,7 @@ class ServerState:
         return round(s.poll_interval * (1 + s.poll_jitter * (2 * self._random.random() - 1)), 3)
 
     def _lookup_token(self, device: str) -> tuple[str, bool] | None:
-        with self.store.read() as conn:
+        with self.loop_db.read() as conn:
             return lookup_token(conn, self.sql, device)
 
     def _read_releases(self, version: str | None) -> list[tuple[str, int, bytes, Any]]:
@@ -108,7 +107,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     from engine.server import _admin_api, _dashboard, _device_api, _field_api
 
     state = ServerState(settings)
-    app = FastAPI(
+    app = _EngineApp(
+        state,
         title=settings.title,
         summary="Device, operator and field-compatible APIs of the fleet rollout engine",
         version="1",
@@ -123,6 +123,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_dashboard.router(state))
     _publish_body_schemas(app)
     return app
+
+
+class _EngineApp(FastAPI):
+    """FastAPI, with check-ins answered before its middleware and routing (the hot path)."""
+
+    def __init__(self, state: ServerState, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fast_checkin = CheckinFastPath(state.checkins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        device = checkin_device(scope)
+        if device is not None:
+            await self._fast_checkin(scope, receive, send, device)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _publish_body_schemas(app: FastAPI) -> None:
