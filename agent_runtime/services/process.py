@@ -198,10 +198,8 @@ class ProcessManager:
     def _read_pid_file(self) -> dict[str, Any] | None:
         try:
             data = json.loads(self.pid_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError):
-            return None  # unreadable: treat as "no agent we know of"
+            return None  # missing or unreadable: no agent we know of
         if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
             return None
         return data
