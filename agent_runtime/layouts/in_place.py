@@ -59,7 +59,9 @@ class InPlaceLayout:
         """True when the agent root holds anything besides runtime leftovers."""
         if not self.root.is_dir():
             return False
-        return any(p.name not in NOT_RELEASE for p in self.root.iterdir())
+        return any(
+            p.name not in NOT_RELEASE and not p.name.startswith(".") for p in self.root.iterdir()
+        )
 
     def backup_dir(self, version: Version | None) -> Path:
         """``root/backup/<version>``."""
