@@ -178,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentRuntimeError as e:
         print(f"agent-runtime: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. the state directory is full or read-only
+        print(f"agent-runtime: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
