@@ -41,7 +41,13 @@ def _setup(
     root = write_repo(
         tmp_path / "repo",
         devices,
-        {"prod": {"match": {"platform": "linux"}, "agent": {"release": "3.0.2"}, "rollout": rollout}},
+        {
+            "prod": {
+                "match": {"platform": "linux"},
+                "agent": {"release": "3.0.2"},
+                "rollout": rollout,
+            }
+        },
     )
     store.upsert_reports([report(d, "3.0.1", clock.now, "committed") for d in devices])
     (recorded,) = apply_plan(root, store, clock.now).rollouts
@@ -50,7 +56,7 @@ def _setup(
 
 
 def test_failure_rate_halts_rolls_back_and_notifies(tmp_path: Path, store: Store) -> None:
-    """A failing canary wave halts the rollout, plans takers back to 3.0.1, and POSTs a signed webhook."""
+    """A failing canary wave halts, plans takers back to 3.0.1 and POSTs a signed webhook."""
     clock = Clock()
     rid, sims, waves = _setup(tmp_path, store, clock, max_failure_rate=0.2)
     wave0 = [s for s in sims if waves[s.name] == 0]
@@ -103,10 +109,15 @@ def test_failure_rate_halts_rolls_back_and_notifies(tmp_path: Path, store: Store
 
 
 def test_on_failure_pause_stops_offers_until_resumed(tmp_path: Path, store: Store) -> None:
-    """on_failure: pause pauses the rollout: no new offers, in-progress devices finish; resume reopens."""
+    """on_failure pause: no new offers until resumed; in-progress devices finish."""
     clock = Clock()
-    rid, sims, waves = _setup(
-        tmp_path, store, clock, max_failure_rate=0.05, on_failure="pause", max_parallel=1,
+    rid, sims, _ = _setup(
+        tmp_path,
+        store,
+        clock,
+        max_failure_rate=0.05,
+        on_failure="pause",
+        max_parallel=1,
         waves=[100],
     )
     controller = RolloutController(store, clock=clock)
@@ -130,7 +141,7 @@ def test_on_failure_pause_stops_offers_until_resumed(tmp_path: Path, store: Stor
 
 
 def test_silent_device_times_out_and_is_retried(tmp_path: Path, store: Store) -> None:
-    """A device silent past update_timeout after taking its plan is timed_out, then offered again."""
+    """A device silent past update_timeout after taking its plan times out, then is retried."""
     clock = Clock()
     timings = Timings()
     rid, sims, _ = _setup(tmp_path, store, clock, max_failure_rate=1.0, waves=[100])
@@ -155,7 +166,7 @@ def test_silent_device_times_out_and_is_retried(tmp_path: Path, store: Store) ->
 
 
 def test_failed_device_retried_with_backoff_up_to_limit(tmp_path: Path, store: Store) -> None:
-    """A failed device waits 1, then 2 backoff units between attempts and stops after max_attempts."""
+    """A failed device waits 1, then 2 backoff units; it stops after max_attempts."""
     clock = Clock()
     timings = Timings(max_attempts=3)
     rid, sims, _ = _setup(tmp_path, store, clock, max_failure_rate=1.0, waves=[100])

@@ -31,7 +31,7 @@ def _group(release: str, **extra: object) -> dict[str, object]:
 
 
 def test_offers_only_inside_maintenance_window(tmp_path: Path, store: Store) -> None:
-    """Outside the group's window (Berlin time) nothing is offered; inside it is; it closes on time."""
+    """Outside the window (Berlin time) nothing is offered; inside it is; it closes on time."""
     clock = Clock(datetime(2026, 11, 27, 10, 0, tzinfo=UTC))  # 11:00 in Berlin
     devices = linux_devices("srv", 6)
     root = write_repo(
@@ -54,7 +54,7 @@ def test_offers_only_inside_maintenance_window(tmp_path: Path, store: Store) -> 
     assert all(s.checkin(store, clock.now) is None for s in sims)
     clock.now = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # 02:00 in Berlin: opens
     controller.tick()
-    first, second, *rest = sims
+    first, second, *_ = sims
     offer = first.checkin(store, clock.now)
     assert offer is not None and str(offer.plan.desired) == "3.0.1"
     clock.now = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)  # 05:00 in Berlin: closed again
@@ -63,13 +63,15 @@ def test_offers_only_inside_maintenance_window(tmp_path: Path, store: Store) -> 
 
 
 def test_late_enrolled_device_joins_its_stable_wave(tmp_path: Path, store: Store) -> None:
-    """A device without a report at apply is pending in its plan wave and updated once it reports."""
+    """A device without a report at apply waits in its plan wave; updated once it reports."""
     clock = Clock()
     early = linux_devices("old", 4)
     late = linux_devices("new", 8)
     # Wave 0 holds 3 early and 5 late devices: offline late ones count against its rate.
     policy = {"waves": [50, 100], "soak": "0s", "min_success_rate": 0.35, "max_parallel": 20}
-    root = write_repo(tmp_path / "repo", {**early, **late}, {"prod": _group("3.0.1", rollout=policy)})
+    root = write_repo(
+        tmp_path / "repo", {**early, **late}, {"prod": _group("3.0.1", rollout=policy)}
+    )
     store.upsert_reports([report(d, "3.0.0", clock.now) for d in early])
     plan = plan_now(root, store.url, clock.now)
     planned_wave = {d.device: d.wave for d in plan.devices}
@@ -183,7 +185,9 @@ def test_aborted_rollout_hands_out_nothing(tmp_path: Path, store: Store) -> None
     """After abort, offered devices get nothing and the controller offers no more."""
     clock = Clock()
     devices = linux_devices("srv", 4)
-    root = write_repo(tmp_path / "repo", devices, {"prod": _group("3.0.1", rollout={"waves": [100]})})
+    root = write_repo(
+        tmp_path / "repo", devices, {"prod": _group("3.0.1", rollout={"waves": [100]})}
+    )
     store.upsert_reports([report(d, "3.0.0", clock.now) for d in devices])
     (recorded,) = apply_plan(root, store, clock.now).rollouts
     controller = RolloutController(store, clock=clock)

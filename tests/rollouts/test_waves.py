@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from engine.rollouts import RolloutController, RolloutState, Timings
 from engine.store import Store
@@ -19,7 +20,7 @@ from tests.rollouts.fleet import (
     write_repo,
 )
 
-POLICY = {
+POLICY: dict[str, Any] = {
     "waves": [10, 50, 100],
     "soak": "10m",
     "max_parallel": 3,
@@ -33,7 +34,13 @@ def _fleet(tmp_path: Path, store: Store, clock: Clock, count: int = 20) -> list[
     write_repo(
         tmp_path / "repo",
         devices,
-        {"prod": {"match": {"platform": "linux"}, "agent": {"release": "3.0.1"}, "rollout": POLICY}},
+        {
+            "prod": {
+                "match": {"platform": "linux"},
+                "agent": {"release": "3.0.1"},
+                "rollout": POLICY,
+            }
+        },
     )
     store.upsert_reports([report(d, "3.0.0", clock.now) for d in devices])
     return [SimDevice(d, "3.0.0") for d in devices]
@@ -50,7 +57,7 @@ def _round(store: Store, sims: list[SimDevice], clock: Clock) -> list[SimDevice]
 
 
 def test_waves_open_in_order_after_success_and_soak(tmp_path: Path, store: Store) -> None:
-    """Wave k+1 gets offers only after wave k met min_success_rate and soaked; slots <= max_parallel."""
+    """Wave k+1 opens only after wave k met min_success_rate and soaked; max_parallel holds."""
     clock = Clock()
     sims = _fleet(tmp_path, store, clock)
     result = apply_plan(tmp_path / "repo", store, clock.now)
@@ -110,7 +117,9 @@ def test_wave_below_success_rate_stays_closed(tmp_path: Path, store: Store) -> N
     clock = Clock()
     sims = _fleet(tmp_path, store, clock)
     (recorded,) = apply_plan(tmp_path / "repo", store, clock.now).rollouts
-    controller = RolloutController(store, clock=clock, timings=Timings(update_timeout=Timings().update_timeout * 100))
+    controller = RolloutController(
+        store, clock=clock, timings=Timings(update_timeout=Timings().update_timeout * 100)
+    )
     controller.tick()
     took = [s for s in sims if s.checkin(store, clock.now) is not None]
     assert took
