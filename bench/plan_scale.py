@@ -26,6 +26,7 @@ Prints figures only; nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import shutil
@@ -194,23 +195,29 @@ def generate(size: int, base: Path) -> Fleet:
 
 
 def _run_child(argv: list[str], stdout_path: Path | None = None) -> tuple[float, int, int]:
-    """Run a child process; return (wall seconds, exit code, peak RSS in MB)."""
-    out = stdout_path.open("wb") if stdout_path is not None else subprocess.DEVNULL
-    try:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode(errors="replace")
-        proc.stderr.close()
-    finally:
-        if stdout_path is not None and not isinstance(out, int):
-            out.close()
-    if proc.returncode not in (0, 2):
-        print(f"  ! {' '.join(argv[:4])} ... exited {proc.returncode}: {err[-2000:]}")
-    return wall, proc.returncode, usage.ru_maxrss // 1024
+    """Run a child process; return (wall seconds, exit code, peak RSS in MB of that child)."""
+    with tempfile.TemporaryFile() as err_file:
+        out = stdout_path.open("wb") if stdout_path is not None else None
+        try:
+            start = time.perf_counter()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=err_file,  # a file, not a pipe: a chatty child must not block
+                cwd=REPO,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            proc.returncode = code = os.waitstatus_to_exitcode(status)
+        finally:
+            if out is not None:
+                out.close()
+        if code not in (0, 2):
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace")
+            print(f"  ! {' '.join(argv[:4])} ... exited {code}: {err[-2000:]}")
+    return wall, code, usage.ru_maxrss // 1024
 
 
 def phases(fleet: Fleet) -> dict[str, float]:
@@ -230,13 +237,17 @@ def phases(fleet: Fleet) -> dict[str, float]:
         reports = store.load_reports()
     out["reports read"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    plan = plan_fleet(repo, reports, datetime.now(UTC), stale_after=repo.settings.stale_after)
-    out["diff (plan_fleet)"] = time.perf_counter() - start
+    gc.disable()  # as `engine plan` does while it plans and serializes
+    try:
+        start = time.perf_counter()
+        plan = plan_fleet(repo, reports, datetime.now(UTC), stale_after=repo.settings.stale_after)
+        out["diff (plan_fleet)"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    write_plan(plan, fleet.root / "phase-plan.json")
-    out["JSON write"] = time.perf_counter() - start
+        start = time.perf_counter()
+        write_plan(plan, fleet.root / "phase-plan.json")
+        out["JSON write"] = time.perf_counter() - start
+    finally:
+        gc.enable()
     return out
 
 

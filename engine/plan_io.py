@@ -21,6 +21,7 @@ __all__ = [
     "plan_json",
     "read_plan",
     "write_plan",
+    "write_plan_json",
 ]
 
 
@@ -75,7 +76,14 @@ def write_plan(plan: Plan, path: Path) -> None:
 
     Raises PlanFileError when the directory is missing or not writable.
     """
-    data = plan_json(plan, indent=True)
+    write_plan_json(plan_json(plan), path)
+
+
+def write_plan_json(data: bytes, path: Path) -> None:
+    """Write an already serialized plan (``plan_json``) to ``path`` atomically.
+
+    Raises PlanFileError when the directory is missing or not writable.
+    """
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)

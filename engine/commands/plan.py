@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.gitinfo import git_info
-from engine.plan_io import plan_json, write_plan
+from engine.plan_io import plan_json, write_plan_json
 from engine.plan_render import render_plan
 from engine.planner import plan_fleet
 from inventory.errors import InventoryError
@@ -107,7 +107,7 @@ def make_plan(
     for a store that cannot be read, and ValueError for an unknown --group or
     --device.
     """
-    from engine.store import Store, digest_reports, redact_url, resolve_state_url
+    from engine.store import Store, redact_url, resolve_state_url
     from inventory.loader import load_operator_repo
 
     repo = load_operator_repo(root)
@@ -118,8 +118,10 @@ def make_plan(
         raise ValueError(f"--device {device}: no such device in the inventory")
     url = resolve_state_url(repo.root, state, repo.settings.state)
     with Store.open(url) as store:
+        # Digest first: a report arriving in between makes the saved plan look
+        # stale (safe), never fresh with reports it did not see.
+        count, digest, latest = store.reports_digest()
         reports = store.load_reports()
-    count, digest, latest = digest_reports(reports.values())
     git = git_info(repo.root)
     inventory_ref = InventoryRef(
         root=str(repo.root),
@@ -157,23 +159,24 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, ValueError) as e:
         return _error(str(e))
 
-    if args.out is not None:
-        try:
-            with _gc_paused():
-                write_plan(plan, args.out)
-        except EngineError as e:
-            return _error(str(e))
-    if args.json:
+    if args.out is not None or args.json:
         with _gc_paused():
-            sys.stdout.buffer.write(plan_json(plan))
-        sys.stdout.flush()
-    else:
+            data = plan_json(plan)
+        if args.out is not None:
+            try:
+                write_plan_json(data, args.out)
+            except EngineError as e:
+                return _error(str(e))
+        if args.json:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+    if not args.json:
         sys.stdout.write(render_plan(plan, verbose=args.verbose, colour=_colour()))
         if args.out is not None:
             sys.stdout.write(
                 f"Saved the plan to {args.out}; apply it with: engine apply {args.out}\n"
             )
-    changes = any(d.action in CHANGING_ACTIONS for d in plan.devices)
+    changes = any(plan.summary.get(action.value, 0) for action in CHANGING_ACTIONS)
     if args.detailed_exitcode and changes:
         return EXIT_CHANGES
     return EXIT_OK
