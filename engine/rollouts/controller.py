@@ -119,13 +119,14 @@ class RolloutController:
         """A controller over ``store``; ``clock`` gives "now" for every rollout decision.
 
         ``webhook_url``/``webhook_secret`` enable notifications (or pass a ready
-        ``webhook`` sender). ``owner`` names this replica in the SQLite lease
-        (default: host, pid and a random suffix).
+        ``webhook`` sender). ``timings`` default to ``Timings.from_env()``.
+        ``owner`` names this replica in the SQLite lease (default: host, pid and
+        a random suffix).
         """
         self.store = store
         self.clock = clock
         self.tick_seconds = tick_seconds
-        self.timings = timings or Timings()
+        self.timings = timings or Timings.from_env()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lock = LeaderLock(store, self.owner, self.timings.lease_ttl)
         if webhook is None and webhook_url:

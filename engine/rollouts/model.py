@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any
+
+from inventory.duration import parse_duration
 
 __all__ = [
     "ACTIVE_DEVICE_STATES",
@@ -100,6 +105,27 @@ class Timings:
     offline_after: timedelta = timedelta(minutes=15)
     offer_ttl: timedelta = timedelta(minutes=10)
     lease_ttl: timedelta = timedelta(seconds=5)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Timings:
+        """Defaults, overridden by ``ENGINE_ROLLOUT_<FIELD>`` variables (durations like 30s).
+
+        E.g. ENGINE_ROLLOUT_UPDATE_TIMEOUT=2m, ENGINE_ROLLOUT_MAX_ATTEMPTS=2: demos and
+        end-to-end tests compress the timings of a real ``engine serve`` this way.
+        Raises ValueError naming the variable when a value does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"ENGINE_ROLLOUT_{f.name.upper()}"
+            raw = env.get(name)
+            if not raw:
+                continue
+            try:
+                values[f.name] = int(raw) if f.name == "max_attempts" else parse_duration(raw)
+            except ValueError as e:
+                raise ValueError(f"${name}={raw!r}: {e}") from e
+        return cls(**values)
 
     def retry_delay(self, attempts: int) -> timedelta:
         """How long a device waits after its ``attempts``-th failed attempt."""

@@ -88,3 +88,19 @@ def test_webhook_unreachable_gives_up_without_blocking() -> None:
     sender.send("rollout.halted", {})
     sender.close(timeout=10)
     assert (sender.delivered, sender.failed) == (0, 1)
+
+
+def test_timings_from_environment() -> None:
+    """ENGINE_ROLLOUT_* variables override the timings; a bad value names its variable."""
+    from datetime import timedelta
+
+    from engine.rollouts import Timings
+
+    timings = Timings.from_env(
+        {"ENGINE_ROLLOUT_UPDATE_TIMEOUT": "90s", "ENGINE_ROLLOUT_MAX_ATTEMPTS": "2"}
+    )
+    assert timings.update_timeout == timedelta(seconds=90)
+    assert timings.max_attempts == 2
+    assert timings.offline_after == Timings().offline_after
+    with pytest.raises(ValueError, match="ENGINE_ROLLOUT_RETRY_BACKOFF"):
+        Timings.from_env({"ENGINE_ROLLOUT_RETRY_BACKOFF": "soon"})
