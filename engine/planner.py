@@ -8,7 +8,7 @@ one to assign waves per rollout, one to build the result.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -327,13 +327,20 @@ _Records = list[tuple[dict[str, Any], bool]]
 _Bucket = tuple[str, Version, _Records]
 
 
-def _find_bucket(buckets: list[_Bucket], label: str, release: Version) -> _Records:
-    """The records of ``label``'s rollout of a release equal to ``release`` (3.0 == 3.0.0)."""
+def _find_bucket(
+    buckets: list[_Bucket], label: str, release: Version, known: Iterable[Version]
+) -> _Records:
+    """The records of ``label``'s rollout of a release equal to ``release`` (3.0 == 3.0.0).
+
+    A new rollout takes the spelling of the release manifest's version when
+    there is one, so its id does not depend on which device came first.
+    """
     for other_label, other_release, found in buckets:
         if other_label == label and other_release == release:
             return found
+    canonical = next((v for v in known if v == release), release)
     records: _Records = []
-    buckets.append((label, release, records))
+    buckets.append((label, canonical, records))
     return records
 
 
@@ -415,7 +422,7 @@ def plan_fleet(
             key = (label, desired.text)
             bucket = bucket_of.get(key)
             if bucket is None:
-                bucket = bucket_of[key] = _find_bucket(buckets, label, desired)
+                bucket = bucket_of[key] = _find_bucket(buckets, label, desired, releases)
             bucket.append((record, is_changing))
 
     # Pass 2: waves per rollout (group + release), on the whole group.
@@ -460,6 +467,7 @@ def plan_fleet(
     counts = dict.fromkeys(map(id, Action), 0)  # by identity: Enum.__hash__ is Python code
     plans: list[DevicePlan] = []
     used_releases: set[str] = set()
+    ref_keys: dict[str, str] = {}
     for record, is_changing in records:
         if only_device is not None and record["device"] != only_device:
             continue
@@ -467,7 +475,13 @@ def plan_fleet(
             continue
         counts[id(record["action"])] += 1
         if is_changing:
-            used_releases.add(str(record["desired"]))
+            # Keyed like ``release_refs``: a pin of "3.0" uses the release "3.0.0".
+            text = record["desired"].text
+            ref_key = ref_keys.get(text)
+            if ref_key is None:
+                ref_key = next(str(v) for v in releases if v == record["desired"])
+                ref_keys[text] = ref_key
+            used_releases.add(ref_key)
         plans.append(_device_plan(record))
     summary = {action.value: counts[id(action)] for action in Action}
 
