@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 
 from engine.rollouts.model import DeviceState, RolloutState
 from engine.rollouts.windows import in_window
-from engine.store.schema import releases, rollout_devices, rollouts
+from engine.store._types import format_utc
+from engine.store.schema import releases
 from inventory.models import MaintenanceWindow, Platform
 from inventory.version import Version
 from states.plan import Action, DevicePlan, ReleaseRef, Step, StepName
@@ -207,6 +208,90 @@ def _plan(
     )
 
 
+class _OfferRow(NamedTuple):
+    rollout_id: int
+    state: str
+    wave: int
+    rollback_to: str | None
+    platform: str
+    started_at: Any
+    name: str
+    group_name: str
+    release: str
+    release_sha256: str | None
+    rollout_state: str
+    priority: int
+    maintenance_window: str | None
+
+
+_STATES = ", ".join(f"'{s}'" for s in _WANTED)
+_ROLLOUT_STATES = ", ".join(f"'{s}'" for s in _LIVE)
+
+
+@dataclass(frozen=True)
+class _Sql:
+    """The hot path's statements in the driver's parameter style, run on the DBAPI connection.
+
+    SQLAlchemy Core costs about 100 µs per statement here; the driver alone
+    about 13 µs (SQLite), and this runs on every check-in. The statements are
+    plain SQL over columns declared in engine/store/schema.py.
+    """
+
+    select: str
+    take: str
+    take_rollback: str
+    sqlite: bool
+
+    @staticmethod
+    def of(conn: Connection) -> _Sql:
+        """The statements for ``conn``'s dialect (built once per dialect)."""
+        name = conn.dialect.name
+        found = _SQL.get(name)
+        if found is None:
+            found = _SQL[name] = _Sql.build(name == "sqlite")
+        return found
+
+    @staticmethod
+    def build(sqlite: bool) -> _Sql:
+        """Statements with ``?`` (SQLite) or ``%s`` (psycopg) placeholders."""
+        p = "?" if sqlite else "%s"
+        return _Sql(
+            select=(
+                "SELECT rd.rollout_id, rd.state, rd.wave, rd.rollback_to, rd.platform, "
+                "rd.started_at, r.name, r.group_name, r.release, r.release_sha256, r.state, "
+                "r.priority, r.maintenance_window "
+                "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
+                f"WHERE rd.device = {p} AND rd.state IN ({_STATES}) "
+                f"AND r.state IN ({_ROLLOUT_STATES})"
+            ),
+            take=(
+                f"UPDATE rollout_devices SET state = '{DeviceState.IN_PROGRESS.value}', "
+                f"started_at = {p}, attempts = attempts + 1, from_version = {p}, "
+                f"updated_at = {p} WHERE rollout_id = {p} AND device = {p} "
+                f"AND state = '{DeviceState.OFFERED.value}'"
+            ),
+            take_rollback=(
+                f"UPDATE rollout_devices SET state = '{DeviceState.ROLLING_BACK.value}', "
+                f"started_at = {p}, updated_at = {p} WHERE rollout_id = {p} AND device = {p} "
+                f"AND state = '{DeviceState.ROLLBACK.value}'"
+            ),
+            sqlite=sqlite,
+        )
+
+    def stamp(self, value: datetime) -> Any:
+        """``value`` as the store keeps instants (see engine.store._types.UTCDateTime)."""
+        return format_utc(value) if self.sqlite else value.astimezone(UTC)
+
+    def instant(self, value: Any) -> datetime | None:
+        """A stored instant read back by the driver, as an aware datetime."""
+        if value is None or isinstance(value, datetime):
+            return value
+        return datetime.fromisoformat(value)
+
+
+_SQL: dict[str, _Sql] = {}
+
+
 def offer_for_device(conn: Connection, device: str, report: Report, now: datetime) -> Offer | None:
     """The plan to hand ``device`` at this check-in, or None.
 
@@ -227,10 +312,13 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
       live rollouts, the one of the highest group priority (then the newest)
       decides.
     """
-    rows = conn.execute(_OFFER_QUERY, {"device": device}).all()
-    if not rows:
+    sql = _Sql.of(conn)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    found = raw.execute(sql.select, (device,)).fetchall()
+    if not found:
         return None
-    row = max(rows, key=lambda r: (r.priority, r.rollout_id))
+    row = _OfferRow(*max(found, key=lambda r: (r[11], r[0])))
     state = row.state
     rollout_state = row.rollout_state
     current = report.agent_version
@@ -245,20 +333,10 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
         desired = info.ref.version
         if current is not None and current == desired:
             return None  # already there: the controller marks it succeeded
-        taken = conn.execute(
-            update(rollout_devices)
-            .where(
-                rollout_devices.c.rollout_id == row.rollout_id,
-                rollout_devices.c.device == device,
-                rollout_devices.c.state == DeviceState.OFFERED.value,
-            )
-            .values(
-                state=DeviceState.IN_PROGRESS.value,
-                started_at=now,
-                attempts=rollout_devices.c.attempts + 1,
-                from_version=None if current is None else str(current),
-                updated_at=now,
-            )
+        stamp = sql.stamp(now)
+        taken = raw.execute(
+            sql.take,
+            (stamp, None if current is None else str(current), stamp, row.rollout_id, device),
         )
         if taken.rowcount != 1:
             return None  # another replica handed it out, or the controller took it back
@@ -269,7 +347,7 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
     if state == DeviceState.IN_PROGRESS.value:
         if rollout_state not in (*_OFFERING, RolloutState.PAUSED.value):
             return None
-        started = row.started_at
+        started = sql.instant(row.started_at)
         finished = started is None or report.last_seen > started
         if report.last_result in FAILURE_RESULTS and finished:
             return None  # it failed; the controller decides on a retry
@@ -291,15 +369,8 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
         info = _release(conn, row.rollback_to)
         if info is None:
             return None
-        taken = conn.execute(
-            update(rollout_devices)
-            .where(
-                rollout_devices.c.rollout_id == row.rollout_id,
-                rollout_devices.c.device == device,
-                rollout_devices.c.state == DeviceState.ROLLBACK.value,
-            )
-            .values(state=DeviceState.ROLLING_BACK.value, started_at=now, updated_at=now)
-        )
+        stamp = sql.stamp(now)
+        taken = raw.execute(sql.take_rollback, (stamp, stamp, row.rollout_id, device))
         if taken.rowcount != 1:
             return None
         reason = f"rollout {row.name} halted: back to {info.ref.version}"
@@ -308,28 +379,3 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
         )
         return Offer(plan, info.ref)
     return None
-
-
-_OFFER_QUERY = (
-    select(
-        rollout_devices.c.rollout_id,
-        rollout_devices.c.state,
-        rollout_devices.c.wave,
-        rollout_devices.c.rollback_to,
-        rollout_devices.c.platform,
-        rollout_devices.c.started_at,
-        rollouts.c.name,
-        rollouts.c.group_name,
-        rollouts.c.release,
-        rollouts.c.release_sha256,
-        rollouts.c.state.label("rollout_state"),
-        rollouts.c.priority,
-        rollouts.c.maintenance_window,
-    )
-    .join(rollouts, rollouts.c.id == rollout_devices.c.rollout_id)
-    .where(
-        rollout_devices.c.device == bindparam("device"),
-        rollout_devices.c.state.in_(_WANTED),
-        rollouts.c.state.in_(_LIVE),
-    )
-)
