@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -126,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine serve: store {settings.store.display_url}", flush=True)
     print(f"engine serve: admin token in {built.admin.origin}", flush=True)
     print(f"engine serve: enrollment secret in {built.enrollment.origin}", flush=True)
+    # uvicorn handles SIGTERM/SIGINT itself, then raises the signal again once it
+    # has shut down: these handlers take it so that the cleanup below still runs.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _note_signal)
     try:
         if args.workers == 1:
             _serve_one(built.app(), sock, url, args.log_level)
@@ -140,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
     print("engine serve: stopped", flush=True)
     return EXIT_OK
+
+
+def _note_signal(signum: int, _frame: object) -> None:
+    log.info("engine serve: %s received, stopping", signal.Signals(signum).name)
 
 
 def _start_controller(settings: Any, webhook_url: str | None, stop: threading.Event) -> Any:

@@ -224,11 +224,11 @@ def router(state: ServerState) -> APIRouter:
 
 async def serve_artifact(state: ServerState, sha256: str) -> Response:
     """The artifact file declared with ``sha256`` (404 when none, 500 when it changed on disk)."""
-    path = state.artifacts.find(sha256) if _SHA256_RE.match(sha256) else None
-    if path is None:
+    if not _SHA256_RE.match(sha256) or not state.artifacts.candidates(sha256):
         refuse(404, f"no artifact with sha256 {sha256[:80]!r}")
-    if not await anyio.to_thread.run_sync(state.artifacts.verified, sha256, path):
-        log.error("artifact %s no longer hashes to %s: not served", path, sha256)
+    path = await anyio.to_thread.run_sync(state.artifacts.find, sha256)
+    if path is None:
+        log.error("no file on the server hashes to %s any more: artifact not served", sha256)
         refuse(500, f"the artifact file for {sha256} changed on the server; tell the operator")
     return FileResponse(
         path,

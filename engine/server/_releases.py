@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from sqlalchemy import Connection, select
@@ -85,10 +84,11 @@ class ReleaseSource:
             self._repo[release.version] = release
 
     def get(self, version: str) -> Release | None:
-        """The release ``version`` (store first, then repo), or None."""
-        hit = self._stored.get(version)
-        if hit is not None:
-            return hit
+        """The release ``version`` (store first, then repo), or None.
+
+        The store is read every time (one indexed row): ``engine apply`` may
+        record a release again, e.g. re-signed; parsing is cached by bytes.
+        """
         rows = self._read_store(version)
         if rows:
             self._remember(rows)
@@ -117,26 +117,26 @@ class ReleaseSource:
 
     def _remember(self, rows: list[tuple[str, int, bytes, bytes | None]]) -> None:
         for version, _serial, data, signature in rows:
-            if version in self._stored:
+            known = self._stored.get(version)
+            if known is not None and (known.manifest_bytes, known.signature) == (data, signature):
                 continue
             try:
-                self._stored[version] = _parse(version, bytes(data), signature and bytes(signature))
+                self._stored[version] = _parse(version, data, signature)
             except (ValueError, yaml.YAMLError) as e:
                 log.error("release %s recorded in the store cannot be parsed: %s", version, e)
 
 
-def read_releases_table(conn: Connection, version: str | None) -> list[tuple[str, int, bytes, Any]]:
+def read_releases_table(
+    conn: Connection, version: str | None
+) -> list[tuple[str, int, bytes, bytes | None]]:
     """Rows (version, serial, manifest, signature) of the store's ``releases`` table."""
     query = select(releases.c.version, releases.c.serial, releases.c.manifest, releases.c.signature)
     if version is not None:
         query = query.where(releases.c.version == version)
-    return [(str(v), int(s), bytes(m), sig) for v, s, m, sig in conn.execute(query)]
-
-
-@dataclass(frozen=True)
-class _Artifact:
-    path: Path
-    size: int
+    return [
+        (str(v), int(s), bytes(m), None if sig is None else bytes(sig))
+        for v, s, m, sig in conn.execute(query)
+    ]
 
 
 class ArtifactIndex:
@@ -150,7 +150,7 @@ class ArtifactIndex:
         """Index the files of every release ``releases`` knows."""
         self.root = artifacts_dir.resolve()
         self._releases = releases
-        self._index: dict[str, _Artifact] = {}
+        self._index: dict[str, list[Path]] = {}
         self._verified: dict[Path, tuple[int, int, str]] = {}
         self._add(releases.all())
 
@@ -163,15 +163,25 @@ class ArtifactIndex:
                     path = (self.root / entry.source).resolve()
                     if not path.is_relative_to(self.root):
                         continue
-                    self._index.setdefault(entry.sha256, _Artifact(path, entry.size))
+                    paths = self._index.setdefault(entry.sha256, [])
+                    if path not in paths:
+                        paths.append(path)
 
-    def find(self, sha256: str) -> Path | None:
-        """The file declared with ``sha256``, or None (re-reading new releases on a miss)."""
+    def candidates(self, sha256: str) -> list[Path]:
+        """Files declared with ``sha256`` (re-reading new releases on a miss), maybe none."""
         hit = self._index.get(sha256)
         if hit is None and self._releases.refresh():
             self._add(self._releases.recorded())
             hit = self._index.get(sha256)
-        return None if hit is None else hit.path
+        return [] if hit is None else hit
+
+    def find(self, sha256: str) -> Path | None:
+        """A file that still hashes to ``sha256``, or None (hashes each file at most once
+        per version of it: a blocking call, run it off the event loop)."""
+        for path in self.candidates(sha256):
+            if self.verified(sha256, path):
+                return path
+        return None
 
     def verified(self, sha256: str, path: Path) -> bool:
         """True when ``path`` still hashes to ``sha256`` (hashes at most once per version of it)."""

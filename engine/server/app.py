@@ -97,7 +97,7 @@ class ServerState:
         with self.loop_db.read() as conn:
             return lookup_token(conn, self.sql, device)
 
-    def _read_releases(self, version: str | None) -> list[tuple[str, int, bytes, Any]]:
+    def _read_releases(self, version: str | None) -> list[tuple[str, int, bytes, bytes | None]]:
         with self.store.read() as conn:
             return read_releases_table(conn, version)
 
