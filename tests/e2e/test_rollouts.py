@@ -1,0 +1,90 @@
+"""Staged rollouts end to end: 20 real runtimes converge through waves; a broken release halts."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import pytest
+
+from examples.local_fleet import wait_until
+from tests.e2e.conftest import MakeFleet, StoreView, fleet_group, max_overlap, seconds, specs
+
+pytestmark = pytest.mark.slow
+
+MAX_PARALLEL = 3
+SOAK = "2s"
+
+
+def test_good_release_converges_in_waves_then_broken_release_halts_and_rolls_back(
+    make_fleet: MakeFleet,
+) -> None:
+    """3.0.1 reaches all 20 devices wave by wave (never more than max_parallel updating, each
+    wave offered only after the previous one finished and soaked); 3.0.2 fails its first wave,
+    the rollout halts, those devices run 3.0.1 again and later waves are never touched."""
+    fleet = make_fleet(specs(20), fleet_group("3.0.0", max_parallel=MAX_PARALLEL, soak=SOAK))
+    fleet.setup("3.0.0")
+    fleet.start()
+    fleet.wait_reported("3.0.0")
+    view = StoreView(fleet)
+
+    # -- the good release ------------------------------------------------------------------
+    fleet.repo.set_release("3.0.1")
+    applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    rollout = view.rollout("fleet@3.0.1")
+    assert rollout.state == "completed"
+    rows = view.devices(rollout.id)
+    assert len(rows) == 20 and {r.state for r in rows} == {"succeeded"}
+    assert all(r.attempts == 1 for r in rows)
+    by_wave: dict[int, list[Any]] = defaultdict(list)
+    for r in rows:
+        by_wave[r.wave].append(r)
+    assert sorted(by_wave) == [0, 1, 2]
+    # never more than max_parallel devices between taking the plan and being judged
+    assert max_overlap([(r.started_at, r.finished_at) for r in rows]) <= MAX_PARALLEL
+    # ... nor between their first and last step event
+    spans: dict[str, list[datetime]] = defaultdict(list)
+    for e in view.events("3.0.1"):
+        spans[e.device].append(e.at)
+    assert set(spans) == {r.device for r in rows}
+    assert max_overlap([(min(a), max(a)) for a in spans.values()]) <= MAX_PARALLEL
+    # waves in order: wave k+1 is offered only after every device of wave k finished + soak
+    for k in (0, 1):
+        done = max(r.finished_at for r in by_wave[k])
+        first = min(r.offered_at for r in by_wave[k + 1])
+        assert first >= done + seconds(SOAK), (k, done, first)
+    for d in fleet.devices.values():
+        assert d.installed() == "3.0.1" and d.heartbeating("3.0.1")
+        assert [t for t in d.transactions() if t[0] == "3.0.1"] == [("3.0.1", "committed")]
+
+    # -- the broken release ----------------------------------------------------------------
+    fleet.repo.set_release("3.0.2")
+    before = {i: d.agent_pid() for i, d in fleet.devices.items()}
+    applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240)
+    rollout = view.rollout("fleet@3.0.2")
+    assert rollout.state == "halted", applied.stdout + applied.stderr
+    rows = view.devices(rollout.id)
+    took = {r.device for r in rows if r.attempts > 0}
+    first_wave = {r.device for r in rows if r.wave == 0}
+    assert took and took <= first_wave
+    touched = {e.device for e in view.events("3.0.2")}
+    assert touched == took
+    for i, d in fleet.devices.items():
+        if i in took:
+            assert ("3.0.2", "rolled_back") in d.transactions()
+            wait_until(f"{i} to heartbeat on 3.0.1", partial(d.heartbeating, "3.0.1"),
+                       timeout=20)  # fmt: skip
+            assert d.installed() == "3.0.1"
+            beat = d.heartbeat()
+            assert beat is not None and beat["pid"] == d.agent_pid() != before[i]
+        else:
+            assert all(t[0] != "3.0.2" for t in d.transactions()), i
+            assert d.installed() == "3.0.1" and d.agent_pid() == before[i]
+    status = json.loads(fleet.repo.engine("status", "--json").stdout)
+    mine = next(r for r in status["rollouts"] if r["name"] == "fleet@3.0.2")
+    assert mine["state"] == "halted" and mine["totals"]["succeeded"] == 0
+    assert [w["open"] for w in mine["waves"]] == [True, False, False]
