@@ -75,6 +75,12 @@ class LoopConnection:
         try:
             if conn is None or conn.closed or conn.invalidated:
                 conn = self._conn = self._store.engine.connect()
+                if conn.dialect.name == "postgresql":
+                    # Device reports are soft state, sent again at the next poll:
+                    # a crash may lose the last few hundred ms of them, but commits
+                    # no longer wait for the disk with the event loop stalled.
+                    conn.exec_driver_sql("SET synchronous_commit = off")
+                    conn.commit()
             # SQLite: BEGIN IMMEDIATE for writes (see engine.store._connect).
             conn.execution_options(**{_IMMEDIATE: immediate})
             with conn.begin():
