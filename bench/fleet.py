@@ -474,7 +474,7 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
         stats = base / "sim-stats.json"
         sim = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "_simulate", "--url", server.url,
-             "--secret", server.enrollment_secret, "--devices", str(args.devices),
+             f"--secret={server.enrollment_secret}", "--devices", str(args.devices),
              "--connections", str(args.sim_connections), "--poll", str(args.poll),
              "--stats", str(stats)],
             start_new_session=True,
