@@ -123,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     controller_thread = None
     if not args.no_controller:
-        controller_thread = _start_controller(settings, args.webhook_url, stop)
+        try:
+            controller_thread = _start_controller(settings, args.webhook_url, stop)
+        except ValueError as e:  # a bad ENGINE_ROLLOUT_* timing
+            settings.store.close()
+            sock.close()
+            return _error(str(e))
     print(f"engine serve: store {settings.store.display_url}", flush=True)
     print(f"engine serve: admin token in {built.admin.origin}", flush=True)
     print(f"engine serve: enrollment secret in {built.enrollment.origin}", flush=True)

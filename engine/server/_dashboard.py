@@ -1,4 +1,4 @@
-"""A small read-only dashboard at ``/``: one static page, no external assets.
+"""A small read-only dashboard at ``/`` (one static page, no external assets), and ``/healthz``.
 
 The page holds no data itself: the operator pastes the admin token (kept in
 the browser tab's sessionStorage only) and the page reads ``/v1/admin/status``
@@ -7,12 +7,18 @@ and ``/v1/admin/devices`` with it every few seconds.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+import logging
 
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+from engine.errors import StoreError
+from engine.server._http import json_response
 from engine.server.app import ServerState
 
 __all__ = ["PAGE", "router"]
+
+log = logging.getLogger("engine.server")
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -75,9 +81,24 @@ refresh(); setInterval(refresh, 5000);
 
 
 def router(state: ServerState) -> APIRouter:
-    """The dashboard route (``state`` unused: the page reads the operator API)."""
-    del state
+    """The dashboard page and the load balancer's health check."""
     api = APIRouter(tags=["dashboard"])
+
+    @api.get(
+        "/healthz",
+        response_model=None,
+        responses={503: {"description": "the store cannot be read"}},
+        tags=["health"],
+    )
+    async def healthz() -> Response:
+        """200 when this replica can read its store (for load balancers), else 503."""
+        try:
+            with state.store.read() as conn:
+                conn.exec_driver_sql("SELECT 1").scalar()
+        except StoreError as e:
+            log.error("health check: %s", e)
+            return json_response({"status": "store unavailable"}, status=503)
+        return json_response({"status": "ok"})
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:

@@ -197,3 +197,10 @@ def test_dashboard_is_self_contained(served: ServerHandle) -> None:
     assert r.headers["content-type"].startswith("text/html")
     assert "/v1/admin/status" in r.text
     assert not re.search(r"""(src|href)=["']?https?:""", r.text)
+
+
+def test_health_check_reads_the_store(served: ServerHandle) -> None:
+    """/healthz answers 200 while the store is readable (for load balancers)."""
+    with served.client() as c:
+        r = c.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
