@@ -82,21 +82,11 @@ def _error(message: str) -> int:
     return EXIT_ERROR
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for name in ("engine", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
-    from engine.server.bootstrap import ServeOptions, build_server, options_to_env
+    from engine.server.bootstrap import ServeOptions, build_server, options_to_env, setup_logging
 
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     if args.workers < 1:
         return _error("--workers must be at least 1")
     options = ServeOptions(
@@ -104,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         state=args.state,
         poll_interval=args.poll_interval,
         allow_unknown_devices=args.allow_unknown_devices,
+        log_level=args.log_level,
     )
     try:
         built = build_server(options)

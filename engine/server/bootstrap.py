@@ -8,7 +8,9 @@ uvicorn worker process calls ``app_from_env`` (the options travel in
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +30,14 @@ from engine.server.credentials import (
 from engine.store import Store, resolve_state_url
 from inventory.loader import OperatorRepo, load_operator_repo
 
-__all__ = ["ENV_SERVE_OPTIONS", "BuiltServer", "ServeOptions", "app_from_env", "build_server"]
+__all__ = [
+    "ENV_SERVE_OPTIONS",
+    "BuiltServer",
+    "ServeOptions",
+    "app_from_env",
+    "build_server",
+    "setup_logging",
+]
 
 ENV_SERVE_OPTIONS = "ENGINE_SERVE_OPTIONS"
 
@@ -41,6 +50,7 @@ class ServeOptions:
     state: str | None = None
     poll_interval: float | None = None
     allow_unknown_devices: bool = False
+    log_level: str = "info"
 
 
 @dataclass
@@ -96,7 +106,19 @@ def options_to_env(options: ServeOptions, built: BuiltServer) -> dict[str, str]:
     }
 
 
+def setup_logging(level: str) -> None:
+    """The server's own concise log lines on stderr (uvicorn's access log stays off)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for name in ("engine", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
 def app_from_env() -> FastAPI:
     """The app of one worker process, from ``$ENGINE_SERVE_OPTIONS`` (store already migrated)."""
     options = ServeOptions(**json.loads(os.environ[ENV_SERVE_OPTIONS]))
+    setup_logging(options.log_level)
     return build_server(options, migrate=False).app()

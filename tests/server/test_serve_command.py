@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.server.clock import FileClock
@@ -138,3 +140,34 @@ def test_file_clock_offsets_and_instants(tmp_path: Path) -> None:
     path.write_text("tomorrow")
     with pytest.raises(ServerError, match="ISO instant"):
         clock()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_workers_share_the_postgresql_store(tmp_path: Path, postgres_url: str) -> None:
+    """With --workers 2 every request may reach either process; enrollment and revocation hold."""
+    repo = copy_fleet(tmp_path / "fleet")
+    with running_server(repo, postgres_url, args=["--workers", "2"]) as server:
+        with server.client() as c:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if c.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        token = server.enroll(DEVICE, "windows")
+        with server.client(headers=bearer(token)) as c:
+            codes = {
+                c.post(f"/v1/devices/{DEVICE}/checkin", json=CHECKIN).status_code for _ in range(20)
+            }
+            revoke = c.post(f"/v1/admin/devices/{DEVICE}/revoke", headers=server.admin_headers())
+            deadline = time.monotonic() + 15
+            after = 200
+            while after == 200 and time.monotonic() < deadline:
+                after = c.post(f"/v1/devices/{DEVICE}/checkin", json=CHECKIN).status_code
+    assert codes == {200}
+    assert revoke.status_code == 200
+    assert after == 401
+    assert "device berlin-pos-0001 enrolled" in server.log()  # workers log too
