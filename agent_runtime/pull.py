@@ -25,22 +25,18 @@ plan, and without a plan the runtime neither restarts nor touches the agent.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import random
 import threading
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent_runtime._fsutil import fsync_dir
+from agent_runtime._pull_basics import SECRET_ENV, Backoff, TokenFile, enrollment_secret, poll_delay
+from agent_runtime._pull_senders import EventSender, HeartbeatForwarder
 from agent_runtime.config import DeviceConfig
 from agent_runtime.converge import ConvergeResult, DesiredRelease, Runtime, exit_code
-from agent_runtime.effects import Clock, HealthProbe, HealthResult, ServiceManager
 from agent_runtime.errors import (
     AgentRuntimeError,
     ConfigError,
@@ -48,18 +44,16 @@ from agent_runtime.errors import (
     NoPlanOfferedError,
     ServerAuthError,
     ServerError,
-    ServerProtocolError,
     ServerUnavailableError,
     StateError,
 )
-from agent_runtime.health import ExitReporter, Health
+from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
 from agent_runtime.phases import Phase
 from agent_runtime.server_client import ServerClient
+from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
-from inventory.duration import format_duration
-from inventory.version import Version, VersionError
-from states.manifest import HealthCheck, HealthCheckKind
+from inventory.version import Version
 from states.plan import ReleaseRef, StepName
 from states.protocol import CheckinRequest, CheckinResponse, Heartbeat, StepEvent, TransactionReport
 
@@ -77,14 +71,8 @@ __all__ = [
     "runtime_version",
 ]
 
-#: Environment variable holding the enrollment secret when the config names none.
-SECRET_ENV = "AGENT_RUNTIME_ENROLLMENT_SECRET"
 #: Delay before the check-in that reports a transaction that just ended.
 REPORT_DELAY = 0.1
-#: Events kept while the server cannot take them; older ones are dropped beyond this.
-MAX_QUEUED_EVENTS = 1000
-#: The protocol's batch limit (``EventBatch.events``).
-BATCH = 100
 
 STEP_OF_PHASE: dict[Phase, str] = {
     Phase.DOWNLOAD: StepName.DOWNLOAD.value,
@@ -105,329 +93,6 @@ def runtime_version() -> str:
         return version("fleet-rollout")
     except PackageNotFoundError:
         return "unknown"
-
-
-# -- timing ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter: the n-th failure waits uniform(0, min(cap, base·2ⁿ⁻¹)).
-
-    A server's Retry-After is a floor: the wait is never shorter than it asks.
-    """
-
-    base: float
-    cap: float
-    rng: random.Random = field(default_factory=random.Random)
-    failures: int = 0
-
-    def failed(self, retry_after: float | None = None) -> float:
-        """Count a failure; seconds to wait before the next try."""
-        self.failures += 1
-        ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 60))
-        delay = self.rng.uniform(0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return delay
-
-    def succeeded(self) -> None:
-        """The server answered: start from the base again next time."""
-        self.failures = 0
-
-
-def poll_delay(poll_interval: float, jitter: float, rng: random.Random) -> float:
-    """Seconds until the next check-in: the server's interval plus up to 10 % more (at most
-    ``jitter``), so that devices started together drift apart."""
-    spread = min(jitter, 0.1 * poll_interval)
-    return max(poll_interval, 0.0) + rng.uniform(0, max(spread, 0.0))
-
-
-# -- the token ------------------------------------------------------------------------------
-
-
-class TokenFile:
-    """The device token on disk: one line, mode 0600, replaced atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> str | None:
-        """The token, or None when there is no (non-empty) token file."""
-        try:
-            token = self.path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise ConfigError(f"{self.path}: cannot read the device token: {e}") from e
-        return token or None
-
-    def save(self, token: str) -> None:
-        """Write the token readable by the owner only."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(token + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        fsync_dir(self.path.parent)
-
-    def drop(self) -> None:
-        """Forget the token (the server no longer accepts it)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
-def enrollment_secret(config: DeviceConfig) -> str | None:
-    """The enrollment secret: from the config's file, the config, or ``$AGENT_RUNTIME_...``."""
-    settings = config.server
-    if settings is None:
-        return None
-    if settings.enrollment_secret_file is not None:
-        try:
-            return settings.enrollment_secret_file.read_text(encoding="utf-8").strip() or None
-        except OSError as e:
-            raise ConfigError(
-                f"{settings.enrollment_secret_file}: cannot read the enrollment secret: {e}"
-            ) from e
-    return settings.enrollment_secret or os.environ.get(SECRET_ENV) or None
-
-
-# -- background senders ---------------------------------------------------------------------
-
-
-class _Periodic:
-    """A daemon thread calling ``tick`` every ``interval`` seconds until stopped."""
-
-    def __init__(self, name: str, interval: float) -> None:
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread and wait for it (bounded)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with contextlib.suppress(Exception):  # a sender never takes the runtime down
-                self.tick()
-
-    def tick(self) -> None:
-        """One round of work."""
-        raise NotImplementedError
-
-
-class EventSender(_Periodic):
-    """Queues step events and posts them in batches; best-effort, never raises."""
-
-    def __init__(
-        self,
-        client: ServerClient,
-        token: Callable[[], str | None],
-        *,
-        interval: float = 0.5,
-        out: Callable[[str], None] = print,
-    ) -> None:
-        super().__init__("step-events", interval)
-        self.client = client
-        self.token = token
-        self.out = out
-        self._queue: deque[StepEvent] = deque(maxlen=MAX_QUEUED_EVENTS)
-        self._lock = threading.Lock()
-        self._failing = False
-        self.sent = 0
-
-    def add(self, event: StepEvent) -> None:
-        """Queue one event (the oldest is dropped when the queue is full)."""
-        with self._lock:
-            self._queue.append(event)
-
-    def pending(self) -> int:
-        """Events not yet accepted by the server."""
-        with self._lock:
-            return len(self._queue)
-
-    def tick(self) -> None:
-        """Send what is queued."""
-        self.flush()
-
-    def flush(self) -> bool:
-        """Send queued events in batches; True when the queue is empty afterwards."""
-        with self._lock:
-            while self._queue:
-                token = self.token()
-                if token is None:
-                    return False
-                batch = list(self._queue)[:BATCH]
-                self.client.token = token
-                try:
-                    self.client.post_events(batch)
-                except ServerProtocolError as e:
-                    # the server refuses this batch as malformed: resending cannot help
-                    self.out(f"step events dropped: {e}")
-                except ServerError as e:
-                    if not self._failing:
-                        self.out(f"step events kept for later: {e}")
-                    self._failing = True
-                    return False
-                else:
-                    self.sent += len(batch)
-                for _ in batch:
-                    self._queue.popleft()
-                self._failing = False
-            return True
-
-
-def read_agent_heartbeat(path: Path) -> Heartbeat | None:
-    """The agent's heartbeat file as a protocol ``Heartbeat``; None when missing or malformed."""
-    try:
-        data = json.loads(path.read_bytes())
-        if not isinstance(data, dict):
-            return None
-        pid = data.get("pid")
-        return Heartbeat(
-            version=Version.parse(str(data["version"])),
-            at=datetime.fromisoformat(str(data["time"])),
-            pid=pid if isinstance(pid, int) else None,
-        )
-    except (OSError, ValueError, KeyError, VersionError, ValidationError):
-        return None
-
-
-class HeartbeatForwarder(_Periodic):
-    """Posts the agent's newest heartbeat to the server whenever it changed."""
-
-    def __init__(
-        self,
-        client: ServerClient,
-        token: Callable[[], str | None],
-        paths: Callable[[], list[Path]],
-        *,
-        interval: float,
-    ) -> None:
-        super().__init__("heartbeat-forwarder", interval)
-        self.client = client
-        self.token = token
-        self.paths = paths
-        self._lock = threading.Lock()
-        self.last_sent: Heartbeat | None = None
-
-    def tick(self) -> None:
-        """Forward now if there is a newer heartbeat."""
-        self.forward()
-
-    def forward(self) -> Heartbeat | None:
-        """Post the newest heartbeat if it is newer than the last one posted; what was posted."""
-        with self._lock:
-            token = self.token()
-            if token is None:
-                return None
-            beats = [b for b in (read_agent_heartbeat(p) for p in self.paths()) if b is not None]
-            beats = [b for b in beats if b.at.tzinfo is not None]
-            if not beats:
-                return None
-            newest = max(beats, key=lambda b: b.at)
-            if self.last_sent is not None and newest.at <= self.last_sent.at:
-                return None
-            self.client.token = token
-            try:
-                self.client.post_heartbeat(newest)
-            except ServerError:
-                return None
-            self.last_sent = newest
-            return newest
-
-
-# -- the server health check kind -----------------------------------------------------------
-
-
-class ServerHealth:
-    """A ``HealthProbe``: the ``server`` kind asks the server for its record of the agent's
-    heartbeat; every other kind goes to the local probe."""
-
-    def __init__(
-        self,
-        local: HealthProbe,
-        service: ServiceManager,
-        record: Callable[[], Heartbeat | None],
-        *,
-        forward: Callable[[], object] | None = None,
-        poll_interval: float = 0.5,
-    ) -> None:
-        self.local = local
-        self.service = service
-        self.record = record
-        self.forward = forward
-        self.poll_interval = poll_interval
-
-    def wait_healthy(
-        self, check: HealthCheck, expected: Version, since: datetime, clock: Clock
-    ) -> HealthResult:
-        """Poll the server's record until it shows ``expected`` beating after ``since`` and
-        within ``max_age``, or ``check.timeout`` passes."""
-        if check.kind is not HealthCheckKind.SERVER:
-            return self.local.wait_healthy(check, expected, since, clock)
-        timeout = check.timeout.total_seconds()
-        start = clock.monotonic()
-        while True:
-            result = self._once(check, expected, since, clock)
-            if result.healthy:
-                return result
-            elapsed = clock.monotonic() - start
-            if isinstance(self.service, ExitReporter) and not self.service.is_running():
-                ended = self.service.last_exit()
-                if ended is not None:
-                    return HealthResult(
-                        False, f"process {ended.describe()} after {elapsed:.1f}s; {result.detail}"
-                    )
-            if elapsed >= timeout:
-                return HealthResult(
-                    False, f"{result.detail} after {format_duration(check.timeout)}"
-                )
-            clock.sleep(min(self.poll_interval, max(timeout - elapsed, 0.0)))
-
-    def _once(
-        self, check: HealthCheck, expected: Version, since: datetime, clock: Clock
-    ) -> HealthResult:
-        if self.forward is not None:
-            self.forward()
-        try:
-            beat = self.record()
-        except ServerError as e:
-            return HealthResult(False, f"cannot read the server's heartbeat record: {e}")
-        if beat is None:
-            return HealthResult(False, "the server has no heartbeat of this device")
-        if beat.version != expected:
-            return HealthResult(False, f"the server's last heartbeat says {beat.version}")
-        if beat.at <= since:
-            return HealthResult(
-                False, f"the server's last heartbeat ({beat.at.isoformat()}) is from before "
-                f"the restart at {since.isoformat()}",
-            )  # fmt: skip
-        age = clock.now() - beat.at
-        if age > check.max_age:
-            return HealthResult(
-                False, f"the server's last heartbeat is {age.total_seconds():.1f}s old "
-                f"(max_age {format_duration(check.max_age)})",
-            )  # fmt: skip
-        return HealthResult(
-            True, f"server recorded a heartbeat of {expected} at {beat.at.isoformat()}"
-        )
 
 
 # -- the plan source ------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""Pull mode's small parts: backoff and poll timing, the token file, the enrollment secret."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent_runtime._fsutil import fsync_dir
+from agent_runtime.config import DeviceConfig
+from agent_runtime.errors import ConfigError
+
+__all__ = ["SECRET_ENV", "Backoff", "TokenFile", "enrollment_secret", "poll_delay"]
+
+#: Environment variable holding the enrollment secret when the config names none.
+SECRET_ENV = "AGENT_RUNTIME_ENROLLMENT_SECRET"
+
+
+# -- timing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: the n-th failure waits uniform(0, min(cap, base·2ⁿ⁻¹)).
+
+    A server's Retry-After is a floor: the wait is never shorter than it asks.
+    """
+
+    base: float
+    cap: float
+    rng: random.Random = field(default_factory=random.Random)
+    failures: int = 0
+
+    def failed(self, retry_after: float | None = None) -> float:
+        """Count a failure; seconds to wait before the next try."""
+        self.failures += 1
+        ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 60))
+        delay = self.rng.uniform(0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    def succeeded(self) -> None:
+        """The server answered: start from the base again next time."""
+        self.failures = 0
+
+
+def poll_delay(poll_interval: float, jitter: float, rng: random.Random) -> float:
+    """Seconds until the next check-in: the server's interval plus up to 10 % more (at most
+    ``jitter``), so that devices started together drift apart."""
+    spread = min(jitter, 0.1 * poll_interval)
+    return max(poll_interval, 0.0) + rng.uniform(0, max(spread, 0.0))
+
+
+# -- the token ------------------------------------------------------------------------------
+
+
+class TokenFile:
+    """The device token on disk: one line, mode 0600, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> str | None:
+        """The token, or None when there is no (non-empty) token file."""
+        try:
+            token = self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError(f"{self.path}: cannot read the device token: {e}") from e
+        return token or None
+
+    def save(self, token: str) -> None:
+        """Write the token readable by the owner only."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(token + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        fsync_dir(self.path.parent)
+
+    def drop(self) -> None:
+        """Forget the token (the server no longer accepts it)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def enrollment_secret(config: DeviceConfig) -> str | None:
+    """The enrollment secret: from the config's file, the config, or ``$AGENT_RUNTIME_...``."""
+    settings = config.server
+    if settings is None:
+        return None
+    if settings.enrollment_secret_file is not None:
+        try:
+            return settings.enrollment_secret_file.read_text(encoding="utf-8").strip() or None
+        except OSError as e:
+            raise ConfigError(
+                f"{settings.enrollment_secret_file}: cannot read the enrollment secret: {e}"
+            ) from e
+    return settings.enrollment_secret or os.environ.get(SECRET_ENV) or None
