@@ -15,7 +15,7 @@ Kinds (``states.manifest.HealthCheckKind``):
     The service manager reports the agent running without interruption for
     ``stable_for``.
 ``server``
-    Needs a server connection: in pull mode ``agent_runtime.pull.ServerHealth``
+    Needs a server connection: in pull mode ``agent_runtime.server_health.ServerHealth``
     answers it from the server's record of the agent's heartbeat; this local
     probe reports it unhealthy.
 
