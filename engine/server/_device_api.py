@@ -93,8 +93,8 @@ def router(state: ServerState) -> APIRouter:
         ):
             log.warning("enrollment of %s refused: wrong enrollment secret", body.device)
             refuse(401, "wrong enrollment secret")
-        known = settings.known_devices
-        if known is not None and body.device not in known and not _seen(state, body.device):
+        # Off the event loop: an unknown id may re-read the whole inventory.
+        if not await anyio.to_thread.run_sync(_may_enroll, state, body.device):
             log.warning("enrollment of %s refused: not in the inventory", body.device)
             refuse(
                 403,
@@ -247,8 +247,11 @@ def _stored(device: str) -> Iterator[None]:
         refuse(503, "the server cannot reach its store; try again later", {"Retry-After": "5"})
 
 
-def _seen(state: ServerState, device: str) -> bool:
-    """Whether the server already knows ``device`` (enrolled, or reported via import)."""
+def _may_enroll(state: ServerState, device: str) -> bool:
+    """Whether ``device`` may enroll: any id, or one of the inventory's or the server's."""
+    known = state.settings.known_devices
+    if known is None or device in known:
+        return True
     with state.store.read() as conn:
         if get_device(conn, device) is not None:
             return True
