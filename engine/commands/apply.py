@@ -203,6 +203,8 @@ def _follow(store: Store, ids: list[int], poll: float) -> int:
             time.sleep(poll)
             statuses = snapshot()
             live.update(render_rollouts(statuses, None))
+    if not console.is_terminal:
+        console.line()  # Live's last frame ends without a newline when not on a terminal
     unfinished = 0
     for s in statuses:
         totals = s.totals
