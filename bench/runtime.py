@@ -3,9 +3,14 @@
 Prints, for each layout: the time of every phase of a 3.0.0 -> 3.0.1 update
 (download from a local ThreadingHTTPServer), a no-op converge (in process and
 as a fresh `agent-runtime converge --once` process), and the resident memory
-of an idle periodic `agent-runtime converge` process. Usage::
+of an idle periodic `agent-runtime converge` process: after a no-op round
+(no HTTP) and after a 3.0.1 -> 3.0.2 update downloaded over HTTP. Then, unless
+``--no-pull``, the resident memory of a pull-mode runtime against a real
+`engine serve` on 127.0.0.1 (``examples/local_fleet.py``), idle between
+check-ins before and after a rollout it installed over HTTP. Usage::
 
     .venv/bin/python bench/runtime.py [--pad-mb 50] [--layout in_place|versioned|both]
+        [--no-pull]
 
 Targets: download + verify + backup + swap < 1 s; no-op < 0.3 s; idle RSS < 50 MB.
 """
@@ -96,8 +101,8 @@ def _plan(path: Path, repo: Path, desired: str, current: str | None, url: str | 
     path.write_text(plan.model_dump_json())
 
 
-def _bench_layout(base: Path, repo: Path, pinned: str, layout: str) -> dict[str, float]:
-    dev = base / layout
+def _device(dev: Path, pinned: str, layout: str) -> tuple[Path, Path]:
+    """A device directory with its config; (config, plan file path)."""
     dev.mkdir()
     config = dev / "device.yaml"
     config.write_text(
@@ -114,8 +119,47 @@ def _bench_layout(base: Path, repo: Path, pinned: str, layout: str) -> dict[str,
             }
         )
     )
-    plan = dev / "plan.json"
+    return config, dev / "plan.json"
+
+
+def _rss_mb(pid: int, samples: int = 3, every: float = 0.5) -> float:
+    """The largest of a few RSS samples of ``pid``, in MB (10^6 bytes)."""
+    proc = psutil.Process(pid)
+    highest = 0
+    for i in range(samples):
+        if i:
+            time.sleep(every)
+        highest = max(highest, proc.memory_info().rss)
+    return highest / 1e6
+
+
+def _idle_rss(cli: list[str], plan: Path, config: Path, env: dict[str, str]) -> tuple[float, str]:
+    """Start a periodic `agent-runtime converge`, let it finish its first round and idle;
+    (its RSS in MB, the round's result line)."""
+    periodic = subprocess.Popen(
+        [*cli, "converge", "--plan", str(plan), "--config", str(config)],
+        env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    result = ""
+    try:
+        assert periodic.stdout is not None
+        for line in periodic.stdout:
+            if line.startswith("result:"):
+                result = line.strip()
+            if line.startswith("next converge"):
+                break
+        time.sleep(1.0)
+        return _rss_mb(periodic.pid), result
+    finally:
+        periodic.terminate()
+        periodic.wait(10)
+
+
+def _bench_layout(base: Path, repo: Path, pinned: str, layout: str) -> dict[str, float]:
+    config, plan = _device(base / layout, pinned, layout)
     rt = Runtime(load_config(config), out=lambda _l: None)
+    config2, plan2 = _device(base / f"{layout}-periodic", pinned, layout)
+    rt2 = Runtime(load_config(config2), out=lambda _l: None)
     figures: dict[str, float] = {}
     try:
         _plan(plan, repo, "3.0.0", None, None)
@@ -148,23 +192,56 @@ def _bench_layout(base: Path, repo: Path, pinned: str, layout: str) -> dict[str,
             subprocess.run([sys.executable, "-c", "import agent_runtime.converge"], env=env,
                            check=True)  # fmt: skip
             figures["  of which interpreter + imports"] = time.perf_counter() - t0
-            periodic = subprocess.Popen(
-                [*cli, "converge", "--plan", str(plan), "--config", str(config)],
-                env=env, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            try:
-                assert periodic.stdout is not None
-                for line in periodic.stdout:
-                    if line.startswith("next converge"):
-                        break
-                time.sleep(1.0)
-                rss = psutil.Process(periodic.pid).memory_info().rss
-                figures["idle RSS of periodic converge (MB)"] = rss / 1e6
-            finally:
-                periodic.terminate()
-                periodic.wait(10)
+            rss, line = _idle_rss(cli, plan, config, env)
+            assert "noop" in line, line
+            figures["idle RSS, periodic, after no-op (MB)"] = rss
+            # a second device: the periodic process itself downloads 3.0.1 over HTTP
+            _plan(plan2, repo, "3.0.0", None, None)
+            res = rt2.converge_once(FilePlanSource(plan2, DEVICE))
+            assert res.result.value == "committed", res.detail
+            _plan(plan2, repo, "3.0.1", "3.0.0", url)
+            rss, line = _idle_rss(cli, plan2, config2, env)
+            assert "committed" in line, line
+            figures["idle RSS, periodic, after HTTP update (MB)"] = rss
     finally:
         rt.service.stop()
+        rt2.service.stop()
+    return figures
+
+
+def _bench_pull(base: Path) -> dict[str, float]:
+    """RSS of a pull-mode runtime against a real `engine serve`: idle before and after it
+    installs a rollout over HTTP."""
+    from examples.local_fleet import DeviceSpec, DeviceTimings, Fleet, wait_until
+
+    group = {
+        "fleet": {
+            "match": {"site": "demo"},
+            "agent": {"release": "3.0.0"},
+            "rollout": {"waves": [100], "max_parallel": 1, "soak": "1s"},
+        }
+    }
+    fleet = Fleet(base / "pull", [DeviceSpec("bench-pull-01", "linux")], group,
+                  timings=DeviceTimings(interval="1s", jitter="0s"), poll_interval="1s")  # fmt: skip
+    figures: dict[str, float] = {}
+    try:
+        fleet.setup("3.0.0", parallel=1)
+        device = fleet.device("bench-pull-01")
+        fleet.start()
+        fleet.wait_reported("3.0.0", timeout=60)
+        assert device.proc is not None
+        time.sleep(2.0)  # a few quiet check-ins
+        figures["idle RSS, pull mode, before update (MB)"] = _rss_mb(device.proc.pid, 6)
+        fleet.repo.set_release("3.0.1")
+        applied = fleet.repo.engine("apply", "--yes", check=False, timeout=120)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        wait_until("the device to report 3.0.1", lambda: device.installed() == "3.0.1",
+                   timeout=90)  # fmt: skip
+        fleet.wait_reported("3.0.1", timeout=60)
+        time.sleep(2.0)
+        figures["idle RSS, pull mode, after HTTP update (MB)"] = _rss_mb(device.proc.pid, 6)
+    finally:
+        fleet.stop()
     return figures
 
 
@@ -173,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pad-mb", type=int, default=50)
     parser.add_argument("--layout", choices=["in_place", "versioned", "both"], default="both")
+    parser.add_argument("--no-pull", action="store_true", help="skip the pull-mode figures")
     args = parser.parse_args(argv)
     layouts = ["in_place", "versioned"] if args.layout == "both" else [args.layout]
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
@@ -186,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                   pad_mb=args.pad_mb, key=keyfile)  # fmt: skip
         results = {lay: _bench_layout(base, repo, public_key_text(key.public_key()), lay)
                    for lay in layouts}  # fmt: skip
+        pull = {} if args.no_pull else _bench_pull(base)
     names = list(next(iter(results.values())))
     print(f"agent-runtime benchmark: 3.0.0 -> 3.0.1, agent padded by {args.pad_mb} MiB, "
           "HTTP on 127.0.0.1")  # fmt: skip
@@ -193,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         row = "".join(f"{results[lay].get(name, float('nan')):>12.3f}" for lay in layouts)
         print(f"{name:<46}{row}")
+    if pull:
+        print("pull mode against engine serve on 127.0.0.1 (example agent, 3.0.0 -> 3.0.1, "
+              "in_place)")  # fmt: skip
+        for name, value in pull.items():
+            print(f"{name:<46}{value:>12.3f}")
     return 0
 
 
