@@ -149,7 +149,8 @@ def render_plan(
         counts: dict[str, int] = {}
         for d in devices:
             counts[d.action.value] = counts.get(d.action.value, 0) + 1
-        lines.append(f"{style.bold(rollout.id)}  ({_policy_text(rollout)})")
+        after = f"  after {', '.join(rollout.after)}" if rollout.after else ""
+        lines.append(f"{style.bold(rollout.id)}{after}  ({_policy_text(rollout)})")
         lines.append(f"  {_phrase(counts)}")
         for wave in rollout.waves:
             noun = "device" if wave.devices == 1 else "devices"

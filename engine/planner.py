@@ -460,6 +460,7 @@ def plan_fleet(
                     )
                     for i, pct in enumerate(policy.waves)
                 ],
+                after=list(policy.after),
             )
         )
 

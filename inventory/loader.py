@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import traceback
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from inventory._yaml import gc_paused
 from inventory.errors import InventoryError, Problem
 from inventory.membership import Assignment, Conflict, assign_groups
 from inventory.models import Device, EngineSettings, Group, Inventory
-from inventory.sources import SourceFile, problems_from_validation_error
+from inventory.sources import SourceFile, problems_from_validation_error, suggest
 from inventory.version import Version
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ def _load(root: Path) -> OperatorRepo:
         devices_complete=failed_files == 0,
         unloadable_releases=catalog.failed,
     )
+    _check_after(inventory, origin, problems, groups_complete=failed_files == 0)
     assignment, conflicts = assign_groups(inventory)
     problems.extend(_conflict_problems(conflicts, origin))
     if problems:
@@ -423,6 +425,95 @@ def _check_references(
                     at_value=True,
                 )
             )
+
+
+def _check_after(
+    inventory: Inventory, origin: _Origin, problems: list[Problem], *, groups_complete: bool
+) -> None:
+    """``rollout.after``: every name a group with a release, not the group itself, no cycle."""
+    groups = inventory.groups
+    edges: dict[str, list[str]] = {}
+    for name, group in groups.items():
+        after = group.rollout.after
+        if not after:
+            continue
+        source = origin.group[name]
+        valid: list[str] = []
+        for i, other in enumerate(after):
+            path = ("groups", name, "rollout", "after", i)
+            if other == name:
+                problems.append(
+                    source.problem(
+                        path, f"group {name!r} cannot wait for its own rollout", at_value=True
+                    )
+                )
+            elif other not in groups:
+                if groups_complete:
+                    problems.append(
+                        source.problem(
+                            path,
+                            f"{other!r} is not a group" + suggest(other, sorted(groups)),
+                            at_value=True,
+                        )
+                    )
+            elif groups[other].agent is None:
+                problems.append(
+                    source.problem(
+                        path,
+                        f"group {other!r} has no agent release, nothing to wait for",
+                        at_value=True,
+                    )
+                )
+                valid.append(other)
+            else:
+                valid.append(other)
+        edges[name] = valid
+    for cycle in _after_cycles(edges):
+        start, following = cycle[0], cycle[1]
+        index = groups[start].rollout.after.index(following)
+        problems.append(
+            origin.group[start].problem(
+                ("groups", start, "rollout", "after", index),
+                f"groups wait for each other in a cycle: {' -> '.join(cycle)}; "
+                "none of their rollouts would ever start",
+                at_value=True,
+            )
+        )
+
+
+def _after_cycles(edges: dict[str, list[str]]) -> list[list[str]]:
+    """One cycle per set of groups that wait for each other, from its first name back to it."""
+    reach: dict[str, set[str]] = {}
+    for start, targets in edges.items():
+        seen: set[str] = set()
+        todo = list(targets)
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(edges.get(node, ()))
+        reach[start] = seen
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+    for start in sorted(edges):
+        if start in done or start not in reach[start]:
+            continue
+        component = {n for n in reach[start] if start in reach.get(n, set())}
+        done |= component
+        # the shortest way from start back to itself inside its component
+        back: dict[str, str] = {}
+        queue = deque([start])
+        while queue and start not in back:
+            node = queue.popleft()
+            for nxt in sorted(edges.get(node, ())):
+                if nxt in component and nxt not in back:
+                    back[nxt] = node
+                    queue.append(nxt)
+        chain = [back[start]]  # predecessors of start, walking backwards
+        while chain[-1] != start:
+            chain.append(back[chain[-1]])
+        cycles.append([start, *reversed(chain[:-1]), start])
+    return cycles
 
 
 def _suggest_device(name: str, devices: dict[str, Device]) -> str:

@@ -120,6 +120,21 @@ class RolloutPolicy(_Strict):
     soak: Duration = timedelta(minutes=10)
     max_parallel: int = Field(default=50, ge=1)
     on_failure: OnFailure = OnFailure.HALT
+    after: list[str] = Field(
+        default_factory=list,
+        description="groups whose rollout of the same release must complete and soak "
+        "before this group's first wave opens (e.g. [canary])",
+    )
+
+    @field_validator("after")
+    @classmethod
+    def _after_once_each(cls, after: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in after:
+            if name in seen:
+                raise ValueError(f"after names group {name!r} twice")
+            seen.add(name)
+        return after
 
     @field_validator("waves")
     @classmethod

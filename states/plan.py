@@ -123,6 +123,8 @@ class RolloutPlan(_Wire):
     policy: dict[str, Any]
     maintenance_window: dict[str, Any] | None = None
     waves: list[WavePlan]
+    #: groups whose rollout of the same release must complete first (rollout.after)
+    after: list[str] = Field(default_factory=list)
 
 
 class InventoryRef(_Wire):

@@ -161,6 +161,13 @@ def run(args: argparse.Namespace) -> int:
         print()
         for r in result.rollouts:
             extra = f", superseding #{', #'.join(map(str, r.superseded))}" if r.superseded else ""
+            if r.after:
+                extra += f"; waits for {', '.join(r.after)}"
+            if r.not_waiting:
+                extra += (
+                    f"; not waiting for {', '.join(r.not_waiting)} "
+                    f"(no rollout of {r.release} there)"
+                )
             print(
                 f"Recorded rollout #{r.id} {r.name}: {r.devices} devices "
                 f"({r.pending} to move, {r.succeeded} already there, "
@@ -185,23 +192,25 @@ def _follow(store: Store, ids: list[int], poll: float) -> int:
     from rich.live import Live
 
     from engine.commands.status import render_rollouts
-    from engine.rollouts.status import rollout_status
+    from engine.rollouts.status import rollout_status, waits_on_paused_gate
 
     console = Console(highlight=False)
 
-    def snapshot() -> list[RolloutStatus]:
+    def snapshot() -> tuple[list[RolloutStatus], bool]:
+        """The rollouts, and whether every one settled (or waits on a paused gate)."""
         now = datetime.now(UTC)
         with store.read() as conn:
             found: list[RolloutStatus] = []
             for rollout_id in ids:
                 found.extend(rollout_status(conn, now=now, rollout_id=rollout_id))
-            return found
+            settled = all(s.state.value in _SETTLED or waits_on_paused_gate(conn, s) for s in found)
+            return found, settled
 
-    statuses = snapshot()
+    statuses, settled = snapshot()
     with Live(render_rollouts(statuses, None), console=console, refresh_per_second=4) as live:
-        while not all(s.state.value in _SETTLED for s in statuses):
+        while not settled:
             time.sleep(poll)
-            statuses = snapshot()
+            statuses, settled = snapshot()
             live.update(render_rollouts(statuses, None))
     if not console.is_terminal:
         console.line()  # Live's last frame ends without a newline when not on a terminal

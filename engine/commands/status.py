@@ -25,6 +25,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 
 _STATE_STYLE = {
+    "waiting": "cyan",
     "active": "yellow",
     "paused": "magenta",
     "halted": "bold red",
@@ -105,7 +106,9 @@ def render_rollouts(
             (f"#{status.id} {status.name}", "bold"),
             "  ",
             (status.state.value, style),
-            f"  wave {status.current_wave + 1}/{len(status.waves)}",
+            f"  wave {status.current_wave + 1}/{len(status.waves)}"
+            if any(w.open for w in status.waves)
+            else f"  no wave open (of {len(status.waves)})",
             "  window open" if status.window_open else "  window closed",
         )
         table = Table(

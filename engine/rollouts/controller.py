@@ -59,6 +59,10 @@ _log = logging.getLogger("engine.rollouts.controller")
 _SUCCESS_RESULTS = frozenset({"committed", "noop"})
 _LIVE = [s.value for s in LIVE_ROLLOUT_STATES]
 _OLD = datetime(1970, 1, 1, tzinfo=UTC)
+#: Gate states that mean the gated rollout will never start.
+_GATE_FAILED = frozenset(
+    {RolloutState.HALTED.value, RolloutState.ABORTED.value, RolloutState.SUPERSEDED.value}
+)
 
 
 def utc_now() -> datetime:
@@ -205,6 +209,11 @@ class RolloutController:
         ).first()
         if r is None or r.state not in _LIVE:
             return []
+        if r.state == RolloutState.WAITING.value:
+            opened, gate_events = self._check_gates(conn, r, now)
+            if not opened:
+                return gate_events
+            r = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).one()
         policy = self._policy(r.policy)
         window = self._window(r.maintenance_window)
         state = RolloutState(r.state)
@@ -242,6 +251,85 @@ class RolloutController:
                 self._set_state(conn, rollout_id, RolloutState.COMPLETED, reason, now)
                 events.append(self._event(conn, rollout_id, RolloutState.COMPLETED, reason))
         return events
+
+    # -- rollout.after: waiting for gate rollouts ---------------------------------------
+
+    def _check_gates(self, conn: Connection, r: Any, now: datetime) -> tuple[bool, list[TickEvent]]:
+        """Open wave 0 of a waiting rollout once every gate completed and soaked.
+
+        A gate that halted, was aborted or superseded halts this rollout (it
+        never started: nothing to roll back); a paused or running gate keeps it
+        waiting. Returns whether wave 0 opened, and the events to send.
+        """
+        ids = [int(i) for i in json.loads(r.after_ids or "[]")]
+        gates = {
+            int(g.id): g
+            for g in conn.execute(
+                select(
+                    rollouts.c.id,
+                    rollouts.c.name,
+                    rollouts.c.state,
+                    rollouts.c.reason,
+                    rollouts.c.policy,
+                    rollouts.c.finished_at,
+                ).where(rollouts.c.id.in_(ids))
+            )
+        }
+        found = [gates[i] for i in ids if i in gates]  # a gate row never goes away
+        for g in found:
+            if g.state in _GATE_FAILED:
+                reason = f"{g.name} {g.state}: {g.reason or 'no reason recorded'}"
+                self._set_state(conn, r.id, RolloutState.HALTED, reason, now)
+                return False, [self._event(conn, r.id, RolloutState.HALTED, reason)]
+        waiting: list[str] = []
+        for g in found:
+            if g.state == RolloutState.PAUSED.value:
+                waiting.append(f"{g.name} (paused: {g.reason or 'no reason recorded'})")
+            elif g.state != RolloutState.COMPLETED.value:
+                waiting.append(g.name)
+            else:
+                until = self._soaked_at(conn, g, now)
+                if until is not None and now < until:
+                    waiting.append(f"{g.name} to soak until {until.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        if waiting:
+            reason = "waiting for " + ", ".join(waiting)
+            if reason != r.reason:
+                conn.execute(
+                    update(rollouts)
+                    .where(rollouts.c.id == r.id)
+                    .values(reason=reason, updated_at=now)
+                )
+            return False, []
+        names = ", ".join(g.name for g in found) or "the gate rollouts"
+        conn.execute(
+            update(rollouts)
+            .where(rollouts.c.id == r.id)
+            .values(
+                state=RolloutState.ACTIVE.value,
+                reason=f"{names} completed; wave 0 opened",
+                current_wave=0,
+                wave_opened_at=now,
+                wave_met_at=None,
+                updated_at=now,
+            )
+        )
+        _log.info("rollout %s: %s completed, wave 0 opened", r.name, names)
+        return True, []
+
+    def _soaked_at(self, conn: Connection, gate: Any, now: datetime) -> datetime | None:
+        """When a completed gate has soaked: its own ``soak`` after it completed.
+
+        None when no device of the gate needed a change (nothing to soak), like
+        a wave whose devices all ran the release already.
+        """
+        attempted = conn.execute(
+            select(rollout_devices.c.device)
+            .where(rollout_devices.c.rollout_id == gate.id, rollout_devices.c.attempts > 0)
+            .limit(1)
+        ).first()
+        if attempted is None:
+            return None
+        return (gate.finished_at or now) + self._policy(gate.policy).soak
 
     def _set_state(
         self, conn: Connection, rollout_id: int, state: RolloutState, reason: str, now: datetime

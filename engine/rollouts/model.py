@@ -26,6 +26,7 @@ __all__ = [
 class RolloutState(StrEnum):
     """Where a rollout is; see docs/rollouts.md for the transitions."""
 
+    WAITING = "waiting"  # rollout.after: the gate rollouts have not completed and soaked yet
     ACTIVE = "active"  # waves open as they meet their success rate and soak
     PAUSED = "paused"  # no new offers; devices already updating finish
     HALTED = "halted"  # failure rate crossed: devices that took the release roll back
@@ -36,7 +37,13 @@ class RolloutState(StrEnum):
 
 #: Rollouts the controller still looks at.
 LIVE_ROLLOUT_STATES = frozenset(
-    {RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.HALTED, RolloutState.COMPLETED}
+    {
+        RolloutState.WAITING,
+        RolloutState.ACTIVE,
+        RolloutState.PAUSED,
+        RolloutState.HALTED,
+        RolloutState.COMPLETED,
+    }
 )
 
 

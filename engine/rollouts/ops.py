@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlalchemy import Connection, select, update
@@ -38,15 +39,16 @@ def pause_rollout(
 ) -> None:
     """Stop handing out the release; devices already updating finish.
 
-    Offered devices that did not take their plan yet give their slot back.
-    Raises RolloutStateError unless the rollout is active.
+    Offered devices that did not take their plan yet give their slot back; a
+    waiting rollout (rollout.after) stays closed even once its gates complete.
+    Raises RolloutStateError unless the rollout is active or waiting.
     """
     state = _state(conn, rollout_id)
     if state is RolloutState.PAUSED:
         return
-    if state is not RolloutState.ACTIVE:
+    if state not in (RolloutState.ACTIVE, RolloutState.WAITING):
         raise RolloutStateError(
-            f"rollout #{rollout_id} is {state.value}; only an active one pauses"
+            f"rollout #{rollout_id} is {state.value}; only an active or waiting one pauses"
         )
     conn.execute(
         update(rollouts)
@@ -68,11 +70,13 @@ def resume_rollout(
 ) -> None:
     """Reopen a paused rollout; failures before now no longer count against its waves.
 
-    The current wave's soak starts again. Raises RolloutStateError unless the
-    rollout is paused (a halted rollout rolled its devices back: apply again).
+    The current wave's soak starts again. A rollout paused before its first
+    wave opened goes back to waiting for its gate rollouts (rollout.after).
+    Raises RolloutStateError unless the rollout is paused (a halted rollout
+    rolled its devices back: apply again).
     """
     state = _state(conn, rollout_id)
-    if state is RolloutState.ACTIVE:
+    if state in (RolloutState.ACTIVE, RolloutState.WAITING):
         return
     if state is not RolloutState.PAUSED:
         hint = (
@@ -87,11 +91,15 @@ def resume_rollout(
         raise RolloutStateError(
             f"rollout #{rollout_id} is {state.value}; only a paused one resumes{hint}"
         )
+    gated = conn.execute(
+        select(rollouts.c.wave_opened_at, rollouts.c.after_ids).where(rollouts.c.id == rollout_id)
+    ).one()
+    waits = gated.wave_opened_at is None and bool(json.loads(gated.after_ids or "[]"))
     conn.execute(
         update(rollouts)
         .where(rollouts.c.id == rollout_id)
         .values(
-            state=RolloutState.ACTIVE.value,
+            state=(RolloutState.WAITING if waits else RolloutState.ACTIVE).value,
             reason=f"resumed by {by}",
             resumed_at=now,
             wave_met_at=None,
@@ -110,9 +118,15 @@ def abort_rollout(
     RolloutStateError for a completed, superseded or already aborted rollout.
     """
     state = _state(conn, rollout_id)
-    if state not in (RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.HALTED):
+    if state not in (
+        RolloutState.WAITING,
+        RolloutState.ACTIVE,
+        RolloutState.PAUSED,
+        RolloutState.HALTED,
+    ):
         raise RolloutStateError(
-            f"rollout #{rollout_id} is {state.value}; only an active, paused or halted one aborts"
+            f"rollout #{rollout_id} is {state.value}; "
+            "only a waiting, active, paused or halted one aborts"
         )
     conn.execute(
         update(rollouts)

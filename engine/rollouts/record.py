@@ -6,6 +6,7 @@ lands completely or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -36,7 +37,15 @@ __all__ = [
 #: the rollout as pending and take their stable wave once they report.
 _NO_REPORT_PREFIX = "no report"
 
-_LIVE = [s.value for s in (RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.COMPLETED)]
+_LIVE = [
+    s.value
+    for s in (
+        RolloutState.WAITING,
+        RolloutState.ACTIVE,
+        RolloutState.PAUSED,
+        RolloutState.COMPLETED,
+    )
+]
 _LIVE_ALL = [*_LIVE, RolloutState.HALTED.value]
 _OPEN_DEVICE_STATES = [
     s.value
@@ -87,6 +96,8 @@ class RecordedRollout:
     excluded: int
     overridden: int
     superseded: tuple[int, ...]
+    after: tuple[str, ...] = ()  # gate rollouts (group@release #id) it waits for
+    not_waiting: tuple[str, ...] = ()  # after groups with no rollout of this release
 
 
 @dataclass
@@ -297,6 +308,67 @@ def _files_json(manifest: ReleaseManifest) -> str:
     )
 
 
+def _gate(
+    conn: Connection,
+    gated: list[tuple[int, RolloutPlan]],
+    this_apply: dict[tuple[str, str], tuple[int, str]],
+    recorded: list[RecordedRollout],
+    now: datetime,
+) -> list[RecordedRollout]:
+    """Make new rollouts with ``after`` wait for their gate rollouts; the updated records.
+
+    The gate of group G is the rollout moving G to the same release that this
+    apply records or keeps, else G's newest live rollout of that release in the
+    store. A G with neither (it wants another release) is no gate.
+    """
+    found: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for rid, rp in gated:
+        ids: list[int] = []
+        names: list[str] = []
+        skipped: list[str] = []
+        for group in rp.after:
+            gate = this_apply.get((group, str(rp.release)))
+            if gate is None:
+                row = conn.execute(
+                    select(rollouts.c.id, rollouts.c.name)
+                    .where(
+                        rollouts.c.group_name == group,
+                        rollouts.c.release == str(rp.release),
+                        rollouts.c.state.in_(_LIVE_ALL),
+                    )
+                    .order_by(rollouts.c.id.desc())
+                    .limit(1)
+                ).first()
+                gate = (int(row[0]), str(row[1])) if row is not None else None
+            if gate is None:
+                skipped.append(group)
+            elif gate[0] != rid and gate[0] not in ids:
+                ids.append(gate[0])
+                names.append(gate[1])
+        if ids:
+            conn.execute(
+                update(rollouts)
+                .where(rollouts.c.id == rid)
+                .values(
+                    state=RolloutState.WAITING.value,
+                    reason=f"waiting for {', '.join(names)}",
+                    wave_opened_at=None,
+                    after_ids=json.dumps(ids),
+                    after_names=json.dumps(names),
+                )
+            )
+        found[rid] = (
+            tuple(f"{n} #{i}" for n, i in zip(names, ids, strict=True)),
+            tuple(skipped),
+        )
+    return [
+        dataclasses.replace(r, after=found[r.id][0], not_waiting=found[r.id][1])
+        if r.id in found
+        else r
+        for r in recorded
+    ]
+
+
 def record_release(conn: Connection, release: _Release, now: datetime) -> bool:
     """Store a release's exact manifest and signature bytes; True when it has a signature.
 
@@ -347,8 +419,10 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
     devices without a report yet are ``pending`` in their plan wave, unchanged
     ones ``succeeded``, pinned and otherwise blocked ones ``excluded`` with the
     reason. A group's earlier live rollout is superseded, unless it already
-    moves the group to the same release and is active, paused or completed
-    (then nothing is recorded for that group). The manifest and signature
+    moves the group to the same release and is waiting, active, paused or
+    completed (then nothing is recorded for that group). A new rollout whose
+    group has ``rollout.after`` starts ``waiting`` for its gate rollouts (see
+    ``_gate``) when it has any. The manifest and signature
     bytes of each target release and of each release devices come from are
     stored for the server. Raises RolloutError when a release file cannot be
     read or changed since the repo was loaded.
@@ -360,6 +434,9 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
         if d.rollout is not None:
             by_rollout.setdefault(d.rollout, []).append(d)
     versions: set[Version] = set()
+    # (group, release) -> (id, name) of every rollout this apply records or keeps
+    this_apply: dict[tuple[str, str], tuple[int, str]] = {}
+    gated: list[tuple[int, RolloutPlan]] = []
     for rp in applicable_rollouts(plan, inventory):
         group = inventory.groups[rp.group]
         same = conn.execute(
@@ -370,6 +447,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
             )
         ).first()
         if same is not None:
+            this_apply[rp.group, str(rp.release)] = (int(same[0]), rp.id)
             added = _extend(
                 conn,
                 int(same[0]),
@@ -412,6 +490,9 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
             )
             .returning(rollouts.c.id)
         ).scalar_one()
+        this_apply[rp.group, str(rp.release)] = (rid, rp.id)
+        if rp.after:
+            gated.append((rid, rp))
         rows = [_device_row(d, inventory, rp.group, now) for d in by_rollout.get(rp.id, [])]
         for row in rows:
             row["rollout_id"] = rid
@@ -443,6 +524,8 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 superseded=tuple(superseded),
             )
         )
+    if gated:
+        result.rollouts = _gate(conn, gated, this_apply, result.rollouts, now)
     for version in sorted(versions):
         loaded = repo.releases.get(version)
         if loaded is None:

@@ -33,6 +33,7 @@ __all__ = [
     "resolve_rollout",
     "rollout_devices_status",
     "rollout_status",
+    "waits_on_paused_gate",
 ]
 
 #: Count buckets, in display order.
@@ -94,11 +95,13 @@ class RolloutStatus(_Out):
     finished_at: datetime | None
     totals: dict[str, int]
     waves: list[WaveStatus]
+    after: list[str] = []  # gate rollouts (group@release) it waits or waited for
+    after_ids: list[int] = []  # their ids
 
     @property
     def is_settled(self) -> bool:
-        """True when the rollout no longer moves by itself (anything but active)."""
-        return self.state is not RolloutState.ACTIVE
+        """True when the rollout no longer moves by itself (neither active nor waiting)."""
+        return self.state not in (RolloutState.ACTIVE, RolloutState.WAITING)
 
 
 class DeviceStatus(_Out):
@@ -193,6 +196,8 @@ def rollout_status(
             bucket = "offline" if is_offline else _BUCKET_OF.get(state, "excluded")
             counts[wave][bucket] += int(count)
         totals = dict.fromkeys(BUCKETS, 0)
+        # a rollout gated by rollout.after has no wave open until its gates complete
+        started = r.wave_opened_at is not None or not r.after_ids
         waves: list[WaveStatus] = []
         for index, (percent, c) in enumerate(zip(percents, counts, strict=True)):
             for k, v in c.items():
@@ -201,7 +206,7 @@ def rollout_status(
                 WaveStatus(
                     index=index,
                     percent=percent,
-                    open=index <= r.current_wave,
+                    open=started and index <= r.current_wave,
                     devices=sum(c.values()),
                     **c,
                 )
@@ -224,9 +229,28 @@ def rollout_status(
                 finished_at=r.finished_at,
                 totals=totals,
                 waves=waves,
+                after=json.loads(r.after_names) if r.after_names else [],
+                after_ids=json.loads(r.after_ids) if r.after_ids else [],
             )
         )
     return result
+
+
+def waits_on_paused_gate(conn: Connection, status: RolloutStatus) -> bool:
+    """True when a waiting rollout cannot move by itself: a gate of it is paused.
+
+    (A halted, aborted or superseded gate halts it at the controller's next tick.)
+    """
+    if status.state is not RolloutState.WAITING or not status.after_ids:
+        return False
+    states = {
+        str(s)
+        for (s,) in conn.execute(
+            select(rollouts.c.state).where(rollouts.c.id.in_(status.after_ids))
+        )
+    }
+    failed = {RolloutState.HALTED.value, RolloutState.ABORTED.value, RolloutState.SUPERSEDED.value}
+    return RolloutState.PAUSED.value in states and not states & failed
 
 
 def rollout_devices_status(

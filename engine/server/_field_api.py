@@ -29,7 +29,7 @@ __all__ = ["FIELD_AGENT_FILE", "PLATFORM_DIRS", "field_release", "router"]
 FIELD_AGENT_FILE = "nats_agent.py"
 
 #: Rollout states in which a release is still moving.
-_UNFINISHED = frozenset({"active", "paused", "halted"})
+_UNFINISHED = frozenset({"waiting", "active", "paused", "halted"})
 
 #: The platform names used in the field's installer paths.
 PLATFORM_DIRS: dict[str, Platform] = {
@@ -53,7 +53,7 @@ def field_release(state: ServerState) -> Release | None:
 
 
 def _completed_versions(state: ServerState) -> set[str]:
-    """Releases with a completed rollout and none still active, paused or halted."""
+    """Releases with a completed rollout and none still waiting, active, paused or halted."""
     with state.store.read() as conn:
         rows = conn.execute(select(rollouts.c.release, rollouts.c.state)).all()
     seen: dict[str, set[str]] = {}

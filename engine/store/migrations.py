@@ -183,9 +183,16 @@ def _0003_rollouts(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _0004_rollout_after(conn: Connection) -> None:
+    # rollout.after: the gate rollouts (ids and names, JSON lists) a rollout waits for.
+    for column in ("after_ids TEXT", "after_names TEXT"):
+        conn.exec_driver_sql(f"ALTER TABLE rollouts ADD COLUMN {column}")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
     Migration(2, "devices, heartbeats, events", _0002_devices),
     Migration(3, "releases, rollouts, rollout devices, controller lease", _0003_rollouts),
+    Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
 ]

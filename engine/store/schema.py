@@ -135,6 +135,10 @@ rollouts = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=True),
+    # rollout.after (migration 4): the rollouts that must complete and soak before
+    # wave 0 opens, as JSON lists of their ids and names (group@release); null: none.
+    Column("after_ids", Text, nullable=True),
+    Column("after_names", Text, nullable=True),
     Index("ix_rollouts_group_state", "group_name", "state"),
     Index("ix_rollouts_state", "state"),
 )
