@@ -13,10 +13,10 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
+from engine.commands._args import add_store_options, state_url
 from engine.errors import EngineError
-from engine.store import Store, resolve_state_url, settings_state
+from engine.store import Store
 from inventory.models import Platform
 
 __all__ = ["register"]
@@ -48,12 +48,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--platform", required=True, choices=[p.value for p in Platform], help="device platform"
     )
     enroll.add_argument("--json", action="store_true", help="print {device, token} as JSON")
-    _common(enroll)
+    add_store_options(enroll)
     enroll.set_defaults(func=run_enroll)
 
     lst = actions.add_parser("list", help="show enrolled and reporting devices")
     lst.add_argument("--json", action="store_true", help="print one JSON list on stdout")
-    _common(lst)
+    add_store_options(lst)
     lst.set_defaults(func=run_list)
 
     revoke = actions.add_parser(
@@ -63,29 +63,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "secret; `engine devices enroll` readmits it.",
     )
     revoke.add_argument("device", metavar="DEVICE")
-    _common(revoke)
+    add_store_options(revoke)
     revoke.set_defaults(func=run_revoke)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-C",
-        dest="directory",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="operator repo (default: current directory)",
-    )
-    parser.add_argument(
-        "--state",
-        metavar="URL",
-        help="store URL (default: $ENGINE_STATE_URL, engine.yaml, DIR/.engine/state.db)",
-    )
-
-
 def _open(args: argparse.Namespace) -> Store:
-    root = Path(args.directory).absolute()
-    return Store.open(resolve_state_url(root, args.state, settings_state(root)))
+    return Store.open(state_url(args.directory, args.state))
 
 
 def _error(message: str) -> int:

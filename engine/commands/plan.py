@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.commands._args import add_repo_option, add_state_option
 from engine.errors import EngineError
 from engine.gitinfo import git_info
 from engine.plan_io import plan_json, write_plan_json
@@ -34,14 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Compare the operator repo's desired state with what devices last "
         "reported and show, or save, the per-device plan.",
     )
-    p.add_argument(
-        "-C",
-        dest="directory",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="operator repo (default: current directory)",
-    )
+    add_repo_option(p)
     p.add_argument(
         "--out", type=Path, metavar="FILE", help="save the plan as JSON (for `engine apply FILE`)"
     )
@@ -57,11 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--group", metavar="G", help="only the devices of group G")
     p.add_argument("--device", metavar="D", help="only device D")
-    p.add_argument(
-        "--state",
-        metavar="URL",
-        help="store URL (default: $ENGINE_STATE_URL, engine.yaml, DIR/.engine/state.db)",
-    )
+    add_state_option(p)
     p.add_argument(
         "--verbose", "-v", action="store_true", help="list every device, unchanged ones included"
     )

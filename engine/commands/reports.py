@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
+from engine.commands._args import add_store_options, state_url
 from engine.errors import EngineError
 from states.report import Report
 
@@ -59,29 +60,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "older than the one stored for its device is skipped.",
     )
     imp.add_argument("file", metavar="FILE.json", help="the reports file, or - for stdin")
-    _common(imp)
+    add_store_options(imp)
     imp.set_defaults(func=run_import)
 
     lst = actions.add_parser("list", help="show the stored reports")
     lst.add_argument("--json", action="store_true", help="print one JSON list on stdout")
-    _common(lst)
+    add_store_options(lst)
     lst.set_defaults(func=run_list)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-C",
-        dest="directory",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="operator repo (default: current directory)",
-    )
-    parser.add_argument(
-        "--state",
-        metavar="URL",
-        help="store URL (default: $ENGINE_STATE_URL, engine.yaml's state, DIR/.engine/state.db)",
-    )
 
 
 def _describe_problem(error: ErrorDetails) -> str:
@@ -148,16 +133,6 @@ def _read(name: str) -> tuple[bytes, str]:
         raise ReportsFileError(name, [f"cannot read: {e.strerror}"]) from e
 
 
-def _state_url(args: argparse.Namespace) -> str:
-    from engine.store import resolve_state_url, settings_state
-
-    root: Path = args.directory
-    if not root.is_dir():
-        raise EngineError(f"{root} is not a directory (give the operator repo with -C DIR)")
-    root = root.resolve()
-    return resolve_state_url(root, args.state, settings_state(root))
-
-
 def _fail(message: str) -> int:
     print(message, file=sys.stderr)
     return EXIT_ERROR
@@ -170,7 +145,7 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         data, source = _read(args.file)
         reports = parse_reports(data, source)
-        url = _state_url(args)
+        url = state_url(args.directory, args.state)
         with Store.open(url) as store:
             counts = store.import_reports(reports)
     except ReportsFileError as e:
@@ -190,7 +165,7 @@ def run_list(args: argparse.Namespace) -> int:
     from engine.store import Store
 
     try:
-        with Store.open(_state_url(args)) as store:
+        with Store.open(state_url(args.directory, args.state)) as store:
             reports = sorted(store.load_reports().values(), key=lambda r: r.device)
     except EngineError as e:
         return _fail(f"engine reports list: {e}")

@@ -7,7 +7,7 @@ import getpass
 import sys
 from datetime import UTC, datetime
 
-from engine.commands.status import add_store_options, state_url
+from engine.commands._args import add_store_options, state_url
 from engine.errors import EngineError
 
 __all__ = ["register", "run"]

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine.commands._args import add_repo_option, add_state_option
 from engine.errors import EngineError
 from inventory.errors import InventoryError
 
@@ -34,21 +35,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "releases, artifacts), the operator API and dashboard, and the endpoints agents "
         "in the field call; run the rollout controller. Stops cleanly on SIGTERM/SIGINT.",
     )
-    p.add_argument(
-        "-C",
-        dest="directory",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="operator repo (default: current directory)",
-    )
+    add_repo_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    p.add_argument(
-        "--state",
-        metavar="URL",
-        help="store URL (default: $ENGINE_STATE_URL, engine.yaml, DIR/.engine/state.db)",
-    )
+    add_state_option(p)
     p.add_argument(
         "--workers", type=int, default=1, help="worker processes (default 1; SQLite: keep 1)"
     )

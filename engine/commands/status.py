@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
@@ -19,7 +18,9 @@ from engine.errors import EngineError
 if TYPE_CHECKING:
     from engine.rollouts.status import RolloutStatus
 
-__all__ = ["register", "render_rollouts", "run", "state_url"]
+from engine.commands._args import add_store_options, state_url
+
+__all__ = ["register", "render_rollouts", "run"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -48,33 +49,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print one JSON document, nothing else")
     p.add_argument("--rollout", metavar="ID", help="only this rollout (number or group@release)")
     p.set_defaults(func=run)
-
-
-def add_store_options(p: argparse.ArgumentParser) -> None:
-    """-C DIR and --state URL, as every store command has them."""
-    p.add_argument(
-        "-C",
-        dest="directory",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="operator repo (default: current directory)",
-    )
-    p.add_argument(
-        "--state",
-        metavar="URL",
-        help="store URL (default: $ENGINE_STATE_URL, engine.yaml's state, DIR/.engine/state.db)",
-    )
-
-
-def state_url(directory: Path, state: str | None) -> str:
-    """The store URL for -C DIR and --state (reads only engine.yaml's state key)."""
-    from engine.store import resolve_state_url, settings_state
-
-    if not directory.is_dir():
-        raise EngineError(f"{directory} is not a directory (give the operator repo with -C DIR)")
-    root = directory.resolve()
-    return resolve_state_url(root, state, settings_state(root))
 
 
 #: Table columns; closed waves are dimmed.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from engine.commands._args import add_repo_option
 from inventory.errors import InventoryError
 from inventory.loader import load_operator_repo
 
@@ -20,14 +20,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Load and validate the operator repo. Exit 0 with a summary when it is "
         "valid; exit 1 printing each problem as file:line:col: key.path: message.",
     )
-    p.add_argument(
-        "-C",
-        dest="directory",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="operator repo (default: current directory)",
-    )
+    add_repo_option(p)
     p.set_defaults(func=run)
 
 
