@@ -2,9 +2,11 @@
 
 Starts `engine serve` on SQLite and a small fleet of real device runtimes in a
 temporary directory (each running the example agent 3.0.0), rolls out the
-good release 3.0.1 through canaries and waves, then the broken 3.0.2: the
-canary wave fails, the rollouts halt, and the devices that tried it roll back
-to 3.0.1 on their own. Prints what happened and cleans up (also on Ctrl-C).
+good release 3.0.1 to the canaries and, once they completed and soaked, to
+the fleet in waves; then the broken 3.0.2: the canaries fail and roll back to
+3.0.1 on their own, the canary rollout halts, and the fleet's rollout, which
+waits for it (``after: [canary]``), halts without touching a single device.
+Prints what happened and cleans up (also on Ctrl-C).
 
 Usage: ``scripts/demo [--devices N] [--keep]`` (or ``python examples/demo.py``).
 """
@@ -33,7 +35,7 @@ SOAK = "5s"
 
 
 def demo_groups(release: str) -> dict[str, Any]:
-    """A canary group (internal machines first) and the fleet in three waves."""
+    """A canary group (internal machines first) and the fleet in three waves after it."""
     return {
         "canary": {
             "description": "IT's own machines take every release first",
@@ -48,7 +50,7 @@ def demo_groups(release: str) -> dict[str, Any]:
             "match": {"site": "demo"},
             "agent": {"release": release},
             "rollout": {"waves": [10, 50, 100], "max_parallel": 5, "soak": SOAK,
-                        "max_failure_rate": 0.1},
+                        "max_failure_rate": 0.1, "after": ["canary"]},
         },
     }  # fmt: skip
 
@@ -99,7 +101,8 @@ class Demo:
 
         self.title("2. Roll out the good release 3.0.1")
         f.repo.set_release("3.0.1")
-        self.say("inventory: both groups now want 3.0.1")
+        self.say("inventory: both groups now want 3.0.1; the fleet waits for the canary "
+                 "(after: [canary])")  # fmt: skip
         plan = self.engine("plan", show=False)
         print("\n".join(plan.stdout.splitlines()[:1]), flush=True)
         self.engine("apply", "--yes", "--wait")
@@ -164,12 +167,17 @@ class Demo:
             print(f"rollout {r['name']}: {r['state']} — {r.get('reason') or ''}", flush=True)
         versions = self._versions_line()
         print(
-            f"{len(tried)} devices tried 3.0.2; each failed its health check (the agent exited) "
-            "and rolled itself back to 3.0.1, which runs and heartbeats again.",
+            f"{len(tried)} devices (the canaries) tried 3.0.2; each failed its health check "
+            "(the agent exited) and rolled itself back to 3.0.1, which runs and heartbeats again.",
             flush=True,
         )
-        print(f"{len(untouched)} devices in later waves were never offered 3.0.2.", flush=True)
+        fleet = [i for i in f.devices if i not in self.canaries]
+        print(f"{len(untouched)} devices were never offered 3.0.2: none of the {len(fleet)} "
+              "fleet devices, because the fleet's rollout waited for the canary's and halted "
+              "with it.", flush=True)  # fmt: skip
         print(f"fleet versions now: {versions}", flush=True)
+        if tried - set(self.canaries):
+            raise RuntimeError(f"fleet devices tried 3.0.2: {sorted(tried - set(self.canaries))}")
 
 
 def _engine_env() -> dict[str, str]:

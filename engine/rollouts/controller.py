@@ -3,6 +3,9 @@
 Each tick, when this process holds the leader lock (see ``_lease``), and for
 each live rollout in its own short write transaction:
 
+0. waiting rollouts (``rollout.after``): open wave 0 once every gate rollout
+   completed and soaked; halt when a gate halted, was aborted or superseded;
+   otherwise keep waiting (nothing else happens to them);
 1. judge devices that took a plan from their stored report and heartbeat
    (succeeded, failed, timed out; rolled back for rollbacks);
 2. give back slots of offers not taken within ``offer_ttl``;

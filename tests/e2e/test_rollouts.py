@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+import yaml
 
 from examples.local_fleet import wait_until
 from tests.e2e.conftest import MakeFleet, StoreView, fleet_group, max_overlap, seconds, specs
@@ -17,14 +18,17 @@ pytestmark = pytest.mark.slow
 
 MAX_PARALLEL = 3
 SOAK = "2s"
+CANARIES = ["dev-00", "dev-01"]
 
 
 def test_good_release_converges_in_waves_then_broken_release_halts_and_rolls_back(
     make_fleet: MakeFleet,
 ) -> None:
     """3.0.1 reaches all 20 devices wave by wave (never more than max_parallel updating, each
-    wave offered only after the previous one finished and soaked); 3.0.2 fails its first wave,
-    the rollout halts, those devices run 3.0.1 again and later waves are never touched."""
+    wave offered only after the previous one finished and soaked); then two devices become a
+    canary group the fleet waits for (after: [canary]): 3.0.2 fails on the canaries, their
+    rollout halts, they run 3.0.1 again, and the fleet's rollout halts without a single fleet
+    device being offered 3.0.2."""
     fleet = make_fleet(specs(20), fleet_group("3.0.0", max_parallel=MAX_PARALLEL, soak=SOAK))
     fleet.setup("3.0.0")
     fleet.start()
@@ -61,16 +65,31 @@ def test_good_release_converges_in_waves_then_broken_release_halts_and_rolls_bac
         assert d.installed() == "3.0.1" and d.heartbeating("3.0.1")
         assert [t for t in d.transactions() if t[0] == "3.0.1"] == [("3.0.1", "committed")]
 
-    # -- the broken release ----------------------------------------------------------------
+    # -- the broken release, with canaries that gate the fleet --------------------------------
+    doc = yaml.safe_load(fleet.repo.inventory.read_text())
+    doc["groups"]["canary"] = {
+        "members": CANARIES,
+        "priority": 100,
+        "agent": {"release": "3.0.1"},
+        "rollout": {"waves": [100], "soak": SOAK, "max_failure_rate": 0.0},
+    }
+    doc["groups"]["fleet"]["rollout"]["after"] = ["canary"]
+    fleet.repo.inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
     fleet.repo.set_release("3.0.2")
     before = {i: d.agent_pid() for i, d in fleet.devices.items()}
     applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240)
+    assert applied.returncode == 1
+    canary = view.rollout("canary@3.0.2")
+    assert canary.state == "halted", applied.stdout + applied.stderr
     rollout = view.rollout("fleet@3.0.2")
     assert rollout.state == "halted", applied.stdout + applied.stderr
+    assert rollout.reason == f"canary@3.0.2 halted: {canary.reason}"
+    assert json.loads(rollout.after_ids) == [canary.id]
     rows = view.devices(rollout.id)
-    took = {r.device for r in rows if r.attempts > 0}
-    first_wave = {r.device for r in rows if r.wave == 0}
-    assert took and took <= first_wave
+    assert len(rows) == 20 - len(CANARIES)
+    assert all(r.attempts == 0 and r.state == "pending" for r in rows)
+    took = {r.device for r in view.devices(canary.id) if r.attempts > 0}
+    assert took and took <= set(CANARIES)
     touched = {e.device for e in view.events("3.0.2")}
     assert touched == took
     for i, d in fleet.devices.items():
@@ -87,4 +106,5 @@ def test_good_release_converges_in_waves_then_broken_release_halts_and_rolls_bac
     status = json.loads(fleet.repo.engine("status", "--json").stdout)
     mine = next(r for r in status["rollouts"] if r["name"] == "fleet@3.0.2")
     assert mine["state"] == "halted" and mine["totals"]["succeeded"] == 0
-    assert [w["open"] for w in mine["waves"]] == [True, False, False]
+    assert [w["open"] for w in mine["waves"]] == [False, False, False]
+    assert mine["after"] == ["canary@3.0.2"]
