@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -110,7 +111,9 @@ class Demo:
                    lambda: all(d.heartbeating("3.0.1") for d in f.devices.values()),
                    timeout=120, progress=self._versions_line, out=self.say)  # fmt: skip
         self.say(f"all {n} devices run 3.0.1 and heartbeat")
-        self.show_waves("3.0.1")
+        status = self._status()
+        self.show_waves("3.0.1", status)
+        self.show_gate("canary@3.0.1", "fleet@3.0.1", status)
 
         self.title("3. Roll out the broken release 3.0.2 (it exits at start)")
         f.repo.set_release("3.0.2")
@@ -133,14 +136,29 @@ class Demo:
             counts[str(v)] = counts.get(str(v), 0) + 1
         return ", ".join(f"{v}: {c}" for v, c in sorted(counts.items()))
 
-    def show_waves(self, release: str) -> None:
+    def show_waves(self, release: str, status: dict[str, Any]) -> None:
         """Each rollout of ``release`` with its waves, from `engine status --json`."""
-        for r in self._status()["rollouts"]:
+        for r in status["rollouts"]:
             if r["release"] != release:
                 continue
             waves = ", ".join(f"wave {w['index']} ({w['percent']:g}%): {w['succeeded']} "
                               "succeeded" for w in r["waves"])  # fmt: skip
             self.say(f"rollout {r['name']}: {r['state']}; {waves}")
+
+    def show_gate(self, gate: str, gated: str, status: dict[str, Any]) -> None:
+        """When the gate rollout completed and when the gated one's first device took its plan."""
+        from engine.rollouts.status import rollout_devices_status
+        from engine.store import Store
+
+        by_name = {r["name"]: r for r in status["rollouts"]}
+        done = datetime.fromisoformat(by_name[gate]["finished_at"])
+        url = f"sqlite:///{self.fleet.repo.root / '.engine' / 'state.db'}"
+        with Store.open(url, migrate=False) as store, store.read() as conn:
+            rows = rollout_devices_status(conn, by_name[gated]["id"])
+        first = min(r.started_at for r in rows if r.started_at is not None)
+        later = (first - done).total_seconds()
+        self.say(f"{gate} completed at {done:%H:%M:%S}; the first device of {gated} took its "
+                 f"plan {later:.1f}s later (the canary soaks {SOAK})")  # fmt: skip
 
     def _status(self) -> dict[str, Any]:
         out = self.fleet.repo.engine("status", "--json").stdout
@@ -172,9 +190,9 @@ class Demo:
             flush=True,
         )
         fleet = [i for i in f.devices if i not in self.canaries]
-        print(f"{len(untouched)} devices were never offered 3.0.2: none of the {len(fleet)} "
-              "fleet devices, because the fleet's rollout waited for the canary's and halted "
-              "with it.", flush=True)  # fmt: skip
+        print(f"{len(untouched)} devices were never offered 3.0.2, among them all {len(fleet)} "
+              "fleet devices: the fleet's rollout waited for the canary's and halted with it.",
+              flush=True)  # fmt: skip
         print(f"fleet versions now: {versions}", flush=True)
         if tried - set(self.canaries):
             raise RuntimeError(f"fleet devices tried 3.0.2: {sorted(tried - set(self.canaries))}")
