@@ -7,9 +7,6 @@ Exit codes: 0 converged or nothing to do, 1 failed / rolled back / refused,
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
 import signal
@@ -19,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from agent_runtime._memory import release_memory
 from agent_runtime.config import DEFAULT_CONFIG_PATHS, DeviceConfig, load_config
 from agent_runtime.converge import FilePlanSource, PlanSource, Runtime, exit_code
 from agent_runtime.errors import AgentRuntimeError, ConfigError, PlanError
@@ -78,7 +76,7 @@ def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
         except Exception as e:
             _out(f"converge crashed (bug): {type(e).__name__}: {e}")
         delay = runtime.jitter()
-        _release_memory()
+        release_memory()
         _out(f"next converge in {delay:.0f}s")
         stop.wait(delay)
     return 0
@@ -96,14 +94,6 @@ def _pull(args: argparse.Namespace, config: DeviceConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return run_pull(config, stop=stop, once=args.once, out=_out)
-
-
-def _release_memory() -> None:
-    """Hand freed memory back to the OS before idling (glibc keeps it otherwise)."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _status(args: argparse.Namespace, config: DeviceConfig) -> int:

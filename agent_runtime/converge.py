@@ -210,7 +210,7 @@ class Runtime:
         )
 
     def _health_probe(self, agent_dir: Path) -> HealthProbe:
-        from agent_runtime.health import Health  # imported on first use: it pulls in requests
+        from agent_runtime.health import Health  # imported on first use
 
         return Health(self.service, agent_dir, poll_interval=0.1)
 
@@ -221,11 +221,14 @@ class Runtime:
         except PlanError (the plan is unusable) and a lock held by another runtime."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.config.state_dir / "lock"):
-            recovered = self._recover()
-            if recovered is not None and not recovered.outcome_closed:
-                return self._finish(recovered.result)
-            desired = source.fetch()
-            return self._finish(self._converge(desired))
+            try:
+                recovered = self._recover()
+                if recovered is not None and not recovered.outcome_closed:
+                    return self._finish(recovered.result)
+                desired = source.fetch()
+                return self._finish(self._converge(desired))
+            finally:
+                self.fetcher.close()  # no connection is kept open while idle
 
     def rollback(self) -> ConvergeResult:
         """Restore the previous known-good release from the local copy (always allowed)."""

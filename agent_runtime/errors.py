@@ -23,6 +23,7 @@ __all__ = [
     "ServiceError",
     "SignatureInvalidError",
     "StateError",
+    "TransportError",
 ]
 
 
@@ -74,6 +75,20 @@ class DownloadError(AgentRuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TransportError(AgentRuntimeError):
+    """An HTTP request failed below HTTP: no connection, no answer in time, a broken transfer.
+
+    Raised by the runtime's HTTP client and mapped by its callers to DownloadError or
+    ServerUnavailableError. ``connected`` is False when no connection could be made;
+    ``timed_out`` is True when a timeout ended it.
+    """
+
+    def __init__(self, message: str, *, connected: bool = True, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.connected = connected
+        self.timed_out = timed_out
 
 
 class ManifestError(AgentRuntimeError):

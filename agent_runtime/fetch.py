@@ -19,10 +19,10 @@ from typing import IO, TYPE_CHECKING
 from agent_runtime import faults
 from agent_runtime._fsutil import fsync_dir
 from agent_runtime.config import DownloadSettings
-from agent_runtime.errors import ArtifactMismatchError, DownloadError
+from agent_runtime.errors import ArtifactMismatchError, DownloadError, TransportError
 
-if TYPE_CHECKING:  # requests is imported on first use: a runtime fetching only local
-    import requests  # paths (or idling) keeps ~10 MB less resident
+if TYPE_CHECKING:  # the HTTP client (http.client, ssl) is imported on first use
+    from agent_runtime._http import HttpClient
 
 __all__ = ["Fetcher", "Progress", "is_url"]
 
@@ -42,29 +42,30 @@ class _RestartError(Exception):
 
 
 class Fetcher:
-    """Downloads into staging; one instance per converge (it holds an HTTP session)."""
+    """Downloads into staging; one instance per runtime (it keeps an HTTP connection)."""
 
-    def __init__(self, settings: DownloadSettings, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: DownloadSettings, client: HttpClient | None = None) -> None:
         self.settings = settings
-        self._session = session
+        self._client = client
         self.headers: dict[str, str] = {}
         self.bytes_transferred = 0
 
     @property
-    def session(self) -> requests.Session:
-        """The HTTP session, created on first use."""
-        if self._session is None:
-            import requests
+    def client(self) -> HttpClient:
+        """The HTTP client (connect timeout, stall timeout as read timeout), made on first use."""
+        if self._client is None:
+            from agent_runtime._http import HttpClient
 
-            self._session = requests.Session()
-        return self._session
+            self._client = HttpClient(
+                connect_timeout=self.settings.connect_timeout.total_seconds(),
+                read_timeout=self.settings.stall_timeout.total_seconds(),
+            )
+        return self._client
 
-    @property
-    def _timeout(self) -> tuple[float, float]:
-        return (
-            self.settings.connect_timeout.total_seconds(),
-            self.settings.stall_timeout.total_seconds(),
-        )
+    def close(self) -> None:
+        """Close the kept-alive connection (the next download opens a new one)."""
+        if self._client is not None:
+            self._client.close()
 
     def read_small(self, location: str, limit: int) -> bytes:
         """The whole content of a small document (manifest, signature), at most ``limit`` bytes.
@@ -78,22 +79,12 @@ class Fetcher:
             except OSError as e:
                 raise DownloadError(f"{location}: cannot read: {e.strerror or e}") from e
         else:
-            import requests
-
             try:
-                with self.session.get(
-                    location, stream=True, timeout=self._timeout, headers=self.headers
-                ) as resp:
-                    if resp.status_code != 200:
-                        raise DownloadError(
-                            f"{location}: HTTP {resp.status_code}", status=resp.status_code
-                        )
-                    data = b""
-                    for chunk in resp.iter_content(64 * 1024):
-                        data += chunk
-                        if len(data) > limit:
-                            break
-            except requests.RequestException as e:
+                with self.client.request("GET", location, headers=self.headers) as resp:
+                    if resp.status != 200:
+                        raise DownloadError(f"{location}: HTTP {resp.status}", status=resp.status)
+                    data = resp.read_all(limit)
+            except TransportError as e:
                 raise DownloadError(f"{location}: {_describe(e)}") from e
         if len(data) > limit:
             raise ArtifactMismatchError(f"{location}: larger than the limit of {limit} bytes")
@@ -162,8 +153,6 @@ class Fetcher:
             )
 
     def _fetch_http(self, location: str, part: Path, size: int, progress: Progress | None) -> None:
-        import requests
-
         offset = part.stat().st_size if part.exists() else 0
         if offset > size:
             part.unlink()
@@ -172,23 +161,23 @@ class Fetcher:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:
-            resp = self.session.get(location, stream=True, timeout=self._timeout, headers=headers)
-        except requests.RequestException as e:
+            resp = self.client.request("GET", location, headers=headers)
+        except TransportError as e:
             raise DownloadError(f"{location}: {_describe(e)}") from e
         with resp:
-            if resp.status_code == 416 and offset:
+            if resp.status == 416 and offset:
                 if offset == size:
                     return  # complete already; the hash check decides
                 raise _RestartError
-            if resp.status_code == 206 and offset:
-                if not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            if resp.status == 206 and offset:
+                if not (resp.headers.get("Content-Range") or "").startswith(f"bytes {offset}-"):
                     raise _RestartError
-            elif resp.status_code == 200:
+            elif resp.status == 200:
                 offset = 0
             else:
                 raise DownloadError(
-                    f"{location}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
-                    status=resp.status_code,
+                    f"{location}: HTTP {resp.status} {resp.reason or ''}".rstrip(),
+                    status=resp.status,
                 )
             declared = resp.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and offset + int(declared) > size:
@@ -200,12 +189,11 @@ class Fetcher:
                 )
             mode = "ab" if offset else "wb"
             with open(part, mode) as out:
-                chunks = resp.iter_content(_CHUNK)
 
-                def read(_n: int) -> bytes:
+                def read(n: int) -> bytes:
                     try:
-                        return next(chunks, b"")
-                    except requests.RequestException as e:
+                        return resp.read(n)
+                    except TransportError as e:
                         raise DownloadError(f"{location}: {_describe(e)}") from e
 
                 self._copy(
@@ -250,15 +238,9 @@ def _hash_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _describe(e: requests.RequestException) -> str:
-    import requests
-
-    if isinstance(e, requests.ConnectTimeout):
-        return "connection timed out"
-    if isinstance(e, requests.ReadTimeout | requests.exceptions.ChunkedEncodingError):
-        return f"transfer stalled or broke: {e}"
-    if isinstance(e, requests.ConnectionError):
-        if "Read timed out" in str(e):
-            return "transfer stalled (no data within the stall timeout)"
-        return f"cannot connect: {e}"
+def _describe(e: TransportError) -> str:
+    if not e.connected:
+        return str(e) if e.timed_out else f"cannot connect: {e}"
+    if e.timed_out:
+        return "transfer stalled (no data within the stall timeout)"
     return str(e)

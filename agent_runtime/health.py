@@ -34,10 +34,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-import requests
-
 from agent_runtime.effects import Clock, HealthResult, ServiceManager
-from agent_runtime.errors import HealthCheckError
+from agent_runtime.errors import HealthCheckError, TransportError
 from agent_runtime.services.process import ProcessExit
 from inventory.duration import format_duration
 from inventory.version import Version, VersionError
@@ -48,6 +46,8 @@ __all__ = ["ExitReporter", "Health", "read_heartbeat"]
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Longest single HTTP request of an http check (connect, read).
 HTTP_TIMEOUT = 2.0
+#: Largest body of an http check that is looked at.
+MAX_BODY = 64 * 1024
 
 
 @runtime_checkable
@@ -223,12 +223,11 @@ class Health:
         if urlsplit(url).scheme not in ("http", "https") or host not in LOOPBACK_HOSTS:
             return HealthResult(False, f"refusing health URL {url}: only loopback http(s) URLs")
         try:
-            response = _loopback_get(url, HTTP_TIMEOUT)
-        except requests.RequestException as e:
-            return HealthResult(False, f"GET {url} failed: {type(e).__name__}")
-        if response.status_code != 200:
-            return HealthResult(False, f"GET {url} answered {response.status_code}")
-        body = response.text
+            status, body = _loopback_get(url, HTTP_TIMEOUT)
+        except TransportError as e:
+            return HealthResult(False, f"GET {url} failed: {e}")
+        if status != 200:
+            return HealthResult(False, f"GET {url} answered {status}")
         try:
             data = json.loads(body)
         except ValueError:
@@ -244,8 +243,14 @@ class Health:
         return HealthResult(False, f"GET {url} answered 200 without naming version {expected}")
 
 
-def _loopback_get(url: str, timeout: float) -> requests.Response:
-    """GET without proxies from the environment (a proxy must not answer for localhost)."""
-    with requests.Session() as session:
-        session.trust_env = False
-        return session.get(url, timeout=(timeout, timeout), allow_redirects=False)
+def _loopback_get(url: str, timeout: float) -> tuple[int, str]:
+    """GET without proxies from the environment (a proxy must not answer for localhost):
+    the status and the body as text (at most 64 KiB). TransportError when it fails."""
+    from agent_runtime._http import HttpClient
+
+    client = HttpClient(connect_timeout=timeout, read_timeout=timeout, proxies_from_env=False)
+    try:
+        with client.request("GET", url) as resp:
+            return resp.status, resp.read_all(MAX_BODY).decode("utf-8", errors="replace")
+    finally:
+        client.close()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from agent_runtime._memory import release_memory
 from agent_runtime._pull_basics import SECRET_ENV, Backoff, TokenFile, enrollment_secret, poll_delay
 from agent_runtime._pull_senders import EventSender, HeartbeatForwarder
 from agent_runtime.config import DeviceConfig
@@ -73,6 +74,8 @@ __all__ = [
 
 #: Delay before the check-in that reports a transaction that just ended.
 REPORT_DELAY = 0.1
+#: Before a wait at least this long, freed memory is handed back to the OS.
+IDLE_TRIM_AFTER = 0.5
 
 STEP_OF_PHASE: dict[Phase, str] = {
     Phase.DOWNLOAD: StepName.DOWNLOAD.value,
@@ -221,6 +224,8 @@ class PullLoop:
                 code = 0  # the periodic loop ends on request, not on a round's result
                 if self._said != said:  # quiet rounds (nothing offered) log nothing
                     self.out(f"next check-in in {delay:.1f}s")
+                if delay >= IDLE_TRIM_AFTER:
+                    release_memory()
                 stop.wait(delay)
         finally:
             self.forwarder.stop()

@@ -13,17 +13,19 @@ import email.utils
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import requests
 from pydantic import BaseModel, ValidationError
 
+from agent_runtime._http import HttpClient
 from agent_runtime.errors import (
     ServerAuthError,
     ServerProtocolError,
     ServerUnavailableError,
+    TransportError,
 )
 from inventory.models import Platform
 from states.protocol import (
@@ -78,13 +80,13 @@ class ServerClient:
         *,
         token: str | None = None,
         timeout: float = 10.0,
-        session: requests.Session | None = None,
+        http: HttpClient | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.device = device
         self.token = token
         self.timeout = timeout
-        self.session = session if session is not None else requests.Session()
+        self.http = http or HttpClient(connect_timeout=timeout, read_timeout=timeout)
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -136,8 +138,8 @@ class ServerClient:
         return self.url + "/" + location.lstrip("/")
 
     def close(self) -> None:
-        """Close the HTTP session."""
-        self.session.close()
+        """Close the kept-alive connection."""
+        self.http.close()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class ServerClient:
 
     def _request(
         self, method: str, path: str, body: BaseModel | None = None, *, auth: bool = True
-    ) -> requests.Response:
+    ) -> _Answer:
         url = self.url + path
         headers = {"Accept": "application/json"}
         if auth:
@@ -158,47 +160,56 @@ class ServerClient:
             data = body.model_dump_json(exclude_none=True).encode()
             headers["Content-Type"] = "application/json"
         try:
-            resp = self.session.request(
-                method, url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
-            )
-        except requests.Timeout as e:
-            raise ServerUnavailableError(
-                f"{method} {url}: no answer within {self.timeout:g}s"
-            ) from e
-        except requests.RequestException as e:
-            raise ServerUnavailableError(f"{method} {url}: cannot connect: {_reason(e)}") from e
-        status = resp.status_code
+            with self.http.request(method, url, headers=headers, body=data) as resp:
+                answer = _Answer(
+                    method, url, resp.status, resp.headers.get("Retry-After"),
+                    resp.read_all(MAX_RESPONSE_BYTES),
+                )  # fmt: skip
+        except TransportError as e:
+            if e.timed_out:
+                raise ServerUnavailableError(
+                    f"{method} {url}: no answer within {self.timeout:g}s"
+                ) from e
+            raise ServerUnavailableError(f"{method} {url}: cannot connect: {e}") from e
+        status = answer.status
         if status < 300:
-            return resp
-        detail = _detail(resp)
+            return answer
+        detail = _detail(answer.content)
         message = f"{method} {url}: HTTP {status}{': ' + detail if detail else ''}"
         if status == 429 or status >= 500:
-            raise ServerUnavailableError(
-                message, status, parse_retry_after(resp.headers.get("Retry-After"))
-            )
+            raise ServerUnavailableError(message, status, parse_retry_after(answer.retry_after))
         if status in (401, 403):
             raise ServerAuthError(message, status)
         raise ServerProtocolError(message, status)
 
-    def _parse(self, model: type[_M], resp: requests.Response) -> _M:
-        where = f"{resp.request.method} {resp.url}"
+    def _parse(self, model: type[_M], resp: _Answer) -> _M:
+        where = f"{resp.method} {resp.url}"
         if len(resp.content) > MAX_RESPONSE_BYTES:
-            raise ServerProtocolError(
-                f"{where}: answer of {len(resp.content)} bytes exceeds {MAX_RESPONSE_BYTES}"
-            )
+            raise ServerProtocolError(f"{where}: answer exceeds {MAX_RESPONSE_BYTES} bytes")
         try:
             return model.model_validate_json(resp.content)
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "(body)"
             raise ServerProtocolError(
-                f"{where}: not a {model.__name__}: {loc}: {err['msg']}", resp.status_code
+                f"{where}: not a {model.__name__}: {loc}: {err['msg']}", resp.status
             ) from e
 
 
-def _detail(resp: requests.Response) -> str:
+@dataclass(frozen=True)
+class _Answer:
+    """A server answer read whole (at most MAX_RESPONSE_BYTES + 1 bytes)."""
+
+    method: str
+    url: str
+    status: int
+    retry_after: str | None
+    content: bytes
+
+
+def _detail(content: bytes) -> str:
     """The server's error message, from a JSON ``detail`` when there is one."""
-    text = resp.text[:500]
+    text = content[:500].decode("utf-8", errors="replace")
     try:
         data: Any = json.loads(text)
     except ValueError:
@@ -206,12 +217,3 @@ def _detail(resp: requests.Response) -> str:
     if isinstance(data, dict) and "detail" in data:
         return str(data["detail"])[:500]
     return text.strip()
-
-
-def _reason(e: requests.RequestException) -> str:
-    text = str(e)
-    for known in ("Connection refused", "Name or service not known", "No route to host",
-                  "Connection reset by peer", "Remote end closed connection"):  # fmt: skip
-        if known in text:
-            return known.lower()
-    return text[:300]
