@@ -120,9 +120,12 @@ class Demo:
         self.say("inventory: both groups now want 3.0.2")
         before = {i: len(d.transactions()) for i, d in f.devices.items()}
         self.engine("apply", "--yes", "--wait")
-        tried = {i for i, d in f.devices.items() if len(d.transactions()) > before[i]}
-        wait_until("the devices that tried 3.0.2 to heartbeat on 3.0.1 again",
-                   lambda: all(f.devices[i].heartbeating("3.0.1") for i in tried),
+        # the server's record of who took 3.0.2: a device may still be restarting
+        # when the rollout halts, before its own log shows the attempt
+        tried = self.took("canary@3.0.2") | self.took("fleet@3.0.2")
+        wait_until("the devices that tried 3.0.2 to finish and heartbeat on 3.0.1 again",
+                   lambda: all(len(f.devices[i].transactions()) > before[i]
+                               and f.devices[i].heartbeating("3.0.1") for i in tried),
                    timeout=60)  # fmt: skip
 
         self.title("4. What happened")
@@ -160,6 +163,16 @@ class Demo:
         self.say(f"{gate} completed at {done:%H:%M:%S}; the first device of {gated} took its "
                  f"plan {later:.1f}s later (the canary soaks {SOAK})")  # fmt: skip
 
+    def took(self, rollout: str) -> set[str]:
+        """Devices that took the plan of ``rollout`` (group@release), from the server's store."""
+        from engine.rollouts.status import rollout_devices_status
+        from engine.store import Store
+
+        ids = [r["id"] for r in self._status()["rollouts"] if r["name"] == rollout]
+        url = f"sqlite:///{self.fleet.repo.root / '.engine' / 'state.db'}"
+        with Store.open(url, migrate=False) as store, store.read() as conn:
+            return {r.device for r in rollout_devices_status(conn, ids[0]) if r.attempts > 0}
+
     def _status(self) -> dict[str, Any]:
         out = self.fleet.repo.engine("status", "--json").stdout
         data: dict[str, Any] = json.loads(out)
@@ -179,19 +192,19 @@ class Demo:
                   flush=True)  # fmt: skip
         status = self._status()
         halted = [r for r in status["rollouts"] if r["release"] == "3.0.2"]
-        untouched = [i for i in f.devices if i not in tried]
         print(flush=True)
         for r in halted:
             print(f"rollout {r['name']}: {r['state']} — {r.get('reason') or ''}", flush=True)
         versions = self._versions_line()
         print(
-            f"{len(tried)} devices (the canaries) tried 3.0.2; each failed its health check "
+            f"{len(tried)} devices (canaries) tried 3.0.2; each failed its health check "
             "(the agent exited) and rolled itself back to 3.0.1, which runs and heartbeats again.",
             flush=True,
         )
         fleet = [i for i in f.devices if i not in self.canaries]
-        print(f"{len(untouched)} devices were never offered 3.0.2, among them all {len(fleet)} "
-              "fleet devices: the fleet's rollout waited for the canary's and halted with it.",
+        offered = len([i for i in fleet if i in tried])
+        print(f"{len(fleet) - offered} of the {len(fleet)} fleet devices were never offered "
+              "3.0.2: the fleet's rollout waited for the canary's and halted with it.",
               flush=True)  # fmt: skip
         print(f"fleet versions now: {versions}", flush=True)
         if tried - set(self.canaries):
