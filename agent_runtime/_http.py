@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import select
 import socket
 import sys
@@ -38,14 +39,21 @@ __all__ = ["HttpClient", "Response", "proxy_for", "tls_context"]
 #: Environment variables naming a CA bundle; OpenSSL itself honours SSL_CERT_FILE / SSL_CERT_DIR.
 CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
+_HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
 _tls_lock = threading.Lock()
 _tls_cache: dict[tuple[str | None, ...], ssl.SSLContext] = {}
 
 
 def tls_context() -> ssl.SSLContext:
-    """The process's verifying TLS context: the system CA store (plus a CA bundle named by
-    ``$REQUESTS_CA_BUNDLE`` / ``$CURL_CA_BUNDLE``); certifi's bundle only when the system
-    has no CA store at all. Built on first https use and shared by every client."""
+    """The process's verifying TLS context (certificate and host name checked), built on
+    first https use and shared by every client.
+
+    Trusted CAs: the bundle named by ``$SSL_CERT_FILE`` (or ``$REQUESTS_CA_BUNDLE`` /
+    ``$CURL_CA_BUNDLE``) when set; else the system's hashed CA directory (``$SSL_CERT_DIR``
+    or OpenSSL's default, e.g. /etc/ssl/certs), from which OpenSSL loads only the CAs a
+    handshake needs; else the system's default store (CA file, the Windows store);
+    certifi's bundle only when the system has no CA at all.
+    """
     key = tuple(os.environ.get(k) for k in ("SSL_CERT_FILE", "SSL_CERT_DIR", *CA_BUNDLE_ENV))
     with _tls_lock:
         ctx = _tls_cache.get(key)
@@ -57,11 +65,17 @@ def tls_context() -> ssl.SSLContext:
 def _make_tls_context() -> ssl.SSLContext:
     import ssl
 
-    ctx = ssl.create_default_context()  # CERT_REQUIRED, check_hostname, system store
     bundle = next((os.environ[k] for k in CA_BUNDLE_ENV if os.environ.get(k)), None)
+    capath = ssl.get_default_verify_paths().capath
+    if bundle is None and not os.environ.get("SSL_CERT_FILE") and _is_hashed_ca_dir(capath):
+        # loading the whole CA file parses ~150 certificates (~0.8 MB kept resident)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+        ctx.load_verify_locations(capath=capath)
+        return ctx
+    ctx = ssl.create_default_context()
     if bundle is not None:
         ctx.load_verify_locations(cafile=bundle)
-    if ctx.cert_store_stats()["x509_ca"] == 0 and not _has_ca_dir():
+    if ctx.cert_store_stats()["x509_ca"] == 0 and not _is_hashed_ca_dir(capath):
         with contextlib.suppress(ImportError):  # e.g. a python.org build on macOS
             import certifi
 
@@ -69,14 +83,15 @@ def _make_tls_context() -> ssl.SSLContext:
     return ctx
 
 
-def _has_ca_dir() -> bool:
-    import ssl
-
-    capath = ssl.get_default_verify_paths().capath
-    if not capath or not os.path.isdir(capath):
+def _is_hashed_ca_dir(path: str | None) -> bool:
+    """True for a directory holding OpenSSL's hash-named CA links (``5ad8a5d6.0``)."""
+    if not path or not os.path.isdir(path):
         return False
-    with os.scandir(capath) as entries:
-        return any(True for _ in entries)
+    try:
+        with os.scandir(path) as entries:
+            return any(_HASHED_NAME.match(e.name) for e in entries)
+    except OSError:
+        return False
 
 
 def proxy_for(scheme: str, host: str, env: Mapping[str, str] | None = None) -> str | None:
@@ -118,10 +133,14 @@ class Response:
         self._received = 0
 
     def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes of the body; b"" at its end. TransportError when the transfer
-        stalls (no byte within the read timeout) or breaks (closed early, bad chunking)."""
+        """Up to ``n`` bytes of the body (what one receive brings); b"" at its end.
+        TransportError when the transfer stalls (no byte within the read timeout) or breaks
+        (closed early, bad chunking); every byte returned before stays valid."""
+        raw = self._raw
         try:
-            data = self._raw.read(n)
+            data = raw.read1(n)
+            if not raw.chunked and raw.length == 0 and not raw.isclosed():
+                raw.read()  # marks the body done, so the connection can carry the next request
         except TimeoutError as e:
             self._abandon()
             raise TransportError(

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ from agent_runtime.converge import FilePlanSource, Runtime  # noqa: E402
 from examples.build_releases import build  # noqa: E402
 from states.plan import DevicePlan, InventoryRef, Plan, ReleaseRef, StateRef  # noqa: E402
 from states.signing import generate_key, private_key_pem, public_key_text  # noqa: E402
+from tests.runtime.pki import Pki, make_pki  # noqa: E402
 
 DEVICE = "bench-device"
 
@@ -55,13 +57,19 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _serve(root: Path) -> Iterator[str]:
+def _serve(root: Path, pki: Pki | None = None) -> Iterator[str]:
     handler = functools.partial(_Quiet, directory=str(root))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    scheme = "http"
+    if pki is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki.server_pem)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -209,6 +217,31 @@ def _bench_layout(base: Path, repo: Path, pinned: str, layout: str) -> dict[str,
     return figures
 
 
+def _bench_https(base: Path, repo: Path, pinned: str) -> dict[str, float]:
+    """RSS of a periodic converge that downloaded its update over https, verifying the
+    server against the system's CA directory plus a test CA ($SSL_CERT_DIR)."""
+    pki = make_pki(base / "pki", "bench runtime ca",
+                   system_dir=ssl.get_default_verify_paths().capath)  # fmt: skip
+    config, plan = _device(base / "https", pinned, "in_place")
+    rt = Runtime(load_config(config), out=lambda _l: None)
+    cli = [sys.executable, "-m", "agent_runtime.cli"]
+    env = {**os.environ, "PYTHONPATH": str(_REPO), "NO_PROXY": "127.0.0.1",
+           "SSL_CERT_DIR": str(pki.ca_dir)}  # fmt: skip
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        env.pop(name, None)
+    try:
+        _plan(plan, repo, "3.0.0", None, None)
+        res = rt.converge_once(FilePlanSource(plan, DEVICE))
+        assert res.result.value == "committed", res.detail
+        with _serve(repo, pki) as url:
+            _plan(plan, repo, "3.0.1", "3.0.0", url)
+            rss, line = _idle_rss(cli, plan, config, env)
+            assert "committed" in line, line
+    finally:
+        rt.service.stop()
+    return {"idle RSS, periodic, after HTTPS update (MB)": rss}
+
+
 def _bench_pull(base: Path) -> dict[str, float]:
     """RSS of a pull-mode runtime against a real `engine serve`: idle before and after it
     installs a rollout over HTTP."""
@@ -264,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                   pad_mb=args.pad_mb, key=keyfile)  # fmt: skip
         results = {lay: _bench_layout(base, repo, public_key_text(key.public_key()), lay)
                    for lay in layouts}  # fmt: skip
+        https = _bench_https(base, repo, public_key_text(key.public_key()))
         pull = {} if args.no_pull else _bench_pull(base)
     names = list(next(iter(results.values())))
     print(f"agent-runtime benchmark: 3.0.0 -> 3.0.1, agent padded by {args.pad_mb} MiB, "
@@ -272,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         row = "".join(f"{results[lay].get(name, float('nan')):>12.3f}" for lay in layouts)
         print(f"{name:<46}{row}")
+    print("https (system CA directory + a test CA), in_place")
+    for name, value in https.items():
+        print(f"{name:<46}{value:>12.3f}")
     if pull:
         print("pull mode against engine serve on 127.0.0.1 (example agent, 3.0.0 -> 3.0.1, "
               "in_place)")  # fmt: skip
