@@ -10,7 +10,9 @@ Points: ``before:<PHASE>`` (journal saved, effect not started), ``after:<PHASE>`
 (effect done, next journal not yet saved), ``swap.file:<n>`` (in-place swap:
 the n-th file, counted from 1, has just been renamed in; versioned: n=1 after
 the release directory is in place, before the pointer flips),
-``download.chunk:<n>`` (after the n-th chunk of a download was written).
+``download.chunk:<n>`` (after the n-th chunk of a download was written),
+``process.spawned`` (process service manager: the agent was spawned, its pid
+file not yet written).
 Actions: ``kill`` (the process SIGKILLs itself), ``fail`` (the step raises
 FaultInjectedError, which the executor treats like any failing effect).
 """

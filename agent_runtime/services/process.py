@@ -3,6 +3,17 @@
 The agent is started detached (its own session), so it outlives the runtime;
 a pid file holding the pid *and* the process's creation time lets a later
 runtime find it again without mistaking a recycled pid for the agent.
+
+A runtime killed between spawning the agent and writing its pid file must not
+leave an agent nobody tracks (a later runtime would start a second one).
+So each start is announced first: a launch record (``agent.launch``, written
+atomically) names a fresh launch id, which the agent receives in its
+environment (``AGENT_RUNTIME_LAUNCH_ID``); the record is removed once the pid
+file is written. A manager that finds a launch record left behind looks for
+the process carrying that launch id (or, when its environment cannot be read,
+the recorded argv and cwd, created after the launching runtime) and adopts it
+into the pid file; with no such process the record is dropped. See
+docs/service-managers.md.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +33,18 @@ from typing import IO, Any
 
 import psutil
 
+from agent_runtime import faults
 from agent_runtime.effects import RunSpec
 from agent_runtime.errors import ServiceError
 
-__all__ = ["PID_FILE", "ProcessExit", "ProcessManager", "write_atomic"]
+__all__ = ["LAUNCH_FILE", "LAUNCH_ID_ENV", "PID_FILE", "ProcessExit", "ProcessManager",
+           "write_atomic"]  # fmt: skip
 
 PID_FILE = "agent.pid"
+#: The launch record: written before the agent is spawned, removed once the pid file is.
+LAUNCH_FILE = "agent.launch"
+#: Environment variable carrying the launch id into the agent (how an orphan is recognised).
+LAUNCH_ID_ENV = "AGENT_RUNTIME_LAUNCH_ID"
 LOG_FILE = "agent.log"
 #: A log larger than this is moved to ``agent.log.1`` when the agent is started.
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
@@ -92,6 +110,7 @@ class ProcessManager:
         self.log_file = log_file if log_file is not None else state_dir / LOG_FILE
         self.python = str(python) if python is not None else sys.executable
         self.pid_file = state_dir / PID_FILE
+        self.launch_file = state_dir / LAUNCH_FILE
         self._child: subprocess.Popen[bytes] | None = None
         self._last_exit: ProcessExit | None = None
 
@@ -149,29 +168,77 @@ class ProcessManager:
         argv = self._argv(run)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rotate_log()
-        env = {**os.environ, **run.env}
+        launch_id = uuid.uuid4().hex
+        env = {**os.environ, **run.env, LAUNCH_ID_ENV: launch_id}
+        launch = {
+            "launch_id": launch_id,
+            "version": str(run.version),
+            "argv": argv,
+            "cwd": str(run.cwd),
+            "runtime_pid": os.getpid(),
+            "runtime_create_time": _own_create_time(),
+        }
+        write_atomic(self.launch_file, (json.dumps(launch, indent=2) + "\n").encode())
         try:
             with open(self.log_file, "ab") as log:
                 child = self._spawn(argv, run.cwd, env, log)
         except OSError as e:
+            self._drop_launch()
             raise ServiceError(
                 f"cannot start the agent `{' '.join(argv)}` in {run.cwd}: {e}"
             ) from e
         self._child = child
         self._last_exit = None
+        faults.hit("process.spawned")
         try:
             create_time = psutil.Process(child.pid).create_time()
         except psutil.Error:
             create_time = 0.0  # already gone; is_running will say so
+        self._write_pid_file(child.pid, create_time, launch)
+        self._drop_launch()
+
+    def _write_pid_file(self, pid: int, create_time: float, launch: dict[str, Any]) -> None:
         record = {
-            "pid": child.pid,
+            "pid": pid,
             "create_time": create_time,
-            "version": str(run.version),
-            "argv": argv,
-            "cwd": str(run.cwd),
+            "version": launch.get("version"),
+            "argv": launch.get("argv"),
+            "cwd": launch.get("cwd"),
+            "launch_id": launch.get("launch_id"),
             "started": datetime.now(UTC).isoformat(),
         }
         write_atomic(self.pid_file, (json.dumps(record, indent=2) + "\n").encode())
+
+    def _drop_launch(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.launch_file.unlink()
+
+    def _resolve_launch(self) -> None:
+        """Settle a launch record left by a runtime that died while starting the agent: adopt
+        the process it started into the pid file (or stop it, when the pid file already tracks
+        another live agent), then drop the record."""
+        try:
+            launch = json.loads(self.launch_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            launch = None  # torn or unreadable: written before any spawn (atomic rename)
+        if not isinstance(launch, dict) or not isinstance(launch.get("launch_id"), str):
+            self._drop_launch()
+            return
+        record = self._read_pid_file()
+        if record is not None and record.get("launch_id") == launch["launch_id"]:
+            self._drop_launch()  # died after writing the pid file: nothing to settle
+            return
+        orphan = _find_launched(launch)
+        if orphan is not None:
+            tracked = self._tracked_process(record) if record is not None else None
+            if tracked is not None and tracked.pid != orphan.pid:
+                self._terminate(orphan)  # one agent only: keep the one the pid file names
+            else:
+                with contextlib.suppress(psutil.NoSuchProcess):  # exited meanwhile: no adoption
+                    self._write_pid_file(orphan.pid, orphan.create_time(), launch)
+        self._drop_launch()
 
     @staticmethod
     def _spawn(
@@ -205,9 +272,15 @@ class ProcessManager:
         return data
 
     def _running_process(self) -> psutil.Process | None:
+        if self.launch_file.exists():
+            self._resolve_launch()
         record = self._read_pid_file()
         if record is None:
             return None
+        return self._tracked_process(record)
+
+    def _tracked_process(self, record: dict[str, Any]) -> psutil.Process | None:
+        """The live process ``record`` names (same pid and creation time), or None."""
         pid: int = record["pid"]
         if self._child is not None and self._child.pid == pid:
             code = self._child.poll()  # reaps our own exited child
@@ -270,3 +343,40 @@ class ProcessManager:
         except psutil.AccessDenied as e:
             raise ServiceError(f"not allowed to stop agent pid {proc.pid}: {e}") from e
         self._last_exit = ProcessExit(proc.pid, code)
+
+
+def _own_create_time() -> float:
+    try:
+        return psutil.Process().create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _find_launched(launch: dict[str, Any]) -> psutil.Process | None:
+    """The live process started by ``launch``: the one carrying its launch id in its
+    environment; when an environment cannot be read, one with the recorded argv and cwd
+    that was created after the launching runtime."""
+    want = launch["launch_id"]
+    argv = launch.get("argv")
+    cwd = launch.get("cwd")
+    after = float(launch.get("runtime_create_time") or 0.0)
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if proc.create_time() + CREATE_TIME_TOLERANCE < after:
+                continue  # older than the runtime that launched it
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            try:
+                if proc.environ().get(LAUNCH_ID_ENV) == want:
+                    return proc
+                continue
+            except psutil.AccessDenied:
+                pass
+            if argv and proc.cmdline() == argv and proc.cwd() == cwd:
+                return proc
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return None

@@ -146,3 +146,48 @@ def test_random_kills(tmp_path: Path) -> None:
         futures = [pool.submit(_random_kills, tmp_path / layout, layout, 25) for layout in LAYOUTS]
         failures = [f.result() for f in futures]
     assert failures == [None, None]
+
+
+def _agent_processes(sb: Sandbox) -> list[int]:
+    """Pids of live agent processes running anywhere in the sandbox."""
+    import psutil
+
+    base = str(sb.base.resolve())
+    found = []
+    for proc in psutil.process_iter(["cwd", "cmdline", "status"]):
+        info = proc.info
+        cwd = info.get("cwd") or ""
+        if (
+            info.get("status") != psutil.STATUS_ZOMBIE
+            and cwd.startswith(base)
+            and ("nats_agent.py" in " ".join(info.get("cmdline") or []))
+        ):
+            found.append(proc.pid)
+    return found
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.slow
+def test_kill_between_agent_spawn_and_pid_file_leaves_one_tracked_agent(
+    tmp_path: Path, layout: str
+) -> None:
+    """Runtime SIGKILLed after spawning the new agent but before writing its pid file, then
+    restarted: exactly one agent runs afterwards, the one the pid file names."""
+    sb = Sandbox(base=tmp_path / layout, layout=layout)
+    try:
+        sb.publish("3.0.0")
+        sb.publish("3.0.1")
+        sb.write_plan("3.0.0")
+        assert sb.converge().returncode == 0
+        sb.write_plan("3.0.1", "3.0.0")
+        faulted = sb.converge(fault="process.spawned=kill")
+        assert faulted.returncode == -signal.SIGKILL, faulted.stdout + faulted.stderr
+        assert not (sb.state / "agent.pid").exists() and (sb.state / "agent.launch").exists()
+        assert len(_agent_processes(sb)) == 1  # the new agent, tracked by nobody
+        restarted = sb.converge()
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert sb.assert_consistent() == "3.0.1"
+        assert _agent_processes(sb) == [sb.agent_pid()]
+        assert not (sb.state / "agent.launch").exists()
+    finally:
+        sb.stop_agent()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -243,3 +245,132 @@ def test_start_in_missing_directory_raises_service_error(
     with pytest.raises(ServiceError, match="nope"):
         process_manager.restart(run)
     assert not process_manager.pid_file.exists()
+
+
+def _agents_in(directory: Path) -> list[int]:
+    """Pids of live example-agent processes running in ``directory``."""
+    found = []
+    for proc in psutil.process_iter(["cwd", "cmdline", "status"]):
+        info = proc.info
+        if info.get("status") == psutil.STATUS_ZOMBIE:
+            continue
+        if info.get("cwd") == str(directory) and "nats_agent.py" in " ".join(
+            info.get("cmdline") or []
+        ):
+            found.append(proc.pid)
+    return found
+
+
+@pytest.fixture
+def orphans_killed(tmp_path: Path) -> Iterator[None]:
+    """Kill any agent still running under tmp_path at teardown (even when a test failed)."""
+    yield
+    base = str(tmp_path)
+    for proc in psutil.process_iter(["cwd"]):
+        if (proc.info.get("cwd") or "").startswith(base) and proc.pid != os.getpid():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def _start_and_die(run: RunSpec, state: Path) -> subprocess.CompletedProcess[str]:
+    """A runtime process that starts the agent and is SIGKILLed between spawn and pid file."""
+    script = (
+        "from pathlib import Path\n"
+        "from agent_runtime.effects import RunSpec\n"
+        "from agent_runtime.services import ProcessManager\n"
+        "from inventory.version import Version\n"
+        f"run = RunSpec(cwd=Path({str(run.cwd)!r}), argv=['{{python}}', 'nats_agent.py'],"
+        " version=Version('3.0.1'), env={'HEARTBEAT_INTERVAL': '0.2'})\n"
+        f"ProcessManager(Path({str(state)!r})).ensure_running(run)\n"
+    )
+    env = {**os.environ, "AGENT_RUNTIME_FAULT": "process.spawned=kill"}
+    return subprocess.run(
+        [sys.executable, "-c", script], check=False, cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_runtime_killed_between_spawn_and_pid_file_leaves_no_untracked_agent(
+    tmp_path: Path, managers: list[ProcessManager], orphans_killed: None
+) -> None:
+    """SIGKILLed after spawning the agent but before writing its pid file: the next runtime
+    adopts that agent into the pid file and does not start a second one."""
+    run = install_release("3.0.1", tmp_path / "agent")
+    state = tmp_path / "state"
+    died = _start_and_die(run, state)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert not (state / "agent.pid").exists() and (state / "agent.launch").exists()
+    _wait_for(lambda: len(_agents_in(run.cwd)) == 1)
+    (orphan,) = _agents_in(run.cwd)
+    later = ProcessManager(state, stop_timeout=5.0)
+    managers.append(later)
+    assert later.ensure_running(run) is False
+    assert later.pid() == orphan
+    record = json.loads((state / "agent.pid").read_text())
+    assert record["pid"] == orphan
+    assert record["create_time"] == pytest.approx(psutil.Process(orphan).create_time(), abs=0.01)
+    assert not (state / "agent.launch").exists()
+    assert _agents_in(run.cwd) == [orphan]
+    later.stop()
+    assert _agents_in(run.cwd) == [] and not (state / "agent.pid").exists()
+
+
+def test_restart_after_a_kill_between_spawn_and_pid_file_stops_the_orphan(
+    tmp_path: Path, managers: list[ProcessManager], orphans_killed: None
+) -> None:
+    """restart() after such a crash stops the orphaned agent before starting the new one:
+    exactly one agent runs, the one the pid file names."""
+    run = install_release("3.0.1", tmp_path / "agent")
+    state = tmp_path / "state"
+    assert _start_and_die(run, state).returncode == -signal.SIGKILL
+    _wait_for(lambda: len(_agents_in(run.cwd)) == 1)
+    (orphan,) = _agents_in(run.cwd)
+    later = ProcessManager(state, stop_timeout=5.0)
+    managers.append(later)
+    later.restart(run)
+    pid = later.pid()
+    assert pid is not None and pid != orphan
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == "zombie"
+    assert _agents_in(run.cwd) == [pid]
+
+
+def test_launch_record_without_a_process_is_dropped(
+    tmp_path: Path, process_manager: ProcessManager, orphans_killed: None
+) -> None:
+    """A launch record whose spawn never happened is dropped; the agent is then started once."""
+    run = install_release("3.0.1", tmp_path / "agent")
+    state = process_manager.state_dir
+    state.mkdir(parents=True)
+    (state / "agent.launch").write_text(json.dumps({
+        "launch_id": "0" * 32, "argv": [sys.executable, "nats_agent.py"], "cwd": str(run.cwd),
+        "version": "3.0.1", "runtime_create_time": 0.0,
+    }))  # fmt: skip
+    assert not process_manager.is_running()
+    assert not (state / "agent.launch").exists() and not (state / "agent.pid").exists()
+    assert process_manager.ensure_running(run) is True
+    assert _agents_in(run.cwd) == [process_manager.pid()]
+
+
+def test_orphan_found_by_argv_and_cwd_when_its_environment_is_unreadable(
+    tmp_path: Path,
+    managers: list[ProcessManager],
+    monkeypatch: pytest.MonkeyPatch,
+    orphans_killed: None,
+) -> None:
+    """Where a process's environment cannot be read (AccessDenied, e.g. macOS hardening), the
+    orphan is recognised by the recorded argv and cwd, created after the launching runtime."""
+    run = install_release("3.0.1", tmp_path / "agent")
+    state = tmp_path / "state"
+    assert _start_and_die(run, state).returncode == -signal.SIGKILL
+    _wait_for(lambda: len(_agents_in(run.cwd)) == 1)
+    (orphan,) = _agents_in(run.cwd)
+
+    def denied(self: psutil.Process) -> dict[str, str]:
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "environ", denied)
+    later = ProcessManager(state, stop_timeout=5.0)
+    managers.append(later)
+    assert later.pid() == orphan
+    assert later.ensure_running(run) is False
+    assert _agents_in(run.cwd) == [orphan]
