@@ -222,10 +222,11 @@ class PullLoop:
                 if once:
                     break
                 code = 0  # the periodic loop ends on request, not on a round's result
-                if self._said != said:  # quiet rounds (nothing offered) log nothing
+                busy = self._said != said  # quiet rounds (nothing offered) log nothing
+                if busy:
                     self.out(f"next check-in in {delay:.1f}s")
                 if delay >= IDLE_TRIM_AFTER:
-                    release_memory()
+                    release_memory(collect=busy)  # a quiet round leaves little garbage
                 stop.wait(delay)
         finally:
             self.forwarder.stop()
