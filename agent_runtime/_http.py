@@ -219,10 +219,14 @@ class HttpClient:
         """
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
+        try:
+            explicit_port = parts.port
+        except ValueError:  # a port that is not a number, or out of range
+            explicit_port = -1
+        if scheme not in ("http", "https") or not parts.hostname or explicit_port == -1:
             raise TransportError(f"not an http(s) URL: {url!r}", connected=False)
         host = parts.hostname
-        port = parts.port or (443 if scheme == "https" else 80)
+        port = explicit_port or (443 if scheme == "https" else 80)
         proxy = proxy_for(scheme, host) if self.proxies_from_env else None
         target = parts.path or "/"
         if parts.query:

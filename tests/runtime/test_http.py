@@ -249,9 +249,12 @@ def test_chunked_body_ending_early_is_a_download_error(tmp_path: Path) -> None:
 
 
 def test_not_an_http_url_is_a_transport_error() -> None:
-    """Only http and https URLs are requested."""
-    with pytest.raises(TransportError, match="not an http"):
-        HttpClient(connect_timeout=1, read_timeout=1).request("GET", "ftp://127.0.0.1/x")
+    """Only well-formed http and https URLs are requested."""
+    client = HttpClient(connect_timeout=1, read_timeout=1)
+    for url in ("ftp://127.0.0.1/x", "http://127.0.0.1:port/x", "http:///x"):
+        with pytest.raises(TransportError, match="not an http") as e:
+            client.request("GET", url)
+        assert e.value.connected is False
 
 
 def test_runtime_downloads_without_loading_requests(tmp_path: Path) -> None:
