@@ -21,7 +21,7 @@ from inventory.duration import Duration
 from inventory.models import Platform
 from inventory.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
-from states.signing import SignatureError, load_public_key
+from states.signing import SignatureError, raw_public_key
 
 __all__ = [
     "ConvergeSettings",
@@ -146,7 +146,7 @@ class DeviceConfig(_Strict):
     def _keys_parse(cls, keys: list[str]) -> list[str]:
         for i, text in enumerate(keys):
             try:
-                load_public_key(text)
+                raw_public_key(text)
             except SignatureError as e:
                 raise ValueError(f"trusted_keys[{i}]: {e}") from e
         return keys

@@ -49,7 +49,7 @@ from agent_runtime.trust import TrustContext, check_release, parse_signed
 from inventory.version import Version
 from states.manifest import FileEntry, ReleaseManifest
 from states.plan import DevicePlan, Plan, ReleaseRef
-from states.signing import trusted_keys
+from states.signing import raw_trusted_keys
 
 __all__ = [
     "ConvergeResult",
@@ -184,7 +184,7 @@ class Runtime:
         from agent_runtime.services import make_service_manager
 
         self.config = config
-        self.keys = trusted_keys(config.trusted_keys)
+        self.keys = raw_trusted_keys(config.trusted_keys)
         self.layout = layout or make_layout(config)
         self.service = service or make_service_manager(
             config.service, default_state_dir=config.state_dir

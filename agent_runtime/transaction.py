@@ -42,7 +42,7 @@ from agent_runtime.state import CachedFile, DeviceState, Result, StateStore
 from agent_runtime.trust import parse_signed
 from inventory.version import Version
 from states.manifest import FileEntry, HealthCheck, PlatformRelease, ReleaseManifest
-from states.signing import TrustedKeys
+from states.signing import RawTrustedKeys
 
 __all__ = [
     "TRANSITIONS",
@@ -126,7 +126,7 @@ class TxContext:
 
     @classmethod
     def load(
-        cls, staging: Path, keys: TrustedKeys, config: DeviceConfig, states: StateStore
+        cls, staging: Path, keys: RawTrustedKeys, config: DeviceConfig, states: StateStore
     ) -> TxContext:
         """Rebuild a context from ``staging`` (signature re-verified); JournalError if missing."""
         try:
@@ -146,7 +146,7 @@ class TxContext:
 
 
 def previous_release(
-    version: Version | None, keys: TrustedKeys, config: DeviceConfig, states: StateStore
+    version: Version | None, keys: RawTrustedKeys, config: DeviceConfig, states: StateStore
 ) -> tuple[PlatformRelease | None, HealthCheck | None]:
     """Files and health check of an installed release from its kept manifest (None if unknown)."""
     if version is None:

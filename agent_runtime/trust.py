@@ -23,7 +23,7 @@ from agent_runtime.errors import (
 from inventory.models import Platform
 from inventory.version import Version
 from states.manifest import PlatformRelease, ReleaseManifest
-from states.signing import SignatureError, TrustedKeys, verify
+from states.signing import RawTrustedKeys, SignatureError, verify_raw
 
 __all__ = ["TrustContext", "check_release", "parse_signed"]
 
@@ -32,7 +32,7 @@ __all__ = ["TrustContext", "check_release", "parse_signed"]
 class TrustContext:
     """What the device knows when it judges a release."""
 
-    keys: TrustedKeys
+    keys: RawTrustedKeys
     platform: Platform
     now: datetime
     highest_serial: int
@@ -41,14 +41,14 @@ class TrustContext:
 
 
 def parse_signed(
-    manifest: bytes, signature: bytes, keys: TrustedKeys, where: str
+    manifest: bytes, signature: bytes, keys: RawTrustedKeys, where: str
 ) -> ReleaseManifest:
     """Verify ``signature`` over ``manifest`` with the pinned keys, then parse the manifest.
 
     Raises SignatureInvalidError or ManifestError naming ``where``.
     """
     try:
-        keyid = verify(manifest, signature, keys)
+        keyid = verify_raw(manifest, signature, keys)
     except SignatureError as e:
         raise SignatureInvalidError(f"{where}: {e}") from e
     try:

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -242,39 +244,112 @@ def _bench_https(base: Path, repo: Path, pinned: str) -> dict[str, float]:
     return {"idle RSS, periodic, after HTTPS update (MB)": rss}
 
 
+def _installed(device: Any) -> bool:
+    """True once the device's runtime records 3.0.1 installed."""
+    return bool(device.installed() == "3.0.1")
+
+
+@contextlib.contextmanager
+def _tls_front(pki: Pki, backend_port: int) -> Iterator[str]:
+    """A TLS terminator on 127.0.0.1 in front of a plain-HTTP server (engine serve speaks
+    HTTP only; in the field a load balancer terminates TLS)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server_pem)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def serve_one(raw: socket.socket) -> None:
+        try:
+            front = ctx.wrap_socket(raw, server_side=True)
+            back = socket.create_connection(("127.0.0.1", backend_port), timeout=10)
+            back.settimeout(None)
+        except OSError:
+            raw.close()
+            return
+        threading.Thread(target=pump, args=(front, back), daemon=True).start()
+        pump(back, front)
+        front.close()
+        back.close()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(raw,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
 def _bench_pull(base: Path) -> dict[str, float]:
-    """RSS of a pull-mode runtime against a real `engine serve`: idle before and after it
-    installs a rollout over HTTP."""
+    """RSS of pull-mode runtimes against a real `engine serve`, one over HTTP and one over
+    https (a TLS terminator in front, the system CA directory plus a test CA): idle before
+    and after each installs a rollout."""
     from examples.local_fleet import DeviceSpec, DeviceTimings, Fleet, wait_until
 
     group = {
         "fleet": {
             "match": {"site": "demo"},
             "agent": {"release": "3.0.0"},
-            "rollout": {"waves": [100], "max_parallel": 1, "soak": "1s"},
+            "rollout": {"waves": [100], "max_parallel": 2, "soak": "1s"},
         }
     }
-    fleet = Fleet(base / "pull", [DeviceSpec("bench-pull-01", "linux")], group,
-                  timings=DeviceTimings(interval="1s", jitter="0s"), poll_interval="1s")  # fmt: skip
+    names = {"http": "bench-pull-http", "https": "bench-pull-https"}
+    timings = DeviceTimings(interval="1s", jitter="0s")
+    fleet = Fleet(base / "pull", [DeviceSpec(n, "linux") for n in names.values()], group,
+                  timings=timings, poll_interval="1s")  # fmt: skip
+    pki = make_pki(base / "pull-pki", "bench pull ca",
+                   system_dir=ssl.get_default_verify_paths().capath)  # fmt: skip
+    saved = {k: os.environ.get(k) for k in ("SSL_CERT_DIR", "SSL_CERT_FILE")}
     figures: dict[str, float] = {}
     try:
         fleet.setup("3.0.0", parallel=1)
-        device = fleet.device("bench-pull-01")
-        fleet.start()
-        fleet.wait_reported("3.0.0", timeout=60)
-        assert device.proc is not None
-        time.sleep(2.0)  # a few quiet check-ins
-        figures["idle RSS, pull mode, before update (MB)"] = _rss_mb(device.proc.pid, 6)
-        fleet.repo.set_release("3.0.1")
-        applied = fleet.repo.engine("apply", "--yes", check=False, timeout=120)
-        assert applied.returncode == 0, applied.stdout + applied.stderr
-        wait_until("the device to report 3.0.1", lambda: device.installed() == "3.0.1",
-                   timeout=90)  # fmt: skip
-        fleet.wait_reported("3.0.1", timeout=60)
-        time.sleep(2.0)
-        figures["idle RSS, pull mode, after HTTP update (MB)"] = _rss_mb(device.proc.pid, 6)
+        with _tls_front(pki, fleet.server.port) as https_url:
+            tls_device = fleet.device(names["https"])
+            tls_device.write_config(fleet.repo.public_key(), https_url,
+                                    fleet.server.enrollment_secret)  # fmt: skip
+            os.environ["SSL_CERT_DIR"] = str(pki.ca_dir)  # inherited by the runtimes
+            os.environ.pop("SSL_CERT_FILE", None)
+            fleet.start()
+            fleet.wait_reported("3.0.0", timeout=60)
+            time.sleep(2.0)  # a few quiet check-ins
+            for kind, name in names.items():
+                proc = fleet.device(name).proc
+                assert proc is not None
+                figures[f"idle RSS, pull over {kind}, before update (MB)"] = _rss_mb(proc.pid, 6)
+            fleet.repo.set_release("3.0.1")
+            applied = fleet.repo.engine("apply", "--yes", check=False, timeout=120)
+            assert applied.returncode == 0, applied.stdout + applied.stderr
+            for name in names.values():
+                wait_until(f"{name} to install 3.0.1", partial(_installed, fleet.device(name)),
+                           timeout=90)  # fmt: skip
+            fleet.wait_reported("3.0.1", timeout=60)
+            time.sleep(2.0)
+            for kind, name in names.items():
+                proc = fleet.device(name).proc
+                assert proc is not None
+                figures[f"idle RSS, pull over {kind}, after update (MB)"] = _rss_mb(proc.pid, 6)
     finally:
         fleet.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return figures
 
 
@@ -311,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<46}{value:>12.3f}")
     if pull:
         print("pull mode against engine serve on 127.0.0.1 (example agent, 3.0.0 -> 3.0.1, "
-              "in_place)")  # fmt: skip
+              "in_place; https through a TLS terminator)")  # fmt: skip
         for name, value in pull.items():
             print(f"{name:<46}{value:>12.3f}")
     return 0

@@ -8,6 +8,12 @@ A manifest file is signed byte for byte; the signature file beside it
 A list, so that a release can carry the signatures of an old and a new key
 while devices' pinned keys are rotated. The key id is the first 16 hex digits
 of the sha256 of the raw 32-byte public key.
+
+``cryptography`` is imported only by the functions that need key objects
+(keygen, signing, ``load_public_key``, ``verify``). The agent runtime verifies
+with raw keys (``raw_trusted_keys``, ``verify_raw``), which use the system's
+OpenSSL through ``states._ed25519`` and keep ``cryptography`` (≈8 MB resident)
+out of the process.
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from states import _ed25519
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "SIGNATURE_SUFFIX",
+    "RawTrustedKeys",
     "SignatureDocument",
     "SignatureEntry",
     "SignatureError",
@@ -36,9 +49,12 @@ __all__ = [
     "load_public_key",
     "private_key_pem",
     "public_key_text",
+    "raw_public_key",
+    "raw_trusted_keys",
     "sign",
     "trusted_keys",
     "verify",
+    "verify_raw",
 ]
 
 SIGNATURE_SUFFIX = ".sig"
@@ -65,6 +81,8 @@ class SignatureDocument(BaseModel):
 
 
 def _raw(public_key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -75,11 +93,15 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 def generate_key() -> Ed25519PrivateKey:
     """A new ed25519 signing key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
 def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     """PKCS#8 PEM text of a private key (unencrypted: protect the file itself)."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -92,6 +114,9 @@ def public_key_text(public_key: Ed25519PublicKey) -> str:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read a PEM ed25519 private key; raise SignatureError naming the file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
@@ -103,6 +128,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(text: str) -> Ed25519PublicKey:
     """Parse ``ed25519:<base64>`` (or a PEM public key); raise SignatureError."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     text = text.strip()
     try:
         if text.startswith("-----BEGIN"):
@@ -130,7 +158,9 @@ def sign(data: bytes, keys: Iterable[Ed25519PrivateKey]) -> bytes:
     return (json.dumps(doc.model_dump(), indent=2) + "\n").encode()
 
 
-TrustedKeys = dict[str, Ed25519PublicKey]
+TrustedKeys = dict[str, "Ed25519PublicKey"]
+#: Key id → raw 32-byte ed25519 public key (``verify_raw``: no ``cryptography`` needed).
+RawTrustedKeys = dict[str, bytes]
 
 
 def trusted_keys(texts: Iterable[str]) -> TrustedKeys:
@@ -145,6 +175,8 @@ def verify(data: bytes, signature_document: bytes, trusted: TrustedKeys) -> str:
     Raises SignatureError when the document is malformed, no signature is by a
     trusted key, or a trusted key's signature does not match.
     """
+    from cryptography.exceptions import InvalidSignature
+
     if not trusted:
         raise SignatureError("no trusted keys are configured: refusing every manifest")
     try:
@@ -164,3 +196,66 @@ def verify(data: bytes, signature_document: bytes, trusted: TrustedKeys) -> str:
             ) from e
         return entry.keyid
     raise SignatureError("no usable signature")  # pragma: no cover - loop returns or raises
+
+
+#: DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): the raw key follows.
+_SPKI_ED25519_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def raw_public_key(text: str) -> bytes:
+    """The raw 32 bytes of ``ed25519:<base64>`` (or a PEM public key), parsed without
+    ``cryptography``; raise SignatureError as ``load_public_key`` does."""
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            if lines[0] != "-----BEGIN PUBLIC KEY-----" or lines[-1] != "-----END PUBLIC KEY-----":
+                raise SignatureError("not an ed25519 public key")
+            der = base64.b64decode("".join(lines[1:-1]), validate=True)
+            if len(der) != 44 or not der.startswith(_SPKI_ED25519_PREFIX):
+                raise SignatureError("not an ed25519 public key")
+            return der[len(_SPKI_ED25519_PREFIX) :]
+        if not text.startswith("ed25519:"):
+            raise SignatureError(
+                "a public key must look like 'ed25519:<base64 of 32 bytes>' (see `engine keygen`)"
+            )
+        raw = base64.b64decode(text.removeprefix("ed25519:"), validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise SignatureError(f"malformed public key: {e}") from e
+    if len(raw) != 32:
+        raise SignatureError(
+            f"malformed public key: An Ed25519 public key is 32 bytes long, found {len(raw)}"
+        )
+    return raw
+
+
+def raw_trusted_keys(texts: Iterable[str]) -> RawTrustedKeys:
+    """Key id → raw public key for pinned key texts (same ids as ``trusted_keys``); raise
+    SignatureError on a malformed one."""
+    keys = [raw_public_key(t) for t in texts]
+    return {hashlib.sha256(k).hexdigest()[:16]: k for k in keys}
+
+
+def verify_raw(data: bytes, signature_document: bytes, trusted: RawTrustedKeys) -> str:
+    """``verify`` with raw trusted keys: check that a trusted key signed ``data``; return its
+    key id. Raises SignatureError exactly where ``verify`` does."""
+    if not trusted:
+        raise SignatureError("no trusted keys are configured: refusing every manifest")
+    try:
+        doc = SignatureDocument.model_validate_json(signature_document)
+    except ValidationError as e:
+        raise SignatureError(f"malformed signature file: {e.errors()[0]['msg']}") from e
+    known = [s for s in doc.signatures if s.keyid in trusted and s.algorithm == "ed25519"]
+    if not known:
+        ids = ", ".join(s.keyid for s in doc.signatures)
+        raise SignatureError(f"signed by unknown key(s) {ids}; trusted: {', '.join(trusted)}")
+    entry = known[0]
+    try:
+        signature = base64.b64decode(entry.sig, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise SignatureError(
+            f"signature by key {entry.keyid} does not match the manifest bytes"
+        ) from e
+    if not _ed25519.verify(trusted[entry.keyid], signature, data):
+        raise SignatureError(f"signature by key {entry.keyid} does not match the manifest bytes")
+    return entry.keyid

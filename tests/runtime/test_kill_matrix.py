@@ -111,6 +111,11 @@ def _random_kills(base: Path, layout: str, wanted: int) -> str | None:
         sb.publish("3.0.1")
         sb.write_plan("3.0.0")
         assert sb.converge().returncode == 0
+        # kill instants scale with how long an update takes on this machine (not asserted)
+        _flip_target(sb)
+        started = time.monotonic()
+        assert sb.converge().returncode == 0
+        span = time.monotonic() - started
         kills = trials = 0
         while kills < wanted and trials < 3 * wanted:
             trials += 1
@@ -121,7 +126,7 @@ def _random_kills(base: Path, layout: str, wanted: int) -> str | None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            time.sleep(rng.uniform(0.25, 1.0))
+            time.sleep(rng.uniform(0.3, 0.95) * span)
             if proc.poll() is None:
                 proc.kill()
                 kills += 1

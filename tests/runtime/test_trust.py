@@ -17,10 +17,10 @@ from agent_runtime.errors import (
 from agent_runtime.trust import TrustContext, check_release, parse_signed
 from inventory.models import Platform
 from inventory.version import Version
-from states.signing import generate_key, sign, trusted_keys
+from states.signing import generate_key, raw_trusted_keys, sign
 
 KEY = generate_key()
-KEYS = trusted_keys([__import__("states.signing").signing.public_key_text(KEY.public_key())])
+KEYS = raw_trusted_keys([__import__("states.signing").signing.public_key_text(KEY.public_key())])
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 SHA = "a" * 64
 
