@@ -22,7 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,14 +169,12 @@ def trusted_keys(texts: Iterable[str]) -> TrustedKeys:
     return {key_id(k): k for k in keys}
 
 
-def verify(data: bytes, signature_document: bytes, trusted: TrustedKeys) -> str:
-    """Check that a trusted key signed ``data``; return its key id.
+def _trusted_signature(signature_document: bytes, trusted: Collection[str]) -> tuple[str, bytes]:
+    """The key id and signature bytes of the first signature by a trusted key.
 
-    Raises SignatureError when the document is malformed, no signature is by a
-    trusted key, or a trusted key's signature does not match.
+    Raises SignatureError when nothing is trusted, the document is malformed,
+    no signature is by a trusted key, or the signature is not base64.
     """
-    from cryptography.exceptions import InvalidSignature
-
     if not trusted:
         raise SignatureError("no trusted keys are configured: refusing every manifest")
     try:
@@ -187,15 +185,29 @@ def verify(data: bytes, signature_document: bytes, trusted: TrustedKeys) -> str:
     if not known:
         ids = ", ".join(s.keyid for s in doc.signatures)
         raise SignatureError(f"signed by unknown key(s) {ids}; trusted: {', '.join(trusted)}")
-    for entry in known:
-        try:
-            trusted[entry.keyid].verify(base64.b64decode(entry.sig, validate=True), data)
-        except (InvalidSignature, ValueError, binascii.Error) as e:
-            raise SignatureError(
-                f"signature by key {entry.keyid} does not match the manifest bytes"
-            ) from e
-        return entry.keyid
-    raise SignatureError("no usable signature")  # pragma: no cover - loop returns or raises
+    entry = known[0]
+    try:
+        return entry.keyid, base64.b64decode(entry.sig, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise SignatureError(
+            f"signature by key {entry.keyid} does not match the manifest bytes"
+        ) from e
+
+
+def verify(data: bytes, signature_document: bytes, trusted: TrustedKeys) -> str:
+    """Check that a trusted key signed ``data``; return its key id.
+
+    Raises SignatureError when the document is malformed, no signature is by a
+    trusted key, or a trusted key's signature does not match.
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    keyid, signature = _trusted_signature(signature_document, trusted)
+    try:
+        trusted[keyid].verify(signature, data)
+    except InvalidSignature as e:
+        raise SignatureError(f"signature by key {keyid} does not match the manifest bytes") from e
+    return keyid
 
 
 #: DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): the raw key follows.
@@ -239,23 +251,7 @@ def raw_trusted_keys(texts: Iterable[str]) -> RawTrustedKeys:
 def verify_raw(data: bytes, signature_document: bytes, trusted: RawTrustedKeys) -> str:
     """``verify`` with raw trusted keys: check that a trusted key signed ``data``; return its
     key id. Raises SignatureError exactly where ``verify`` does."""
-    if not trusted:
-        raise SignatureError("no trusted keys are configured: refusing every manifest")
-    try:
-        doc = SignatureDocument.model_validate_json(signature_document)
-    except ValidationError as e:
-        raise SignatureError(f"malformed signature file: {e.errors()[0]['msg']}") from e
-    known = [s for s in doc.signatures if s.keyid in trusted and s.algorithm == "ed25519"]
-    if not known:
-        ids = ", ".join(s.keyid for s in doc.signatures)
-        raise SignatureError(f"signed by unknown key(s) {ids}; trusted: {', '.join(trusted)}")
-    entry = known[0]
-    try:
-        signature = base64.b64decode(entry.sig, validate=True)
-    except (ValueError, binascii.Error) as e:
-        raise SignatureError(
-            f"signature by key {entry.keyid} does not match the manifest bytes"
-        ) from e
-    if not _ed25519.verify(trusted[entry.keyid], signature, data):
-        raise SignatureError(f"signature by key {entry.keyid} does not match the manifest bytes")
-    return entry.keyid
+    keyid, signature = _trusted_signature(signature_document, trusted)
+    if not _ed25519.verify(trusted[keyid], signature, data):
+        raise SignatureError(f"signature by key {keyid} does not match the manifest bytes")
+    return keyid

@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,11 +33,11 @@ from typing import IO, Any
 import psutil
 
 from agent_runtime import faults
+from agent_runtime._fsutil import atomic_write_bytes
 from agent_runtime.effects import RunSpec
 from agent_runtime.errors import ServiceError
 
-__all__ = ["LAUNCH_FILE", "LAUNCH_ID_ENV", "PID_FILE", "ProcessExit", "ProcessManager",
-           "write_atomic"]  # fmt: skip
+__all__ = ["LAUNCH_FILE", "LAUNCH_ID_ENV", "PID_FILE", "ProcessExit", "ProcessManager"]
 
 PID_FILE = "agent.pid"
 #: The launch record: written before the agent is spawned, removed once the pid file is.
@@ -69,27 +68,6 @@ class ProcessExit:
         if self.code < 0:
             return f"was killed by signal {-self.code}"
         return f"exited with code {self.code}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new content only."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if os.name == "posix":
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 class ProcessManager:
@@ -178,7 +156,7 @@ class ProcessManager:
             "runtime_pid": os.getpid(),
             "runtime_create_time": _own_create_time(),
         }
-        write_atomic(self.launch_file, (json.dumps(launch, indent=2) + "\n").encode())
+        atomic_write_bytes(self.launch_file, (json.dumps(launch, indent=2) + "\n").encode())
         try:
             with open(self.log_file, "ab") as log:
                 child = self._spawn(argv, run.cwd, env, log)
@@ -207,7 +185,7 @@ class ProcessManager:
             "launch_id": launch.get("launch_id"),
             "started": datetime.now(UTC).isoformat(),
         }
-        write_atomic(self.pid_file, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_bytes(self.pid_file, (json.dumps(record, indent=2) + "\n").encode())
 
     def _drop_launch(self) -> None:
         with contextlib.suppress(FileNotFoundError):
