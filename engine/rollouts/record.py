@@ -12,11 +12,11 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, and_, insert, select, update
 
+from engine.planner import ReleaseView
 from engine.rollouts.errors import RolloutError
 from engine.rollouts.model import NOT_COUNTED_STATES, DeviceState, RolloutState
 from engine.store.schema import releases, rollout_devices, rollouts
@@ -60,24 +60,13 @@ _OPEN_DEVICE_STATES = [
 _CHUNK = 2000
 
 
-class _Release(Protocol):
-    @property
-    def manifest(self) -> ReleaseManifest: ...
-    @property
-    def path(self) -> Path: ...
-    @property
-    def sha256(self) -> str: ...
-    @property
-    def signature_path(self) -> Path | None: ...
-
-
 class RepoLike(Protocol):
     """What recording reads of the operator repo (``inventory.loader.OperatorRepo``)."""
 
     @property
     def inventory(self) -> Inventory: ...
     @property
-    def releases(self) -> Mapping[Version, _Release]: ...
+    def releases(self) -> Mapping[Version, ReleaseView]: ...
     @property
     def digest(self) -> str: ...
 
@@ -369,7 +358,7 @@ def _gate(
     ]
 
 
-def record_release(conn: Connection, release: _Release, now: datetime) -> bool:
+def record_release(conn: Connection, release: ReleaseView, now: datetime) -> bool:
     """Store a release's exact manifest and signature bytes; True when it has a signature.
 
     A version already stored with other bytes is replaced (the operator
