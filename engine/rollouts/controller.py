@@ -47,6 +47,7 @@ from engine.rollouts.model import (
     Timings,
 )
 from engine.rollouts.offers import FAILURE_RESULTS
+from engine.rollouts.ops import unoffer_devices
 from engine.rollouts.webhook import WebhookSender
 from engine.rollouts.windows import in_window
 from engine.store import Store
@@ -240,7 +241,7 @@ class RolloutController:
                     state = RolloutState.HALTED
                     self._set_state(conn, rollout_id, state, reason, now)
                     self._plan_rollbacks(conn, r, now)
-                self._unoffer(conn, rollout_id, now)
+                unoffer_devices(conn, rollout_id, now)
                 events.append(self._event(conn, rollout_id, state, reason))
             else:
                 self._retry_due(conn, rollout_id, now)
@@ -544,16 +545,6 @@ class RolloutController:
                 rollout_devices.c.rollout_id == rollout_id,
                 rollout_devices.c.state == DeviceState.OFFERED.value,
                 rollout_devices.c.offered_at <= now - self.timings.offer_ttl,
-            )
-            .values(state=DeviceState.PENDING.value, offered_at=None, updated_at=now)
-        )
-
-    def _unoffer(self, conn: Connection, rollout_id: int, now: datetime) -> None:
-        conn.execute(
-            update(rollout_devices)
-            .where(
-                rollout_devices.c.rollout_id == rollout_id,
-                rollout_devices.c.state == DeviceState.OFFERED.value,
             )
             .values(state=DeviceState.PENDING.value, offered_at=None, updated_at=now)
         )

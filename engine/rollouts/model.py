@@ -16,6 +16,7 @@ __all__ = [
     "FAILED_STATES",
     "LIVE_ROLLOUT_STATES",
     "NOT_COUNTED_STATES",
+    "OPEN_DEVICE_STATES",
     "TERMINAL_DEVICE_STATES",
     "DeviceState",
     "RolloutState",
@@ -81,6 +82,18 @@ TERMINAL_DEVICE_STATES = frozenset(
 
 #: States in which a device holds one of the rollout's ``max_parallel`` slots.
 ACTIVE_DEVICE_STATES = frozenset({DeviceState.OFFERED, DeviceState.IN_PROGRESS})
+
+#: States a device is in until the rollout is done with it; aborting or superseding
+#: the rollout cancels them.
+OPEN_DEVICE_STATES = frozenset(
+    {
+        DeviceState.PENDING,
+        DeviceState.OFFERED,
+        DeviceState.IN_PROGRESS,
+        DeviceState.ROLLBACK,
+        DeviceState.ROLLING_BACK,
+    }
+)
 
 #: States that count against a wave's failure rate.
 FAILED_STATES = frozenset({DeviceState.FAILED, DeviceState.TIMED_OUT})

@@ -8,21 +8,41 @@ from datetime import datetime
 from sqlalchemy import Connection, select, update
 
 from engine.rollouts.errors import RolloutNotFoundError, RolloutStateError
-from engine.rollouts.model import DeviceState, RolloutState
+from engine.rollouts.model import OPEN_DEVICE_STATES, DeviceState, RolloutState
 from engine.store.schema import rollout_devices, rollouts
 
-__all__ = ["abort_rollout", "pause_rollout", "resume_rollout"]
+__all__ = ["abort_rollout", "end_rollouts", "pause_rollout", "resume_rollout", "unoffer_devices"]
 
-_UNFINISHED = [
-    s.value
-    for s in (
-        DeviceState.PENDING,
-        DeviceState.OFFERED,
-        DeviceState.IN_PROGRESS,
-        DeviceState.ROLLBACK,
-        DeviceState.ROLLING_BACK,
+
+def end_rollouts(
+    conn: Connection, ids: list[int], state: RolloutState, reason: str, now: datetime
+) -> None:
+    """Finish the rollouts ``ids`` in ``state`` and cancel their devices still open."""
+    conn.execute(
+        update(rollouts)
+        .where(rollouts.c.id.in_(ids))
+        .values(state=state.value, reason=reason, finished_at=now, updated_at=now)
     )
-]
+    conn.execute(
+        update(rollout_devices)
+        .where(
+            rollout_devices.c.rollout_id.in_(ids),
+            rollout_devices.c.state.in_([s.value for s in OPEN_DEVICE_STATES]),
+        )
+        .values(state=DeviceState.CANCELLED.value, reason=reason, updated_at=now)
+    )
+
+
+def unoffer_devices(conn: Connection, rollout_id: int, now: datetime) -> None:
+    """Take back offers not yet taken: those devices are pending again."""
+    conn.execute(
+        update(rollout_devices)
+        .where(
+            rollout_devices.c.rollout_id == rollout_id,
+            rollout_devices.c.state == DeviceState.OFFERED.value,
+        )
+        .values(state=DeviceState.PENDING.value, offered_at=None, updated_at=now)
+    )
 
 
 def _state(conn: Connection, rollout_id: int) -> RolloutState:
@@ -55,14 +75,7 @@ def pause_rollout(
         .where(rollouts.c.id == rollout_id)
         .values(state=RolloutState.PAUSED.value, reason=f"paused by {by}", updated_at=now)
     )
-    conn.execute(
-        update(rollout_devices)
-        .where(
-            rollout_devices.c.rollout_id == rollout_id,
-            rollout_devices.c.state == DeviceState.OFFERED.value,
-        )
-        .values(state=DeviceState.PENDING.value, offered_at=None, updated_at=now)
-    )
+    unoffer_devices(conn, rollout_id, now)
 
 
 def resume_rollout(
@@ -128,21 +141,4 @@ def abort_rollout(
             f"rollout #{rollout_id} is {state.value}; "
             "only a waiting, active, paused or halted one aborts"
         )
-    conn.execute(
-        update(rollouts)
-        .where(rollouts.c.id == rollout_id)
-        .values(
-            state=RolloutState.ABORTED.value,
-            reason=f"aborted by {by}",
-            finished_at=now,
-            updated_at=now,
-        )
-    )
-    conn.execute(
-        update(rollout_devices)
-        .where(
-            rollout_devices.c.rollout_id == rollout_id,
-            rollout_devices.c.state.in_(_UNFINISHED),
-        )
-        .values(state=DeviceState.CANCELLED.value, reason=f"aborted by {by}", updated_at=now)
-    )
+    end_rollouts(conn, [rollout_id], RolloutState.ABORTED, f"aborted by {by}", now)

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from engine.planner import ReleaseView
 from engine.rollouts.errors import RolloutError
 from engine.rollouts.model import NOT_COUNTED_STATES, DeviceState, RolloutState
+from engine.rollouts.ops import end_rollouts
 from engine.store.schema import releases, rollout_devices, rollouts
 from engine.waves import wave_fraction
 from inventory.models import Inventory
@@ -47,16 +48,6 @@ _LIVE = [
     )
 ]
 _LIVE_ALL = [*_LIVE, RolloutState.HALTED.value]
-_OPEN_DEVICE_STATES = [
-    s.value
-    for s in (
-        DeviceState.PENDING,
-        DeviceState.OFFERED,
-        DeviceState.IN_PROGRESS,
-        DeviceState.ROLLBACK,
-        DeviceState.ROLLING_BACK,
-    )
-]
 _CHUNK = 2000
 
 
@@ -163,26 +154,7 @@ def _supersede(conn: Connection, group: str, now: datetime, new_name: str) -> li
     ]
     if not ids:
         return []
-    conn.execute(
-        update(rollouts)
-        .where(rollouts.c.id.in_(ids))
-        .values(
-            state=RolloutState.SUPERSEDED.value,
-            reason=f"superseded by {new_name}",
-            finished_at=now,
-            updated_at=now,
-        )
-    )
-    conn.execute(
-        update(rollout_devices)
-        .where(
-            rollout_devices.c.rollout_id.in_(ids),
-            rollout_devices.c.state.in_(_OPEN_DEVICE_STATES),
-        )
-        .values(
-            state=DeviceState.CANCELLED.value, reason=f"superseded by {new_name}", updated_at=now
-        )
-    )
+    end_rollouts(conn, ids, RolloutState.SUPERSEDED, f"superseded by {new_name}", now)
     return ids
 
 
