@@ -17,7 +17,6 @@ Positions are not tracked while loading: only when a problem is found does
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -28,12 +27,13 @@ import orjson
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from inventory.gcpause import gc_paused
+
 __all__ = [
     "Found",
     "Position",
     "YamlSyntaxError",
     "compose",
-    "gc_paused",
     "key_path_at",
     "locate",
     "parse_yaml",
@@ -129,19 +129,6 @@ class _MarkLoader(_BaseLoader):  # type: ignore[valid-type,misc]
         if kind is ScalarNode:
             return "tag:yaml.org,2002:str"
         return "tag:yaml.org,2002:map" if kind is MappingNode else "tag:yaml.org,2002:seq"
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: loading allocates millions of acyclic objects,
-    and letting the collector walk them costs more than the parse itself."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def parse_yaml(text: bytes | str) -> Any:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inventory._yaml import gc_paused
 from inventory.errors import InventoryError, Problem
+from inventory.gcpause import gc_paused
 from inventory.membership import Assignment, Conflict, assign_groups
 from inventory.models import Device, EngineSettings, Group, Inventory
 from inventory.sources import SourceFile, problems_from_validation_error, suggest

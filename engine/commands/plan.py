@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import os
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from engine.plan_io import plan_json, write_plan_json
 from engine.plan_render import render_plan
 from engine.planner import plan_fleet
 from inventory.errors import InventoryError
+from inventory.gcpause import gc_paused
 from states.plan import CHANGING_ACTIONS, InventoryRef, Plan, StateRef
 
 __all__ = ["register", "run"]
@@ -67,22 +65,6 @@ def _colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building a plan of many small, acyclic objects.
-
-    With 100k devices the collector would otherwise walk the whole heap again
-    and again as objects are allocated, for nothing: none of them are cycles.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def make_plan(
     root: Path,
     *,
@@ -122,7 +104,7 @@ def make_plan(
     state_ref = StateRef(
         url=redact_url(url), reports=count, reports_digest=digest, latest_report=latest
     )
-    with _gc_paused():
+    with gc_paused():
         return plan_fleet(
             repo,
             reports,
@@ -150,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(e))
 
     if args.out is not None or args.json:
-        with _gc_paused():
+        with gc_paused():
             data = plan_json(plan)
         if args.out is not None:
             try:
