@@ -17,7 +17,7 @@ from agent_runtime.errors import (
     ServerProtocolError,
 )
 from agent_runtime.server_client import ServerClient
-from inventory.version import Version, VersionError
+from fleetbase.version import Version, VersionError
 from states.protocol import Heartbeat, StepEvent
 
 __all__ = ["EventSender", "HeartbeatForwarder", "read_agent_heartbeat"]

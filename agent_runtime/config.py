@@ -17,9 +17,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from agent_runtime.errors import ConfigError
 from agent_runtime.services.settings import ServiceSettings
-from inventory.duration import Duration
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.duration import Duration
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
 from states.signing import SignatureError, raw_public_key
 

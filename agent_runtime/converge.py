@@ -46,7 +46,7 @@ from agent_runtime.transaction import (
     previous_release,
 )
 from agent_runtime.trust import TrustContext, check_release, parse_signed
-from inventory.version import Version
+from fleetbase.version import Version
 from states.manifest import FileEntry, ReleaseManifest
 from states.plan import DevicePlan, Plan, ReleaseRef
 from states.signing import raw_trusted_keys

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from inventory.version import Version
+from fleetbase.version import Version
 from states.manifest import HealthCheck
 
 __all__ = ["Clock", "HealthProbe", "HealthResult", "RunSpec", "ServiceManager"]

@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 from agent_runtime.effects import Clock, HealthResult, ServiceManager
 from agent_runtime.errors import HealthCheckError, TransportError
 from agent_runtime.services.process import ProcessExit
-from inventory.duration import format_duration
-from inventory.version import Version, VersionError
+from fleetbase.duration import format_duration
+from fleetbase.version import Version, VersionError
 from states.manifest import HealthCheck, HealthCheckKind
 
 __all__ = ["ExitReporter", "Health", "read_heartbeat"]

@@ -54,7 +54,7 @@ from agent_runtime.phases import Phase
 from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
-from inventory.version import Version
+from fleetbase.version import Version
 from states.plan import ReleaseRef, StepName
 from states.protocol import CheckinRequest, CheckinResponse, Heartbeat, StepEvent, TransactionReport
 

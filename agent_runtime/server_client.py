@@ -27,7 +27,7 @@ from agent_runtime.errors import (
     ServerUnavailableError,
     TransportError,
 )
-from inventory.models import Platform
+from fleetbase.platform import Platform
 from states.protocol import (
     API_PREFIX,
     CheckinRequest,

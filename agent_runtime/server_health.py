@@ -8,8 +8,8 @@ from datetime import datetime
 from agent_runtime.effects import Clock, HealthProbe, HealthResult, ServiceManager
 from agent_runtime.errors import ServerError
 from agent_runtime.health import ExitReporter
-from inventory.duration import format_duration
-from inventory.version import Version
+from fleetbase.duration import format_duration
+from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
 from states.protocol import Heartbeat
 

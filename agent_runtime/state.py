@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent_runtime._fsutil import atomic_write_bytes
 from agent_runtime.errors import StateError
-from inventory.version import Version
+from fleetbase.version import Version
 
 __all__ = ["CachedFile", "DeviceState", "Result", "StateStore"]
 

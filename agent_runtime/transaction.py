@@ -40,7 +40,7 @@ from agent_runtime.phases import (
 )
 from agent_runtime.state import CachedFile, DeviceState, Result, StateStore
 from agent_runtime.trust import parse_signed
-from inventory.version import Version
+from fleetbase.version import Version
 from states.manifest import FileEntry, HealthCheck, PlatformRelease, ReleaseManifest
 from states.signing import RawTrustedKeys
 

@@ -20,8 +20,8 @@ from agent_runtime.errors import (
     ManifestError,
     SignatureInvalidError,
 )
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 from states.manifest import PlatformRelease, ReleaseManifest
 from states.signing import RawTrustedKeys, SignatureError, verify_raw
 

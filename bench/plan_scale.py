@@ -47,10 +47,10 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 from engine.plan_io import write_plan  # noqa: E402
 from engine.planner import plan_fleet  # noqa: E402
 from engine.store import Store  # noqa: E402
+from fleetbase.platform import Platform  # noqa: E402
+from fleetbase.version import Version  # noqa: E402
 from inventory._yaml import parse_yaml  # noqa: E402
 from inventory.loader import load_operator_repo  # noqa: E402
-from inventory.models import Platform  # noqa: E402
-from inventory.version import Version  # noqa: E402
 from states.report import Report  # noqa: E402
 
 SITES = [

@@ -21,8 +21,8 @@ import psycopg
 from psycopg import sql
 
 from engine.store import Store
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 from states.report import Report
 
 T = TypeVar("T")

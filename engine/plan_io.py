@@ -12,7 +12,7 @@ import orjson
 from pydantic import ValidationError
 
 from engine.errors import EngineError
-from inventory.version import Version
+from fleetbase.version import Version
 from states.plan import FORMAT_VERSION, Plan
 
 __all__ = [

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.waves import wave_indices
-from inventory.duration import format_duration
-from inventory.models import Device, Inventory, Platform, RolloutPolicy
-from inventory.version import Version
+from fleetbase.duration import format_duration
+from fleetbase.platform import Platform
+from fleetbase.version import Version
+from inventory.models import Device, Inventory, RolloutPolicy
 from states.manifest import HealthCheckKind, ReleaseManifest
 from states.plan import (
     FORMAT_VERSION,

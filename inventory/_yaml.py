@@ -27,7 +27,7 @@ import orjson
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from inventory.gcpause import gc_paused
+from fleetbase.gcpause import gc_paused
 
 __all__ = [
     "Found",

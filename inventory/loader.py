@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleetbase.gcpause import gc_paused
+from fleetbase.version import Version
+from inventory.catalog import LoadedRelease, load_release_catalog
 from inventory.errors import InventoryError, Problem
-from inventory.gcpause import gc_paused
 from inventory.membership import Assignment, Conflict, assign_groups
 from inventory.models import Device, EngineSettings, Group, Inventory
 from inventory.sources import SourceFile, problems_from_validation_error, suggest
-from inventory.version import Version
 
 if TYPE_CHECKING:
-    from states.manifest import ReleaseManifest
+    pass
 
 __all__ = [
     "InventoryFile",
@@ -40,7 +41,6 @@ __all__ = [
 
 ENGINE_FILE = "engine.yaml"
 INVENTORY_DIR = "inventory"
-RELEASES_DIR = "releases"
 
 
 class InventoryFile(BaseModel):
@@ -54,16 +54,6 @@ class InventoryFile(BaseModel):
     groups: dict[str, Group] = Field(
         default_factory=dict, description="groups by name; a name may appear in one file only"
     )
-
-
-@dataclass(frozen=True)
-class LoadedRelease:
-    """A release manifest as read from releases/<version>.yaml."""
-
-    manifest: ReleaseManifest
-    path: Path
-    sha256: str  # of the manifest file's bytes
-    signature_path: Path | None  # <file>.sig when it exists
 
 
 @dataclass(frozen=True)
@@ -108,8 +98,6 @@ def load_operator_repo(root: Path) -> OperatorRepo:
 
 
 def _load(root: Path) -> OperatorRepo:
-    from states.catalog import load_release_catalog
-
     problems: list[Problem] = []
     sources: list[SourceFile] = []
 

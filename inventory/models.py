@@ -13,8 +13,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inventory.duration import Duration
-from inventory.version import Version
+from fleetbase.duration import Duration
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 
 __all__ = [
     "AgentSpec",
@@ -28,14 +29,6 @@ __all__ = [
     "Platform",
     "RolloutPolicy",
 ]
-
-
-class Platform(StrEnum):
-    """Operating system family of a device."""
-
-    WINDOWS = "windows"
-    LINUX = "linux"
-    MACOS = "macos"
 
 
 class _Strict(BaseModel):

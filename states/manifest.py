@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inventory.duration import Duration
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.duration import Duration
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 
 __all__ = [
     "FileEntry",

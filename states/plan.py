@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 
 __all__ = [
     "CHANGING_ACTIONS",

@@ -19,8 +19,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 from states.plan import DevicePlan, ReleaseRef, StepName
 
 __all__ = [

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from inventory.version import Version
+from fleetbase.version import Version
 from states.manifest import FileEntry
 
 __all__ = ["Layout", "SwapPlan"]

@@ -21,7 +21,7 @@ from agent_runtime import faults
 from agent_runtime._fsutil import atomic_write_bytes, copy_durable, fsync_dir, remove_tree
 from agent_runtime.errors import LayoutError
 from agent_runtime.layouts.base import RecordTouch, SwapPlan
-from inventory.version import Version
+from fleetbase.version import Version
 from states.manifest import FileEntry
 
 __all__ = ["BACKUP_DIR", "InPlaceLayout"]

@@ -20,7 +20,7 @@ from agent_runtime import faults
 from agent_runtime._fsutil import atomic_write_bytes, fsync_dir, move_durable, remove_tree
 from agent_runtime.errors import LayoutError
 from agent_runtime.layouts.base import RecordTouch, SwapPlan
-from inventory.version import Version, VersionError
+from fleetbase.version import Version, VersionError
 from states.manifest import FileEntry
 
 __all__ = ["POINTER_FILE", "RELEASES_DIR", "SYMLINK", "VersionedLayout"]

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inventory.duration import Duration
+from fleetbase.duration import Duration
 
 __all__ = [
     "DEFAULT_LAUNCHD_LABEL",

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from engine.commands._args import add_store_options, state_url
 from engine.errors import EngineError
 from engine.store import Store
-from inventory.models import Platform
+from fleetbase.platform import Platform
 
 __all__ = ["register"]
 

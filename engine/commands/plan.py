@@ -14,8 +14,8 @@ from engine.gitinfo import git_info
 from engine.plan_io import plan_json, write_plan_json
 from engine.plan_render import render_plan
 from engine.planner import plan_fleet
+from fleetbase.gcpause import gc_paused
 from inventory.errors import InventoryError
-from inventory.gcpause import gc_paused
 from states.plan import CHANGING_ACTIONS, InventoryRef, Plan, StateRef
 
 __all__ = ["register", "run"]

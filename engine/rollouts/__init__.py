@@ -4,7 +4,7 @@ See docs/rollouts.md for the rules (waves, soak, slots, windows, failures,
 rollbacks, retries, timeouts, priorities, leader lock).
 """
 
-from engine.rollouts.controller import RolloutController, TickEvent, utc_now
+from engine.rollouts.controller import RolloutController, TickEvent
 from engine.rollouts.errors import RolloutError, RolloutNotFoundError, RolloutStateError
 from engine.rollouts.model import DeviceState, RolloutState, Timings
 from engine.rollouts.offers import Offer, offer_for_device, release_ref, server_release_ref
@@ -54,6 +54,5 @@ __all__ = [
     "rollout_status",
     "server_release_ref",
     "sign_body",
-    "utc_now",
     "verify_signature",
 ]

@@ -52,8 +52,9 @@ from engine.rollouts.webhook import WebhookSender
 from engine.rollouts.windows import in_window
 from engine.store import Store
 from engine.store.schema import heartbeats, releases, reports, rollout_devices, rollouts
+from fleetbase.clock import utc_now
+from fleetbase.version import Version, VersionError
 from inventory.models import MaintenanceWindow, OnFailure, RolloutPolicy
-from inventory.version import Version, VersionError
 
 __all__ = ["RolloutController", "TickEvent", "utc_now"]
 
@@ -67,11 +68,6 @@ _OLD = datetime(1970, 1, 1, tzinfo=UTC)
 _GATE_FAILED = frozenset(
     {RolloutState.HALTED.value, RolloutState.ABORTED.value, RolloutState.SUPERSEDED.value}
 )
-
-
-def utc_now() -> datetime:
-    """The current time in UTC (the controller's default clock)."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

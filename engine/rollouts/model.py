@@ -9,7 +9,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from inventory.duration import parse_duration
+from fleetbase.duration import parse_duration
 
 __all__ = [
     "ACTIVE_DEVICE_STATES",

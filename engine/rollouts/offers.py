@@ -21,8 +21,9 @@ from engine.rollouts.model import DeviceState, RolloutState
 from engine.rollouts.windows import in_window
 from engine.store._types import format_utc
 from engine.store.schema import releases
-from inventory.models import MaintenanceWindow, Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
+from inventory.models import MaintenanceWindow
 from states.plan import Action, DevicePlan, ReleaseRef, Step, StepName
 from states.report import Report
 

@@ -22,8 +22,8 @@ from engine.rollouts.model import NOT_COUNTED_STATES, DeviceState, RolloutState
 from engine.rollouts.ops import end_rollouts
 from engine.store.schema import releases, rollout_devices, rollouts
 from engine.waves import wave_fraction
+from fleetbase.version import Version
 from inventory.models import Inventory
-from inventory.version import Version
 from states.manifest import ReleaseManifest
 from states.plan import CHANGING_ACTIONS, Action, DevicePlan, Plan, RolloutPlan
 

@@ -20,7 +20,7 @@ from engine.server._http import json_response, refuse
 from engine.server._releases import Release
 from engine.server.app import ServerState
 from engine.store.schema import rollouts
-from inventory.models import Platform
+from fleetbase.platform import Platform
 from states.manifest import validate_relative_path
 
 __all__ = ["FIELD_AGENT_FILE", "PLATFORM_DIRS", "field_release", "router"]

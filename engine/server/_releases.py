@@ -20,7 +20,7 @@ import yaml
 from sqlalchemy import Connection, select
 
 from engine.store.schema import releases
-from inventory.models import Platform
+from fleetbase.platform import Platform
 from states.manifest import FileEntry, ReleaseManifest
 
 __all__ = ["ArtifactIndex", "Release", "ReleaseSource"]

@@ -21,7 +21,7 @@ from engine.server._device_db import DeviceSql, lookup_token
 from engine.server._releases import ArtifactIndex, ReleaseSource, read_releases_table
 from engine.server.clock import utc_now
 from engine.store import Store
-from inventory.version import Version
+from fleetbase.version import Version
 from states.plan import DevicePlan, ReleaseRef
 from states.protocol import CheckinRequest, EnrollRequest, EventBatch, Heartbeat
 from states.report import Report

@@ -15,15 +15,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from engine.server.errors import ServerError
+from fleetbase.clock import utc_now
 
 __all__ = ["ENV_TEST_CLOCK_FILE", "FileClock", "clock_from_env", "utc_now"]
 
 ENV_TEST_CLOCK_FILE = "ENGINE_TEST_CLOCK_FILE"
-
-
-def utc_now() -> datetime:
-    """The current time, in UTC."""
-    return datetime.now(UTC)
 
 
 def _parse(text: str, path: Path) -> datetime | timedelta | None:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.server.credentials import hash_token, new_token
 from engine.server.errors import ServerError
 from engine.store.schema import devices, heartbeats, reports
-from inventory.models import Platform
+from fleetbase.platform import Platform
 
 __all__ = [
     "DeviceRecord",

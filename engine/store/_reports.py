@@ -14,9 +14,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.errors import StoreError
 from engine.store._types import format_utc
 from engine.store.schema import reports
-from inventory.gcpause import gc_paused
-from inventory.models import Platform
-from inventory.version import Version, VersionError
+from fleetbase.gcpause import gc_paused
+from fleetbase.platform import Platform
+from fleetbase.version import Version, VersionError
 from states.report import Report
 
 __all__ = ["ReportDigest", "UpsertCounts", "digest", "digest_reports", "load", "load_one", "upsert"]

@@ -96,6 +96,6 @@ def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
 
 def seconds(text: str) -> timedelta:
     """``"2s"`` as a timedelta."""
-    from inventory.duration import parse_duration
+    from fleetbase.duration import parse_duration
 
     return parse_duration(text)

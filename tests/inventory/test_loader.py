@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from fleetbase.platform import Platform
+from fleetbase.version import Version
+from inventory.catalog import load_release
 from inventory.loader import load_operator_repo
-from inventory.models import Platform
-from inventory.version import Version
-from states.catalog import load_release
 from tests.inventory.conftest import RepoMaker, manifest_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet"
@@ -196,7 +196,7 @@ def test_version_equality_ignores_trailing_zeros_and_build() -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     """Durations read as operators write them."""
-    from inventory.duration import format_duration, parse_duration
+    from fleetbase.duration import format_duration, parse_duration
 
     assert parse_duration(text) == timedelta(seconds=seconds)
     assert parse_duration(format_duration(parse_duration(text))) == parse_duration(text)

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inventory.models import Inventory, Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
+from inventory.models import Inventory
 from states.manifest import ReleaseManifest
 from states.report import Report
 

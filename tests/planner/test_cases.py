@@ -12,7 +12,7 @@ import yaml
 
 from engine.plan_io import plan_json
 from engine.planner import plan_fleet
-from inventory.duration import parse_duration
+from fleetbase.duration import parse_duration
 from states.plan import Plan
 from tests.planner.helpers import make_repo, make_reports
 

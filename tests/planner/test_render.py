@@ -9,7 +9,7 @@ import yaml
 
 from engine.plan_render import render_plan, summary_line
 from engine.planner import plan_fleet
-from inventory.duration import parse_duration
+from fleetbase.duration import parse_duration
 from states.plan import Plan
 from tests.planner.helpers import NOW, make_repo, make_reports
 

@@ -14,7 +14,7 @@ from agent_runtime.errors import (
     ServerUnavailableError,
 )
 from agent_runtime.server_client import MAX_RETRY_AFTER, ServerClient, parse_retry_after
-from inventory.models import Platform
+from fleetbase.platform import Platform
 from states.protocol import CheckinRequest
 from tests.pull.stub import Answer, StubServer, running_stub
 

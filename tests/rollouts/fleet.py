@@ -21,8 +21,8 @@ from engine.rollouts import ApplyResult, Offer, offer_for_device, record_rollout
 from engine.rollouts.offers import clear_caches
 from engine.store import Store
 from engine.store.schema import heartbeats, reports, rollout_devices, rollouts
+from fleetbase.version import Version
 from inventory.loader import load_operator_repo
-from inventory.version import Version
 from states.plan import Plan
 from states.report import Report
 

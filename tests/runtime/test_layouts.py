@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent_runtime.layouts import InPlaceLayout, SwapPlan, VersionedLayout
-from inventory.version import Version
+from fleetbase.version import Version
 from states.manifest import FileEntry
 
 

@@ -15,8 +15,8 @@ from agent_runtime.errors import (
     SignatureInvalidError,
 )
 from agent_runtime.trust import TrustContext, check_release, parse_signed
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 from states.signing import generate_key, raw_trusted_keys, sign
 
 KEY = generate_key()

@@ -12,7 +12,7 @@ import pytest
 
 from agent_runtime.effects import RunSpec
 from agent_runtime.services import ProcessManager
-from inventory.version import Version
+from fleetbase.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "examples" / "fleet" / "artifacts"

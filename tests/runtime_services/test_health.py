@@ -14,7 +14,7 @@ import pytest
 from agent_runtime.clock import SystemClock
 from agent_runtime.health import Health, read_heartbeat
 from agent_runtime.services import ProcessManager
-from inventory.version import Version
+from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
 from tests.runtime_services.conftest import install_release
 

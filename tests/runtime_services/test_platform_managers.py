@@ -13,7 +13,7 @@ import pytest
 from agent_runtime.effects import RunSpec
 from agent_runtime.errors import ServiceError
 from agent_runtime.services import LaunchdManager, SystemdManager, WindowsServiceManager
-from inventory.version import Version
+from fleetbase.version import Version
 from tests.runtime_services.conftest import Answer, FakeRunner, FakeTime, out
 
 RUN = RunSpec(cwd=Path("/opt/Wegweiser/Agent"), argv=[], version=Version("3.0.1"))

@@ -18,7 +18,7 @@ import pytest
 from agent_runtime.effects import RunSpec
 from agent_runtime.errors import ServiceError
 from agent_runtime.services import ProcessManager
-from inventory.version import Version
+from fleetbase.version import Version
 from tests.runtime_services.conftest import REPO, install_release
 
 
@@ -86,7 +86,7 @@ def test_agent_outlives_the_runtime_that_started_it(
         "import sys; from pathlib import Path\n"
         "from agent_runtime.effects import RunSpec\n"
         "from agent_runtime.services import ProcessManager\n"
-        "from inventory.version import Version\n"
+        "from fleetbase.version import Version\n"
         f"run = RunSpec(cwd=Path({str(run.cwd)!r}), argv=['{{python}}', 'nats_agent.py'],"
         " version=Version('3.0.1'), env={'HEARTBEAT_INTERVAL': '0.2'})\n"
         f"print(ProcessManager(Path({str(state)!r})).ensure_running(run))\n"
@@ -278,7 +278,7 @@ def _start_and_die(run: RunSpec, state: Path) -> subprocess.CompletedProcess[str
         "from pathlib import Path\n"
         "from agent_runtime.effects import RunSpec\n"
         "from agent_runtime.services import ProcessManager\n"
-        "from inventory.version import Version\n"
+        "from fleetbase.version import Version\n"
         f"run = RunSpec(cwd=Path({str(run.cwd)!r}), argv=['{{python}}', 'nats_agent.py'],"
         " version=Version('3.0.1'), env={'HEARTBEAT_INTERVAL': '0.2'})\n"
         f"ProcessManager(Path({str(state)!r})).ensure_running(run)\n"

@@ -20,8 +20,8 @@ from engine.server import OfferFunction, ServerSettings, create_app
 from engine.server.registry import enroll_device
 from engine.store import Store
 from engine.store.schema import releases, reports, rollouts
-from inventory.models import Platform
-from states.catalog import load_release
+from fleetbase.platform import Platform
+from inventory.catalog import load_release
 from states.plan import Action, DevicePlan
 from states.report import Report
 from tests.server.conftest import copy_fleet

@@ -12,8 +12,8 @@ from sqlalchemy import String, select, text
 
 from engine.store import Store, StoreError, UpsertCounts, digest_reports
 from engine.store.schema import reports as reports_table
-from inventory.models import Platform
-from inventory.version import Version
+from fleetbase.platform import Platform
+from fleetbase.version import Version
 from states.report import Report
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)

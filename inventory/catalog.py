@@ -12,15 +12,31 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from inventory.errors import Problem
-from inventory.loader import RELEASES_DIR, LoadedRelease
+from fleetbase.version import Version, VersionError
+from inventory.errors import InventoryError, Problem
 from inventory.sources import SourceFile, problems_from_validation_error
-from inventory.version import Version, VersionError
 from states.manifest import ReleaseManifest
 
-__all__ = ["ReleaseCatalog", "load_release", "load_release_catalog"]
+__all__ = [
+    "RELEASES_DIR",
+    "LoadedRelease",
+    "ReleaseCatalog",
+    "load_release",
+    "load_release_catalog",
+]
 
+RELEASES_DIR = "releases"
 _SUFFIX = ".yaml"
+
+
+@dataclass(frozen=True)
+class LoadedRelease:
+    """A release manifest as read from releases/<version>.yaml."""
+
+    manifest: ReleaseManifest
+    path: Path
+    sha256: str  # of the manifest file's bytes
+    signature_path: Path | None  # <file>.sig when it exists
 
 
 @dataclass
@@ -82,8 +98,6 @@ def load_release(path: Path, root: Path | None = None) -> LoadedRelease:
 
     The file name must be ``<version>.yaml`` matching the version inside.
     """
-    from inventory.errors import InventoryError
-
     source = SourceFile.read(path, root or path.parent.parent)
     problems: list[Problem] = []
     loaded = _load_one(source, problems)
