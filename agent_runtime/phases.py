@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from states.plan import StepName
+
 __all__ = [
     "FORWARD_PHASES",
     "RECOVERY_START",
     "ROLLBACK_PHASES",
+    "STEP_OF_PHASE",
     "TERMINAL_PHASES",
     "TRANSITIONS",
     "Event",
@@ -99,6 +102,10 @@ FORWARD_PHASES = (
     Phase.CONFIRM,
     Phase.COMMIT,
 )
+#: The plan step (``states.plan.StepName``, what plans and step events name) each
+#: forward phase carries out: the n-th forward phase is the n-th step, so the
+#: two cannot drift apart (zip(strict=True) fails at import when their counts differ).
+STEP_OF_PHASE: dict[Phase, StepName] = dict(zip(FORWARD_PHASES, StepName, strict=True))
 ROLLBACK_PHASES = (Phase.ROLLBACK_SWAP, Phase.ROLLBACK_RESTART, Phase.ROLLBACK_CONFIRM)
 #: Where recovery resumes a journal left open in each phase.
 RECOVERY_START: dict[Phase, Phase] = {

@@ -50,12 +50,12 @@ from agent_runtime.errors import (
 )
 from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
-from agent_runtime.phases import Phase
+from agent_runtime.phases import STEP_OF_PHASE, Phase
 from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
 from fleetbase.version import Version
-from states.plan import ReleaseRef, StepName
+from states.plan import ReleaseRef
 from states.protocol import CheckinRequest, CheckinResponse, Heartbeat, StepEvent, TransactionReport
 
 __all__ = [
@@ -76,16 +76,6 @@ __all__ = [
 REPORT_DELAY = 0.1
 #: Before a wait at least this long, freed memory is handed back to the OS.
 IDLE_TRIM_AFTER = 0.5
-
-STEP_OF_PHASE: dict[Phase, str] = {
-    Phase.DOWNLOAD: StepName.DOWNLOAD.value,
-    Phase.VERIFY: StepName.VERIFY.value,
-    Phase.BACKUP: StepName.BACKUP.value,
-    Phase.SWAP: StepName.SWAP.value,
-    Phase.RESTART: StepName.RESTART.value,
-    Phase.CONFIRM: StepName.CONFIRM_HEARTBEAT.value,
-    Phase.COMMIT: StepName.COMMIT.value,
-}
 
 
 def runtime_version() -> str:
@@ -353,7 +343,8 @@ class PullLoop:
     def _on_phase(self, record: JournalRecord, phase: Phase, status: str, detail: str) -> None:
         if phase in (Phase.IDLE, Phase.DONE, Phase.ROLLED_BACK, Phase.FAILED):
             return
-        step = STEP_OF_PHASE.get(phase, phase.value.lower())
+        known = STEP_OF_PHASE.get(phase)
+        step = known.value if known is not None else phase.value.lower()
         self.events.add(
             StepEvent(
                 target=record.target,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.steps import describe_steps, format_size
 from engine.waves import wave_indices
 from fleetbase.duration import format_duration
 from fleetbase.platform import Platform
@@ -29,7 +30,6 @@ from states.plan import (
     RolloutPlan,
     StateRef,
     Step,
-    StepName,
     WavePlan,
 )
 from states.report import Report
@@ -101,16 +101,6 @@ def rollout_id(group: str, release: Version) -> str:
     return f"{group}@{release}"
 
 
-def format_size(size: int) -> str:
-    """A byte count for humans: 512 B, 12.4 KB, 3.1 MB (powers of 1024)."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _when(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
@@ -135,8 +125,6 @@ class _Steps:
     def _build(self, desired: Version, platform: Platform, current: Version | None) -> list[Step]:
         manifest = self._releases[desired].manifest
         files = manifest.platforms[platform].files
-        count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
-        size = format_size(sum(f.size for f in files))
         manifest_path = self._manifest_paths.get(str(desired), f"releases/{desired}.yaml")
         health = manifest.health_check
         if health is None:
@@ -155,30 +143,14 @@ class _Steps:
             )
         else:
             beat = f"the server records a heartbeat within {format_duration(health.timeout)}"
-        return [
-            Step.model_construct(name=StepName.DOWNLOAD, detail=f"{count}, {size}"),
-            Step.model_construct(
-                name=StepName.VERIFY,
-                detail=f"signature of {manifest_path}, then sha256 and size of {count}",
-            ),
-            Step.model_construct(
-                name=StepName.BACKUP,
-                detail=f"keep {current} restorable"
-                if current is not None
-                else "nothing installed to back up",
-            ),
-            Step.model_construct(
-                name=StepName.SWAP,
-                detail=f"{current} -> {desired}" if current is not None else f"install {desired}",
-            ),
-            Step.model_construct(
-                name=StepName.RESTART, detail="restart the agent through its service manager"
-            ),
-            Step.model_construct(name=StepName.CONFIRM_HEARTBEAT, detail=beat),
-            Step.model_construct(
-                name=StepName.COMMIT, detail=f"record {desired} as known-good and report"
-            ),
-        ]
+        return describe_steps(
+            desired,
+            current,
+            files=len(files),
+            size=sum(f.size for f in files),
+            signature_of=manifest_path,
+            confirm=beat,
+        )
 
 
 def _rollback_reason(

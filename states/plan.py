@@ -54,7 +54,11 @@ CHANGING_ACTIONS = frozenset({Action.UPDATE, Action.ROLLBACK, Action.INSTALL})
 
 
 class StepName(StrEnum):
-    """The phases of the on-device transaction, in order."""
+    """The steps of the on-device transaction, in order, as plans and step events name them.
+
+    ``agent_runtime.phases.STEP_OF_PHASE`` maps the runtime's forward phases
+    onto these by position; adding a step means adding its phase there.
+    """
 
     DOWNLOAD = "download"
     VERIFY = "verify"

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from engine.errors import EngineError
 
-__all__ = ["RolloutError", "RolloutNotFoundError", "RolloutStateError"]
+__all__ = [
+    "IllegalTransitionError",
+    "RolloutError",
+    "RolloutNotFoundError",
+    "RolloutStateError",
+]
 
 
 class RolloutError(EngineError):
@@ -17,3 +22,7 @@ class RolloutNotFoundError(RolloutError):
 
 class RolloutStateError(RolloutError):
     """The operation is not allowed in the rollout's current state (e.g. resume a completed one)."""
+
+
+class IllegalTransitionError(RolloutStateError):
+    """A state change the transition tables do not allow (a programming mistake)."""

@@ -18,26 +18,25 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, select
 
 from engine.rollouts.model import DeviceState, RolloutState
+from engine.rollouts.policy import FAILURE_RESULTS
+from engine.rollouts.transitions import DeviceEvent, next_device_state
 from engine.rollouts.windows import in_window
+from engine.steps import describe_steps
 from engine.store._types import format_utc
 from engine.store.schema import releases
 from fleetbase.platform import Platform
 from fleetbase.version import Version
 from inventory.models import MaintenanceWindow
-from states.plan import Action, DevicePlan, ReleaseRef, Step, StepName
+from states.plan import Action, DevicePlan, ReleaseRef, Step
 from states.report import Report
 
 __all__ = [
-    "FAILURE_RESULTS",
     "Offer",
     "clear_caches",
     "offer_for_device",
     "release_ref",
     "server_release_ref",
 ]
-
-#: ``last_result`` values that mean the device's transaction did not end on its target.
-FAILURE_RESULTS = frozenset({"rolled_back", "failed", "refused"})
 
 _WANTED = [
     DeviceState.OFFERED.value,
@@ -51,6 +50,9 @@ _LIVE = [
     RolloutState.COMPLETED.value,
 ]
 _OFFERING = (RolloutState.ACTIVE.value, RolloutState.COMPLETED.value)
+#: The two state changes a check-in makes, from the device transition table.
+_TAKE = (DeviceState.OFFERED, next_device_state(DeviceState.OFFERED, DeviceEvent.TAKE))
+_TAKE_ROLLBACK = (DeviceState.ROLLBACK, next_device_state(DeviceState.ROLLBACK, DeviceEvent.TAKE))
 
 
 @dataclass(frozen=True)
@@ -135,15 +137,6 @@ def _window(text: str | None) -> MaintenanceWindow | None:
     return found
 
 
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB"):
-        if value < 1024:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
-
-
 def _steps(info: _ReleaseInfo, platform: str, current: Version | None) -> list[Step]:
     desired = info.ref.version
     cache_key = (str(desired), info.ref.serial, platform, None if current is None else str(current))
@@ -151,30 +144,14 @@ def _steps(info: _ReleaseInfo, platform: str, current: Version | None) -> list[S
     if found is not None:
         return found
     count, size = info.sizes.get(platform, (0, 0))
-    files = f"{count} file{'s' if count != 1 else ''}"
-    steps = [
-        Step.model_construct(name=StepName.DOWNLOAD, detail=f"{files}, {_size(size)}"),
-        Step.model_construct(
-            name=StepName.VERIFY, detail=f"signature of {desired}, then sha256 and size of {files}"
-        ),
-        Step.model_construct(
-            name=StepName.BACKUP,
-            detail=f"keep {current} restorable" if current else "nothing installed to back up",
-        ),
-        Step.model_construct(
-            name=StepName.SWAP,
-            detail=f"{current} -> {desired}" if current else f"install {desired}",
-        ),
-        Step.model_construct(
-            name=StepName.RESTART, detail="restart the agent through its service manager"
-        ),
-        Step.model_construct(
-            name=StepName.CONFIRM_HEARTBEAT, detail=f"{desired} runs and heartbeats"
-        ),
-        Step.model_construct(
-            name=StepName.COMMIT, detail=f"record {desired} as known-good and report"
-        ),
-    ]
+    steps = describe_steps(
+        desired,
+        current,
+        files=count,
+        size=size,
+        signature_of=str(desired),
+        confirm=f"{desired} runs and heartbeats",
+    )
     with _lock:
         _steps_cache[cache_key] = steps
     return steps
@@ -266,15 +243,15 @@ class _Sql:
                 f"AND r.state IN ({_ROLLOUT_STATES})"
             ),
             take=(
-                f"UPDATE rollout_devices SET state = '{DeviceState.IN_PROGRESS.value}', "
+                f"UPDATE rollout_devices SET state = '{_TAKE[1].value}', "
                 f"started_at = {p}, attempts = attempts + 1, from_version = {p}, "
                 f"updated_at = {p} WHERE rollout_id = {p} AND device = {p} "
-                f"AND state = '{DeviceState.OFFERED.value}'"
+                f"AND state = '{_TAKE[0].value}'"
             ),
             take_rollback=(
-                f"UPDATE rollout_devices SET state = '{DeviceState.ROLLING_BACK.value}', "
+                f"UPDATE rollout_devices SET state = '{_TAKE_ROLLBACK[1].value}', "
                 f"started_at = {p}, updated_at = {p} WHERE rollout_id = {p} AND device = {p} "
-                f"AND state = '{DeviceState.ROLLBACK.value}'"
+                f"AND state = '{_TAKE_ROLLBACK[0].value}'"
             ),
             sqlite=sqlite,
         )

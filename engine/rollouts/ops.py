@@ -2,56 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection
 
+from engine.rollouts import _store
+from engine.rollouts._store import RolloutRow, end_rollouts, unoffer_devices
 from engine.rollouts.errors import RolloutNotFoundError, RolloutStateError
-from engine.rollouts.model import OPEN_DEVICE_STATES, DeviceState, RolloutState
-from engine.store.schema import rollout_devices, rollouts
+from engine.rollouts.model import RolloutState
+from engine.rollouts.transitions import ROLLOUT_TRANSITIONS, RolloutEvent
 
-__all__ = ["abort_rollout", "end_rollouts", "pause_rollout", "resume_rollout", "unoffer_devices"]
-
-
-def end_rollouts(
-    conn: Connection, ids: list[int], state: RolloutState, reason: str, now: datetime
-) -> None:
-    """Finish the rollouts ``ids`` in ``state`` and cancel their devices still open."""
-    conn.execute(
-        update(rollouts)
-        .where(rollouts.c.id.in_(ids))
-        .values(state=state.value, reason=reason, finished_at=now, updated_at=now)
-    )
-    conn.execute(
-        update(rollout_devices)
-        .where(
-            rollout_devices.c.rollout_id.in_(ids),
-            rollout_devices.c.state.in_([s.value for s in OPEN_DEVICE_STATES]),
-        )
-        .values(state=DeviceState.CANCELLED.value, reason=reason, updated_at=now)
-    )
+__all__ = ["abort_rollout", "pause_rollout", "resume_rollout"]
 
 
-def unoffer_devices(conn: Connection, rollout_id: int, now: datetime) -> None:
-    """Take back offers not yet taken: those devices are pending again."""
-    conn.execute(
-        update(rollout_devices)
-        .where(
-            rollout_devices.c.rollout_id == rollout_id,
-            rollout_devices.c.state == DeviceState.OFFERED.value,
-        )
-        .values(state=DeviceState.PENDING.value, offered_at=None, updated_at=now)
-    )
-
-
-def _state(conn: Connection, rollout_id: int) -> RolloutState:
-    row = conn.execute(
-        select(rollouts.c.state).where(rollouts.c.id == rollout_id).with_for_update()
-    ).first()
-    if row is None:
+def _rollout(conn: Connection, rollout_id: int) -> RolloutRow:
+    found = _store.lock_rollout(conn, rollout_id)
+    if found is None:
         raise RolloutNotFoundError(f"no rollout #{rollout_id}")
-    return RolloutState(row[0])
+    return found
 
 
 def pause_rollout(
@@ -63,17 +31,15 @@ def pause_rollout(
     waiting rollout (rollout.after) stays closed even once its gates complete.
     Raises RolloutStateError unless the rollout is active or waiting.
     """
-    state = _state(conn, rollout_id)
+    state = _rollout(conn, rollout_id).state
     if state is RolloutState.PAUSED:
         return
-    if state not in (RolloutState.ACTIVE, RolloutState.WAITING):
+    if (state, RolloutEvent.PAUSE) not in ROLLOUT_TRANSITIONS:
         raise RolloutStateError(
             f"rollout #{rollout_id} is {state.value}; only an active or waiting one pauses"
         )
-    conn.execute(
-        update(rollouts)
-        .where(rollouts.c.id == rollout_id)
-        .values(state=RolloutState.PAUSED.value, reason=f"paused by {by}", updated_at=now)
+    _store.move_rollout(
+        conn, rollout_id, state, RolloutEvent.PAUSE, reason=f"paused by {by}", now=now
     )
     unoffer_devices(conn, rollout_id, now)
 
@@ -88,36 +54,28 @@ def resume_rollout(
     Raises RolloutStateError unless the rollout is paused (a halted rollout
     rolled its devices back: apply again).
     """
-    state = _state(conn, rollout_id)
-    if state in (RolloutState.ACTIVE, RolloutState.WAITING):
+    r = _rollout(conn, rollout_id)
+    if r.state in (RolloutState.ACTIVE, RolloutState.WAITING):
         return
-    if state is not RolloutState.PAUSED:
+    if r.state is not RolloutState.PAUSED:
         hint = (
             "; apply the release again to start a new rollout"
-            if state
-            in (
-                RolloutState.HALTED,
-                RolloutState.ABORTED,
-            )
+            if r.state in (RolloutState.HALTED, RolloutState.ABORTED)
             else ""
         )
         raise RolloutStateError(
-            f"rollout #{rollout_id} is {state.value}; only a paused one resumes{hint}"
+            f"rollout #{rollout_id} is {r.state.value}; only a paused one resumes{hint}"
         )
-    gated = conn.execute(
-        select(rollouts.c.wave_opened_at, rollouts.c.after_ids).where(rollouts.c.id == rollout_id)
-    ).one()
-    waits = gated.wave_opened_at is None and bool(json.loads(gated.after_ids or "[]"))
-    conn.execute(
-        update(rollouts)
-        .where(rollouts.c.id == rollout_id)
-        .values(
-            state=(RolloutState.WAITING if waits else RolloutState.ACTIVE).value,
-            reason=f"resumed by {by}",
-            resumed_at=now,
-            wave_met_at=None,
-            updated_at=now,
-        )
+    waits = r.wave_opened_at is None and bool(r.after_ids)
+    _store.move_rollout(
+        conn,
+        rollout_id,
+        r.state,
+        RolloutEvent.RESUME_WAITING if waits else RolloutEvent.RESUME,
+        reason=f"resumed by {by}",
+        now=now,
+        resumed_at=now,
+        wave_met_at=None,
     )
 
 
@@ -130,15 +88,10 @@ def abort_rollout(
     finishes on its own; its report still shows where it ended). Raises
     RolloutStateError for a completed, superseded or already aborted rollout.
     """
-    state = _state(conn, rollout_id)
-    if state not in (
-        RolloutState.WAITING,
-        RolloutState.ACTIVE,
-        RolloutState.PAUSED,
-        RolloutState.HALTED,
-    ):
+    state = _rollout(conn, rollout_id).state
+    if (state, RolloutEvent.ABORT) not in ROLLOUT_TRANSITIONS:
         raise RolloutStateError(
             f"rollout #{rollout_id} is {state.value}; "
             "only a waiting, active, paused or halted one aborts"
         )
-    end_rollouts(conn, [rollout_id], RolloutState.ABORTED, f"aborted by {by}", now)
+    end_rollouts(conn, [rollout_id], RolloutEvent.ABORT, f"aborted by {by}", now)

@@ -7,30 +7,37 @@ lands completely or not at all.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from engine.planner import ReleaseView
-from engine.rollouts.errors import RolloutError
+from engine.rollouts import _store
+from engine.rollouts._store import end_rollouts
+from engine.rollouts.errors import IllegalTransitionError
 from engine.rollouts.model import NOT_COUNTED_STATES, DeviceState, RolloutState
-from engine.rollouts.ops import end_rollouts
-from engine.store.schema import releases, rollout_devices, rollouts
+from engine.rollouts.releases import record_release
+from engine.rollouts.transitions import (
+    INITIAL_DEVICE_STATES,
+    INITIAL_ROLLOUT_STATE,
+    DeviceEvent,
+    RolloutEvent,
+)
+from engine.store.schema import rollout_devices, rollouts
 from engine.waves import wave_fraction
 from fleetbase.version import Version
 from inventory.models import Inventory
-from states.manifest import ReleaseManifest
 from states.plan import CHANGING_ACTIONS, Action, DevicePlan, Plan, RolloutPlan
 
 __all__ = [
     "ApplyResult",
     "RecordedRollout",
     "applicable_rollouts",
+    "record_release",
     "record_rollouts",
 ]
 
@@ -120,6 +127,8 @@ def _device_row(d: DevicePlan, inventory: Inventory, group: str, now: datetime) 
         state, reason = DeviceState.PENDING, d.reason
     else:
         state, reason = DeviceState.EXCLUDED, d.reason or f"planned as {d.action.value}"
+    if state not in INITIAL_DEVICE_STATES:
+        raise IllegalTransitionError(f"a device is never recorded as {state.value}")
     return {
         "device": d.device,
         "wave": d.wave if d.wave is not None else 0,
@@ -154,7 +163,7 @@ def _supersede(conn: Connection, group: str, now: datetime, new_name: str) -> li
     ]
     if not ids:
         return []
-    end_rollouts(conn, ids, RolloutState.SUPERSEDED, f"superseded by {new_name}", now)
+    end_rollouts(conn, ids, RolloutEvent.SUPERSEDE, f"superseded by {new_name}", now)
     return ids
 
 
@@ -179,6 +188,7 @@ def _resolve_overlaps(
             select(
                 rollout_devices.c.rollout_id,
                 rollout_devices.c.device,
+                rollout_devices.c.state,
                 rollouts.c.priority,
                 rollouts.c.name,
             )
@@ -191,33 +201,29 @@ def _resolve_overlaps(
                 rollout_devices.c.state.not_in(counted),
             )
         ).all()
-        for other_id, device, other_priority, other_name in rows:
+        for other_id, device, state, other_priority, other_name in rows:
             if other_priority > priority:
                 lost[device] = f"{other_name} (priority {other_priority}) holds this device"
             else:
-                conn.execute(
-                    update(rollout_devices)
-                    .where(
-                        rollout_devices.c.rollout_id == other_id,
-                        rollout_devices.c.device == device,
-                    )
-                    .values(
-                        state=DeviceState.OVERRIDDEN.value,
-                        reason=f"rollout #{rollout_id} of group {group} "
-                        f"(priority {priority}) holds this device",
-                        updated_at=now,
-                    )
+                why = f"rollout #{rollout_id} of group {group} (priority {priority})"
+                why += " holds this device"
+                _store.move_device(
+                    conn,
+                    int(other_id),
+                    device,
+                    DeviceState(state),
+                    DeviceEvent.OVERRIDE,
+                    now=now,
+                    reason=why,
                 )
     for device, reason in lost.items():
-        conn.execute(
-            update(rollout_devices)
-            .where(
-                and_(
-                    rollout_devices.c.rollout_id == rollout_id,
-                    rollout_devices.c.device == device,
-                )
-            )
-            .values(state=DeviceState.OVERRIDDEN.value, reason=reason, updated_at=now)
+        _store.move_devices(
+            conn,
+            [rollout_id],
+            DeviceEvent.OVERRIDE,
+            now=now,
+            where=[rollout_devices.c.device == device],
+            reason=reason,
         )
     return len(lost)
 
@@ -254,19 +260,6 @@ def _extend(
         now=now,
     )
     return len(rows)
-
-
-def _files_json(manifest: ReleaseManifest) -> str:
-    return json.dumps(
-        {
-            platform.value: [
-                {"path": f.path, "sha256": f.sha256, "size": f.size, "source": f.source}
-                for f in release.files
-            ]
-            for platform, release in manifest.platforms.items()
-        },
-        sort_keys=True,
-    )
 
 
 def _gate(
@@ -307,16 +300,16 @@ def _gate(
                 ids.append(gate[0])
                 names.append(gate[1])
         if ids:
-            conn.execute(
-                update(rollouts)
-                .where(rollouts.c.id == rid)
-                .values(
-                    state=RolloutState.WAITING.value,
-                    reason=f"waiting for {', '.join(names)}",
-                    wave_opened_at=None,
-                    after_ids=json.dumps(ids),
-                    after_names=json.dumps(names),
-                )
+            _store.move_rollout(
+                conn,
+                rid,
+                INITIAL_ROLLOUT_STATE,
+                RolloutEvent.WAIT_FOR_GATES,
+                reason=f"waiting for {', '.join(names)}",
+                now=now,
+                wave_opened_at=None,
+                after_ids=json.dumps(ids),
+                after_names=json.dumps(names),
             )
         found[rid] = (
             tuple(f"{n} #{i}" for n, i in zip(names, ids, strict=True)),
@@ -328,48 +321,6 @@ def _gate(
         else r
         for r in recorded
     ]
-
-
-def record_release(conn: Connection, release: ReleaseView, now: datetime) -> bool:
-    """Store a release's exact manifest and signature bytes; True when it has a signature.
-
-    A version already stored with other bytes is replaced (the operator
-    re-signed or rebuilt it). Raises RolloutError when the manifest file
-    changed since the repo was loaded.
-    """
-    manifest = release.manifest
-    try:
-        data = release.path.read_bytes()
-        signature = (
-            release.signature_path.read_bytes() if release.signature_path is not None else None
-        )
-    except OSError as e:
-        raise RolloutError(f"cannot read release {manifest.version}: {e}") from e
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != release.sha256:
-        raise RolloutError(
-            f"{release.path} changed while applying (sha256 {digest[:12]}, "
-            f"loaded {release.sha256[:12]}); run `engine apply` again"
-        )
-    version = str(manifest.version)
-    values = {
-        "serial": manifest.serial,
-        "manifest": data,
-        "signature": signature,
-        "manifest_sha256": digest,
-        "files": _files_json(manifest),
-        "recorded_at": now,
-    }
-    found = conn.execute(
-        select(releases.c.manifest_sha256, releases.c.signature).where(
-            releases.c.version == version
-        )
-    ).first()
-    if found is None:
-        conn.execute(insert(releases).values(version=version, **values))
-    elif found[0] != digest or found[1] != signature:
-        conn.execute(update(releases).where(releases.c.version == version).values(**values))
-    return signature is not None
 
 
 def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime) -> ApplyResult:
@@ -438,7 +389,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 maintenance_window=json.dumps(rp.maintenance_window, sort_keys=True)
                 if rp.maintenance_window is not None
                 else None,
-                state=RolloutState.ACTIVE.value,
+                state=INITIAL_ROLLOUT_STATE.value,
                 reason=None,
                 current_wave=0,
                 wave_opened_at=now,

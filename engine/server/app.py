@@ -7,14 +7,14 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Connection
 from starlette.types import Receive, Scope, Send
 
-from engine.rollouts.offers import offer_for_device
+from engine.rollouts.offers import Offer, offer_for_device
 from engine.server._auth import DeviceTokens
 from engine.server._checkin import CheckinFastPath, Checkins, LoopConnection, checkin_device
 from engine.server._device_db import DeviceSql, lookup_token
@@ -22,7 +22,6 @@ from engine.server._releases import ArtifactIndex, ReleaseSource, read_releases_
 from engine.server.clock import utc_now
 from engine.store import Store
 from fleetbase.version import Version
-from states.plan import DevicePlan, ReleaseRef
 from states.protocol import CheckinRequest, EnrollRequest, EventBatch, Heartbeat
 from states.report import Report
 
@@ -30,16 +29,6 @@ __all__ = ["Offer", "OfferFunction", "ServerSettings", "ServerState", "create_ap
 
 #: Largest request body accepted (bytes); a check-in is well under 2 KiB.
 MAX_BODY_BYTES = 64 * 1024
-
-
-class Offer(Protocol):
-    """What the rollout controller offers a device: its plan and where its release is."""
-
-    @property
-    def plan(self) -> DevicePlan: ...
-
-    @property
-    def release(self) -> ReleaseRef: ...
 
 
 #: ``offer_for_device(conn, device, report, now)``: the device's plan, or None.

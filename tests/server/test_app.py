@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, insert, update
 
 from engine.rollouts.offers import Offer, server_release_ref
-from engine.rollouts.record import record_release
+from engine.rollouts.releases import record_release
 from engine.server import OfferFunction, ServerSettings, create_app
 from engine.server.registry import enroll_device
 from engine.store import Store

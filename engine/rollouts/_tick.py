@@ -1,0 +1,319 @@
+"""One controller tick of one rollout, inside the caller's write transaction.
+
+Reads typed rows through ``_store``, decides with ``policy``, and writes every
+state change through the transition tables (``_store.move_*``). The order of
+the steps is the one docs/rollouts.md describes under "The controller".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from engine.rollouts import _store
+from engine.rollouts._store import RolloutRow
+from engine.rollouts.model import LIVE_ROLLOUT_STATES, DeviceState, RolloutState, Timings
+from engine.rollouts.policy import (
+    GateOutcome,
+    GateView,
+    WaveStep,
+    choose_offers,
+    count_waves,
+    gate_soaked_at,
+    judge_device,
+    judge_gates,
+    retry_after,
+    rollback_version,
+    tripped,
+    wave_step,
+)
+from engine.rollouts.transitions import DeviceEvent, RolloutEvent
+from engine.rollouts.windows import in_window
+from engine.store.schema import rollout_devices
+from fleetbase.version import Version
+from inventory.models import MaintenanceWindow, OnFailure, RolloutPolicy
+
+__all__ = ["Notice", "TickSettings", "tick_rollout"]
+
+_log = logging.getLogger("engine.rollouts.controller")
+
+#: A rollout state the operator is told about (webhook), with its reason.
+Notice = tuple[RolloutState, str]
+
+
+@dataclass(frozen=True)
+class TickSettings:
+    """What a tick needs besides the store: timings and parsers of stored JSON (cached)."""
+
+    timings: Timings
+    policy: Callable[[str], RolloutPolicy]
+    window: Callable[[str | None], MaintenanceWindow | None]
+
+
+def tick_rollout(
+    conn: Connection, rollout_id: int, settings: TickSettings, now: datetime
+) -> list[Notice]:
+    """Move one live rollout along; the halted, paused and completed states it entered."""
+    r = _store.lock_rollout(conn, rollout_id)
+    if r is None or r.state not in LIVE_ROLLOUT_STATES:
+        return []
+    if r.state is RolloutState.WAITING:
+        opened, gate_notices = _check_gates(conn, r, settings, now)
+        if not opened:
+            return gate_notices
+        r = _store.lock_rollout(conn, rollout_id)
+        assert r is not None
+    timings = settings.timings
+    policy = settings.policy(r.policy)
+    state = r.state
+    _judge(conn, r, timings, now)
+    _store.move_devices(
+        conn,
+        [rollout_id],
+        DeviceEvent.UNOFFER,
+        now=now,
+        where=[rollout_devices.c.offered_at <= now - timings.offer_ttl],
+        offered_at=None,
+    )
+    notices: list[Notice] = []
+    if state is RolloutState.ACTIVE:
+        counts = _store.wave_state_counts(conn, rollout_id, r.resumed_at)
+        trip = tripped(count_waves(counts, len(policy.waves)), r.current_wave, policy)
+        if trip is not None:
+            event = (
+                RolloutEvent.PAUSE if policy.on_failure is OnFailure.PAUSE else RolloutEvent.HALT
+            )
+            state = _store.move_rollout(conn, rollout_id, state, event, reason=trip.reason, now=now)
+            if state is RolloutState.HALTED:
+                _plan_rollbacks(conn, r, now)
+            _store.unoffer_devices(conn, rollout_id, now)
+            notices.append((state, trip.reason))
+        else:
+            rd = rollout_devices
+            _store.move_devices(
+                conn,
+                [rollout_id],
+                DeviceEvent.RETRY,
+                now=now,
+                where=[rd.c.retry_at.is_not(None), rd.c.retry_at <= now],
+                retry_at=None,
+            )
+    open_window = in_window(settings.window(r.maintenance_window), now)
+    if state in (RolloutState.ACTIVE, RolloutState.COMPLETED) and open_window:
+        last = len(policy.waves) - 1 if state is RolloutState.COMPLETED else r.current_wave
+        _offer(conn, r, last_wave=last, policy=policy, timings=timings, now=now)
+    if state is RolloutState.ACTIVE and _advance(
+        conn, r, policy=policy, timings=timings, now=now, may_offer=open_window
+    ):
+        reason = "every wave reached its success rate"
+        _store.move_rollout(conn, rollout_id, state, RolloutEvent.COMPLETE, reason=reason, now=now)
+        notices.append((RolloutState.COMPLETED, reason))
+    return notices
+
+
+# -- rollout.after: waiting for gate rollouts ---------------------------------------------
+
+
+def _check_gates(
+    conn: Connection, r: RolloutRow, settings: TickSettings, now: datetime
+) -> tuple[bool, list[Notice]]:
+    """Open wave 0 once every gate completed and soaked, halt when one failed, else wait.
+
+    Returns whether wave 0 opened, and what to tell the operator.
+    """
+    views = [
+        GateView(
+            g.name,
+            g.state,
+            g.reason,
+            gate_soaked_at(
+                g.finished_at, settings.policy(g.policy).soak, _store.has_attempts(conn, g.id), now
+            )
+            if g.state is RolloutState.COMPLETED
+            else None,
+        )
+        for g in _store.gate_rows(conn, r.after_ids)
+    ]
+    decision = judge_gates(views, now)
+    if decision.outcome is GateOutcome.HALT:
+        _store.move_rollout(conn, r.id, r.state, RolloutEvent.HALT, reason=decision.reason, now=now)
+        return False, [(RolloutState.HALTED, decision.reason)]
+    if decision.outcome is GateOutcome.WAIT:
+        if decision.reason != r.reason:
+            _store.set_rollout(conn, r.id, reason=decision.reason, updated_at=now)
+        return False, []
+    _store.move_rollout(
+        conn,
+        r.id,
+        r.state,
+        RolloutEvent.GATES_PASSED,
+        reason=decision.reason,
+        now=now,
+        current_wave=0,
+        wave_opened_at=now,
+        wave_met_at=None,
+    )
+    _log.info("rollout %s: %s", r.name, decision.reason)
+    return True, []
+
+
+# -- judging devices from their reports ---------------------------------------------------
+
+
+def _judge(conn: Connection, r: RolloutRow, timings: Timings, now: datetime) -> None:
+    """Succeeded, failed or timed out: the outcome of each device that took a plan."""
+    target = Version(r.release)
+    for d in _store.devices_to_judge(conn, r.id):
+        verdict = judge_device(d.seen, target, timings.update_timeout, now)
+        if verdict is None:
+            continue
+        state = d.seen.state
+        halted = r.state is RolloutState.HALTED
+        if halted and state is DeviceState.IN_PROGRESS and verdict.event is DeviceEvent.SUCCEED:
+            _rollback_one(
+                conn, r.id, d.device, state, from_version=d.from_version, target=target, now=now
+            )
+            continue
+        reason, retry_at = verdict.reason, None
+        if state is DeviceState.IN_PROGRESS and verdict.event is not DeviceEvent.SUCCEED:
+            assert reason is not None
+            retry_at, reason = retry_after(reason, d.seen.attempts, r.state, timings, now)
+        _store.move_device(
+            conn,
+            r.id,
+            d.device,
+            state,
+            verdict.event,
+            now=now,
+            reason=reason,
+            finished_at=now,
+            retry_at=retry_at,
+        )
+
+
+def _rollback_one(
+    conn: Connection,
+    rollout_id: int,
+    device: str,
+    state: DeviceState,
+    *,
+    from_version: str | None,
+    target: Version,
+    now: datetime,
+) -> None:
+    """Send a device that took ``target`` of a halted rollout back where it came from."""
+    back = rollback_version(from_version, target)
+    done = {"finished_at": now, "retry_at": None}
+    if back is None:
+        if state is DeviceState.IN_PROGRESS:  # nothing to go back to: it stays on the release
+            _store.move_device(
+                conn, rollout_id, device, state, DeviceEvent.SUCCEED, now=now, reason=None, **done
+            )
+        return
+    if not _store.release_recorded(conn, str(from_version)):
+        why = f"no manifest of {from_version} recorded to roll back to"
+        _store.move_device(
+            conn, rollout_id, device, state, DeviceEvent.NO_ROLLBACK, now=now, reason=why, **done
+        )
+        return
+    _store.move_device(
+        conn,
+        rollout_id,
+        device,
+        state,
+        DeviceEvent.ROLL_BACK,
+        now=now,
+        rollback_to=from_version,
+        reason=f"took {target}; the rollout halted: back to {from_version}",
+        started_at=None,
+        retry_at=None,
+    )
+
+
+def _plan_rollbacks(conn: Connection, r: RolloutRow, now: datetime) -> None:
+    """Every device that took the release (and still runs it) goes back where it came from."""
+    target = Version(r.release)
+    for device, from_version in _store.rolled_out_devices(conn, r.id):
+        _rollback_one(
+            conn,
+            r.id,
+            device,
+            DeviceState.SUCCEEDED,
+            from_version=from_version,
+            target=target,
+            now=now,
+        )
+
+
+# -- slots and waves ----------------------------------------------------------------------
+
+
+def _offer(
+    conn: Connection,
+    r: RolloutRow,
+    *,
+    last_wave: int,
+    policy: RolloutPolicy,
+    timings: Timings,
+    now: datetime,
+) -> None:
+    """Give free ``max_parallel`` slots to online pending devices of waves up to ``last_wave``."""
+    slots = policy.max_parallel - _store.busy_devices(conn, r.id)
+    if slots <= 0:
+        return
+    candidates = _store.offer_candidates(
+        conn,
+        r.id,
+        last_wave=last_wave,
+        online_since=now - timings.offline_after,
+        now=now,
+        limit=slots + 100,
+    )
+    for device, event in choose_offers(candidates, Version(r.release), slots):
+        if event is DeviceEvent.ON_RELEASE:
+            why = "reported the release before it was offered"
+            _store.move_device(
+                conn, r.id, device, DeviceState.PENDING, event, now=now, reason=why, finished_at=now
+            )
+        else:
+            _store.move_device(
+                conn, r.id, device, DeviceState.PENDING, event, now=now, offered_at=now
+            )
+
+
+def _advance(
+    conn: Connection,
+    r: RolloutRow,
+    *,
+    policy: RolloutPolicy,
+    timings: Timings,
+    now: datetime,
+    may_offer: bool,
+) -> bool:
+    """Open waves whose predecessor met its success rate and soaked; True when complete."""
+    current = r.current_wave
+    met_at = r.wave_met_at
+    while True:
+        counts = _store.wave_state_counts(conn, r.id, r.resumed_at)
+        decision = wave_step(count_waves(counts, len(policy.waves)), current, met_at, policy, now)
+        if decision.step is WaveStep.BELOW_GOAL:
+            if met_at is not None:
+                _store.set_rollout(conn, r.id, wave_met_at=None)
+            return False
+        if met_at is None:
+            met_at = now
+            _store.set_rollout(conn, r.id, wave_met_at=now, updated_at=now)
+        if decision.step is not WaveStep.OPEN_NEXT:
+            return decision.step is WaveStep.COMPLETE
+        current += 1
+        met_at = None
+        _store.set_rollout(
+            conn, r.id, current_wave=current, wave_opened_at=now, wave_met_at=None, updated_at=now
+        )
+        _log.info("rollout %s: wave %d opened", r.name, current)
+        if may_offer:
+            _offer(conn, r, last_wave=current, policy=policy, timings=timings, now=now)
