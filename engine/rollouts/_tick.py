@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from engine.rollouts import _store
+from engine.rollouts import _reads, _store
 from engine.rollouts._store import RolloutRow
 from engine.rollouts.model import LIVE_ROLLOUT_STATES, DeviceState, RolloutState, Timings
 from engine.rollouts.policy import (
@@ -81,7 +81,7 @@ def tick_rollout(
     )
     notices: list[Notice] = []
     if state is RolloutState.ACTIVE:
-        counts = _store.wave_state_counts(conn, rollout_id, r.resumed_at)
+        counts = _reads.wave_state_counts(conn, rollout_id, r.resumed_at)
         trip = tripped(count_waves(counts, len(policy.waves)), r.current_wave, policy)
         if trip is not None:
             event = (
@@ -131,12 +131,12 @@ def _check_gates(
             g.state,
             g.reason,
             gate_soaked_at(
-                g.finished_at, settings.policy(g.policy).soak, _store.has_attempts(conn, g.id), now
+                g.finished_at, settings.policy(g.policy).soak, _reads.has_attempts(conn, g.id), now
             )
             if g.state is RolloutState.COMPLETED
             else None,
         )
-        for g in _store.gate_rows(conn, r.after_ids)
+        for g in _reads.gate_rows(conn, r.after_ids)
     ]
     decision = judge_gates(views, now)
     if decision.outcome is GateOutcome.HALT:
@@ -167,7 +167,7 @@ def _check_gates(
 def _judge(conn: Connection, r: RolloutRow, timings: Timings, now: datetime) -> None:
     """Succeeded, failed or timed out: the outcome of each device that took a plan."""
     target = Version(r.release)
-    for d in _store.devices_to_judge(conn, r.id):
+    for d in _reads.devices_to_judge(conn, r.id):
         verdict = judge_device(d.seen, target, timings.update_timeout, now)
         if verdict is None:
             continue
@@ -214,7 +214,7 @@ def _rollback_one(
                 conn, rollout_id, device, state, DeviceEvent.SUCCEED, now=now, reason=None, **done
             )
         return
-    if not _store.release_recorded(conn, str(from_version)):
+    if not _reads.release_recorded(conn, str(from_version)):
         why = f"no manifest of {from_version} recorded to roll back to"
         _store.move_device(
             conn, rollout_id, device, state, DeviceEvent.NO_ROLLBACK, now=now, reason=why, **done
@@ -237,7 +237,7 @@ def _rollback_one(
 def _plan_rollbacks(conn: Connection, r: RolloutRow, now: datetime) -> None:
     """Every device that took the release (and still runs it) goes back where it came from."""
     target = Version(r.release)
-    for device, from_version in _store.rolled_out_devices(conn, r.id):
+    for device, from_version in _reads.rolled_out_devices(conn, r.id):
         _rollback_one(
             conn,
             r.id,
@@ -262,10 +262,10 @@ def _offer(
     now: datetime,
 ) -> None:
     """Give free ``max_parallel`` slots to online pending devices of waves up to ``last_wave``."""
-    slots = policy.max_parallel - _store.busy_devices(conn, r.id)
+    slots = policy.max_parallel - _reads.busy_devices(conn, r.id)
     if slots <= 0:
         return
-    candidates = _store.offer_candidates(
+    candidates = _reads.offer_candidates(
         conn,
         r.id,
         last_wave=last_wave,
@@ -298,7 +298,7 @@ def _advance(
     current = r.current_wave
     met_at = r.wave_met_at
     while True:
-        counts = _store.wave_state_counts(conn, r.id, r.resumed_at)
+        counts = _reads.wave_state_counts(conn, r.id, r.resumed_at)
         decision = wave_step(count_waves(counts, len(policy.waves)), current, met_at, policy, now)
         if decision.step is WaveStep.BELOW_GOAL:
             if met_at is not None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from engine.rollouts import _store
+from engine.rollouts import _reads
 from engine.rollouts._lease import LeaderLock
 from engine.rollouts._tick import TickSettings, tick_rollout
 from engine.rollouts.model import RolloutState, Timings
@@ -108,7 +108,7 @@ class RolloutController:
             return
         now = self.clock()
         with self.store.read() as conn:
-            ids = _store.live_rollout_ids(conn)
+            ids = _reads.live_rollout_ids(conn)
         settings = TickSettings(self.timings, self._policy, self._window)
         for rollout_id in ids:
             with self.store.write() as conn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -17,14 +17,14 @@ from sqlalchemy import Connection, insert, select
 
 from engine.planner import ReleaseView
 from engine.rollouts import _store
+from engine.rollouts._overlaps import resolve_overlaps
 from engine.rollouts._store import end_rollouts
 from engine.rollouts.errors import IllegalTransitionError
-from engine.rollouts.model import NOT_COUNTED_STATES, DeviceState, RolloutState
+from engine.rollouts.model import LIVE_ROLLOUT_STATES, DeviceState, RolloutState
 from engine.rollouts.releases import record_release
 from engine.rollouts.transitions import (
     INITIAL_DEVICE_STATES,
     INITIAL_ROLLOUT_STATE,
-    DeviceEvent,
     RolloutEvent,
 )
 from engine.store.schema import rollout_devices, rollouts
@@ -54,8 +54,7 @@ _LIVE = [
         RolloutState.COMPLETED,
     )
 ]
-_LIVE_ALL = [*_LIVE, RolloutState.HALTED.value]
-_CHUNK = 2000
+_LIVE_ALL = [s.value for s in LIVE_ROLLOUT_STATES]
 
 
 class RepoLike(Protocol):
@@ -147,11 +146,6 @@ def _device_row(d: DevicePlan, inventory: Inventory, group: str, now: datetime) 
     }
 
 
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 def _supersede(conn: Connection, group: str, now: datetime, new_name: str) -> list[int]:
     ids = [
         int(i)
@@ -165,67 +159,6 @@ def _supersede(conn: Connection, group: str, now: datetime, new_name: str) -> li
         return []
     end_rollouts(conn, ids, RolloutEvent.SUPERSEDE, f"superseded by {new_name}", now)
     return ids
-
-
-def _resolve_overlaps(
-    conn: Connection,
-    rollout_id: int,
-    *,
-    group: str,
-    priority: int,
-    devices: list[str],
-    now: datetime,
-) -> int:
-    """Let the higher-priority live rollout keep each device also held by another group's.
-
-    Returns how many of the new rollout's devices were overridden. On equal
-    priority the newer rollout wins.
-    """
-    counted = [s.value for s in NOT_COUNTED_STATES]
-    lost: dict[str, str] = {}
-    for chunk in _chunks(devices):
-        rows = conn.execute(
-            select(
-                rollout_devices.c.rollout_id,
-                rollout_devices.c.device,
-                rollout_devices.c.state,
-                rollouts.c.priority,
-                rollouts.c.name,
-            )
-            .join(rollouts, rollouts.c.id == rollout_devices.c.rollout_id)
-            .where(
-                rollout_devices.c.device.in_(chunk),
-                rollout_devices.c.rollout_id != rollout_id,
-                rollouts.c.group_name != group,
-                rollouts.c.state.in_(_LIVE_ALL),
-                rollout_devices.c.state.not_in(counted),
-            )
-        ).all()
-        for other_id, device, state, other_priority, other_name in rows:
-            if other_priority > priority:
-                lost[device] = f"{other_name} (priority {other_priority}) holds this device"
-            else:
-                why = f"rollout #{rollout_id} of group {group} (priority {priority})"
-                why += " holds this device"
-                _store.move_device(
-                    conn,
-                    int(other_id),
-                    device,
-                    DeviceState(state),
-                    DeviceEvent.OVERRIDE,
-                    now=now,
-                    reason=why,
-                )
-    for device, reason in lost.items():
-        _store.move_devices(
-            conn,
-            [rollout_id],
-            DeviceEvent.OVERRIDE,
-            now=now,
-            where=[rollout_devices.c.device == device],
-            reason=reason,
-        )
-    return len(lost)
 
 
 def _extend(
@@ -251,7 +184,7 @@ def _extend(
     for row in rows:
         row["rollout_id"] = rollout_id
     conn.execute(insert(rollout_devices), rows)
-    _resolve_overlaps(
+    resolve_overlaps(
         conn,
         rollout_id,
         group=group,
@@ -412,7 +345,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 versions.add(Version(row["from_version"]))
         if rows:
             conn.execute(insert(rollout_devices), rows)
-        overridden = _resolve_overlaps(
+        overridden = resolve_overlaps(
             conn,
             rid,
             group=rp.group,

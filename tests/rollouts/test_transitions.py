@@ -108,14 +108,14 @@ def test_illegal_transitions_raise_and_change_nothing(store: Store) -> None:
                 _store.move_rollout(conn, rid, state, event, reason="test", now=NOW)
             assert _rollout_state(conn, rid) == state.value
         rid = _rollout(conn, RolloutState.ACTIVE)
-        for n, (state, event) in enumerate(itertools.product(DeviceState, DeviceEvent)):
-            if (state, event) in DEVICE_TRANSITIONS:
+        for n, (dstate, devent) in enumerate(itertools.product(DeviceState, DeviceEvent)):
+            if (dstate, devent) in DEVICE_TRANSITIONS:
                 continue
             device = f"dev-{n:03d}"
-            _device(conn, rid, device, state)
-            with pytest.raises(IllegalTransitionError, match=f"{state.value} device cannot"):
-                _store.move_device(conn, rid, device, state, event, now=NOW)
-            assert _device_state(conn, rid, device) == state.value
+            _device(conn, rid, device, dstate)
+            with pytest.raises(IllegalTransitionError, match=f"{dstate.value} device cannot"):
+                _store.move_device(conn, rid, device, dstate, devent, now=NOW)
+            assert _device_state(conn, rid, device) == dstate.value
 
 
 def test_bulk_moves_touch_only_the_events_source_states(store: Store) -> None:
@@ -132,9 +132,9 @@ def test_bulk_moves_touch_only_the_events_source_states(store: Store) -> None:
             assert _device_state(conn, rid, state.value) == expected.value, state
         ids = {s: _rollout(conn, s) for s in RolloutState}
         _store.move_rollouts(conn, list(ids.values()), RolloutEvent.ABORT, reason="x", now=NOW)
-        for state, i in ids.items():
-            aborted = state in rollout_sources(RolloutEvent.ABORT)
-            assert _rollout_state(conn, i) == (RolloutState.ABORTED if aborted else state).value
+        for rstate, i in ids.items():
+            aborted = rstate in rollout_sources(RolloutEvent.ABORT)
+            assert _rollout_state(conn, i) == (RolloutState.ABORTED if aborted else rstate).value
 
 
 def test_a_stale_rollout_state_is_refused(store: Store) -> None:

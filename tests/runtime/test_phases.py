@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 
 from agent_runtime.phases import (
+    FORWARD_PHASES,
     RECOVERY_START,
+    STEP_OF_PHASE,
     TERMINAL_PHASES,
     TRANSITIONS,
     Event,
     Phase,
     next_phase,
 )
+from states.plan import StepName
 
 
 def _chain(start: Phase, events: list[Event]) -> list[Phase]:
@@ -80,3 +83,11 @@ def test_unknown_transition_is_a_programming_error() -> None:
     """Asking for a pair missing from the table raises RuntimeError."""
     with pytest.raises(RuntimeError, match="no transition"):
         next_phase(Phase.DONE, Event.OK)
+
+
+def test_each_forward_phase_is_the_plan_step_of_the_same_name() -> None:
+    """The forward phases map one to one, in order, onto the plan's StepName steps."""
+    assert list(STEP_OF_PHASE) == list(FORWARD_PHASES)
+    assert list(STEP_OF_PHASE.values()) == list(StepName)
+    for phase, step in STEP_OF_PHASE.items():
+        assert step.name.startswith(phase.name), (phase, step)
