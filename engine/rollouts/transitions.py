@@ -134,19 +134,16 @@ DEVICE_TRANSITIONS: dict[tuple[DeviceState, DeviceEvent], DeviceState] = {
 
 del R, E, D, V
 
+_S = TypeVar("_S", RolloutState, DeviceState)
+_E = TypeVar("_E", RolloutEvent, DeviceEvent)
+
 
 def next_rollout_state(state: RolloutState, event: RolloutEvent) -> RolloutState:
     """The state a rollout in ``state`` moves to on ``event``.
 
     Raises IllegalTransitionError when the table has no such row.
     """
-    try:
-        return ROLLOUT_TRANSITIONS[(state, event)]
-    except KeyError:
-        raise IllegalTransitionError(
-            f"a {state.value} rollout cannot {event.value}; allowed: "
-            + _allowed(ROLLOUT_TRANSITIONS, state)
-        ) from None
+    return _next(ROLLOUT_TRANSITIONS, state, event, "rollout")
 
 
 def next_device_state(state: DeviceState, event: DeviceEvent) -> DeviceState:
@@ -154,13 +151,7 @@ def next_device_state(state: DeviceState, event: DeviceEvent) -> DeviceState:
 
     Raises IllegalTransitionError when the table has no such row.
     """
-    try:
-        return DEVICE_TRANSITIONS[(state, event)]
-    except KeyError:
-        raise IllegalTransitionError(
-            f"a {state.value} device cannot {event.value}; allowed: "
-            + _allowed(DEVICE_TRANSITIONS, state)
-        ) from None
+    return _next(DEVICE_TRANSITIONS, state, event, "device")
 
 
 def rollout_sources(event: RolloutEvent) -> list[RolloutState]:
@@ -189,13 +180,13 @@ def device_sources(event: DeviceEvent, target: DeviceState | None = None) -> lis
     return found
 
 
-_S = TypeVar("_S", RolloutState, DeviceState)
-_E = TypeVar("_E", RolloutEvent, DeviceEvent)
-
-
-def _allowed(table: Mapping[tuple[_S, _E], _S], state: _S) -> str:
+def _next(table: Mapping[tuple[_S, _E], _S], state: _S, event: _E, kind: str) -> _S:
+    found = table.get((state, event))
+    if found is not None:
+        return found
     events = [e.value for (s, e) in table if s is state]
-    return ", ".join(events) if events else "nothing (final state)"
+    allowed = ", ".join(events) if events else "nothing (final state)"
+    raise IllegalTransitionError(f"a {state.value} {kind} cannot {event.value}; allowed: {allowed}")
 
 
 def _render(table: Mapping[tuple[_S, _E], _S], kind: str) -> str:
