@@ -8,8 +8,8 @@ the fleet in waves; then the broken 3.0.2: the canaries fail and roll back to
 waits for it (``after: [canary]``), halts without touching a single device.
 Prints what happened and cleans up (also on Ctrl-C). Uses only the product's
 commands (``examples/demo_fleet.py``): `engine keygen`, `engine release sign`,
-`engine serve`, `engine plan`, `engine apply`, `engine status`, `engine
-devices list`, the operator API, and `agent-runtime converge`.
+`engine serve`, `engine plan`, `engine apply`, `engine status`, the operator
+API, and `agent-runtime converge`.
 
 Usage: ``scripts/demo [--devices N] [--keep]`` (or ``python examples/demo.py``).
 """
@@ -158,7 +158,7 @@ class Demo:
         for row in self.fleet.reports().values():
             v = str(row.get("agent_version"))
             counts[v] = counts.get(v, 0) + 1
-        return ", ".join(f"{v}: {c}" for v, c in sorted(counts.items()))
+        return ", ".join(f"{v}: {c}" for v, c in sorted(counts.items())) or "no reports yet"
 
     def show_waves(self, release: str, status: dict[str, Any]) -> None:
         """Each rollout of ``release`` with its waves, from `engine status --json`."""

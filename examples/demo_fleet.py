@@ -5,8 +5,10 @@ An operator repo (the example releases, an inventory, a signing key made by
 127.0.0.1, and one directory per device with its own device config and
 `agent-runtime converge` process in pull mode. The first release is
 installed with `agent-runtime converge --once --plan` from a plan file this
-module writes. Everything is observed through `engine devices list --json`,
-`engine status --json`, the operator API and the runtimes' own output.
+module writes. Everything is observed through
+`engine status --json`, the operator API (``/v1/admin/devices``, the same
+rows `engine devices list --json` prints, and ``/v1/admin/rollouts/<name>``)
+and the runtimes' own output.
 """
 
 from __future__ import annotations
@@ -266,10 +268,17 @@ class DemoFleet:
 
     # -- observation ---------------------------------------------------------------------
 
+    def admin(self, path: str) -> Any:
+        """A GET of the operator API (``/v1/admin/...``) with the admin token, as JSON."""
+        request = urllib.request.Request(
+            f"{self.url}/v1/admin/{path}", headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())
+
     def reports(self) -> dict[str, dict[str, Any]]:
-        """The server's record of each device (`engine devices list --json`)."""
-        rows = json.loads(self.engine("devices", "list", "--json").stdout)
-        return {str(r["device"]): r for r in rows}
+        """The server's record of each device (what `engine devices list --json` prints)."""
+        return {str(r["device"]): r for r in self.admin("devices")}
 
     def status(self) -> dict[str, Any]:
         """`engine status --json`."""

@@ -4,8 +4,9 @@
 serve` as a child process), ``device`` and ``fleet`` (devices running their own
 `agent-runtime` in pull mode), ``sandbox`` (one device with its own release
 repo, for runtime tests), ``http`` (HTTP servers on 127.0.0.1), ``procs``
-(ports, polling, child environments, cleanup) and ``fakes`` (in-memory
-implementations of the runtime's injected effects). Tests and benches import
+(ports, polling, child environments, cleanup), ``fakes`` (in-memory
+implementations of the runtime's injected effects) and ``world`` (a device on
+those fakes, for state-chain tests). Tests and benches import
 from here; the demo in ``examples/`` uses only the product's commands.
 """
 

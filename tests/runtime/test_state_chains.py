@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent_runtime.phases import TRANSITIONS, Event, Phase
-from tests.harness.fakes import World
+from tests.harness.world import World
 
 FWD = "DOWNLOAD VERIFY BACKUP SWAP RESTART CONFIRM"
 FWD_W = "DOWNLOAD VERIFY BACKUP SWAP SWAP+agent.py SWAP+data.bin RESTART CONFIRM"
