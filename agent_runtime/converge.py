@@ -1,54 +1,38 @@
 """Converge: recover an open journal, read the desired release, and install it if needed.
 
 ``Runtime`` wires the device config to real effects (service manager, health
-probe, clock, fetcher); tests may inject their own. A ``PlanSource`` supplies
-the device's entry of a plan: ``FilePlanSource`` reads a plan file written by
-``engine plan --out``; a server client can implement the same protocol.
+probe, clock, fetcher, layout); tests may inject their own. Where the desired
+release comes from is a ``PlanSource`` (``agent_runtime.plan_source``, whose
+names are re-exported here for callers of ``Runtime.converge_once``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-from pydantic import ValidationError
+from typing import Any
 
 from agent_runtime._fsutil import remove_tree
+from agent_runtime._lock import exclusive
+from agent_runtime._status import status_document
 from agent_runtime.config import DeviceConfig
-from agent_runtime.effects import Clock, HealthProbe, ServiceManager
-from agent_runtime.errors import (
-    AgentRuntimeError,
-    DownloadError,
-    JournalError,
-    ManifestError,
-    PlanError,
-    SignatureInvalidError,
-)
-from agent_runtime.fetch import Fetcher, is_url
+from agent_runtime.effects import Clock, FileFetcher, HealthProbe, ServiceManager
+from agent_runtime.errors import DownloadError, JournalError, ManifestError, PlanError
+from agent_runtime.fetch import Fetcher
+from agent_runtime.filecache import cache_files, installed_matches
 from agent_runtime.journal import JournalRecord, JournalStore
 from agent_runtime.layouts import Layout, make_layout
 from agent_runtime.phases import Phase
+from agent_runtime.plan_source import DesiredRelease, FilePlanSource, PlanSource, file_location
+from agent_runtime.releases import SignedReleases
 from agent_runtime.state import DeviceState, Result, StateStore
-from agent_runtime.transaction import (
-    Effects,
-    Executor,
-    Outcome,
-    TxContext,
-    TxSpec,
-    cache_files,
-    installed_matches,
-    new_txid,
-    previous_release,
-)
-from agent_runtime.trust import TrustContext, check_release, parse_signed
+from agent_runtime.transaction import Effects, Executor, Outcome
+from agent_runtime.trust import check_release
+from agent_runtime.txcontext import TxContext, TxSpec, new_txid, previous_release
 from fleetbase.version import Version
-from states.manifest import FileEntry, ReleaseManifest
-from states.plan import DevicePlan, Plan, ReleaseRef
+from states.manifest import ReleaseManifest
 from states.signing import raw_trusted_keys
 
 __all__ = [
@@ -60,70 +44,6 @@ __all__ = [
     "exit_code",
     "file_location",
 ]
-
-
-@dataclass(frozen=True)
-class DesiredRelease:
-    """The device's entry of a plan and where its desired release can be fetched."""
-
-    device: DevicePlan
-    release: ReleaseRef | None
-    #: directory that relative local locations resolve against (plan.inventory.root)
-    base: Path | None
-
-
-class PlanSource(Protocol):
-    """Supplies the device's current plan entry (a plan file, or later a server check-in)."""
-
-    def fetch(self) -> DesiredRelease:
-        """The device's plan entry; raises PlanError when there is none or it is unreadable."""
-        ...
-
-
-class FilePlanSource:
-    """Reads a plan file (``engine plan --out``) afresh on every call."""
-
-    def __init__(self, path: Path, device: str) -> None:
-        self.path = path
-        self.device = device
-
-    def fetch(self) -> DesiredRelease:
-        """The entry of this device; PlanError naming the file when absent or malformed."""
-        try:
-            plan = Plan.model_validate_json(self.path.read_bytes())
-        except OSError as e:
-            raise PlanError(f"{self.path}: cannot read the plan: {e.strerror or e}") from e
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise PlanError(f"{self.path}: not a plan: {loc}: {err['msg']}") from e
-        entries = [d for d in plan.devices if d.device == self.device]
-        if not entries:
-            raise PlanError(f"{self.path}: the plan has no entry for device {self.device!r}")
-        entry = entries[0]
-        release = plan.releases.get(str(entry.desired)) if entry.desired is not None else None
-        return DesiredRelease(entry, release, Path(plan.inventory.root))
-
-
-def _resolve(location: str, base: Path | None) -> str:
-    if is_url(location) or os.path.isabs(location) or base is None:
-        return location
-    return str(base / location)
-
-
-def file_location(ref: ReleaseRef, entry: FileEntry, base: Path | None) -> str:
-    """Where to fetch ``entry``: ``artifacts + sha256`` by hash, else ``artifacts/source``."""
-    if ref.artifacts_by_hash:
-        root = _resolve(ref.artifacts, base)
-        if is_url(root):
-            return root + entry.sha256
-        return (
-            str(Path(root) / entry.sha256) if root.endswith(("/", os.sep)) else root + entry.sha256
-        )
-    if is_url(entry.source):
-        return entry.source
-    root = _resolve(ref.artifacts, base)
-    return root.rstrip("/") + "/" + entry.source
 
 
 @dataclass(frozen=True)
@@ -140,32 +60,6 @@ def exit_code(result: Result) -> int:
     return 0 if result in (Result.COMMITTED, Result.NOOP) else 1
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (one runtime per device at a time)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        try:
-            import fcntl
-
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise AgentRuntimeError(
-                    f"{path}: another agent-runtime is converging this device"
-                ) from e
-        except ImportError:  # Windows: msvcrt locking
-            import msvcrt
-
-            try:
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-            except OSError as e:
-                raise AgentRuntimeError(
-                    f"{path}: another agent-runtime is converging this device"
-                ) from e
-        yield
-
-
 class Runtime:
     """The on-device runtime for one device config."""
 
@@ -176,7 +70,7 @@ class Runtime:
         service: ServiceManager | None = None,
         make_probe: Callable[[Path], HealthProbe] | None = None,
         clock: Clock | None = None,
-        fetcher: Fetcher | None = None,
+        fetcher: FileFetcher | None = None,
         layout: Layout | None = None,
         out: Callable[[str], None] = print,
     ) -> None:
@@ -191,9 +85,10 @@ class Runtime:
         )
         self.make_probe = make_probe or self._health_probe
         self.clock = clock or SystemClock()
-        self.fetcher = fetcher or Fetcher(config.download)
+        self.fetcher: FileFetcher = fetcher or Fetcher(config.download)
         self.journal = JournalStore(config.state_dir)
         self.states = StateStore(config.state_dir)
+        self.releases = SignedReleases(config, self.keys, self.states, self.fetcher, self.clock)
         self.out = out
         self.executor = Executor(
             config,
@@ -220,7 +115,7 @@ class Runtime:
         """Recover, then converge to the plan's desired release; never raises AgentRuntimeError
         except PlanError (the plan is unusable) and a lock held by another runtime."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.config.state_dir / "lock"):
+        with exclusive(self.config.state_dir / "lock"):
             try:
                 recovered = self._recover()
                 if recovered is not None and not recovered.outcome_closed:
@@ -233,7 +128,7 @@ class Runtime:
     def rollback(self) -> ConvergeResult:
         """Restore the previous known-good release from the local copy (always allowed)."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.config.state_dir / "lock"):
+        with exclusive(self.config.state_dir / "lock"):
             recovered = self._recover()
             if recovered is not None and not recovered.outcome_closed:
                 return self._finish(recovered.result)
@@ -265,41 +160,7 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         """Installed / known-good versions, the journal and the last result, as plain data."""
-        state = self.states.load()
-        try:
-            record = self.journal.load()
-        except JournalError as e:
-            record = None
-            journal: dict[str, Any] = {"error": str(e)}
-        else:
-            journal = {"state": "none"}
-        if record is not None:
-            journal = {
-                "state": "open" if record.is_open else "closed",
-                "txid": record.txid,
-                "phase": str(record.phase),
-                "target": str(record.target),
-                "previous": None if record.previous is None else str(record.previous),
-                "history": [str(p) for p in record.history],
-                "error": record.error,
-                "saves": record.saves,
-            }
-        return {
-            "device": self.config.device,
-            "layout": self.config.layout,
-            "installed": None if state.installed is None else str(state.installed),
-            "known_good": None if state.known_good is None else str(state.known_good),
-            "previous": None if state.previous is None else str(state.previous),
-            "adopted_from": state.adopted_from,
-            "highest_serial": state.highest_serial,
-            "desired": None if state.desired is None else str(state.desired),
-            "attempts": dict(state.attempts),
-            "last_result": None if state.last_result is None else str(state.last_result),
-            "last_detail": state.last_detail,
-            "last_run": None if state.last_run is None else state.last_run.isoformat(),
-            "agent_running": self.service.is_running(),
-            "journal": journal,
-        }
+        return status_document(self.config, self.states, self.journal, self.service)
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -416,11 +277,11 @@ class Runtime:
         """No-op when the installed files are the desired release's; None when they drifted."""
         assert state.installed is not None
         version = state.installed
-        manifest = self._kept(version)
+        manifest = self.releases.kept(version)
         from_plan = False
         if manifest is None:
             try:
-                manifest = self._plan_manifest(desired)[0]
+                manifest = self.releases.plan_manifest(desired)[0]
             except (ManifestError, DownloadError, PlanError) as e:
                 return ConvergeResult(Result.FAILED, f"cannot verify the installed {version}: {e}")
             from_plan = True
@@ -433,58 +294,13 @@ class Runtime:
             return None
         if from_plan or hashed:
             if from_plan:
-                m, s = self._plan_manifest_bytes(desired)
+                m, s = self.releases.plan_bytes(desired)
                 self.states.keep_manifest(version, m, s)
             state.file_cache = cache_files(self.layout, version, files.files)
             self.states.save(state)
         started = self.service.ensure_running(self.executor.run_spec(version, files))
         how = "agent was not running: started it" if started else "agent running"
         return ConvergeResult(Result.NOOP, f"{version} installed and verified; {how}")
-
-    def _kept(self, version: Version) -> ReleaseManifest | None:
-        kept = self.states.kept_manifest(version)
-        if kept is None:
-            return None
-        try:
-            return parse_signed(
-                kept[0], kept[1], self.keys, str(self.states.manifest_paths(version)[0])
-            )
-        except ManifestError:
-            return None
-
-    def _plan_manifest_bytes(self, desired: DesiredRelease) -> tuple[bytes, bytes]:
-        ref = desired.release
-        if ref is None:
-            raise PlanError(f"the plan names no release entry for {desired.device.desired}")
-        limit = self.config.download.max_manifest_bytes
-        m = self.fetcher.read_small(_resolve(ref.manifest, desired.base), limit)
-        sig_at = _resolve(ref.signature, desired.base)
-        try:
-            s = self.fetcher.read_small(sig_at, 64 * 1024)
-        except DownloadError as e:
-            missing = e.status == 404 or (not is_url(sig_at) and not Path(sig_at).exists())
-            if missing:
-                raise SignatureInvalidError(
-                    f"{ref.manifest}: no signature at {sig_at}: refusing an unsigned release"
-                ) from e
-            raise
-        return m, s
-
-    def _plan_manifest(self, desired: DesiredRelease) -> tuple[ReleaseManifest, bytes, bytes]:
-        m, s = self._plan_manifest_bytes(desired)
-        ref = desired.release
-        assert ref is not None
-        return parse_signed(m, s, self.keys, ref.manifest), m, s
-
-    def _trust(self, state: DeviceState) -> TrustContext:
-        installed = self._kept(state.installed) if state.installed is not None else None
-        return TrustContext(
-            keys=self.keys,
-            platform=self.config.platform,
-            now=self.clock.now(),
-            highest_serial=state.highest_serial,
-            installed=installed,
-        )
 
     def _restore(self, state: DeviceState, target: Version) -> ConvergeResult | None:
         """Install ``target`` from the device's own copy, if a complete one is kept."""
@@ -495,7 +311,7 @@ class Runtime:
         where = str(self.states.manifest_paths(target)[0])
         try:
             manifest, files = check_release(
-                kept[0], kept[1], desired=target, ctx=self._trust(state), where=where,
+                kept[0], kept[1], desired=target, ctx=self.releases.trust(state), where=where,
                 local_restore=True,
             )  # fmt: skip
         except ManifestError:
@@ -513,14 +329,14 @@ class Runtime:
         if ref is None:
             raise PlanError(f"the plan has no releases[{target!s}] entry saying where {target} is")
         try:
-            m, s = self._plan_manifest_bytes(desired)
+            m, s = self.releases.plan_bytes(desired)
         except DownloadError as e:
             return ConvergeResult(Result.FAILED, f"cannot fetch the manifest of {target}: {e}")
         except ManifestError as e:
             return ConvergeResult(Result.REFUSED, str(e))
         try:
             manifest, files = check_release(
-                m, s, desired=target, ctx=self._trust(state), where=ref.manifest
+                m, s, desired=target, ctx=self.releases.trust(state), where=ref.manifest
             )
         except ManifestError as e:
             return ConvergeResult(Result.REFUSED, str(e))

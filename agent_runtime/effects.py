@@ -1,7 +1,9 @@
 """Small interfaces through which the transaction executor touches the world.
 
-The executor (pure transition table + effects) is tested with real
-implementations of these; each implementation lives in its own module.
+The executor (pure transition table + effects) runs with the real
+implementations (each in its own module: ``fetch``, ``layouts``, ``services``,
+``health``, ``clock``); the transaction tests also drive it with in-memory
+fakes of them to assert the exact chain of phases per case.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Protocol
 from fleetbase.version import Version
 from states.manifest import HealthCheck
 
-__all__ = ["Clock", "HealthProbe", "HealthResult", "RunSpec", "ServiceManager"]
+__all__ = ["Clock", "FileFetcher", "HealthProbe", "HealthResult", "RunSpec", "ServiceManager"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,33 @@ class ServiceManager(Protocol):
 
     def ensure_running(self, run: RunSpec) -> bool:
         """Start the agent if it is not running; True when it had to be started."""
+        ...
+
+
+class FileFetcher(Protocol):
+    """Fetches release documents and files (``agent_runtime.fetch.Fetcher``)."""
+
+    #: extra request headers (pull mode: the device token for the server's files)
+    headers: dict[str, str]
+    #: bytes moved over the wire so far (a resumed download counts only what it moved)
+    bytes_transferred: int
+
+    def read_small(self, location: str, limit: int) -> bytes:
+        """The content of a small document (manifest, signature) of at most ``limit`` bytes.
+
+        Raises DownloadError when it cannot be read, ArtifactMismatchError when too large.
+        """
+        ...
+
+    def fetch(self, location: str, dest: Path, *, size: int, sha256: str) -> None:
+        """Make ``dest`` hold exactly ``size`` bytes hashing to ``sha256`` from ``location``.
+
+        Raises DownloadError (transport) or ArtifactMismatchError (content).
+        """
+        ...
+
+    def close(self) -> None:
+        """Drop any kept-alive connection."""
         ...
 
 

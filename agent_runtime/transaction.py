@@ -4,31 +4,26 @@ Phases, events and the ``TRANSITIONS`` table live in ``agent_runtime.phases``
 (pure, re-exported here). The executor saves the journal *before* entering
 each phase, performs the phase's effect through injected interfaces (fetcher,
 layout, service manager, health probe, clock) and feeds the outcome event to
-the table. Everything recovery needs — the verified manifest, its signature,
-where each file comes from — is written to ``staging/<txid>/`` before the
-first journal save, so a new process can pick up any open journal.
+the table. What the transaction installs is kept in ``staging/<txid>/``
+(``agent_runtime.txcontext``) before the first journal save, so a new process
+can pick up any open journal.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from agent_runtime import faults
-from agent_runtime._fsutil import atomic_write_bytes, remove_tree, sha256_file
+from agent_runtime._fsutil import remove_tree, sha256_file
 from agent_runtime.config import DeviceConfig
-from agent_runtime.effects import Clock, HealthProbe, RunSpec, ServiceManager
-from agent_runtime.errors import ArtifactMismatchError, JournalError, ManifestError
-from agent_runtime.fetch import Fetcher
+from agent_runtime.effects import Clock, FileFetcher, HealthProbe, RunSpec, ServiceManager
+from agent_runtime.errors import ArtifactMismatchError
+from agent_runtime.filecache import cache_files
 from agent_runtime.journal import JournalRecord, JournalStore
-from agent_runtime.layouts.base import Layout, SwapPlan
+from agent_runtime.layouts.base import Layout
 from agent_runtime.phases import (
     RECOVERY_START,
     ROLLBACK_PHASES,
@@ -38,11 +33,10 @@ from agent_runtime.phases import (
     Phase,
     next_phase,
 )
-from agent_runtime.state import CachedFile, DeviceState, Result, StateStore
-from agent_runtime.trust import parse_signed
+from agent_runtime.state import Result, StateStore
+from agent_runtime.txcontext import TxContext
 from fleetbase.version import Version
-from states.manifest import FileEntry, HealthCheck, PlatformRelease, ReleaseManifest
-from states.signing import RawTrustedKeys
+from states.manifest import HealthCheck, PlatformRelease
 
 __all__ = [
     "TRANSITIONS",
@@ -51,9 +45,6 @@ __all__ = [
     "Executor",
     "Outcome",
     "Phase",
-    "TxContext",
-    "TxSpec",
-    "new_txid",
 ]
 
 #: In-process retries of a phase whose failure maps back to itself (rollback, commit).
@@ -62,103 +53,6 @@ MAX_RETRIES = 2
 MAX_RECOVERIES = 5
 #: Journal saves of one transaction before the runtime declares a state loop.
 MAX_SAVES = 500
-
-MANIFEST_NAME = "manifest.yaml"
-SPEC_NAME = "tx.json"
-
-
-def new_txid(now: datetime) -> str:
-    """A transaction id that sorts by time: ``20261127T101500-1a2b3c``."""
-    return now.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
-
-
-class TxSpec(BaseModel):
-    """What a transaction installs and from where; kept in ``staging/<txid>/tx.json``."""
-
-    model_config = ConfigDict(extra="ignore")
-    txid: str
-    kind: str = "update"  # "update" (from the plan's release) | "restore" (from a local copy)
-    target: Version
-    previous: Version | None
-    #: file path → where to fetch it (URL or local path)
-    sources: dict[str, str]
-    #: instant of the last (re)start, for "heartbeat newer than the restart"
-    since: datetime | None = None
-    rollback_since: datetime | None = None
-    extra: dict[str, str] = Field(default_factory=dict)
-
-
-@dataclass
-class TxContext:
-    """A transaction's inputs, rebuilt from staging on recovery."""
-
-    spec: TxSpec
-    staging: Path
-    manifest: ReleaseManifest
-    files: PlatformRelease
-    manifest_bytes: bytes
-    signature: bytes
-    previous_files: PlatformRelease | None
-    previous_health: HealthCheck | None
-
-    @property
-    def swap_plan(self) -> SwapPlan:
-        """The layout's view of this transaction."""
-        return SwapPlan(
-            txid=self.spec.txid,
-            old=self.spec.previous,
-            new=self.spec.target,
-            old_files=None if self.previous_files is None else self.previous_files.files,
-            new_files=self.files.files,
-            staging=self.staging,
-        )
-
-    def save_spec(self) -> None:
-        """Durably rewrite ``tx.json``."""
-        atomic_write_bytes(self.staging / SPEC_NAME, self.spec.model_dump_json(indent=1).encode())
-
-    def write(self) -> None:
-        """Write everything recovery needs into the staging directory."""
-        self.staging.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.staging / (MANIFEST_NAME + ".sig"), self.signature)
-        atomic_write_bytes(self.staging / MANIFEST_NAME, self.manifest_bytes)
-        self.save_spec()
-
-    @classmethod
-    def load(
-        cls, staging: Path, keys: RawTrustedKeys, config: DeviceConfig, states: StateStore
-    ) -> TxContext:
-        """Rebuild a context from ``staging`` (signature re-verified); JournalError if missing."""
-        try:
-            spec = TxSpec.model_validate_json((staging / SPEC_NAME).read_bytes())
-            manifest_bytes = (staging / MANIFEST_NAME).read_bytes()
-            signature = (staging / (MANIFEST_NAME + ".sig")).read_bytes()
-        except (OSError, ValueError) as e:
-            raise JournalError(f"{staging}: transaction files unreadable: {e}") from e
-        manifest = parse_signed(manifest_bytes, signature, keys, str(staging / MANIFEST_NAME))
-        files = manifest.platforms.get(config.platform)
-        if files is None:
-            raise JournalError(f"{staging}: manifest has no files for {config.platform}")
-        prev_files, prev_health = previous_release(spec.previous, keys, config, states)
-        return cls(
-            spec, staging, manifest, files, manifest_bytes, signature, prev_files, prev_health
-        )
-
-
-def previous_release(
-    version: Version | None, keys: RawTrustedKeys, config: DeviceConfig, states: StateStore
-) -> tuple[PlatformRelease | None, HealthCheck | None]:
-    """Files and health check of an installed release from its kept manifest (None if unknown)."""
-    if version is None:
-        return None, None
-    kept = states.kept_manifest(version)
-    if kept is None:
-        return None, None
-    try:
-        m = parse_signed(kept[0], kept[1], keys, str(states.manifest_paths(version)[0]))
-    except ManifestError:
-        return None, None
-    return m.platforms.get(config.platform), m.health_check
 
 
 @dataclass
@@ -169,7 +63,7 @@ class Effects:
     service: ServiceManager
     make_probe: Callable[[Path], HealthProbe]
     clock: Clock
-    fetcher: Fetcher
+    fetcher: FileFetcher
     journal: JournalStore
     states: StateStore
     out: Callable[[str], None] = print
@@ -449,49 +343,3 @@ class Executor:
 
 class _UnhealthyError(Exception):
     """The health check did not pass."""
-
-
-def cache_files(layout: Layout, version: Version, files: list[FileEntry]) -> dict[str, CachedFile]:
-    """Stat of each installed file with the manifest's sha256, for the cheap no-op check."""
-    cache: dict[str, CachedFile] = {}
-    for entry in files:
-        try:
-            st = os.stat(layout.installed_path(version, entry))
-        except OSError:
-            continue
-        cache[entry.path] = CachedFile(
-            size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, sha256=entry.sha256
-        )
-    return cache
-
-
-def installed_matches(
-    layout: Layout, version: Version, files: list[FileEntry], state: DeviceState
-) -> tuple[bool, bool]:
-    """Whether the installed files of ``version`` match ``files``; and whether a hash was needed.
-
-    A file whose size, mtime and inode equal the cached stat (and whose cached
-    sha256 is the manifest's) is trusted without hashing; any other is hashed.
-    """
-    hashed = False
-    for entry in files:
-        path = layout.installed_path(version, entry)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False, hashed
-        cached = state.file_cache.get(entry.path)
-        if (
-            cached is not None
-            and cached.sha256 == entry.sha256
-            and cached.size == st.st_size
-            and cached.mtime_ns == st.st_mtime_ns
-            and cached.inode == st.st_ino
-        ):
-            continue
-        if st.st_size != entry.size:
-            return False, hashed
-        hashed = True
-        if sha256_file(path) != entry.sha256:
-            return False, hashed
-    return True, hashed

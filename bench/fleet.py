@@ -58,7 +58,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(_REPO))
 
-from examples.local_fleet import OperatorRepo, ServerProcess, wait_until  # noqa: E402
+from tests.harness import OperatorRepo, ServerProcess, wait_until  # noqa: E402
 
 PG_ADMIN_DSN = os.environ.get(
     "ENGINE_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
@@ -82,7 +82,7 @@ def _say(line: str) -> None:
 
 def _bench_repo(base: Path, devices: int, *, poll: str, rollout: dict[str, Any]) -> OperatorRepo:
     """An operator repo with ``devices`` linux devices ``sim-NNNNN`` in one group on 3.0.0."""
-    from examples.local_fleet import DeviceSpec
+    from tests.harness import DeviceSpec
 
     repo = OperatorRepo(base / "fleet")
     specs = [DeviceSpec(f"sim-{i:05d}", "linux") for i in range(devices)]

@@ -6,7 +6,7 @@ as a fresh `agent-runtime converge --once` process), and the resident memory
 of an idle periodic `agent-runtime converge` process: after a no-op round
 (no HTTP) and after a 3.0.1 -> 3.0.2 update downloaded over HTTP. Then, unless
 ``--no-pull``, the resident memory of a pull-mode runtime against a real
-`engine serve` on 127.0.0.1 (``examples/local_fleet.py``), idle between
+`engine serve` on 127.0.0.1 (``tests/harness``), idle between
 check-ins before and after a rollout it installed over HTTP. Usage::
 
     .venv/bin/python bench/runtime.py [--pad-mb 50] [--layout in_place|versioned|both]
@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from agent_runtime.converge import FilePlanSource, Runtime  # noqa: E402
 from examples.build_releases import build  # noqa: E402
 from states.plan import DevicePlan, InventoryRef, Plan, ReleaseRef, StateRef  # noqa: E402
 from states.signing import generate_key, private_key_pem, public_key_text  # noqa: E402
+from tests.harness.http import http_server  # noqa: E402
 from tests.runtime.pki import Pki, make_pki  # noqa: E402
 
 DEVICE = "bench-device"
@@ -61,20 +62,12 @@ class _Quiet(SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def _serve(root: Path, pki: Pki | None = None) -> Iterator[str]:
     handler = functools.partial(_Quiet, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    scheme = "http"
+    ctx = None
     if pki is not None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(pki.server_pem)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(handler, tls=ctx) as port:
+        yield f"{'https' if ctx else 'http'}://127.0.0.1:{port}"
 
 
 def _plan(path: Path, repo: Path, desired: str, current: str | None, url: str | None) -> None:
@@ -299,7 +292,7 @@ def _bench_pull(base: Path) -> dict[str, float]:
     """RSS of pull-mode runtimes against a real `engine serve`, one over HTTP and one over
     https (a TLS terminator in front, the system CA directory plus a test CA): idle before
     and after each installs a rollout."""
-    from examples.local_fleet import DeviceSpec, DeviceTimings, Fleet, wait_until
+    from tests.harness import DeviceSpec, DeviceTimings, Fleet, wait_until
 
     group = {
         "fleet": {

@@ -1,4 +1,4 @@
-"""The quickstart: a whole rollout story on this machine, in about two minutes.
+"""The quickstart: a whole rollout story on this machine, in under a minute when it is idle.
 
 Starts `engine serve` on SQLite and a small fleet of real device runtimes in a
 temporary directory (each running the example agent 3.0.0), rolls out the
@@ -6,7 +6,10 @@ good release 3.0.1 to the canaries and, once they completed and soaked, to
 the fleet in waves; then the broken 3.0.2: the canaries fail and roll back to
 3.0.1 on their own, the canary rollout halts, and the fleet's rollout, which
 waits for it (``after: [canary]``), halts without touching a single device.
-Prints what happened and cleans up (also on Ctrl-C).
+Prints what happened and cleans up (also on Ctrl-C). Uses only the product's
+commands (``examples/demo_fleet.py``): `engine keygen`, `engine release sign`,
+`engine serve`, `engine plan`, `engine apply`, `engine status`, the operator
+API, and `agent-runtime converge`.
 
 Usage: ``scripts/demo [--devices N] [--keep]`` (or ``python examples/demo.py``).
 """
@@ -14,14 +17,13 @@ Usage: ``scripts/demo [--devices N] [--keep]`` (or ``python examples/demo.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,7 +32,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(_REPO))
 
-from examples.local_fleet import Fleet, demo_devices, wait_until  # noqa: E402
+from examples.demo_fleet import DemoFleet, demo_devices, wait_until  # noqa: E402
 
 SOAK = "5s"
 
@@ -62,9 +64,9 @@ class Demo:
     def __init__(self, base: Path, devices: int) -> None:
         self.t0 = time.monotonic()
         canaries = max(2, min(4, devices // 7))
-        self.fleet = Fleet(base, demo_devices(devices, canaries), demo_groups("3.0.0"),
-                           out=self.say)  # fmt: skip
-        self.canaries = [s.id for s in self.fleet.specs if "internal" in s.tags]
+        specs = demo_devices(base / "devices", devices, canaries)
+        self.fleet = DemoFleet(base, specs, demo_groups("3.0.0"))
+        self.canaries = [d.id for d in specs if d.tag == "internal"]
 
     def say(self, line: str = "") -> None:
         """Print a line with the elapsed time."""
@@ -78,45 +80,46 @@ class Demo:
     def engine(self, *args: str, show: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `engine ARGS` in the operator repo, echoing the command and (optionally) output."""
         print(f"$ engine {' '.join(args)}", flush=True)
-        if show:  # output straight to the terminal: apply --wait draws its live progress
-            proc = subprocess.run(
-                [sys.executable, "-m", "engine", *args], cwd=self.fleet.repo.root,
-                env=_engine_env(), text=True, check=False,
-            )  # fmt: skip
-            return subprocess.CompletedProcess(proc.args, proc.returncode, "", "")
-        return self.fleet.repo.engine(*args, check=False)
+        # shown straight on the terminal: apply --wait draws its live progress
+        return self.fleet.engine(*args, capture=not show)
 
     def run(self) -> None:
         """The whole story."""
         f = self.fleet
         n = len(f.devices)
         self.title(f"1. A fleet of {n} devices on this machine")
-        self.say(f"operator repo {f.repo.root}: {len(self.canaries)} canaries (tag internal), "
+        self.say(f"operator repo {f.repo}: {len(self.canaries)} canaries (tag internal), "
                  f"{n - len(self.canaries)} store devices; releases 3.0.0 to 3.0.3")  # fmt: skip
-        f.setup("3.0.0")
+        f.create_repo()
+        self.say("signed releases 3.0.0, 3.0.1, 3.0.2, 3.0.3 with a new key "
+                 "(`engine keygen`, `engine release sign`)")  # fmt: skip
+        f.start_server()
+        self.say(f"engine serve is up at {f.url} (SQLite store, log {f.server_log})")
+        f.write_configs()
+        self.say(f"installing agent 3.0.0 on {n} devices (`agent-runtime converge --once "
+                 "--plan`) …")  # fmt: skip
+        f.preinstall("3.0.0")
         self.say(f"starting {n} device runtimes (`agent-runtime converge`, pull mode, "
                  "check-in every second)")  # fmt: skip
-        f.start()
-        f.wait_reported("3.0.0", timeout=120)
+        f.start_runtimes()
+        self.wait_running("3.0.0", "every device to enroll and report 3.0.0", timeout=120)
         self.say(f"all {n} devices enrolled and report agent 3.0.0, running and heartbeating")
 
         self.title("2. Roll out the good release 3.0.1")
-        f.repo.set_release("3.0.1")
+        f.set_release("3.0.1")
         self.say("inventory: both groups now want 3.0.1; the fleet waits for the canary "
                  "(after: [canary])")  # fmt: skip
         plan = self.engine("plan", show=False)
         print("\n".join(plan.stdout.splitlines()[:1]), flush=True)
         self.engine("apply", "--yes", "--wait")
-        wait_until("every device to run 3.0.1",
-                   lambda: all(d.heartbeating("3.0.1") for d in f.devices.values()),
-                   timeout=120, progress=self._versions_line, out=self.say)  # fmt: skip
+        self.wait_running("3.0.1", "every device to run 3.0.1", timeout=120)
         self.say(f"all {n} devices run 3.0.1 and heartbeat")
-        status = self._status()
+        status = f.status()
         self.show_waves("3.0.1", status)
         self.show_gate("canary@3.0.1", "fleet@3.0.1", status)
 
         self.title("3. Roll out the broken release 3.0.2 (it exits at start)")
-        f.repo.set_release("3.0.2")
+        f.set_release("3.0.2")
         self.say("inventory: both groups now want 3.0.2")
         before = {i: len(d.transactions()) for i, d in f.devices.items()}
         self.engine("apply", "--yes", "--wait")
@@ -124,20 +127,38 @@ class Demo:
         # when the rollout halts, before its own log shows the attempt
         tried = self.took("canary@3.0.2") | self.took("fleet@3.0.2")
         wait_until("the devices that tried 3.0.2 to finish and heartbeat on 3.0.1 again",
-                   lambda: all(len(f.devices[i].transactions()) > before[i]
-                               and f.devices[i].heartbeating("3.0.1") for i in tried),
-                   timeout=60)  # fmt: skip
+                   lambda: all(len(f.devices[i].transactions()) > before[i] for i in tried)
+                   and self.running("3.0.1") >= tried, timeout=60)  # fmt: skip
 
         self.title("4. What happened")
         self.narrate(tried)
         self.title("engine status")
         self.engine("status")
 
+    def running(self, version: str) -> set[str]:
+        """Devices the server knows to run ``version`` with a fresh heartbeat of it."""
+        now = datetime.now(UTC)
+        out = set()
+        for device, row in self.fleet.reports().items():
+            beat = row.get("heartbeat_at")
+            fresh = beat is not None and (now - datetime.fromisoformat(beat)).total_seconds() < 5
+            if row.get("agent_version") == version and row.get("heartbeat_version") == version \
+                    and fresh:  # fmt: skip
+                out.add(device)
+        return out
+
+    def wait_running(self, version: str, what: str, timeout: float) -> None:
+        """Wait until every device runs ``version`` and heartbeats, printing progress."""
+        n = len(self.fleet.devices)
+        wait_until(what, lambda: len(self.running(version)) == n, timeout=timeout,
+                   progress=self._versions_line, out=self.say)  # fmt: skip
+
     def _versions_line(self) -> str:
         counts: dict[str, int] = {}
-        for v in self.fleet.versions().values():
-            counts[str(v)] = counts.get(str(v), 0) + 1
-        return ", ".join(f"{v}: {c}" for v, c in sorted(counts.items()))
+        for row in self.fleet.reports().values():
+            v = str(row.get("agent_version"))
+            counts[v] = counts.get(v, 0) + 1
+        return ", ".join(f"{v}: {c}" for v, c in sorted(counts.items())) or "no reports yet"
 
     def show_waves(self, release: str, status: dict[str, Any]) -> None:
         """Each rollout of ``release`` with its waves, from `engine status --json`."""
@@ -150,52 +171,35 @@ class Demo:
 
     def show_gate(self, gate: str, gated: str, status: dict[str, Any]) -> None:
         """When the gate rollout completed and when the gated one's first device took its plan."""
-        from engine.rollouts.status import rollout_devices_status
-        from engine.store import Store
-
         by_name = {r["name"]: r for r in status["rollouts"]}
         done = datetime.fromisoformat(by_name[gate]["finished_at"])
-        url = f"sqlite:///{self.fleet.repo.root / '.engine' / 'state.db'}"
-        with Store.open(url, migrate=False) as store, store.read() as conn:
-            rows = rollout_devices_status(conn, by_name[gated]["id"])
-        first = min(r.started_at for r in rows if r.started_at is not None)
-        later = (first - done).total_seconds()
+        starts = [datetime.fromisoformat(d["started_at"])
+                  for d in self.fleet.rollout(gated)["devices"] if d.get("started_at")]  # fmt: skip
+        later = (min(starts) - done).total_seconds()
         self.say(f"{gate} completed at {done:%H:%M:%S}; the first device of {gated} took its "
                  f"plan {later:.1f}s later (the canary soaks {SOAK})")  # fmt: skip
 
     def took(self, rollout: str) -> set[str]:
-        """Devices that took the plan of ``rollout`` (group@release), from the server's store."""
-        from engine.rollouts.status import rollout_devices_status
-        from engine.store import Store
-
-        ids = [r["id"] for r in self._status()["rollouts"] if r["name"] == rollout]
-        url = f"sqlite:///{self.fleet.repo.root / '.engine' / 'state.db'}"
-        with Store.open(url, migrate=False) as store, store.read() as conn:
-            return {r.device for r in rollout_devices_status(conn, ids[0]) if r.attempts > 0}
-
-    def _status(self) -> dict[str, Any]:
-        out = self.fleet.repo.engine("status", "--json").stdout
-        data: dict[str, Any] = json.loads(out)
-        return data
+        """Devices that took the plan of ``rollout`` (group@release), from the operator API."""
+        return {d["device"] for d in self.fleet.rollout(rollout)["devices"] if d["attempts"] > 0}
 
     def narrate(self, tried: set[str]) -> None:
         """Per device: group, what it tried, where it is now; then the counts."""
         f = self.fleet
+        reports = f.reports()
+        running = self.running("3.0.1") | self.running("3.0.2")
         print(f"{'device':<16}{'platform':<9}{'group':<8}{'3.0.2?':<24}{'now':<7}agent", flush=True)
         for i, d in f.devices.items():
             group = "canary" if i in self.canaries else "fleet"
             attempt = [r for t, r in d.transactions() if t == "3.0.2"]
             took = f"tried: {attempt[-1]}" if attempt else "never offered"
-            pid = d.agent_pid()
-            alive = f"pid {pid}, heartbeating" if d.heartbeating(str(d.installed())) else "DOWN"
-            print(f"{i:<16}{d.spec.platform:<9}{group:<8}{took:<24}{d.installed()!s:<7}{alive}",
-                  flush=True)  # fmt: skip
-        status = self._status()
-        halted = [r for r in status["rollouts"] if r["release"] == "3.0.2"]
+            now = str(reports.get(i, {}).get("agent_version"))
+            alive = "running, heartbeating" if i in running else "DOWN"
+            print(f"{i:<16}{d.platform:<9}{group:<8}{took:<24}{now:<7}{alive}", flush=True)
+        halted = [r for r in f.status()["rollouts"] if r["release"] == "3.0.2"]
         print(flush=True)
         for r in halted:
             print(f"rollout {r['name']}: {r['state']} — {r.get('reason') or ''}", flush=True)
-        versions = self._versions_line()
         print(
             f"{len(tried)} devices (canaries) tried 3.0.2; each failed its health check "
             "(the agent exited) and rolled itself back to 3.0.1, which runs and heartbeats again.",
@@ -206,17 +210,9 @@ class Demo:
         print(f"{len(fleet) - offered} of the {len(fleet)} fleet devices were never offered "
               "3.0.2: the fleet's rollout waited for the canary's and halted with it.",
               flush=True)  # fmt: skip
-        print(f"fleet versions now: {versions}", flush=True)
+        print(f"fleet versions now: {self._versions_line()}", flush=True)
         if tried - set(self.canaries):
             raise RuntimeError(f"fleet devices tried 3.0.2: {sorted(tried - set(self.canaries))}")
-
-
-def _engine_env() -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except (TimeoutError, RuntimeError, subprocess.SubprocessError) as e:
         print(f"\ndemo failed: {e}", file=sys.stderr, flush=True)
-        print(f"server log: {demo.fleet.server.log}\n{demo.fleet.server.tail()}", file=sys.stderr)
+        print(f"server log: {demo.fleet.server_log}\n{demo.fleet.server_tail()}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         demo.say("stopping the runtimes, agents and the server")

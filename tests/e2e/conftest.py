@@ -1,6 +1,6 @@
 """Fixtures: fleets of real device runtimes against a real `engine serve` on 127.0.0.1.
 
-Built from the quickstart's building blocks (``examples/local_fleet.py``):
+Built from the test harness (``tests/harness``):
 each device is a temp dir with the example agent 3.0.0 installed (in-place or
 versioned layout), a device config naming the server, the enrollment secret
 and the pinned signing key, and its own `agent-runtime converge` process.
@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from engine.store import Store
 from engine.store.schema import events, rollout_devices, rollouts
-from examples.local_fleet import DeviceSpec, DeviceTimings, Fleet
+from tests.harness import DeviceSpec, DeviceTimings, Fleet
 
 MakeFleet = Callable[..., Fleet]
 

@@ -9,8 +9,8 @@ from functools import partial
 import pytest
 import yaml
 
-from examples.local_fleet import wait_until
 from tests.e2e.conftest import MakeFleet, fleet_group, specs
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from functools import partial
 
 import pytest
 
-from examples.local_fleet import wait_until
 from tests.e2e.conftest import MakeFleet, StoreView, fleet_group, specs
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 

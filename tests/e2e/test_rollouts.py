@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from examples.local_fleet import wait_until
 from tests.e2e.conftest import MakeFleet, StoreView, fleet_group, max_overlap, seconds, specs
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.slow
 

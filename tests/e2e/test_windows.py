@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.waves import wave_fraction, wave_index
-from examples.local_fleet import DeviceSpec, wait_until
 from tests.e2e.conftest import MakeFleet, StoreView
+from tests.harness import DeviceSpec, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.harness.sandbox import DEVICE, Sandbox
 from tests.pull.stub import StubServer
-from tests.runtime.sandbox import DEVICE, Sandbox
 
 PullDevice = Callable[..., Sandbox]
 

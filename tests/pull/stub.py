@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.harness.http import http_server
 
 __all__ = ["Answer", "Recorded", "StubServer", "running_stub"]
 
@@ -150,13 +151,6 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
 def running_stub(stub: StubServer | None = None) -> Iterator[StubServer]:
     """Run a stub on a free 127.0.0.1 port for the duration of the block."""
     stub = stub or StubServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    server.daemon_threads = True
-    stub.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(_handler(stub)) as port:
+        stub.port = port
         yield stub
-    finally:
-        server.shutdown()
-        server.server_close()

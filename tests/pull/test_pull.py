@@ -14,9 +14,9 @@ import pytest
 
 from agent_runtime.config import load_config
 from agent_runtime.pull import Backoff, PullLoop, poll_delay
+from tests.harness.sandbox import Sandbox
 from tests.pull.conftest import offer, pull_config
 from tests.pull.stub import Answer, running_stub
-from tests.runtime.sandbox import Sandbox
 
 
 def _closed_port() -> int:

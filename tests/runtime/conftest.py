@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.runtime.sandbox import Sandbox
+from tests.harness.sandbox import Sandbox
 
 MakeSandbox = Callable[..., Sandbox]
 

@@ -11,7 +11,7 @@ import pytest
 from agent_runtime.config import DownloadSettings
 from agent_runtime.errors import ArtifactMismatchError, DownloadError
 from agent_runtime.fetch import Fetcher
-from tests.runtime.sandbox import serve
+from tests.harness.http import serve
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(DATA).hexdigest()

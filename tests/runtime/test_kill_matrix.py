@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent_runtime.phases import FORWARD_PHASES, ROLLBACK_PHASES
-from tests.runtime.sandbox import Sandbox
+from tests.harness.sandbox import Sandbox
 
 LAYOUTS = ["in_place", "versioned"]
 

@@ -27,7 +27,7 @@ from states.signing import (
     verify,
     verify_raw,
 )
-from tests.runtime.sandbox import DEVICE, Sandbox
+from tests.harness.sandbox import DEVICE, Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = generate_key()

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
+from tests.harness.sandbox import Sandbox
 from tests.runtime.conftest import MakeSandbox
-from tests.runtime.sandbox import Sandbox
 
 LAYOUTS = [
     pytest.param({"layout": "in_place"}, id="in_place"),

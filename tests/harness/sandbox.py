@@ -15,16 +15,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 
 from agent_runtime.config import load_config
@@ -33,10 +30,11 @@ from agent_runtime.services.process import ProcessManager
 from examples.build_releases import CATALOGUE, agent_files, manifest_document
 from states.plan import DevicePlan, InventoryRef, Plan, ReleaseRef, StateRef
 from states.signing import generate_key, public_key_text, sign
+from tests.harness.device import active_dir, stop_agent
+from tests.harness.procs import child_env
 
-__all__ = ["HttpRepo", "Sandbox", "serve"]
+__all__ = ["DEVICE", "Published", "Sandbox"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "test-device-01"
 HEARTBEAT_INTERVAL = "0.2"
 
@@ -224,12 +222,7 @@ class Sandbox:
 
     def cli_env(self, fault: str | None = None) -> dict[str, str]:
         """Environment of an ``agent-runtime`` subprocess (with an optional fault)."""
-        env = {k: v for k, v in os.environ.items() if k != "AGENT_RUNTIME_FAULT"}
-        env["PYTHONPATH"] = str(REPO_ROOT)
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-        if fault:
-            env["AGENT_RUNTIME_FAULT"] = fault
-        return env
+        return child_env({"AGENT_RUNTIME_FAULT": fault} if fault else None)
 
     def converge(self, fault: str | None = None) -> subprocess.CompletedProcess[str]:
         """``agent-runtime converge --once --plan plan.json`` as a subprocess."""
@@ -247,14 +240,7 @@ class Sandbox:
 
     def stop_agent(self) -> None:
         """Stop the agent and any process still running inside the sandbox (test teardown)."""
-        with contextlib.suppress(Exception):
-            self.manager().stop()
-        base = str(self.base.resolve())
-        for proc in psutil.process_iter(["cwd"]):
-            cwd = proc.info.get("cwd") or ""
-            if cwd.startswith(base) and proc.pid != os.getpid():
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
+        stop_agent(self.state, self.base)
 
     def state_json(self) -> dict[str, Any]:
         """The runtime's state file."""
@@ -273,11 +259,7 @@ class Sandbox:
 
     def active_dir(self) -> Path:
         """The directory the active release's files are in."""
-        if self.layout == "in_place":
-            return self.root
-        if (self.root / "current.txt").exists():
-            return self.root / "releases" / (self.root / "current.txt").read_text().strip()
-        return (self.root / "current").resolve()
+        return active_dir(self.root, self.layout)
 
     def snapshot(self) -> dict[str, str]:
         """Relative path → sha256 of every file of the agent root (runtime dirs excluded)."""
@@ -341,86 +323,3 @@ class Sandbox:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# -- a real HTTP server for artifacts -------------------------------------------------------
-
-
-@dataclass
-class HttpRepo:
-    """Serves a directory over HTTP with Range support, and can misbehave on request."""
-
-    root: Path
-    port: int = 0
-    #: path suffix → behaviour: "stall" (send half, then hang), "extra" (append bytes),
-    #: "truncate" (send half and close), "ignore_range" (always 200)
-    faults: dict[str, str] = field(default_factory=dict)
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        """Base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-
-def _handler(repo: HttpRepo, release: threading.Event) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            path = repo.root / self.path.lstrip("/")
-            rng = self.headers.get("Range")
-            repo.requests.append((self.path, rng))
-            fault = next((f for s, f in repo.faults.items() if self.path.endswith(s)), None)
-            if not path.is_file():
-                self.send_error(404)
-                return
-            data = path.read_bytes()
-            start = 0
-            if rng and fault != "ignore_range":
-                start = int(rng.removeprefix("bytes=").split("-")[0])
-                if start >= len(data):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.end_headers()
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            body = data[start:]
-            if fault == "extra":
-                body += b"X" * 4096
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            try:
-                if fault in ("stall", "truncate"):
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    if fault == "stall":
-                        release.wait(30)
-                    return
-                self.wfile.write(body)
-            except OSError:
-                pass
-
-    return Handler
-
-
-@contextlib.contextmanager
-def serve(root: Path, faults: dict[str, str] | None = None) -> Iterator[HttpRepo]:
-    """Serve ``root`` on 127.0.0.1 (a free port) for the duration of the block."""
-    repo = HttpRepo(root, faults=dict(faults or {}))
-    release = threading.Event()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(repo, release))
-    server.daemon_threads = True
-    repo.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield repo
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
