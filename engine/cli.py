@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keys",
     "serve",
     "devices",
+    "runtime",
 )
 
 
@@ -64,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the engine CLI; returns the process exit code."""
+    from engine._extra import INSTALL_HINT, missing_engine_modules
+
+    if missing := missing_engine_modules():
+        print(
+            f"engine: the engine is not installed here (missing {', '.join(missing)}): "
+            f"{INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 1
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -35,6 +35,7 @@ __all__ = [
     "InventoryFile",
     "LoadedRelease",
     "OperatorRepo",
+    "load_engine_settings",
     "load_operator_repo",
     "repo_digest",
 ]
@@ -178,6 +179,21 @@ def _digest(entries: Iterable[tuple[str, bytes]]) -> str:
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
     return digest.hexdigest()
+
+
+def load_engine_settings(root: Path) -> EngineSettings:
+    """``ROOT/engine.yaml`` alone (defaults when absent), for commands that need no inventory.
+
+    Raises InventoryError naming file, line and key.
+    """
+    path = Path(root) / ENGINE_FILE
+    if not path.is_file():
+        return EngineSettings()
+    problems: list[Problem] = []
+    settings = _load_settings(SourceFile.read(path, Path(root)), problems)
+    if problems:
+        raise InventoryError(problems)
+    return settings or EngineSettings()
 
 
 def _load_settings(source: SourceFile, problems: list[Problem]) -> EngineSettings | None:

@@ -240,3 +240,8 @@ class EngineSettings(_Strict):
         description="engine serve: the release /diags/persistentagentversion and "
         "/installerFiles describe; default the newest release whose rollout completed",
     )
+    runtime_bundles: str = Field(
+        default=".engine/runtime-bundles",
+        description="directory of runtime bundles: `engine runtime bundle` writes them there, "
+        "`engine serve` serves them (relative to the operator repo, or absolute)",
+    )

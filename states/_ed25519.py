@@ -6,17 +6,23 @@ OpenSSL). Python's ``_hashlib`` already has the system's OpenSSL libcrypto
 loaded, so verification calls its ``EVP_DigestVerify`` through ctypes. That
 binding is checked on first use against RFC 8032 test vectors (a valid
 signature must verify, altered data and an altered signature must not); when
-the symbols are missing (OpenSSL < 1.1.1, LibreSSL, Windows, where a DLL's
-dependencies are not searched) or the check fails, ``cryptography`` verifies
-instead. Either way only a result of exactly 1 from OpenSSL counts as valid.
+the symbols are missing (OpenSSL < 1.1.1, LibreSSL) or the check fails,
+``cryptography`` verifies instead when it is installed (it is not a dependency
+of the runtime); without either, verifying raises ``BackendMissingError``, which
+says what to install. On Windows a DLL's dependencies are not searched, so the
+``libcrypto-*.dll`` beside ``_hashlib`` is bound directly. Either way only a
+result of exactly 1 from OpenSSL counts as valid.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-__all__ = ["backend", "verify"]
+__all__ = ["BackendMissingError", "backend", "verify"]
 
 #: OpenSSL's NID_ED25519 (EVP_PKEY_ED25519), stable since OpenSSL 1.1.1.
 _NID_ED25519 = 1087
@@ -32,6 +38,10 @@ _TEST_SIG = bytes.fromhex(
 _Verifier = Callable[[bytes, bytes, bytes], bool]
 
 
+class BackendMissingError(Exception):
+    """Neither the system's libcrypto nor ``cryptography`` can verify ed25519 here."""
+
+
 def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """True when ``signature`` is a valid ed25519 signature of ``data`` by the raw 32-byte
     ``public_key``; False for any other input (wrong lengths, invalid key or signature)."""
@@ -41,7 +51,7 @@ def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
 
 
 def backend() -> str:
-    """Which implementation verifies: ``libcrypto`` or ``cryptography``."""
+    """Which implementation verifies: ``libcrypto``, ``cryptography`` or ``none``."""
     return _backend()[0]
 
 
@@ -49,9 +59,19 @@ def backend() -> str:
 def _backend() -> tuple[str, _Verifier]:
     """The implementation, chosen once per process (a race only chooses twice, alike)."""
     libcrypto = _libcrypto_verifier()
-    if libcrypto is not None and _passes_self_test(libcrypto):
+    if libcrypto is not None:
         return "libcrypto", libcrypto
+    if importlib.util.find_spec("cryptography") is None:
+        return "none", _missing
     return "cryptography", _cryptography_verify
+
+
+def _missing(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    raise BackendMissingError(
+        "cannot verify ed25519 signatures: this Python's OpenSSL has no usable ed25519 "
+        "(1.1.1 or newer needed) and the cryptography package is not installed "
+        "(pip install cryptography)"
+    )
 
 
 def _passes_self_test(check: _Verifier) -> bool:
@@ -78,12 +98,33 @@ def _cryptography_verify(public_key: bytes, signature: bytes, data: bytes) -> bo
 
 
 def _libcrypto_verifier() -> _Verifier | None:
-    """A verifier on the libcrypto that ``_hashlib`` links, or None when it cannot be bound."""
+    """A self-tested verifier on the libcrypto that ``_hashlib`` links, or None when none
+    can be bound or passes the self-test."""
+    for candidate in _libcrypto_candidates():
+        check = _bind(candidate)
+        if check is not None and _passes_self_test(check):
+            return check
+    return None
+
+
+def _libcrypto_candidates() -> Iterator[str]:
+    """Files that export libcrypto's symbols: ``_hashlib`` itself (dlsym searches its
+    dependencies), and on Windows the libcrypto DLLs shipped beside it."""
     try:
         import _hashlib
+    except ImportError:
+        return
+    yield _hashlib.__file__
+    if sys.platform == "win32":
+        yield from (str(p) for p in sorted(Path(_hashlib.__file__).parent.glob("libcrypto*.dll")))
+
+
+def _bind(library: str) -> _Verifier | None:
+    """A verifier on ``library``'s EVP functions, or None when they cannot be bound."""
+    try:
         import ctypes
 
-        lib = ctypes.CDLL(_hashlib.__file__)  # dlsym searches its dependencies: libcrypto
+        lib = ctypes.CDLL(library)
         new_key = lib.EVP_PKEY_new_raw_public_key
         free_key = lib.EVP_PKEY_free
         new_ctx = lib.EVP_MD_CTX_new

@@ -252,6 +252,10 @@ def verify_raw(data: bytes, signature_document: bytes, trusted: RawTrustedKeys) 
     """``verify`` with raw trusted keys: check that a trusted key signed ``data``; return its
     key id. Raises SignatureError exactly where ``verify`` does."""
     keyid, signature = _trusted_signature(signature_document, trusted)
-    if not _ed25519.verify(trusted[keyid], signature, data):
+    try:
+        valid = _ed25519.verify(trusted[keyid], signature, data)
+    except _ed25519.BackendMissingError as e:
+        raise SignatureError(str(e)) from e
+    if not valid:
         raise SignatureError(f"signature by key {keyid} does not match the manifest bytes")
     return keyid

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from engine.store import Store
+from tests.bundles import RuntimeBundle, build_runtime_bundle
 
 #: Admin connection to the test server (libpq keywords), its maintenance database.
 PG_ADMIN_DSN = os.environ.get(
@@ -86,3 +87,10 @@ def store(store_url: str) -> Iterator[Store]:
     """An open, migrated store on each backend of ``store_url``."""
     with Store.open(store_url) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def runtime_bundle(tmp_path_factory: pytest.TempPathFactory) -> RuntimeBundle:
+    """A signed runtime bundle for this machine, built once per session (do not modify it:
+    use ``runtime_bundle.copy_to``); skips locally without the wheelhouse of scripts/setup."""
+    return build_runtime_bundle(tmp_path_factory.mktemp("runtime-bundle"))

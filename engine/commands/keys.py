@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from engine.release_key import SIGNING_KEY_ENV, signing_key_path
 from inventory.errors import InventoryError, Problem
-from inventory.models import EngineSettings
 from inventory.sources import SourceFile, problems_from_validation_error
 from states.manifest import ReleaseManifest
 from states.signing import (
@@ -33,9 +33,6 @@ from states.signing import (
 )
 
 __all__ = ["SIGNING_KEY_ENV", "load_manifest", "register"]
-
-#: Environment variable naming the signing key when --key is not given.
-SIGNING_KEY_ENV = "ENGINE_SIGNING_KEY"
 
 
 class _CommandError(Exception):
@@ -146,30 +143,13 @@ def load_manifest(path: Path) -> tuple[bytes, ReleaseManifest]:
 
 
 def _signing_key_path(args: argparse.Namespace) -> Path:
-    if args.key is not None:
-        return Path(args.key)
-    env = os.environ.get(SIGNING_KEY_ENV)
-    if env:
-        return Path(env)
-    directory: Path = args.directory
-    settings_file = directory / "engine.yaml"
-    if settings_file.is_file():
-        source = SourceFile.read(settings_file, directory)
-        data, problems = source.parse()
-        if problems:
-            raise InventoryError(problems)
-        try:
-            settings = EngineSettings.model_validate(data or {})
-        except ValidationError as e:
-            raise InventoryError(
-                problems_from_validation_error(source, e, data, EngineSettings)
-            ) from e
-        if settings.signing_key:
-            return directory / settings.signing_key
-    raise _CommandError(
-        f"no signing key: pass --key KEYFILE, set ${SIGNING_KEY_ENV}, "
-        f"or set signing_key in {settings_file}"
-    )
+    path = signing_key_path(args.directory, args.key)
+    if path is None:
+        raise _CommandError(
+            f"no signing key: pass --key KEYFILE, set ${SIGNING_KEY_ENV}, "
+            f"or set signing_key in {args.directory / 'engine.yaml'}"
+        )
+    return path
 
 
 def _sign(args: argparse.Namespace) -> int:

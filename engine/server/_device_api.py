@@ -25,7 +25,7 @@ from engine.server._device_db import (
     read_heartbeat,
     upsert_heartbeat,
 )
-from engine.server._http import DEVICE_RE, parse_body, read_body, refuse
+from engine.server._http import DEVICE_RE, file_response, parse_body, read_body, refuse
 from engine.server.app import ServerState, body_spec
 from engine.server.registry import DeviceRevokedError, enroll_device, get_device
 from engine.store.schema import reports
@@ -230,11 +230,7 @@ async def serve_artifact(state: ServerState, sha256: str) -> Response:
     if path is None:
         log.error("no file on the server hashes to %s any more: artifact not served", sha256)
         refuse(500, f"the artifact file for {sha256} changed on the server; tell the operator")
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        headers={"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=31536000, immutable"},
-    )
+    return file_response(path, "application/octet-stream", sha256, immutable=True)
 
 
 @contextmanager

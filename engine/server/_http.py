@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, NoReturn, TypeVar
 
 import orjson
 from fastapi import HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["DEVICE_RE", "json_response", "parse_body", "read_body", "refuse", "validation_message"]
+__all__ = [
+    "DEVICE_RE",
+    "file_response",
+    "json_response",
+    "parse_body",
+    "read_body",
+    "refuse",
+    "validation_message",
+]
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -21,6 +30,17 @@ DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 def refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> NoReturn:
     """Answer ``status`` with ``{"detail": detail}``; nothing after this runs."""
     raise HTTPException(status_code=status, detail=detail, headers=headers)
+
+
+def file_response(
+    path: str | os.PathLike[str], media_type: str, sha256: str | None, *, immutable: bool = False
+) -> FileResponse:
+    """A file with HTTP Range support; ETag is its sha256 when known. ``immutable``: its
+    content never changes under this URL (cached for a year), else clients revalidate."""
+    headers = {"Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache"}
+    if sha256 is not None:
+        headers["ETag"] = f'"{sha256}"'
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 def json_response(data: Any, status: int = 200) -> Response:

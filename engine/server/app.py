@@ -53,7 +53,13 @@ class ServerSettings:
     online_after: float | None = None
     offer: OfferFunction | None = None
     title: str = "engine serve"
+    runtime_bundles: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runtime_bundles_dir(self) -> Path:
+        """Where the runtime bundles are (default ``<repo>/.engine/runtime-bundles``)."""
+        return self.runtime_bundles or self.repo_root / ".engine" / "runtime-bundles"
 
     @property
     def online_seconds(self) -> float:
@@ -93,7 +99,7 @@ class ServerState:
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI application serving ``settings.store`` and the repo at ``settings.repo_root``."""
-    from engine.server import _admin_api, _dashboard, _device_api, _field_api
+    from engine.server import _admin_api, _bundles_api, _dashboard, _device_api, _field_api
 
     state = ServerState(settings)
     app = _EngineApp(
@@ -109,6 +115,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_device_api.router(state))
     app.include_router(_admin_api.router(state))
     app.include_router(_field_api.router(state))
+    app.include_router(_bundles_api.router(state))
     app.include_router(_dashboard.router(state))
     _publish_body_schemas(app)
     return app

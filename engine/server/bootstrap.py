@@ -93,6 +93,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         poll_interval=poll,
         field_release=repo.settings.field_release,
         clock=clock_from_env(),
+        runtime_bundles=root / repo.settings.runtime_bundles,
     )
     return BuiltServer(settings, admin, enrollment, repo)
 

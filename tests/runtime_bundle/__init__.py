@@ -1,0 +1,1 @@
+"""Runtime bundles: building, verifying, installing offline, serving."""
