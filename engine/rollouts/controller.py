@@ -338,6 +338,8 @@ class RolloutController:
         values: dict[str, Any] = {"state": state.value, "reason": reason, "updated_at": now}
         if finished:
             values["finished_at"] = now
+        if state is RolloutState.COMPLETED:
+            values["completed_at"] = now
         conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(**values))
 
     def _event(
@@ -620,7 +622,7 @@ class RolloutController:
         online_since = now - self.timings.offline_after
         target = Version(r.release)
         candidates = conn.execute(
-            select(rd.c.device, reports.c.agent_version)
+            select(rd.c.device, reports.c.agent_version, reports.c.runtime_version)
             .select_from(rd.join(reports, reports.c.device == rd.c.device))
             .where(
                 rd.c.rollout_id == r.id,
@@ -632,9 +634,11 @@ class RolloutController:
             .order_by(rd.c.wave, rd.c.position)
             .limit(slots + 100)
         ).all()
-        for device, agent_version in candidates:
+        for device, agent_version, runtime_version in candidates:
             running = _version(agent_version)
-            if running is not None and running == target:
+            # Only a runtime's report counts; a report from elsewhere (no runtime version)
+            # waits for the runtime to adopt the files and report its first result.
+            if running is not None and running == target and runtime_version is not None:
                 conn.execute(
                     update(rd)
                     .where(rd.c.rollout_id == r.id, rd.c.device == device)
