@@ -238,5 +238,6 @@ class EngineSettings(_Strict):
     field_release: Version | None = Field(
         default=None,
         description="engine serve: the release /diags/persistentagentversion and "
-        "/installerFiles describe; default the newest release whose rollout completed",
+        "/installerFiles describe; default the newest release whose rollouts all "
+        "completed, else the known release most devices report",
     )
