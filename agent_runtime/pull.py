@@ -362,14 +362,20 @@ class PullLoop:
         return poll_delay(base, self.config.converge.jitter.total_seconds(), self.rng)
 
     def _note_result(self, res: ConvergeResult) -> bool:
-        """Keep the transaction report of ``res``; True when a transaction ran."""
+        """Keep the transaction report of ``res``; True when the server should hear of it at
+        once (a transaction ran, or an offered plan found its target in place)."""
         desired = self.source.last
         target = desired.device.desired if desired is not None else None
         ran = res.outcome is not None
-        if not ran and res.result is Result.NOOP:
+        if not ran and target is None:
             return False
-        if not ran and (target is None or res.result is Result.COMMITTED):
+        if not ran and res.result is Result.COMMITTED:
             return False
+        # A no-op on a plan the server offered is news to it: the server offers a plan
+        # only when the device's report differs from the target, so the runtime found
+        # the target in place (a field install adopted, verified and started). It is
+        # reported at once, like a transaction, so that the rollout counts it.
+        ran = ran or res.result is Result.NOOP
         state = self.runtime.states.load()
         self.transaction = TransactionReport(
             target=target,

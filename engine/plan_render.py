@@ -14,6 +14,7 @@ __all__ = ["SYMBOLS", "render_plan", "summary_line"]
 SYMBOLS: Mapping[Action, str] = {
     Action.UPDATE: "~",
     Action.INSTALL: "+",
+    Action.ADOPT: "@",
     Action.ROLLBACK: "<",
     Action.BLOCKED: "!",
     Action.PINNED: "=",
@@ -23,6 +24,7 @@ SYMBOLS: Mapping[Action, str] = {
 _COLOURS: Mapping[Action, str] = {
     Action.UPDATE: "33",  # yellow
     Action.INSTALL: "32",  # green
+    Action.ADOPT: "34",  # blue
     Action.ROLLBACK: "35",  # magenta
     Action.BLOCKED: "31",  # red
     Action.PINNED: "36",  # cyan
@@ -33,6 +35,7 @@ _COLOURS: Mapping[Action, str] = {
 _PHRASES: tuple[tuple[str, str], ...] = (
     ("update", "to update"),
     ("install", "to install"),
+    ("adopt", "to adopt"),
     ("rollback", "to roll back"),
     ("noop", "unchanged"),
     ("pinned", "pinned"),
@@ -46,9 +49,10 @@ _ORDER = {
     Action.ROLLBACK: 0,
     Action.UPDATE: 1,
     Action.INSTALL: 2,
-    Action.BLOCKED: 3,
-    Action.PINNED: 4,
-    Action.NOOP: 5,
+    Action.ADOPT: 3,
+    Action.BLOCKED: 4,
+    Action.PINNED: 5,
+    Action.NOOP: 6,
 }
 
 
@@ -71,7 +75,11 @@ def _phrase(counts: Mapping[str, int], *, all_zero: str = "no devices") -> str:
 def summary_line(plan: Plan) -> str:
     """``Plan: 12 to update, 3 to install, ...; 3 unmanaged.`` from the plan's summary."""
     counts = plan.summary
-    parts = [f"{counts.get(key, 0)} {words}" for key, words in _PHRASES]
+    parts = [
+        f"{counts.get(key, 0)} {words}"
+        for key, words in _PHRASES
+        if key != "adopt" or counts.get(key, 0)  # shown only where there are field installs
+    ]
     return f"Plan: {', '.join(parts)}; {counts.get('unmanaged', 0)} unmanaged."
 
 

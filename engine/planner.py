@@ -126,6 +126,19 @@ class _Steps:
         manifest = self._releases[desired].manifest
         files = manifest.platforms[platform].files
         manifest_path = self._manifest_paths.get(str(desired), f"releases/{desired}.yaml")
+        if current == desired:  # adopt: the files are in place already
+            return [
+                Step.model_construct(
+                    name=StepName.VERIFY,
+                    detail=f"signature of {manifest_path}, then sha256 and size of the "
+                    f"{count} in place",
+                ),
+                Step.model_construct(
+                    name=StepName.COMMIT,
+                    detail=f"start the agent if it is not running, record {desired} as "
+                    "known-good and report",
+                ),
+            ]
         health = manifest.health_check
         if health is None:
             beat = "the agent service stays up after the restart"
@@ -223,7 +236,9 @@ class _Decider:
             )
         current = report.agent_version
         known_good = report.known_good
+        managed = report.runtime_version is not None
         key = (
+            managed,
             None if current is None else current.text,
             desired.text,
             id(platform),  # Enum.__hash__ is Python code; the identity is enough here
@@ -240,6 +255,7 @@ class _Decider:
                 desired=desired,
                 why=why,
                 pinned_against=pinned_against,
+                managed=managed,
             )
             self._outcomes[key] = outcome
         return outcome
@@ -253,16 +269,23 @@ class _Decider:
         desired: Version,
         why: str,
         pinned_against: str | None,
+        managed: bool,
     ) -> _Outcome:
         if current is not None and current == desired:
             if pinned_against is not None:
                 return Action.PINNED, pinned_against, False
-            return Action.NOOP, f"already on {desired}", False
+            if managed:
+                return Action.NOOP, f"already on {desired}", False
         release = self.releases.get(desired)
         if release is None:
             return Action.BLOCKED, f"release {desired} has no manifest under releases/", False
         if platform not in release.manifest.platforms:
             return Action.BLOCKED, f"release {desired} has no artifact for {platform.value}", False
+        if current == desired:
+            # A report without a runtime version comes from elsewhere (an export of
+            # the system already in the field): the files are there, but nothing has
+            # verified them yet; the runtime's first result will.
+            return Action.ADOPT, f"{desired} in place, no runtime yet: adopt it ({why})", True
         if current is None:
             return Action.INSTALL, f"no agent installed; install {desired} ({why})", True
         if current < desired:

@@ -104,10 +104,11 @@ def _load(root: Path) -> OperatorRepo:
 
     settings = EngineSettings()
     engine_path = root / ENGINE_FILE
+    engine_source: SourceFile | None = None
     if engine_path.is_file():
-        source = SourceFile.read(engine_path, root)
-        sources.append(source)
-        settings = _load_settings(source, problems) or settings
+        engine_source = SourceFile.read(engine_path, root)
+        sources.append(engine_source)
+        settings = _load_settings(engine_source, problems) or settings
 
     inventory_files = _inventory_paths(root, problems)
     renderer = _Renderer(root / INVENTORY_DIR)
@@ -138,6 +139,21 @@ def _load(root: Path) -> OperatorRepo:
     catalog = load_release_catalog(root)
     problems.extend(catalog.problems)
     sources.extend(catalog.sources)
+    wanted = settings.field_release
+    if (
+        engine_source is not None
+        and wanted is not None
+        and wanted not in catalog.releases
+        and str(wanted) not in catalog.failed
+    ):
+        known = ", ".join(str(v) for v in sorted(catalog.releases)) or "none"
+        problems.append(
+            engine_source.problem(
+                ("field_release",),
+                f"field_release {wanted} is not in releases/ (known: {known})",
+                at_value=True,
+            )
+        )
 
     inventory = Inventory.model_construct(devices=devices, groups=groups)
     # A file that failed to load must not cause follow-on errors ("not a device",

@@ -238,7 +238,8 @@ class EngineSettings(_Strict):
     field_release: Version | None = Field(
         default=None,
         description="engine serve: the release /diags/persistentagentversion and "
-        "/installerFiles describe; default the newest release whose rollout completed",
+        "/installerFiles describe; default the newest release whose rollouts all "
+        "completed, else the known release most devices report",
     )
     runtime_bundles: str = Field(
         default=".engine/runtime-bundles",

@@ -45,12 +45,13 @@ class Action(StrEnum):
     NOOP = "noop"  # already on the desired release
     ROLLBACK = "rollback"  # move to a lower release
     INSTALL = "install"  # no agent installed yet
+    ADOPT = "adopt"  # the desired release's files are in place, but no runtime manages them yet
     PINNED = "pinned"  # held on its pin although a group wants another release
     BLOCKED = "blocked"  # a change is wanted but cannot happen; see reason
 
 
 #: Actions that make a device run a transaction.
-CHANGING_ACTIONS = frozenset({Action.UPDATE, Action.ROLLBACK, Action.INSTALL})
+CHANGING_ACTIONS = frozenset({Action.UPDATE, Action.ROLLBACK, Action.INSTALL, Action.ADOPT})
 
 
 class StepName(StrEnum):

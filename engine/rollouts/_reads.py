@@ -152,7 +152,7 @@ def rolled_out_devices(conn: Connection, rollout_id: int) -> list[tuple[str, str
             rollout_devices.c.attempts > 0,
         )
     )
-    return [(str(d), v) for d, v in rows]
+    return [(str(d), v if rv is not None else None) for d, v, rv in rows]
 
 
 def wave_state_counts(
@@ -211,10 +211,13 @@ def offer_candidates(
     """(device, reported version) of pending online devices of waves up to ``last_wave``.
 
     In wave order, then stable position; devices waiting for a retry time left out.
+    Only a runtime's report gives a version here: a report from elsewhere (no
+    runtime version, e.g. imported from the field) waits for the runtime to adopt
+    the files and report its first result.
     """
     rd = rollout_devices
     rows = conn.execute(
-        select(rd.c.device, reports.c.agent_version)
+        select(rd.c.device, reports.c.agent_version, reports.c.runtime_version)
         .select_from(rd.join(reports, reports.c.device == rd.c.device))
         .where(
             rd.c.rollout_id == rollout_id,
@@ -226,4 +229,4 @@ def offer_candidates(
         .order_by(rd.c.wave, rd.c.position)
         .limit(limit)
     )
-    return [(str(d), v) for d, v in rows]
+    return [(str(d), v if rv is not None else None) for d, v, rv in rows]

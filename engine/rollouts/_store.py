@@ -119,6 +119,8 @@ def move_rollout(
     to = next_rollout_state(state, event)
     if to in FINISHED_ROLLOUT_STATES:
         values["finished_at"] = now
+    if to is RolloutState.COMPLETED:
+        values["completed_at"] = now
     done = conn.execute(
         update(rollouts)
         .where(rollouts.c.id == rollout_id, rollouts.c.state == state.value)
@@ -139,6 +141,8 @@ def move_rollouts(
     values: dict[str, Any] = {"state": target.value, "reason": reason, "updated_at": now}
     if target in FINISHED_ROLLOUT_STATES:
         values["finished_at"] = now
+    if target is RolloutState.COMPLETED:
+        values["completed_at"] = now
     conn.execute(
         update(rollouts)
         .where(rollouts.c.id.in_(ids), rollouts.c.state.in_([s.value for s in sources]))

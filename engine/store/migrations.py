@@ -189,10 +189,19 @@ def _0004_rollout_after(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE rollouts ADD COLUMN {column}")
 
 
+def _0005_rollout_completed_at(conn: Connection) -> None:
+    # When a rollout completed; kept when a later apply supersedes it, so that the field
+    # endpoints can tell a release that completed from one superseded half-way.
+    kind = "VARCHAR(32)" if conn.dialect.name == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    conn.exec_driver_sql(f"ALTER TABLE rollouts ADD COLUMN completed_at {kind}")
+    conn.exec_driver_sql("UPDATE rollouts SET completed_at = finished_at WHERE state = 'completed'")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
     Migration(2, "devices, heartbeats, events", _0002_devices),
     Migration(3, "releases, rollouts, rollout devices, controller lease", _0003_rollouts),
     Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
+    Migration(5, "when a rollout completed", _0005_rollout_completed_at),
 ]

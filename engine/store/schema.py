@@ -139,6 +139,8 @@ rollouts = Table(
     # wave 0 opens, as JSON lists of their ids and names (group@release); null: none.
     Column("after_ids", Text, nullable=True),
     Column("after_names", Text, nullable=True),
+    # When the rollout completed (migration 5); kept when it is superseded later.
+    Column("completed_at", UTCDateTime(), nullable=True),
     Index("ix_rollouts_group_state", "group_name", "state"),
     Index("ix_rollouts_state", "state"),
 )

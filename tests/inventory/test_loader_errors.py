@@ -244,6 +244,14 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         ],
     ),
     (
+        "field release that is no release",
+        {"engine.yaml": "stale_after: 3d\nfield_release: '3.9.0'\n"},
+        [
+            "engine.yaml:2:16: field_release: field_release 3.9.0 is not in releases/ "
+            "(known: 3.0.1, 3.0.2)"
+        ],
+    ),
+    (
         "overlapping groups that disagree",
         {
             "inventory/more.yaml": "groups:\n  hamburg:\n    match: {site: hamburg}\n"

@@ -71,8 +71,8 @@ def test_changes_exit_2_with_detailed_exitcode(
     out = capsys.readouterr().out
     assert rc == 2
     assert out.startswith(
-        "Plan: 36 to update, 1 to install, 1 to roll back, 5 unchanged, 1 pinned, 3 blocked; "
-        "1 unmanaged."
+        "Plan: 36 to update, 1 to install, 1 to adopt, 1 to roll back, 4 unchanged, 1 pinned, "
+        "3 blocked; 1 unmanaged."
     )
     assert "< berlin-srv-0003" in out
     assert "= hamburg-srv-0002" in out
@@ -105,6 +105,7 @@ def test_no_changes_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                 "agent_version": str(version) if version else None,
                 "platform": device.platform.value,
                 "last_seen": "2026-11-20T10:00:00Z",
+                "runtime_version": "0.1.0",
             }
         )
     _import(url, reports)

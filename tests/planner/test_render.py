@@ -29,7 +29,8 @@ def _every_action() -> Plan:
 def test_summary_line_counts_every_action() -> None:
     """The first line counts each action in a fixed order, then the unmanaged devices."""
     assert summary_line(_every_action()) == (
-        "Plan: 1 to update, 1 to install, 1 to roll back, 1 unchanged, 1 pinned, 4 blocked; "
+        "Plan: 1 to update, 1 to install, 1 to adopt, 1 to roll back, 1 unchanged, 1 pinned, "
+        "4 blocked; "
         "1 unmanaged."
     )
 
@@ -39,6 +40,7 @@ def test_devices_carry_their_symbols_and_reasons() -> None:
     text = render_plan(_every_action())
     assert "    ~ upd " in text
     assert "    + inst " in text
+    assert "    @ field " in text and "3.0.1 in place, no runtime yet: adopt it" in text
     assert "    < back " in text
     assert "    ! stale " in text and "no report since 2026-11-01T10:00Z" in text
     assert "    = held " in text and "pinned to 3.0.0; group linux-prod wants 3.0.1" in text

@@ -97,12 +97,65 @@ def test_no_field_release_is_404(repo: Path, store: Store) -> None:
     assert file.status_code == 404
 
 
-def test_field_release_is_newest_applied(repo: Path, store: Store) -> None:
-    """Releases recorded by apply, none completed: the newest serial is the field release."""
+def test_field_release_is_never_just_the_newest_applied(repo: Path, store: Store) -> None:
+    """Releases recorded by apply, none completed, no reports: 404 rather than the newest."""
     _record(store, repo, "3.0.0", "3.0.2", "3.0.1")
+    with store.write() as conn:
+        _rollout(conn, "3.0.2", "active")
+    with _client(repo, store) as c:
+        answer = c.get("/diags/persistentagentversion")
+        file = c.get("/installerFiles/Linux/Agent/nats_agent.py")
+    assert answer.status_code == 404 and "no release has completed" in answer.json()["detail"]
+    assert file.status_code == 404 and "detail" in file.json()
+
+
+def test_field_release_before_completion_is_what_the_fleet_runs(repo: Path, store: Store) -> None:
+    """No release completed: the known version most devices report, not the active one."""
+    _record(store, repo, "3.0.0", "3.0.1")
+    with store.write() as conn:
+        _rollout(conn, "3.0.1", "active")
+    seen = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    store.upsert_reports(
+        [Report(device=f"d{i}", agent_version=v, last_seen=seen)  # type: ignore[arg-type]
+         for i, v in enumerate(["3.0.0", "3.0.0", "3.0.1", "9.9.9", "9.9.9", "9.9.9"])]
+    )  # fmt: skip
     with _client(repo, store) as c:
         body = c.get("/diags/persistentagentversion").json()
-    assert body["persistent_agent_version"] == "3.0.2"
+    assert body["persistent_agent_version"] == "3.0.0"  # 9.9.9 is no known release
+
+
+@pytest.mark.parametrize(
+    ("completed_first", "expected"),
+    [(True, "3.0.1"), (False, "3.0.0")],
+)
+def test_superseded_release_counts_only_if_it_completed_first(
+    repo: Path, store: Store, completed_first: bool, expected: str
+) -> None:
+    """A superseded rollout leaves its release the field release only if it had completed."""
+    _record(store, repo, "3.0.0", "3.0.1", "3.0.2")
+    with store.write() as conn:
+        _rollout(conn, "3.0.0", "completed", name="a@3.0.0")
+        rid = _rollout(conn, "3.0.1", "superseded")
+        if completed_first:
+            conn.execute(update(rollouts).where(rollouts.c.id == rid).values(completed_at=NOW))
+        _rollout(conn, "3.0.2", "active")
+    with _client(repo, store) as c:
+        body = c.get("/diags/persistentagentversion").json()
+    assert body["persistent_agent_version"] == expected
+
+
+def test_release_with_one_unfinished_rollout_is_not_the_field_release(
+    repo: Path, store: Store
+) -> None:
+    """One group's rollout completed, another group's halted: the release is not served."""
+    _record(store, repo, "3.0.0", "3.0.1")
+    with store.write() as conn:
+        _rollout(conn, "3.0.0", "completed", name="a@3.0.0")
+        _rollout(conn, "3.0.1", "completed", name="a@3.0.1")
+        _rollout(conn, "3.0.1", "halted", name="b@3.0.1")
+    with _client(repo, store) as c:
+        body = c.get("/diags/persistentagentversion").json()
+    assert body["persistent_agent_version"] == "3.0.0"
 
 
 def test_field_release_prefers_a_completed_rollout(repo: Path, store: Store) -> None:
