@@ -30,6 +30,7 @@ from states.plan import (
     RolloutPlan,
     StateRef,
     Step,
+    StepName,
     WavePlan,
 )
 from states.report import Report
@@ -127,6 +128,7 @@ class _Steps:
         files = manifest.platforms[platform].files
         manifest_path = self._manifest_paths.get(str(desired), f"releases/{desired}.yaml")
         if current == desired:  # adopt: the files are in place already
+            count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
             return [
                 Step.model_construct(
                     name=StepName.VERIFY,

@@ -152,7 +152,7 @@ def rolled_out_devices(conn: Connection, rollout_id: int) -> list[tuple[str, str
             rollout_devices.c.attempts > 0,
         )
     )
-    return [(str(d), v if rv is not None else None) for d, v, rv in rows]
+    return [(str(d), v) for d, v in rows]
 
 
 def wave_state_counts(

@@ -18,8 +18,10 @@ import pytest
 import requests
 import yaml
 
-from examples.local_fleet import DeviceSpec, Fleet, preinstall_devices, wait_until
 from tests.e2e.conftest import MakeFleet, StoreView
+from tests.harness.fleet import Fleet, preinstall_devices
+from tests.harness.procs import wait_until
+from tests.harness.repo import DeviceSpec
 
 pytestmark = pytest.mark.slow
 
