@@ -30,7 +30,6 @@ from states.plan import (
     RolloutPlan,
     StateRef,
     Step,
-    StepName,
     WavePlan,
 )
 from states.report import Report
@@ -127,20 +126,6 @@ class _Steps:
         manifest = self._releases[desired].manifest
         files = manifest.platforms[platform].files
         manifest_path = self._manifest_paths.get(str(desired), f"releases/{desired}.yaml")
-        if current == desired:  # adopt: the files are in place already
-            count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
-            return [
-                Step.model_construct(
-                    name=StepName.VERIFY,
-                    detail=f"signature of {manifest_path}, then sha256 and size of the "
-                    f"{count} in place",
-                ),
-                Step.model_construct(
-                    name=StepName.COMMIT,
-                    detail=f"start the agent if it is not running, record {desired} as "
-                    "known-good and report",
-                ),
-            ]
         health = manifest.health_check
         if health is None:
             beat = "the agent service stays up after the restart"

@@ -37,9 +37,23 @@ def describe_steps(
 
     ``files`` and ``size`` are the platform's file count and bytes,
     ``signature_of`` names what the signature covers (a manifest path or the
-    version), ``confirm`` says how the new agent is confirmed healthy.
+    version), ``confirm`` says how the new agent is confirmed healthy. When
+    ``current`` is ``desired`` (adopt: the files are in place, no runtime
+    managed them yet) only verify and commit remain.
     """
     count = f"{files} file{'s' if files != 1 else ''}"
+    if current is not None and current == desired:
+        return [
+            Step.model_construct(
+                name=StepName.VERIFY,
+                detail=f"signature of {signature_of}, then sha256 and size of the {count} in place",
+            ),
+            Step.model_construct(
+                name=StepName.COMMIT,
+                detail=f"start the agent if it is not running, record {desired} as "
+                "known-good and report",
+            ),
+        ]
     details = {
         StepName.DOWNLOAD: f"{count}, {format_size(size)}",
         StepName.VERIFY: f"signature of {signature_of}, then sha256 and size of {count}",
