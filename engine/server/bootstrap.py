@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from engine.server._known import InventoryDevices, load_inventory_devices
-from engine.server.app import ServerSettings, create_app
+from engine.server.app import create_app
 from engine.server.clock import clock_from_env
 from engine.server.credentials import (
     ADMIN_TOKEN_FILE,
@@ -27,6 +27,7 @@ from engine.server.credentials import (
     Credential,
     load_credential,
 )
+from engine.server.settings import ServerSettings
 from engine.store import Store, resolve_state_url
 from inventory.loader import OperatorRepo, load_operator_repo
 
