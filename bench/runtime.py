@@ -45,9 +45,9 @@ if str(_REPO) not in sys.path:
 
 from agent_runtime.config import load_config  # noqa: E402
 from agent_runtime.converge import FilePlanSource, Runtime  # noqa: E402
+from engine.signing import generate_key, private_key_pem, public_key_text  # noqa: E402
 from examples.build_releases import build  # noqa: E402
 from states.plan import DevicePlan, InventoryRef, Plan, ReleaseRef, StateRef  # noqa: E402
-from states.signing import generate_key, private_key_pem, public_key_text  # noqa: E402
 from tests.harness.http import http_server  # noqa: E402
 from tests.runtime.pki import Pki, make_pki  # noqa: E402
 

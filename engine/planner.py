@@ -9,17 +9,18 @@ one to assign waves per rollout, one to build the result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine._plan_decide import Decider, ReleaseView
 from engine.steps import describe_steps, format_size
 from engine.waves import wave_indices
 from fleetbase.duration import format_duration
 from fleetbase.platform import Platform
 from fleetbase.version import Version
-from inventory.models import Device, Inventory, RolloutPolicy
-from states.manifest import HealthCheckKind, ReleaseManifest
+from inventory.models import Inventory, RolloutPolicy
+from states.manifest import HealthCheckKind
 from states.plan import (
     FORMAT_VERSION,
     Action,
@@ -48,19 +49,6 @@ PINNED_ROLLOUT_GROUP = "(pinned)"
 
 _DEFAULT_POLICY = RolloutPolicy()
 _PINNED = Action.PINNED
-
-
-class ReleaseView(Protocol):
-    """What the planner reads of a loaded release (``inventory.loader.LoadedRelease``)."""
-
-    @property
-    def manifest(self) -> ReleaseManifest: ...
-    @property
-    def path(self) -> Path: ...
-    @property
-    def sha256(self) -> str: ...
-    @property
-    def signature_path(self) -> Path | None: ...
 
 
 class RepoView(Protocol):
@@ -99,10 +87,6 @@ def _device_plan(values: dict[str, Any]) -> DevicePlan:
 def rollout_id(group: str, release: Version) -> str:
     """The stable id of a group moving to a release, e.g. ``linux-prod@3.0.1``."""
     return f"{group}@{release}"
-
-
-def _when(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 class _Steps:
@@ -151,134 +135,6 @@ class _Steps:
             signature_of=manifest_path,
             confirm=beat,
         )
-
-
-def _rollback_reason(
-    current: Version,
-    desired: Version,
-    releases: Mapping[Version, ReleaseView],
-    known_good: Version | None,
-    why: str,
-) -> str:
-    base = f"{current} -> {desired} ({why})"
-    current_release = releases.get(current)
-    if current_release is not None and desired in current_release.manifest.rollback_to:
-        return f"{base}; {current}'s manifest authorises rolling back to {desired}"
-    if known_good is not None and known_good == desired:
-        return f"{base}; restores the device's own known-good backup of {desired}"
-    if current_release is None:
-        return (
-            f"{base}; {current} has no manifest under releases/, so nothing authorises "
-            f"the rollback: devices refuse {desired} if its serial is lower than one seen"
-        )
-    return (
-        f"{base}; not authorised: {current}'s manifest does not list {desired} in rollback_to, "
-        f"devices refuse {desired} if its serial is lower than one seen"
-    )
-
-
-#: (action, reason, whether the device runs a transaction)
-_Outcome = tuple[Action, str, bool]
-
-_NO_REPORT: _Outcome = (Action.BLOCKED, "no report from this device yet", False)
-
-
-class _Decider:
-    """Decides each device's action and reason.
-
-    Most devices share their (current, desired, platform, group) with many
-    others, so the outcome after the per-device checks (report present,
-    fresh, right platform) is computed once per combination and reused.
-    """
-
-    def __init__(self, releases: Mapping[Version, ReleaseView], stale_before: datetime) -> None:
-        self.releases = releases
-        self.stale_before = stale_before
-        self._outcomes: dict[tuple[object, ...], _Outcome] = {}
-
-    def decide(
-        self,
-        device: Device,
-        report: Report | None,
-        desired: Version,
-        why: str,
-        pinned_against: str | None,
-    ) -> _Outcome:
-        """Action and reason of one managed device wanting ``desired``.
-
-        ``pinned_against`` is the reason to use when the device sits on its pin
-        while its group wants another release (None when that cannot happen).
-        """
-        if report is None:
-            return _NO_REPORT
-        if report.last_seen < self.stale_before:
-            return Action.BLOCKED, f"no report since {_when(report.last_seen)}", False
-        platform = device.platform
-        if report.platform is not None and report.platform is not platform:
-            return (
-                Action.BLOCKED,
-                f"device reports platform {report.platform.value} but the inventory says "
-                f"{platform.value}",
-                False,
-            )
-        current = report.agent_version
-        known_good = report.known_good
-        managed = report.runtime_version is not None
-        key = (
-            managed,
-            None if current is None else current.text,
-            desired.text,
-            id(platform),  # Enum.__hash__ is Python code; the identity is enough here
-            why,
-            pinned_against,
-            None if known_good is None else known_good.text,
-        )
-        outcome = self._outcomes.get(key)
-        if outcome is None:
-            outcome = self._move(
-                platform=platform,
-                current=current,
-                known_good=known_good,
-                desired=desired,
-                why=why,
-                pinned_against=pinned_against,
-                managed=managed,
-            )
-            self._outcomes[key] = outcome
-        return outcome
-
-    def _move(
-        self,
-        *,
-        platform: Platform,
-        current: Version | None,
-        known_good: Version | None,
-        desired: Version,
-        why: str,
-        pinned_against: str | None,
-        managed: bool,
-    ) -> _Outcome:
-        if current is not None and current == desired:
-            if pinned_against is not None:
-                return Action.PINNED, pinned_against, False
-            if managed:
-                return Action.NOOP, f"already on {desired}", False
-        release = self.releases.get(desired)
-        if release is None:
-            return Action.BLOCKED, f"release {desired} has no manifest under releases/", False
-        if platform not in release.manifest.platforms:
-            return Action.BLOCKED, f"release {desired} has no artifact for {platform.value}", False
-        if current == desired:
-            # A report without a runtime version comes from elsewhere (an export of
-            # the system already in the field): the files are there, but nothing has
-            # verified them yet; the runtime's first result will.
-            return Action.ADOPT, f"{desired} in place, no runtime yet: adopt it ({why})", True
-        if current is None:
-            return Action.INSTALL, f"no agent installed; install {desired} ({why})", True
-        if current < desired:
-            return Action.UPDATE, f"{current} -> {desired} ({why})", True
-        reason = _rollback_reason(current, desired, self.releases, known_good, why)
-        return Action.ROLLBACK, reason, True
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -350,7 +206,7 @@ def plan_fleet(
     inventory = repo.inventory
     groups = inventory.groups
     releases = repo.releases
-    decider = _Decider(releases, now - stale_after)
+    decider = Decider(releases, now - stale_after)
     root = repo.root
     release_refs = {str(v): _release_ref(loaded, root) for v, loaded in releases.items()}
     steps = _Steps(releases, {k: v.manifest for k, v in release_refs.items()})

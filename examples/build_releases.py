@@ -27,8 +27,9 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(_REPO))
 
+from engine.signing import load_private_key, sign  # noqa: E402
 from states.manifest import ReleaseManifest  # noqa: E402
-from states.signing import SIGNATURE_SUFFIX, load_private_key, sign  # noqa: E402
+from states.signing import SIGNATURE_SUFFIX  # noqa: E402
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "agent"
 DEFAULT_OUT = Path(__file__).resolve().parent / "fleet"

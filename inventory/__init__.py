@@ -1,9 +1,8 @@
 """Loading the operator repo: YAML (optionally Jinja2-templated) into validated models.
 
 Versions, durations and platforms live in the base layer (``fleetbase``).
-The loader itself (``inventory.loader.load_operator_repo``) is not imported here:
-the agent runtime imports these shared models and must not pull in Jinja2,
-rapidyaml or orjson.
+The loader itself (``inventory.loader.load_operator_repo``) is not imported here,
+so that importing the models does not pull in Jinja2, rapidyaml or orjson.
 """
 
 from inventory.errors import InventoryError, Problem

@@ -21,6 +21,7 @@ __all__ = [
     "RELEASES_DIR",
     "LoadedRelease",
     "ReleaseCatalog",
+    "load_manifest",
     "load_release",
     "load_release_catalog",
 ]
@@ -104,6 +105,28 @@ def load_release(path: Path, root: Path | None = None) -> LoadedRelease:
     if loaded is None:
         raise InventoryError(problems)
     return loaded
+
+
+def load_manifest(path: Path) -> tuple[bytes, ReleaseManifest]:
+    """Read and validate one release manifest anywhere (its bytes and model), e.g. to sign it.
+
+    Raises InventoryError naming file (relative to the current directory), line and key.
+    """
+    try:
+        source = SourceFile.read(path, Path.cwd())
+    except OSError as e:
+        raise InventoryError([Problem(path, None, None, "", f"cannot read: {e.strerror}")]) from e
+    data, problems = source.parse()
+    if problems:
+        raise InventoryError(problems)
+    if not isinstance(data, dict):
+        raise InventoryError([Problem(source.rel, 1, 1, "", "a release manifest is a mapping")])
+    try:
+        return source.data, ReleaseManifest.model_validate(data)
+    except ValidationError as e:
+        raise InventoryError(
+            problems_from_validation_error(source, e, data, ReleaseManifest)
+        ) from e
 
 
 def _load_one(source: SourceFile, problems: list[Problem]) -> LoadedRelease | None:

@@ -11,25 +11,22 @@ from __future__ import annotations
 import gc
 import hashlib
 import traceback
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from fleetbase.gcpause import gc_paused
 from fleetbase.version import Version
+from inventory._checks import check_after, check_references, conflict_problems, merge_files
 from inventory.catalog import LoadedRelease, load_release_catalog
 from inventory.errors import InventoryError, Problem
-from inventory.membership import Assignment, Conflict, assign_groups
-from inventory.models import Device, EngineSettings, Group, Inventory
-from inventory.sources import SourceFile, problems_from_validation_error, suggest
-
-if TYPE_CHECKING:
-    pass
+from inventory.membership import Assignment, assign_groups
+from inventory.models import EngineSettings, Inventory, InventoryFile
+from inventory.sources import SourceFile, problems_from_validation_error
 
 __all__ = [
     "InventoryFile",
@@ -42,19 +39,6 @@ __all__ = [
 
 ENGINE_FILE = "engine.yaml"
 INVENTORY_DIR = "inventory"
-
-
-class InventoryFile(BaseModel):
-    """One file under inventory/: some devices and/or groups (merged with the others)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, title="Fleet inventory file")
-
-    devices: dict[str, Device] = Field(
-        default_factory=dict, description="devices by id; an id may appear in one file only"
-    )
-    groups: dict[str, Group] = Field(
-        default_factory=dict, description="groups by name; a name may appear in one file only"
-    )
 
 
 @dataclass(frozen=True)
@@ -135,7 +119,7 @@ def _load(root: Path) -> OperatorRepo:
         if p not in inventory_files
     )
 
-    devices, groups, origin = _merge(files, problems)
+    devices, groups, origin = merge_files(files, problems)
     catalog = load_release_catalog(root)
     problems.extend(catalog.problems)
     sources.extend(catalog.sources)
@@ -158,7 +142,7 @@ def _load(root: Path) -> OperatorRepo:
     inventory = Inventory.model_construct(devices=devices, groups=groups)
     # A file that failed to load must not cause follow-on errors ("not a device",
     # "no such release") about what it would have defined.
-    _check_references(
+    check_references(
         inventory,
         origin,
         catalog.releases,
@@ -166,9 +150,9 @@ def _load(root: Path) -> OperatorRepo:
         devices_complete=failed_files == 0,
         unloadable_releases=catalog.failed,
     )
-    _check_after(inventory, origin, problems, groups_complete=failed_files == 0)
+    check_after(inventory, origin, problems, groups_complete=failed_files == 0)
     assignment, conflicts = assign_groups(inventory)
-    problems.extend(_conflict_problems(conflicts, origin))
+    problems.extend(conflict_problems(conflicts, origin))
     if problems:
         raise InventoryError(problems)
     return OperatorRepo(
@@ -350,217 +334,3 @@ def _validate_inventory_file(source: SourceFile, problems: list[Problem]) -> Inv
     except ValidationError as e:
         problems.extend(problems_from_validation_error(source, e, data, InventoryFile))
         return None
-
-
-@dataclass
-class _Origin:
-    """Which file defined each device and group (for positions in later checks)."""
-
-    device: dict[str, SourceFile]
-    group: dict[str, SourceFile]
-
-
-def _merge(
-    files: list[tuple[SourceFile, InventoryFile]], problems: list[Problem]
-) -> tuple[dict[str, Device], dict[str, Group], _Origin]:
-    devices: dict[str, Device] = {}
-    groups: dict[str, Group] = {}
-    origin = _Origin({}, {})
-    for source, parsed in files:
-        clash = parsed.devices.keys() & devices.keys() if devices else set()
-        for device_id in sorted(clash):
-            first = origin.device[device_id]
-            problems.append(
-                source.problem(
-                    ("devices", device_id),
-                    f"device {device_id!r} is defined twice: "
-                    f"also at {first.where(('devices', device_id))}",
-                )
-            )
-        fresh = (
-            {k: v for k, v in parsed.devices.items() if k not in clash}  # keep the first
-            if clash
-            else parsed.devices
-        )
-        devices.update(fresh)
-        origin.device.update(dict.fromkeys(fresh, source))
-        for name, group in parsed.groups.items():
-            if name in groups:
-                first = origin.group[name]
-                problems.append(
-                    source.problem(
-                        ("groups", name),
-                        f"group {name!r} is defined twice: also at {first.where(('groups', name))}",
-                    )
-                )
-                continue
-            groups[name] = group
-            origin.group[name] = source
-    return devices, groups, origin
-
-
-def _check_references(
-    inventory: Inventory,
-    origin: _Origin,
-    releases: dict[Version, LoadedRelease],
-    problems: list[Problem],
-    *,
-    devices_complete: bool,
-    unloadable_releases: set[str],
-) -> None:
-    known = ", ".join(str(v) for v in sorted(releases)) or "none (releases/ is empty)"
-    for name, group in inventory.groups.items():
-        source = origin.group[name]
-        for i, member in enumerate(group.members):
-            if devices_complete and member not in inventory.devices:
-                problems.append(
-                    source.problem(
-                        ("groups", name, "members", i),
-                        f"{member!r} is not a device" + _suggest_device(member, inventory.devices),
-                        at_value=True,
-                    )
-                )
-        if (
-            group.agent is not None
-            and group.agent.release not in releases
-            and str(group.agent.release) not in unloadable_releases
-        ):
-            problems.append(
-                source.problem(
-                    ("groups", name, "agent", "release"),
-                    f"release {group.agent.release} is not in releases/ (known: {known})",
-                    at_value=True,
-                )
-            )
-    for device_id, device in inventory.devices.items():
-        if (
-            device.pin is not None
-            and device.pin not in releases
-            and str(device.pin) not in unloadable_releases
-        ):
-            problems.append(
-                origin.device[device_id].problem(
-                    ("devices", device_id, "pin"),
-                    f"pin {device.pin} names no release in releases/ (known: {known})",
-                    at_value=True,
-                )
-            )
-
-
-def _check_after(
-    inventory: Inventory, origin: _Origin, problems: list[Problem], *, groups_complete: bool
-) -> None:
-    """``rollout.after``: every name a group with a release, not the group itself, no cycle."""
-    groups = inventory.groups
-    edges: dict[str, list[str]] = {}
-    for name, group in groups.items():
-        after = group.rollout.after
-        if not after:
-            continue
-        source = origin.group[name]
-        valid: list[str] = []
-        for i, other in enumerate(after):
-            path = ("groups", name, "rollout", "after", i)
-            if other == name:
-                problems.append(
-                    source.problem(
-                        path, f"group {name!r} cannot wait for its own rollout", at_value=True
-                    )
-                )
-            elif other not in groups:
-                if groups_complete:
-                    problems.append(
-                        source.problem(
-                            path,
-                            f"{other!r} is not a group" + suggest(other, sorted(groups)),
-                            at_value=True,
-                        )
-                    )
-            elif groups[other].agent is None:
-                problems.append(
-                    source.problem(
-                        path,
-                        f"group {other!r} has no agent release, nothing to wait for",
-                        at_value=True,
-                    )
-                )
-                valid.append(other)
-            else:
-                valid.append(other)
-        edges[name] = valid
-    for cycle in _after_cycles(edges):
-        start, following = cycle[0], cycle[1]
-        index = groups[start].rollout.after.index(following)
-        problems.append(
-            origin.group[start].problem(
-                ("groups", start, "rollout", "after", index),
-                f"groups wait for each other in a cycle: {' -> '.join(cycle)}; "
-                "none of their rollouts would ever start",
-                at_value=True,
-            )
-        )
-
-
-def _after_cycles(edges: dict[str, list[str]]) -> list[list[str]]:
-    """One cycle per set of groups that wait for each other, from its first name back to it."""
-    reach: dict[str, set[str]] = {}
-    for start, targets in edges.items():
-        seen: set[str] = set()
-        todo = list(targets)
-        while todo:
-            node = todo.pop()
-            if node not in seen:
-                seen.add(node)
-                todo.extend(edges.get(node, ()))
-        reach[start] = seen
-    cycles: list[list[str]] = []
-    done: set[str] = set()
-    for start in sorted(edges):
-        if start in done or start not in reach[start]:
-            continue
-        component = {n for n in reach[start] if start in reach.get(n, set())}
-        done |= component
-        # the shortest way from start back to itself inside its component
-        back: dict[str, str] = {}
-        queue = deque([start])
-        while queue and start not in back:
-            node = queue.popleft()
-            for nxt in sorted(edges.get(node, ())):
-                if nxt in component and nxt not in back:
-                    back[nxt] = node
-                    queue.append(nxt)
-        chain = [back[start]]  # predecessors of start, walking backwards
-        while chain[-1] != start:
-            chain.append(back[chain[-1]])
-        cycles.append([start, *reversed(chain[:-1]), start])
-    return cycles
-
-
-def _suggest_device(name: str, devices: dict[str, Device]) -> str:
-    import difflib
-
-    if len(devices) > 20000:
-        return ""  # difflib over a huge fleet costs more than the hint is worth
-    close = difflib.get_close_matches(name, list(devices), n=1, cutoff=0.8)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _conflict_problems(conflicts: list[Conflict], origin: _Origin) -> list[Problem]:
-    out = []
-    for conflict in conflicts:
-        name_a, name_b = conflict.groups
-        source_a = origin.group[name_a]
-        source_b = origin.group[name_b]
-        first = conflict.devices[0]
-        more = len(conflict.devices) - 1
-        also = f" (and {more} more device{'s' if more != 1 else ''})" if more else ""
-        out.append(
-            source_a.problem(
-                ("groups", name_a),
-                f"groups {name_a!r} ({source_a.where(('groups', name_a))}) and {name_b!r} "
-                f"({source_b.where(('groups', name_b))}) both have priority "
-                f"{conflict.priority} and both match device {first!r}{also}, but disagree "
-                f"on {', '.join(conflict.differences)}: give one a higher priority",
-            )
-        )
-    return out

@@ -23,6 +23,7 @@ __all__ = [
     "EngineSettings",
     "Group",
     "Inventory",
+    "InventoryFile",
     "MaintenanceWindow",
     "Match",
     "OnFailure",
@@ -245,4 +246,17 @@ class EngineSettings(_Strict):
         default=".engine/runtime-bundles",
         description="directory of runtime bundles: `engine runtime bundle` writes them there, "
         "`engine serve` serves them (relative to the operator repo, or absolute)",
+    )
+
+
+class InventoryFile(BaseModel):
+    """One file under inventory/: some devices and/or groups (merged with the others)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Fleet inventory file")
+
+    devices: dict[str, Device] = Field(
+        default_factory=dict, description="devices by id; an id may appear in one file only"
+    )
+    groups: dict[str, Group] = Field(
+        default_factory=dict, description="groups by name; a name may appear in one file only"
     )

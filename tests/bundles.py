@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine.bundles import local_target
-from states.signing import generate_key, private_key_pem, public_key_text
+from engine.signing import generate_key, private_key_pem, public_key_text
 
 __all__ = [
     "REPO_ROOT",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from engine.bundles.targets import Target
 from engine.errors import EngineError
+from engine.signing import key_id, load_private_key, sign
 from fleetbase.clock import utc_now
 from states.bundle import (
     BUNDLE_FORMAT_VERSION,
@@ -34,7 +35,7 @@ from states.bundle import (
     file_sha256,
     verify_bundle,
 )
-from states.signing import SignatureError, key_id, load_private_key, sign
+from states.signing import SignatureError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,16 +13,12 @@ from engine.errors import EngineError
 from inventory.errors import InventoryError
 
 if TYPE_CHECKING:
-    from engine.rollouts.status import RolloutStatus
     from engine.store import Store
 
 __all__ = ["register", "run"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-
-#: States in which `apply --wait` stops following a rollout.
-_SETTLED = frozenset({"completed", "halted", "paused", "aborted", "superseded"})
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,14 +66,15 @@ def _colour() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Run `engine apply`; 0 when recorded (and, with --wait, completed), else 1."""
-    from engine.commands.plan import make_plan
-    from engine.plan_io import check_plan_fresh, read_plan
+    from engine.plan_io import read_plan
     from engine.plan_render import render_plan
-    from engine.rollouts import record_rollouts
-    from engine.rollouts.record import applicable_rollouts
-    from engine.store import Store, resolve_state_url
-    from inventory.loader import load_operator_repo
-    from states.plan import CHANGING_ACTIONS, Action
+    from engine.service.apply import (
+        StalePlanError,
+        pending_changes,
+        plan_to_apply,
+        record_apply,
+    )
+    from engine.service.repo import load_repo, open_store
 
     plan_path: Path | None = args.plan
     try:
@@ -95,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"{root} is not a directory (give the operator repo with -C DIR)")
     root = root.resolve()
     try:
-        repo = load_operator_repo(root)
-        url = resolve_state_url(root, args.state, repo.settings.state)
-        store = Store.open(url)
+        repo = load_repo(root)
+        store = open_store(repo, args.state)
     except InventoryError as e:
         print(f"engine apply: the operator repo {root} has problems:", file=sys.stderr)
         print(e.render(), file=sys.stderr)
@@ -106,41 +101,29 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(e))
     with store:
         try:
-            if saved is not None:
-                stale = check_plan_fresh(saved, repo, store)
-                if stale:
-                    lines = "\n".join(f"  - {reason}" for reason in stale)
-                    return _error(
-                        f"the plan {plan_path} is stale; nothing applied:\n{lines}\n"
-                        f"Make a new one with `engine plan -C {root} --out {plan_path}`, "
-                        f"or run `engine apply -C {root}` to plan and apply now."
-                    )
-                plan = saved
-            else:
-                plan = make_plan(root, state=args.state)
+            plan = plan_to_apply(repo, store, saved)
+        except StalePlanError as e:
+            lines = "\n".join(f"  - {reason}" for reason in e.reasons)
+            return _error(
+                f"the plan {plan_path} is stale; nothing applied:\n{lines}\n"
+                f"Make a new one with `engine plan -C {root} --out {plan_path}`, "
+                f"or run `engine apply -C {root}` to plan and apply now."
+            )
         except (EngineError, ValueError) as e:
             return _error(str(e))
 
         sys.stdout.write(render_plan(plan, colour=_colour()))
-        chosen = {r.id for r in applicable_rollouts(plan, repo.inventory)}
-        moving = [
-            d
-            for d in plan.devices
-            if d.rollout in chosen
-            and (d.action in CHANGING_ACTIONS or d.action is Action.BLOCKED)
-            and repo.inventory.devices[d.device].pin is None
-        ]
-        changing = sum(1 for d in moving if d.action in CHANGING_ACTIONS)
-        if not chosen or not moving:
+        changes = pending_changes(plan, repo)
+        if changes.empty:
             print("\nNothing to apply: no group has devices to move to its release.")
             return EXIT_OK
+        count, changing = len(changes.rollouts), changes.changing
         question = (
-            f"Apply {len(chosen)} change{'s' if len(chosen) != 1 else ''} to "
+            f"Apply {count} change{'s' if count != 1 else ''} to "
             f"{changing} device{'s' if changing != 1 else ''}"
         )
-        waiting = len(moving) - changing
-        if waiting:
-            question += f" (and {waiting} more once they report)"
+        if changes.waiting:
+            question += f" (and {changes.waiting} more once they report)"
         question += "? [y/N] "
         if not args.yes:
             if not sys.stdin.isatty():
@@ -152,10 +135,8 @@ def run(args: argparse.Namespace) -> int:
             if answer not in ("y", "yes"):
                 print("Apply cancelled; nothing recorded.")
                 return EXIT_ERROR
-        now = datetime.now(UTC)
         try:
-            with store.write() as conn:
-                result = record_rollouts(conn, plan, repo, now)
+            result = record_apply(store, plan, repo)
         except EngineError as e:
             return _error(f"{e}; nothing recorded")
         print()
@@ -191,26 +172,15 @@ def _follow(store: Store, ids: list[int], poll: float) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from engine.commands.status import render_rollouts
-    from engine.rollouts.status import rollout_status, waits_on_paused_gate
+    from engine.service.apply import follow_rollouts
+    from engine.status_render import render_rollouts
 
     console = Console(highlight=False)
-
-    def snapshot() -> tuple[list[RolloutStatus], bool]:
-        """The rollouts, and whether every one settled (or waits on a paused gate)."""
-        now = datetime.now(UTC)
-        with store.read() as conn:
-            found: list[RolloutStatus] = []
-            for rollout_id in ids:
-                found.extend(rollout_status(conn, now=now, rollout_id=rollout_id))
-            settled = all(s.state.value in _SETTLED or waits_on_paused_gate(conn, s) for s in found)
-            return found, settled
-
-    statuses, settled = snapshot()
+    statuses, settled = follow_rollouts(store, ids)
     with Live(render_rollouts(statuses, None), console=console, refresh_per_second=4) as live:
         while not settled:
             time.sleep(poll)
-            statuses, settled = snapshot()
+            statuses, settled = follow_rollouts(store, ids)
             live.update(render_rollouts(statuses, None))
     if not console.is_terminal:
         console.line()  # Live's last frame ends without a newline when not on a terminal

@@ -13,15 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from engine.release_key import SIGNING_KEY_ENV, signing_key_path
-from inventory.errors import InventoryError, Problem
-from inventory.sources import SourceFile, problems_from_validation_error
-from states.manifest import ReleaseManifest
-from states.signing import (
-    SIGNATURE_SUFFIX,
-    SignatureError,
+from engine.signing import (
     generate_key,
     key_id,
     load_private_key,
@@ -31,8 +24,11 @@ from states.signing import (
     trusted_keys,
     verify,
 )
+from inventory.catalog import load_manifest
+from inventory.errors import InventoryError
+from states.signing import SIGNATURE_SUFFIX, SignatureError
 
-__all__ = ["SIGNING_KEY_ENV", "load_manifest", "register"]
+__all__ = ["SIGNING_KEY_ENV", "register"]
 
 
 class _CommandError(Exception):
@@ -121,25 +117,6 @@ def _write_private(path: Path, pem: bytes) -> None:
 
 
 # -- release sign / verify ----------------------------------------------------------------
-
-
-def load_manifest(path: Path) -> tuple[bytes, ReleaseManifest]:
-    """Read and validate a release manifest; raise InventoryError naming file, line and key."""
-    try:
-        source = SourceFile.read(path, Path.cwd())
-    except OSError as e:
-        raise InventoryError([Problem(path, None, None, "", f"cannot read: {e.strerror}")]) from e
-    data, problems = source.parse()
-    if problems:
-        raise InventoryError(problems)
-    if not isinstance(data, dict):
-        raise InventoryError([Problem(source.rel, 1, 1, "", "a release manifest is a mapping")])
-    try:
-        return source.data, ReleaseManifest.model_validate(data)
-    except ValidationError as e:
-        raise InventoryError(
-            problems_from_validation_error(source, e, data, ReleaseManifest)
-        ) from e
 
 
 def _signing_key_path(args: argparse.Namespace) -> Path:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.commands._args import add_repo_option, add_state_option
 from engine.errors import EngineError
-from engine.gitinfo import git_info
 from engine.plan_io import plan_json, write_plan_json
 from engine.plan_render import render_plan
-from engine.planner import plan_fleet
 from fleetbase.gcpause import gc_paused
 from inventory.errors import InventoryError
-from states.plan import CHANGING_ACTIONS, InventoryRef, Plan, StateRef
+from states.plan import CHANGING_ACTIONS
 
 __all__ = ["register", "run"]
 
@@ -65,65 +62,15 @@ def _colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def make_plan(
-    root: Path,
-    *,
-    state: str | None = None,
-    group: str | None = None,
-    device: str | None = None,
-    now: datetime | None = None,
-) -> Plan:
-    """Load the repo and its store and compute the plan (what `engine plan` prints).
-
-    Raises InventoryError for a broken operator repo, EngineError (StoreError)
-    for a store that cannot be read, and ValueError for an unknown --group or
-    --device.
-    """
-    from engine.store import Store, redact_url, resolve_state_url
-    from inventory.loader import load_operator_repo
-
-    repo = load_operator_repo(root)
-    if group is not None and group not in repo.inventory.groups:
-        known = ", ".join(sorted(repo.inventory.groups)) or "none"
-        raise ValueError(f"--group {group}: no such group in the inventory (groups: {known})")
-    if device is not None and device not in repo.inventory.devices:
-        raise ValueError(f"--device {device}: no such device in the inventory")
-    url = resolve_state_url(repo.root, state, repo.settings.state)
-    with Store.open(url) as store:
-        # Digest first: a report arriving in between makes the saved plan look
-        # stale (safe), never fresh with reports it did not see.
-        count, digest, latest = store.reports_digest()
-        reports = store.load_reports()
-    git = git_info(repo.root)
-    inventory_ref = InventoryRef(
-        root=str(repo.root),
-        digest=repo.digest,
-        git_commit=git.commit if git else None,
-        git_dirty=git.dirty if git else None,
-    )
-    state_ref = StateRef(
-        url=redact_url(url), reports=count, reports_digest=digest, latest_report=latest
-    )
-    with gc_paused():
-        return plan_fleet(
-            repo,
-            reports,
-            now if now is not None else datetime.now(UTC),
-            stale_after=repo.settings.stale_after,
-            only_group=group,
-            only_device=device,
-            inventory_ref=inventory_ref,
-            state_ref=state_ref,
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `engine plan`; returns the exit code (see --detailed-exitcode)."""
+    from engine.service.plan import plan_repo
+
     root: Path = args.directory
     if not root.is_dir():
         return _error(f"{root} is not a directory (give the operator repo with -C DIR)")
     try:
-        plan = make_plan(root.resolve(), state=args.state, group=args.group, device=args.device)
+        plan = plan_repo(root.resolve(), state=args.state, group=args.group, device=args.device)
     except InventoryError as e:
         print(f"engine plan: the operator repo {root} has problems:", file=sys.stderr)
         print(e.render(), file=sys.stderr)

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from pydantic import BaseModel
+from inventory.schema import KINDS, schema_for
 
-from inventory.loader import InventoryFile
-from inventory.models import EngineSettings
-from states.manifest import ReleaseManifest
-
-__all__ = ["KINDS", "register", "run", "schema_for"]
-
-KINDS: dict[str, type[BaseModel]] = {
-    "inventory": InventoryFile,
-    "release": ReleaseManifest,
-    "engine": EngineSettings,
-}
-
-_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-
-def schema_for(kind: str) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of one kind of file: inventory, release or engine."""
-    schema = KINDS[kind].model_json_schema(mode="validation")
-    return {"$schema": _DIALECT, **schema}
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,15 +1,7 @@
 """`engine serve`: the HTTP server for devices (check-in, events, heartbeats, releases),
 operators (devices, rollouts, status) and the endpoints agents in the field call."""
 
-from engine.server.app import (
-    MAX_BODY_BYTES,
-    Offer,
-    OfferFunction,
-    ServerSettings,
-    ServerState,
-    create_app,
-    utc_now,
-)
+from engine.server.app import create_app
 from engine.server.credentials import (
     ADMIN_TOKEN_FILE,
     ENROLLMENT_SECRET_FILE,
@@ -20,6 +12,9 @@ from engine.server.credentials import (
     load_credential,
 )
 from engine.server.errors import CredentialError, ServerError
+from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
+from engine.server.state import ServerState
+from fleetbase.clock import utc_now
 
 __all__ = [
     "ADMIN_TOKEN_FILE",

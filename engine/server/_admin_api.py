@@ -24,8 +24,8 @@ from engine.rollouts import (
     rollout_status,
 )
 from engine.server._http import json_response, refuse
-from engine.server.app import ServerState
 from engine.server.registry import list_devices, revoke_device
+from engine.server.state import ServerState
 
 __all__ = ["router"]
 

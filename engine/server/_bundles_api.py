@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from engine.bundles.catalog import bundle_file, list_bundles
 from engine.server._http import file_response, json_response, refuse
-from engine.server.app import ServerState
+from engine.server.state import ServerState
 
 __all__ = ["router"]
 

@@ -17,10 +17,9 @@ and reset-on-return per request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import HTTPException
@@ -30,16 +29,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.errors import StoreError
-from engine.server._auth import MISSING, bearer
-from engine.server._device_db import lookup_token, upsert_checkin
+from engine.server._auth import MISSING, DeviceTokens, bearer
+from engine.server._device_db import DeviceSql, lookup_token, upsert_checkin
 from engine.server._http import DEVICE_RE, refuse, validation_message
+from engine.server.settings import OfferFunction
 from engine.store import Store
 from engine.store._connect import _IMMEDIATE
 from states.protocol import CheckinRequest
 from states.report import Report
-
-if TYPE_CHECKING:
-    from engine.server.app import ServerState
 
 __all__ = ["CheckinFastPath", "Checkins", "LoopConnection", "checkin_device"]
 
@@ -102,15 +99,25 @@ class LoopConnection:
 class Checkins:
     """Answers check-ins for one server (see the module docstring)."""
 
-    def __init__(self, state: ServerState) -> None:
-        """Bind to the server's state (store, token cache, offer function, clock)."""
-        self.state = state
-        self.sql = state.sql
-        self.tokens = state.tokens
-        self.offer = state.offer
-        self.clock = state.settings.clock
-        self.limit = state.settings.max_body_bytes
-        self.db = state.loop_db
+    def __init__(
+        self,
+        *,
+        sql: DeviceSql,
+        tokens: DeviceTokens,
+        offer: OfferFunction,
+        clock: Callable[[], datetime],
+        max_body_bytes: int,
+        db: LoopConnection,
+        poll_interval: Callable[[], float],
+    ) -> None:
+        """Answer with the server's statements, token cache, offer function and clock."""
+        self.sql = sql
+        self.tokens = tokens
+        self.offer = offer
+        self.clock = clock
+        self.limit = max_body_bytes
+        self.db = db
+        self.poll_interval = poll_interval
 
     def handle(self, device: str, authorization: str | None, body: bytes) -> bytes:
         """The JSON answer to a check-in; raises HTTPException (4xx, 503) refusing it.
@@ -153,7 +160,7 @@ class Checkins:
                 "the server cannot reach its store; try again later",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        interval = self.state.poll_interval()
+        interval = self.poll_interval()
         if offer is None:
             return b'{"plan":null,"release":null,"poll_interval":%.3f}' % interval
         log.info("device %s: offered %s %s", device, offer.plan.action.value, offer.release.version)

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from engine.errors import StoreError
 from engine.server._http import json_response
-from engine.server.app import ServerState
+from engine.server.state import ServerState
 
 __all__ = ["PAGE", "router"]
 

@@ -25,9 +25,9 @@ from engine.server._device_db import (
     read_heartbeat,
     upsert_heartbeat,
 )
-from engine.server._http import DEVICE_RE, file_response, parse_body, read_body, refuse
-from engine.server.app import ServerState, body_spec
+from engine.server._http import DEVICE_RE, body_spec, file_response, parse_body, read_body, refuse
 from engine.server.registry import DeviceRevokedError, enroll_device, get_device
+from engine.server.state import ServerState
 from engine.store.schema import reports
 from states.protocol import (
     CheckinRequest,

@@ -1,4 +1,4 @@
-"""Endpoints the agents already in the field call.
+"""Endpoints the agents already in the field call to update themselves (docs/server.md).
 
 - ``GET /diags/persistentagentversion``: the field release's version and the
   sha256 of its main file (``nats_agent.py``) per platform;
@@ -27,7 +27,7 @@ from engine.rollouts.model import RolloutState
 from engine.server._device_api import serve_artifact
 from engine.server._http import json_response, refuse
 from engine.server._releases import Release
-from engine.server.app import ServerState
+from engine.server.state import ServerState
 from engine.store.schema import reports, rollouts
 from fleetbase.platform import Platform
 from states.manifest import validate_relative_path

@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from engine.server._known import InventoryDevices, load_inventory_devices
-from engine.server.app import ServerSettings, create_app
+from engine.server.app import create_app
 from engine.server.clock import clock_from_env
 from engine.server.credentials import (
     ADMIN_TOKEN_FILE,
@@ -27,8 +27,10 @@ from engine.server.credentials import (
     Credential,
     load_credential,
 )
-from engine.store import Store, resolve_state_url
-from inventory.loader import OperatorRepo, load_operator_repo
+from engine.server.settings import ServerSettings
+from engine.service.repo import load_repo, store_url
+from engine.store import Store
+from inventory.loader import OperatorRepo
 
 __all__ = [
     "ENV_SERVE_OPTIONS",
@@ -73,8 +75,8 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
     Raises InventoryError for a broken repo, StoreError, CredentialError.
     """
     root = Path(options.root).absolute()
-    repo = load_operator_repo(root)
-    url = resolve_state_url(root, options.state, repo.settings.state)
+    repo = load_repo(root)
+    url = store_url(repo, options.state)
     admin = load_credential(root, ENV_ADMIN_TOKEN, ADMIN_TOKEN_FILE)
     enrollment = load_credential(root, ENV_ENROLLMENT_SECRET, ENROLLMENT_SECRET_FILE)
     store = Store.open(url, migrate=migrate)

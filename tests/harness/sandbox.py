@@ -27,9 +27,9 @@ import yaml
 from agent_runtime.config import load_config
 from agent_runtime.converge import FilePlanSource, Runtime
 from agent_runtime.services.process import ProcessManager
+from engine.signing import generate_key, public_key_text, sign
 from examples.build_releases import CATALOGUE, agent_files, manifest_document
 from states.plan import DevicePlan, InventoryRef, Plan, ReleaseRef, StateRef
-from states.signing import generate_key, public_key_text, sign
 from tests.harness.device import active_dir, stop_agent
 from tests.harness.procs import child_env
 

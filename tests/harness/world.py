@@ -25,8 +25,8 @@ from agent_runtime.effects import HealthProbe
 from agent_runtime.journal import JournalRecord, JournalStore
 from agent_runtime.phases import Phase
 from agent_runtime.plan_source import DesiredRelease
+from engine.signing import generate_key, public_key_text, sign
 from states.plan import DevicePlan, ReleaseRef
-from states.signing import generate_key, public_key_text, sign
 from tests.harness.fakes import (
     Crash,
     FakeClock,

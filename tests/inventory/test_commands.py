@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from engine.commands import schema, validate
+from engine.cli import main
+from inventory.schema import schema_for
 from tests.inventory.conftest import DEVICES, GROUPS, RepoMaker
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run(module: Any, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="engine")
-    module.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
 
 
 def test_validate_ok_prints_summary(
@@ -30,7 +21,7 @@ def test_validate_ok_prints_summary(
 ) -> None:
     """A valid repo exits 0 with a one-line summary on stdout."""
     root = make_repo()
-    assert _run(validate, ["validate", "-C", str(root)]) == 0
+    assert main(["validate", "-C", str(root)]) == 0
     out, err = capsys.readouterr()
     assert out == "ok: 3 devices, 3 groups, 2 releases from 4 files\n"
     assert err == ""
@@ -46,7 +37,7 @@ def test_validate_errors_exit_1_with_relative_paths(
             "inventory/groups.yaml": GROUPS.replace("priority: 100", "priorty: 100"),
         }
     )
-    assert _run(validate, ["validate", "-C", str(root)]) == 1
+    assert main(["validate", "-C", str(root)]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
@@ -83,8 +74,6 @@ def test_engine_main_dispatches_validate_and_schema(
     make_repo: RepoMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """engine.cli.main runs both commands with their exit codes."""
-    from engine.cli import main
-
     root = make_repo({"inventory/groups.yaml": GROUPS.replace("'3.0.2'", "'9.9'")})
     assert main(["validate", "-C", str(root)]) == 1
     assert "release 9.9 is not in releases/" in capsys.readouterr().err
@@ -95,7 +84,7 @@ def test_engine_main_dispatches_validate_and_schema(
 @pytest.mark.parametrize("kind", ["inventory", "release", "engine"])
 def test_schema_is_json(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`engine schema --kind K` prints one JSON Schema document."""
-    assert _run(schema, ["schema", "--kind", kind]) == 0
+    assert main(["schema", "--kind", kind]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["$schema"].startswith("https://json-schema.org/")
     assert document["type"] == "object"
@@ -104,7 +93,7 @@ def test_schema_is_json(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_default_schema_describes_inventory(capsys: pytest.CaptureFixture[str]) -> None:
     """The default schema lists devices and groups with platforms and forbids unknown keys."""
-    assert _run(schema, ["schema"]) == 0
+    assert main(["schema"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert set(document["properties"]) == {"devices", "groups"}
     defs = document["$defs"]
@@ -116,7 +105,7 @@ def test_default_schema_describes_inventory(capsys: pytest.CaptureFixture[str]) 
 
 def test_schema_accepts_a_good_file_and_rejects_a_typo() -> None:
     """A hand-rolled check: keys of a good inventory are in the schema, a typo is not."""
-    document = schema.schema_for("inventory")
+    document = schema_for("inventory")
     device_keys = set(document["$defs"]["Device"]["properties"])
     group_keys = set(document["$defs"]["Group"]["properties"])
     assert {"platform", "site", "tags", "labels", "pin"} == device_keys

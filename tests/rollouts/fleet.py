@@ -16,13 +16,14 @@ from typing import Any
 import yaml
 from sqlalchemy import delete, insert, select
 
-from engine.commands.plan import make_plan
-from engine.rollouts import ApplyResult, Offer, offer_for_device, record_rollouts
+from engine.rollouts import ApplyResult, Offer, offer_for_device
 from engine.rollouts.offers import clear_caches
+from engine.service.apply import record_apply
+from engine.service.plan import make_plan, plan_repo
+from engine.service.repo import load_repo
 from engine.store import Store
 from engine.store.schema import heartbeats, reports, rollout_devices, rollouts
 from fleetbase.version import Version
-from inventory.loader import load_operator_repo
 from states.plan import Plan
 from states.report import Report
 
@@ -90,17 +91,16 @@ def report(device: str, version: str | None, now: datetime, result: str | None =
 
 def plan_now(root: Path, url: str, now: datetime) -> Plan:
     """The plan `engine plan` would make at ``now``."""
-    return make_plan(root, state=url, now=now)
+    return plan_repo(root, state=url, now=now)
 
 
 def apply_plan(root: Path, store: Store, now: datetime, plan: Plan | None = None) -> ApplyResult:
     """Plan (unless given) and record rollouts, as `engine apply --yes` does."""
     clear_caches()
+    repo = load_repo(root)
     if plan is None:
-        plan = plan_now(root, store.url, now)
-    repo = load_operator_repo(root)
-    with store.write() as conn:
-        return record_rollouts(conn, plan, repo, now)
+        plan = make_plan(repo, store, now=now)
+    return record_apply(store, plan, repo, now)
 
 
 @dataclass

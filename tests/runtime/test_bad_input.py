@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from states.signing import generate_key, sign
+from engine.signing import generate_key, sign
 from tests.harness.http import serve
 from tests.harness.sandbox import Sandbox
 from tests.runtime.conftest import MakeSandbox

@@ -8,7 +8,7 @@ import pytest
 
 from agent_runtime.config import load_config
 from agent_runtime.errors import ConfigError
-from states.signing import generate_key, public_key_text
+from engine.signing import generate_key, public_key_text
 
 KEY = public_key_text(generate_key().public_key())
 

@@ -54,7 +54,7 @@ CHAINS = [
 
 @pytest.mark.parametrize(("name", "events", "end"), CHAINS, ids=[c[0] for c in CHAINS])
 def test_state_chains(name: str, events: list[Event], end: Phase) -> None:
-    """Table-driven chains from DOWNLOAD end where the design says."""
+    """Each table-driven chain of events from DOWNLOAD ends in the phase its case names."""
     assert _chain(Phase.DOWNLOAD, events)[-1] is end
 
 

@@ -14,19 +14,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from states import _ed25519
-from states.signing import (
-    SignatureError,
+from engine.signing import (
     generate_key,
     load_public_key,
     public_key_text,
-    raw_public_key,
-    raw_trusted_keys,
     sign,
     trusted_keys,
     verify,
-    verify_raw,
 )
+from states import _ed25519
+from states.signing import SignatureError, raw_public_key, raw_trusted_keys, verify_raw
 from tests.harness.sandbox import DEVICE, Sandbox
 
 REPO = Path(__file__).resolve().parents[2]

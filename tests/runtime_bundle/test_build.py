@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.bundles import local_target
-from states.signing import generate_key, key_id, private_key_pem, public_key_text
+from engine.signing import generate_key, key_id, private_key_pem, public_key_text
 from tests.bundles import RuntimeBundle, offline_pip_env, require_wheelhouse
 
 

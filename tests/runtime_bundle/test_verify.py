@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.signing import generate_key, public_key_text, sign
 from states.bundle import BundleError, verify_bundle
-from states.signing import generate_key, public_key_text, raw_trusted_keys, sign
+from states.signing import raw_trusted_keys
 from tests.bundles import RuntimeBundle
 
 

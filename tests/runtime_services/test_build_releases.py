@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from engine.commands.keys import load_manifest
-from states.signing import generate_key, private_key_pem, public_key_text, trusted_keys, verify
+from engine.signing import generate_key, private_key_pem, public_key_text, trusted_keys, verify
+from inventory.catalog import load_manifest
 from tests.runtime_services.conftest import REPO
 
 SCRIPT = REPO / "examples" / "build_releases.py"

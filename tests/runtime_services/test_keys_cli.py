@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from states.signing import load_private_key, public_key_text
+from engine.signing import load_private_key, public_key_text
 from tests.runtime_services.conftest import REPO
 
 MANIFEST = REPO / "examples" / "fleet" / "releases" / "3.0.1.yaml"

@@ -1,0 +1,56 @@
+"""What the server's routes share: settings, the store, caches, the check-in handler.
+
+Its own module so that the routers and ``app.py`` (which only wires them)
+both import it and nothing imports ``app.py`` back.
+"""
+
+from __future__ import annotations
+
+import random
+
+from engine.rollouts.offers import offer_for_device
+from engine.server._auth import DeviceTokens
+from engine.server._checkin import Checkins, LoopConnection
+from engine.server._device_db import DeviceSql, lookup_token
+from engine.server._releases import ArtifactIndex, ReleaseSource, read_releases_table
+from engine.server.settings import OfferFunction, ServerSettings
+
+__all__ = ["ServerState"]
+
+
+class ServerState:
+    """What the routes share: settings, the store, caches."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        """Prepare statements and caches for ``settings``."""
+        self.settings = settings
+        self.store = settings.store
+        self.sql = DeviceSql(settings.store.engine.dialect.name)
+        self.offer: OfferFunction = settings.offer or offer_for_device
+        self.tokens = DeviceTokens(self._lookup_token, settings.token_cache_seconds)
+        self.releases = ReleaseSource(settings.repo_root, self._read_releases)
+        self.artifacts = ArtifactIndex(settings.repo_root / "artifacts", self.releases)
+        self.loop_db = LoopConnection(settings.store)
+        self._random = random.Random()
+        self.checkins = Checkins(
+            sql=self.sql,
+            tokens=self.tokens,
+            offer=self.offer,
+            clock=settings.clock,
+            max_body_bytes=settings.max_body_bytes,
+            db=self.loop_db,
+            poll_interval=self.poll_interval,
+        )
+
+    def poll_interval(self) -> float:
+        """The configured poll interval with +-``poll_jitter`` applied, in seconds."""
+        s = self.settings
+        return round(s.poll_interval * (1 + s.poll_jitter * (2 * self._random.random() - 1)), 3)
+
+    def _lookup_token(self, device: str) -> tuple[str, bool] | None:
+        with self.loop_db.read() as conn:
+            return lookup_token(conn, self.sql, device)
+
+    def _read_releases(self, version: str | None) -> list[tuple[str, int, bytes, bytes | None]]:
+        with self.store.read() as conn:
+            return read_releases_table(conn, version)
