@@ -54,6 +54,9 @@ class ServerSettings:
     offer: OfferFunction | None = None
     title: str = "engine serve"
     runtime_bundles: Path | None = None
+    #: public keys the device installer pins (engine.yaml trusted_keys); the URL it names
+    install_keys: list[str] = field(default_factory=list)
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,7 +102,14 @@ class ServerState:
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI application serving ``settings.store`` and the repo at ``settings.repo_root``."""
-    from engine.server import _admin_api, _bundles_api, _dashboard, _device_api, _field_api
+    from engine.server import (
+        _admin_api,
+        _bundles_api,
+        _dashboard,
+        _device_api,
+        _field_api,
+        _install_api,
+    )
 
     state = ServerState(settings)
     app = _EngineApp(
@@ -117,6 +127,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_field_api.router(state))
     app.include_router(_bundles_api.router(state))
     app.include_router(_dashboard.router(state))
+    app.include_router(_install_api.router(state))
     _publish_body_schemas(app)
     return app
 
