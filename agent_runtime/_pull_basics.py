@@ -12,7 +12,15 @@ from agent_runtime._fsutil import fsync_dir
 from agent_runtime.config import DeviceConfig
 from agent_runtime.errors import ConfigError
 
-__all__ = ["SECRET_ENV", "Backoff", "TokenFile", "enrollment_secret", "poll_delay"]
+__all__ = [
+    "SECRET_ENV",
+    "Backoff",
+    "EnrollmentProof",
+    "TokenFile",
+    "enrollment_proof",
+    "enrollment_secret",
+    "poll_delay",
+]
 
 #: Environment variable holding the enrollment secret when the config names none.
 SECRET_ENV = "AGENT_RUNTIME_ENROLLMENT_SECRET"
@@ -110,3 +118,42 @@ def enrollment_secret(config: DeviceConfig) -> str | None:
                 f"{settings.enrollment_secret_file}: cannot read the enrollment secret: {e}"
             ) from e
     return settings.enrollment_secret or os.environ.get(SECRET_ENV) or None
+
+
+@dataclass(frozen=True)
+class EnrollmentProof:
+    """What the device shows to enroll: its invite code, or else the fleet secret."""
+
+    invite_code: str | None = None
+    secret: str | None = None
+    #: the file the invite code came from (deleted once the code was used)
+    code_file: Path | None = None
+
+    def used(self) -> None:
+        """Forget a redeemed invite code: it works once, so its file is removed."""
+        if self.code_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.code_file.unlink()
+
+
+def enrollment_proof(config: DeviceConfig) -> EnrollmentProof | None:
+    """The invite code (``enrollment_code_file``, ``enrollment_code``) when configured and
+    present, else the enrollment secret; None when there is neither."""
+    settings = config.server
+    if settings is None:
+        return None
+    if settings.enrollment_code_file is not None:
+        try:
+            code = settings.enrollment_code_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            code = ""  # used and deleted: a token must exist, or the secret may still work
+        except OSError as e:
+            raise ConfigError(
+                f"{settings.enrollment_code_file}: cannot read the invite code: {e}"
+            ) from e
+        if code:
+            return EnrollmentProof(invite_code=code, code_file=settings.enrollment_code_file)
+    if settings.enrollment_code:
+        return EnrollmentProof(invite_code=settings.enrollment_code)
+    secret = enrollment_secret(config)
+    return EnrollmentProof(secret=secret) if secret is not None else None

@@ -1,4 +1,4 @@
-"""The ``agent-runtime`` command line: converge, status, rollback.
+"""The ``agent-runtime`` command line: converge, status, rollback, enroll, adopt, service.
 
 Exit codes: 0 converged or nothing to do, 1 failed / rolled back / refused,
 2 bad config or usage.
@@ -128,6 +128,80 @@ def _rollback(args: argparse.Namespace, config: DeviceConfig) -> int:
     return 0 if res.result.value in ("rolled_back", "committed") else 1
 
 
+def _enroll(args: argparse.Namespace, config: DeviceConfig) -> int:
+    from agent_runtime._pull_basics import TokenFile
+    from agent_runtime.enroll import enroll
+    from agent_runtime.server_client import ServerClient
+
+    if config.server is None:
+        raise ConfigError("enroll needs a 'server' section in the device config")
+    tokens = TokenFile(config.server.token_file)
+    if tokens.load() is not None:
+        _out(f"{config.device} is enrolled already ({tokens.path})")
+        return 0
+    client = ServerClient(config.server.url, config.device,
+                          timeout=config.server.timeout.total_seconds())  # fmt: skip
+    try:
+        enroll(config, client, tokens)
+    finally:
+        client.close()
+    _out(f"enrolled {config.device} with {config.server.url}")
+    return 0
+
+
+def _adopt(args: argparse.Namespace, config: DeviceConfig) -> int:
+    from agent_runtime.adopt import SignedRelease, local_releases, server_releases
+
+    releases: list[SignedRelease]
+    if args.releases:
+        releases = local_releases(Path(args.releases))
+    elif config.server is not None:
+        from agent_runtime.server_client import ServerClient
+
+        client = ServerClient(config.server.url, config.device,
+                              timeout=config.server.timeout.total_seconds())  # fmt: skip
+        try:
+            releases = server_releases(client)
+        finally:
+            client.close()
+    else:
+        raise ConfigError("adopt needs --releases DIR or a 'server' section in the device config")
+    adoption = Runtime(config, out=_out if not args.json else lambda _line: None).adopt(releases)
+    if args.json:
+        print(adoption.model_dump_json())
+    return 0 if adoption.status != "unknown" else 1
+
+
+def _service(args: argparse.Namespace, config: DeviceConfig) -> int:
+    from agent_runtime.services.runtime_service import RuntimeService
+
+    venv_bin = Path(sys.executable).parent
+    if args.manager == "windows":
+        executable = venv_bin / "pythonw.exe"
+    else:
+        executable = venv_bin / "agent-runtime"
+    service = RuntimeService(
+        args.manager,
+        executable=executable,
+        config=Path(args.config_path).absolute(),
+        log=config.state_dir / "runtime.log",
+        directory=Path(args.directory) if args.directory else None,
+    )
+    if args.action == "show":
+        content = service.content()
+        if content is None:
+            from agent_runtime.services.runtime_service import windows_create_commands
+
+            for argv in windows_create_commands(executable, service.config):
+                print(" ".join(argv))
+        else:
+            sys.stdout.write(content.decode())
+        return 0
+    change = service.install() if args.action == "install" else service.uninstall()
+    _out(change.detail)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``agent-runtime``."""
     parser = argparse.ArgumentParser(
@@ -152,6 +226,31 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="restore the previous known-good release now")
     rb.add_argument("--config", metavar="FILE")
     rb.set_defaults(func=_rollback)
+    en = sub.add_parser(
+        "enroll", help="trade the invite code (or enrollment secret) for this device's token"
+    )
+    en.add_argument("--config", metavar="FILE")
+    en.set_defaults(func=_enroll)
+    ad = sub.add_parser(
+        "adopt",
+        help="identify the installed agent by hashing it against the signed releases",
+        description="Compare the agent's files with every signed release (the server's, or "
+        "--releases DIR) and record the matching release as installed and known-good; files "
+        "of no release are backed up and the device reports 'unknown' (exit 1). Never restarts "
+        "the agent.",
+    )
+    ad.add_argument("--releases", metavar="DIR", help="directory of <version>.yaml + .sig files")
+    ad.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    ad.add_argument("--config", metavar="FILE")
+    ad.set_defaults(func=_adopt)
+    sv = sub.add_parser("service", help="install or remove agent-runtime as an OS service")
+    sv.add_argument("action", choices=["install", "uninstall", "show"])
+    sv.add_argument("--manager", required=True, choices=["systemd", "launchd", "windows"])
+    sv.add_argument(
+        "--directory", metavar="DIR", help="where the unit / plist goes (default the system's)"
+    )
+    sv.add_argument("--config", metavar="FILE")
+    sv.set_defaults(func=_service)
     return parser
 
 
@@ -159,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(_config_path(args.config))
+        path = _config_path(args.config)
+        args.config_path = str(path)
+        config = load_config(path)
         code: int = args.func(args, config)
         return code
     except (ConfigError, PlanError) as e:

@@ -72,15 +72,24 @@ class ConvergeSettings(_Strict):
 class ServerSettings(_Strict):
     """Where the engine server is (pull mode) and the file holding this device's token.
 
-    Without a token file the runtime enrolls with the enrollment secret (from
+    Without a token file the runtime enrolls and writes the token there (mode
+    0600): with the device's single-use invite code (``enrollment_code_file`` or
+    ``enrollment_code``; the code file is deleted once the code is used) when one
+    is configured, else with the fleet's enrollment secret (from
     ``enrollment_secret_file``, ``enrollment_secret`` or
-    ``$AGENT_RUNTIME_ENROLLMENT_SECRET``) and writes the token there (mode 0600).
+    ``$AGENT_RUNTIME_ENROLLMENT_SECRET``).
     """
 
     url: str
     token_file: Path
     enrollment_secret: str | None = Field(default=None, repr=False)
     enrollment_secret_file: Path | None = None
+    enrollment_code: str | None = Field(
+        default=None, repr=False, description="single-use invite code (engine devices invite)"
+    )
+    enrollment_code_file: Path | None = Field(
+        default=None, description="file holding the invite code; deleted after enrollment"
+    )
     timeout: Duration = Field(
         default=timedelta(seconds=10), description="limit for one request to the server"
     )
@@ -165,7 +174,7 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     server = out.get("server")
     if isinstance(server, dict):
         srv = dict(server)
-        for key in ("token_file", "enrollment_secret_file"):
+        for key in ("token_file", "enrollment_secret_file", "enrollment_code_file"):
             if isinstance(srv.get(key), str):
                 srv[key] = str(base / srv[key])
         out["server"] = srv

@@ -9,10 +9,10 @@ names are re-exported here for callers of ``Runtime.converge_once``).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_runtime._fsutil import remove_tree
 from agent_runtime._lock import exclusive
@@ -27,13 +27,16 @@ from agent_runtime.layouts import Layout, make_layout
 from agent_runtime.phases import Phase
 from agent_runtime.plan_source import DesiredRelease, FilePlanSource, PlanSource, file_location
 from agent_runtime.releases import SignedReleases
-from agent_runtime.state import DeviceState, Result, StateStore
+from agent_runtime.state import Adoption, DeviceState, Result, StateStore
 from agent_runtime.transaction import Effects, Executor, Outcome
 from agent_runtime.trust import check_release
 from agent_runtime.txcontext import TxContext, TxSpec, new_txid, previous_release
 from fleetbase.version import Version
 from states.manifest import ReleaseManifest
 from states.signing import raw_trusted_keys
+
+if TYPE_CHECKING:
+    from agent_runtime.adopt import SignedRelease
 
 __all__ = [
     "ConvergeResult",
@@ -124,6 +127,26 @@ class Runtime:
                 return self._finish(self._converge(desired))
             finally:
                 self.fetcher.close()  # no connection is kept open while idle
+
+    def adopt(self, releases: Iterable[SignedRelease]) -> Adoption:
+        """Identify a field install by hashing it against ``releases`` (agent_runtime.adopt)
+        and, with the process manager, take the agent already running into its pid file."""
+        from agent_runtime.adopt import adopt
+        from agent_runtime.services.process import ProcessManager
+
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.config.state_dir / "lock"):
+            adoption = adopt(self, releases, self.clock.now())
+            self.out(f"adopt: {adoption.status}: {adoption.detail}")
+            version = adoption.version
+            if adoption.status == "known" and version is not None:
+                kept = self.releases.kept(version)
+                files = kept.platforms.get(self.config.platform) if kept is not None else None
+                if isinstance(self.service, ProcessManager):
+                    pid = self.service.adopt_running(self.executor.run_spec(version, files))
+                    how = f"running, pid {pid}" if pid is not None else "not running"
+                    self.out(f"adopt: the agent is {how}")
+            return adoption
 
     def rollback(self) -> ConvergeResult:
         """Restore the previous known-good release from the local copy (always allowed)."""
@@ -220,7 +243,8 @@ class Runtime:
         if state.desired != target:
             state.desired = target
             state.attempts = {}
-        if state.installed is None:
+        unknown = state.adoption is not None and state.adoption.status == "unknown"
+        if state.installed is None and not unknown:  # unknown files were backed up: replace
             adopted = self._adopt(state, plan.current)
             if adopted is not None:
                 self.states.save(state)

@@ -4,8 +4,9 @@ Each loop the runtime recovers an open journal (as always), checks in with
 its report, and runs the plan the server answers with through the ordinary
 converge (``ServerPlanSource`` is a ``PlanSource``). Around it:
 
-- enrollment: without a token file the runtime trades the enrollment secret
-  for a token and keeps it (mode 0600); a token the server no longer knows
+- enrollment: without a token file the runtime trades its invite code (deleting
+  the code file afterwards) or the enrollment secret for a token and keeps it
+  (mode 0600); a token the server no longer knows
   (401) is dropped and the device enrolls again;
 - timing: the next check-in comes after the server's ``poll_interval`` plus a
   small random share of the config's jitter; while the server is unreachable
@@ -34,10 +35,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent_runtime._memory import release_memory
-from agent_runtime._pull_basics import SECRET_ENV, Backoff, TokenFile, enrollment_secret, poll_delay
+from agent_runtime._pull_basics import SECRET_ENV, Backoff, TokenFile, poll_delay
 from agent_runtime._pull_senders import EventSender, HeartbeatForwarder
 from agent_runtime.config import DeviceConfig
 from agent_runtime.converge import ConvergeResult, DesiredRelease, Runtime, exit_code
+from agent_runtime.enroll import enroll, runtime_version
 from agent_runtime.errors import (
     AgentRuntimeError,
     ConfigError,
@@ -45,6 +47,7 @@ from agent_runtime.errors import (
     NoPlanOfferedError,
     ServerAuthError,
     ServerError,
+    ServerProtocolError,
     ServerUnavailableError,
     StateError,
 )
@@ -56,7 +59,14 @@ from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
 from fleetbase.version import Version
 from states.plan import ReleaseRef
-from states.protocol import CheckinRequest, CheckinResponse, Heartbeat, StepEvent, TransactionReport
+from states.protocol import (
+    AdoptionReport,
+    CheckinRequest,
+    CheckinResponse,
+    Heartbeat,
+    StepEvent,
+    TransactionReport,
+)
 
 __all__ = [
     "SECRET_ENV",
@@ -67,6 +77,7 @@ __all__ = [
     "ServerHealth",
     "ServerPlanSource",
     "TokenFile",
+    "enroll",
     "poll_delay",
     "run_pull",
     "runtime_version",
@@ -76,16 +87,6 @@ __all__ = [
 REPORT_DELAY = 0.1
 #: Before a wait at least this long, freed memory is handed back to the OS.
 IDLE_TRIM_AFTER = 0.5
-
-
-def runtime_version() -> str:
-    """The installed runtime package's version ("unknown" when not installed as a package)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fleet-rollout")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 # -- the plan source ------------------------------------------------------------------------
@@ -229,6 +230,7 @@ class PullLoop:
         """One round: enroll if needed, check in, converge, report; (seconds to wait, exit code)."""
         try:
             self.ensure_token()
+            self.adopt_if_new()
             self.forwarder.forward()
             res = self.runtime.converge_once(self.source)
         except NoPlanOfferedError:
@@ -265,19 +267,29 @@ class PullLoop:
         """The device token, enrolling first when there is none; ServerError on failure."""
         if self.token is not None:
             return self.token
-        secret = enrollment_secret(self.config)
-        if secret is None:
-            raise ConfigError(
-                f"{self.settings.token_file} does not exist and no enrollment secret is "
-                "configured (server.enrollment_secret_file, server.enrollment_secret or "
-                f"${SECRET_ENV})"
-            )
-        answer = self.client.enroll(self.config.platform, secret, runtime_version())
-        self.tokens.save(answer.token)
+        answer = enroll(self.config, self.client, self.tokens)
         self.token = answer.token
         self.poll_interval = answer.poll_interval
         self.out(f"enrolled {self.config.device} with {self.settings.url}")
         return answer.token
+
+    def adopt_if_new(self) -> None:
+        """On a device without runtime state, identify the installed agent first (by hashing
+        it against the server's signed releases); its result is reported at check-in."""
+        state = self.runtime.states.load()
+        if state.installed is not None or state.adoption is not None:
+            return
+        if self.config.installed_version is not None or self.runtime.journal.load() is not None:
+            return  # the operator said what is installed, or the runtime installed it
+        from agent_runtime.adopt import server_releases
+
+        try:
+            releases = server_releases(self.client)
+        except ServerProtocolError as e:
+            if e.status != 404:
+                raise
+            return  # a server without the release list: adopt from the plan as before
+        self.runtime.adopt(releases)
 
     def check_in(self) -> CheckinResponse:
         """Send this device's report; remember the server's poll interval."""
@@ -301,6 +313,13 @@ class PullLoop:
             runtime_version=runtime_version(),
             agent_running=running,
             transaction=self.transaction,
+            adoption=None
+            if state.adoption is None
+            else AdoptionReport(
+                status=state.adoption.status,
+                version=state.adoption.version,
+                detail=state.adoption.detail[:2000],
+            ),
         )
 
     def authorize_fetches(self, release: ReleaseRef | None) -> None:

@@ -91,13 +91,20 @@ class ServerClient:
     # -- endpoints ------------------------------------------------------------------------
 
     def enroll(
-        self, platform: Platform, secret: str, runtime_version: str | None = None
+        self,
+        platform: Platform,
+        secret: str | None = None,
+        runtime_version: str | None = None,
+        *,
+        invite_code: str | None = None,
     ) -> EnrollResponse:
-        """Trade the enrollment secret for this device's token (also kept in ``self.token``)."""
+        """Trade the invite code or the enrollment secret for this device's token (also kept
+        in ``self.token``); ServerAuthError (403) for a wrong, used or expired code."""
         body = EnrollRequest(
             device=self.device,
             platform=platform,
-            enrollment_secret=secret,
+            enrollment_secret=None if invite_code is not None else secret,
+            invite_code=invite_code,
             runtime_version=runtime_version,
         )
         answer = self._parse(
@@ -130,6 +137,23 @@ class ServerClient:
                 return None
             raise
         return self._parse(Heartbeat, resp)
+
+    def release_versions(self) -> list[str]:
+        """The versions of every release the server serves (``GET /v1/releases``)."""
+        resp = self._request("GET", f"{API_PREFIX}/releases", auth=False)
+        try:
+            data: Any = json.loads(resp.content)
+            return [str(r["version"]) for r in data["releases"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ServerProtocolError(
+                f"GET {resp.url}: not a release list: {e}", resp.status
+            ) from e
+
+    def release_files(self, version: str) -> tuple[bytes, bytes]:
+        """The signed manifest bytes of ``version`` and its detached signature."""
+        base = f"{API_PREFIX}/releases/{quote(version, safe='')}"
+        manifest = self._request("GET", f"{base}/manifest", auth=False).content
+        return manifest, self._request("GET", f"{base}/signature", auth=False).content
 
     def absolute(self, location: str) -> str:
         """A server path (``/v1/...``) as a URL on this server; URLs are returned unchanged."""

@@ -12,6 +12,7 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,7 +20,7 @@ from agent_runtime._fsutil import atomic_write_bytes
 from agent_runtime.errors import StateError
 from fleetbase.version import Version
 
-__all__ = ["CachedFile", "DeviceState", "Result", "StateStore"]
+__all__ = ["Adoption", "AdoptionStatus", "CachedFile", "DeviceState", "Result", "StateStore"]
 
 
 class Result(StrEnum):
@@ -42,6 +43,24 @@ class CachedFile(BaseModel):
     sha256: str
 
 
+AdoptionStatus = Literal["known", "unknown", "empty"]
+
+
+class Adoption(BaseModel):
+    """What adoption found: the release the installed files are (``known``), files of no
+    known release (``unknown``), or no agent files at all (``empty``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: AdoptionStatus
+    version: Version | None = None
+    detail: str
+    #: agent files that match no release's entry (backed up when the status is unknown)
+    unmatched: list[str] = Field(default_factory=list)
+    backup: str | None = None
+    at: datetime
+
+
 class DeviceState(BaseModel):
     """The runtime's memory across runs."""
 
@@ -51,8 +70,10 @@ class DeviceState(BaseModel):
     known_good: Version | None = None
     #: the known-good before the current one (what `agent-runtime rollback` restores)
     previous: Version | None = None
-    #: how ``installed`` became known without a transaction: "config", "plan" or None
+    #: how ``installed`` became known without a transaction: "hash", "config", "plan" or None
     adopted_from: str | None = None
+    #: what identifying a field install by its files' hashes found (agent_runtime.adopt)
+    adoption: Adoption | None = None
     highest_serial: int = 0
     #: the desired release of the last converge; attempts reset when it changes
     desired: Version | None = None

@@ -8,6 +8,7 @@ Every model ignores unknown keys, so either side can be newer. Endpoints
 - ``POST /v1/devices/{device}/events`` ``EventBatch`` → 204
 - ``POST /v1/devices/{device}/heartbeat`` ``Heartbeat`` → 204
 - ``GET  /v1/devices/{device}/heartbeat`` → ``Heartbeat`` (the server's record)
+- ``GET  /v1/releases`` → ``{"releases": [{"version", "serial", "signed"}]}``
 - ``GET  /v1/releases/{version}/manifest`` and ``.../signature`` → the exact signed bytes
 - ``GET  /v1/artifacts/{sha256}`` → file bytes, with HTTP Range support
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetbase.platform import Platform
 from fleetbase.version import Version
@@ -25,6 +26,7 @@ from states.plan import DevicePlan, ReleaseRef, StepName
 
 __all__ = [
     "API_PREFIX",
+    "AdoptionReport",
     "CheckinRequest",
     "CheckinResponse",
     "EnrollRequest",
@@ -45,12 +47,20 @@ class _Wire(BaseModel):
 
 
 class EnrollRequest(_Wire):
-    """A device asks for its token, proving it knows the fleet's enrollment secret."""
+    """A device asks for its token, proving it holds its single-use invite code (``engine
+    devices invite``) or knows the fleet's enrollment secret; exactly one of the two."""
 
     device: DeviceId
     platform: Platform
-    enrollment_secret: str = Field(min_length=1, max_length=500)
+    enrollment_secret: str | None = Field(default=None, min_length=1, max_length=500)
+    invite_code: str | None = Field(default=None, min_length=1, max_length=200)
     runtime_version: str | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _one_proof(self) -> EnrollRequest:
+        if (self.enrollment_secret is None) == (self.invite_code is None):
+            raise ValueError("give exactly one of invite_code and enrollment_secret")
+        return self
 
 
 class EnrollResponse(_Wire):
@@ -74,6 +84,14 @@ class TransactionReport(_Wire):
     finished_at: datetime | None = None
 
 
+class AdoptionReport(_Wire):
+    """How the runtime took over the agent it found installed (``agent-runtime adopt``)."""
+
+    status: str = Field(max_length=20, description="known | unknown | empty")
+    version: Version | None = Field(default=None, description="the release the files are")
+    detail: str | None = Field(default=None, max_length=2000)
+
+
 class CheckinRequest(_Wire):
     """A device's periodic report: what is installed and how its last transaction went."""
 
@@ -83,6 +101,7 @@ class CheckinRequest(_Wire):
     runtime_version: str | None = Field(default=None, max_length=100)
     agent_running: bool | None = None
     transaction: TransactionReport | None = None
+    adoption: AdoptionReport | None = None
 
 
 class CheckinResponse(_Wire):

@@ -130,6 +130,25 @@ class ProcessManager:
         proc = self._running_process()
         return proc.pid if proc is not None else None
 
+    def adopt_running(self, run: RunSpec) -> int | None:
+        """Take an agent already running ``run`` (started without this manager, e.g. by the
+        field's old snippet) into the pid file, without touching it; its pid, or None.
+
+        The agent is the process whose working directory is ``run.cwd`` and whose command
+        line is ``run.argv`` (any interpreter where the argv says ``{python}``).
+        """
+        known = self.pid()
+        if known is not None:
+            return known
+        found = _find_running(run)
+        if found is None:
+            return None
+        launch = {"version": str(run.version), "argv": found.cmdline(), "cwd": str(run.cwd),
+                  "launch_id": None}  # fmt: skip
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._write_pid_file(found.pid, found.create_time(), launch)
+        return found.pid
+
     # -- internals --------------------------------------------------------------------
 
     def _argv(self, run: RunSpec) -> list[str]:
@@ -356,5 +375,29 @@ def _find_launched(launch: dict[str, Any]) -> psutil.Process | None:
             if argv and proc.cmdline() == argv and proc.cwd() == cwd:
                 return proc
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def _find_running(run: RunSpec) -> psutil.Process | None:
+    """The live process running ``run.argv`` in ``run.cwd`` (first found), or None."""
+    want = run.argv
+    if not want:
+        return None
+    any_python = want[0] == "{python}"
+    cwd = str(Path(run.cwd).resolve())
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            cmdline = proc.cmdline()
+            if any_python:
+                same = cmdline[1:] == want[1:] and "python" in Path(cmdline[0]).name.lower()
+            else:
+                same = cmdline == want
+            if same and proc.cwd() == cwd and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, IndexError):
             continue
     return None

@@ -1,10 +1,12 @@
-"""`engine devices enroll|list|revoke`: the device registry, directly in the store.
+"""`engine devices enroll|invite|list|revoke`: the device registry, directly in the store.
 
 ``enroll DEVICE --platform P`` registers a device and prints its new token
 once (for provisioning a device without the fleet secret, or to readmit a
-revoked one); ``revoke DEVICE`` makes its token stop working; ``list`` shows
-every device. These work with the server down; a running server notices a
-revocation made here within its token cache time (5 s).
+revoked one); ``invite DEVICE`` prints a single-use enrollment code for the
+device's installer (stored hashed, with an expiry); ``revoke DEVICE`` makes
+its token stop working; ``list`` shows every device. These work with the
+server down; a running server notices a revocation made here within its token
+cache time (5 s).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 from engine.commands._args import add_store_options, state_url
 from engine.errors import EngineError
 from engine.store import Store
+from fleetbase.duration import parse_duration
 from fleetbase.platform import Platform
 
 __all__ = ["register"]
@@ -26,7 +29,7 @@ EXIT_ERROR = 1
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `devices` subcommand with `enroll`, `list` and `revoke`."""
+    """Add the `devices` subcommand with `enroll`, `invite`, `list` and `revoke`."""
     parser = subparsers.add_parser(
         "devices",
         help="enroll, list or revoke devices of engine serve",
@@ -50,6 +53,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     enroll.add_argument("--json", action="store_true", help="print {device, token} as JSON")
     add_store_options(enroll)
     enroll.set_defaults(func=run_enroll)
+
+    invite = actions.add_parser(
+        "invite",
+        help="print a single-use enrollment code for a device (once)",
+        description="Issue a single-use enrollment code for DEVICE and print it once; only "
+        "its sha256 is stored, with the expiry. The device's installer enrolls with it "
+        "(install script --code, or server.enrollment_code_file in the device config). A new "
+        "invite replaces the device's earlier one.",
+    )
+    invite.add_argument("device", metavar="DEVICE")
+    invite.add_argument(
+        "--ttl", default="24h", help="how long the code works (e.g. 30m, 24h, 7d; default 24h)"
+    )
+    invite.add_argument(
+        "--json", action="store_true", help="print {device, code, expires_at} as JSON"
+    )
+    add_store_options(invite)
+    invite.set_defaults(func=run_invite)
 
     lst = actions.add_parser("list", help="show enrolled and reporting devices")
     lst.add_argument("--json", action="store_true", help="print one JSON list on stdout")
@@ -96,6 +117,29 @@ def run_enroll(args: argparse.Namespace) -> int:
             what = "enrolled again (its old token no longer works)"
         print(f"device {args.device} {what}; its token (shown once):", file=sys.stderr)
         print(enrollment.token)
+    return EXIT_OK
+
+
+def run_invite(args: argparse.Namespace) -> int:
+    """Issue a single-use enrollment code for a device and print it."""
+    from engine.server.invites import issue_invite
+
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as e:
+        return _error(f"--ttl: {e}")
+    try:
+        store = _open(args)
+        with store, store.write() as conn:
+            invite = issue_invite(conn, args.device, ttl, datetime.now(UTC))
+    except EngineError as e:
+        return _error(str(e))
+    expires = invite.expires_at.isoformat(timespec="seconds")
+    if args.json:
+        print(json.dumps({"device": invite.device, "code": invite.code, "expires_at": expires}))
+    else:
+        print(f"invite for device {args.device}, single use, expires {expires}:", file=sys.stderr)
+        print(invite.code)
     return EXIT_OK
 
 

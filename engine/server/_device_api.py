@@ -25,7 +25,16 @@ from engine.server._device_db import (
     read_heartbeat,
     upsert_heartbeat,
 )
-from engine.server._http import DEVICE_RE, body_spec, file_response, parse_body, read_body, refuse
+from engine.server._http import (
+    DEVICE_RE,
+    body_spec,
+    file_response,
+    json_response,
+    parse_body,
+    read_body,
+    refuse,
+)
+from engine.server.invites import InviteError, redeem_invite
 from engine.server.registry import DeviceRevokedError, enroll_device, get_device
 from engine.server.state import ServerState
 from engine.store.schema import reports
@@ -80,15 +89,19 @@ def router(state: ServerState) -> APIRouter:
         responses={
             200: {"model": EnrollResponse},
             401: {"description": "wrong enrollment secret"},
-            403: {"description": "device not in the inventory, or revoked"},
+            403: {
+                "description": "device not in the inventory, revoked, or its invite code wrong, "
+                "used or expired"
+            },
             **_BODY,
         },
         openapi_extra=body_spec(EnrollRequest),
     )
     async def enroll(request: Request) -> Response:
-        """Trade the fleet's enrollment secret for a new device token (replacing any old one)."""
+        """Trade the device's invite code (or the fleet's enrollment secret) for a new device
+        token (replacing any old one)."""
         body = await parse_body(request, EnrollRequest, limit)
-        if not hmac.compare_digest(
+        if body.enrollment_secret is not None and not hmac.compare_digest(
             body.enrollment_secret.encode(), settings.enrollment_secret.encode()
         ):
             log.warning("enrollment of %s refused: wrong enrollment secret", body.device)
@@ -102,11 +115,14 @@ def router(state: ServerState) -> APIRouter:
                 "there (or run engine serve --allow-unknown-devices)",
             )
         try:
-            with store.write() as conn:
+            with store.write() as conn:  # one transaction: a refusal uses up no invite
+                if body.invite_code is not None:
+                    redeem_invite(conn, body.device, body.invite_code, clock())
                 enrollment = enroll_device(
                     conn, body.device, body.platform, clock(), runtime_version=body.runtime_version
                 )
-        except DeviceRevokedError as e:
+        except (DeviceRevokedError, InviteError) as e:
+            log.warning("enrollment of %s refused: %s", body.device, e)
             refuse(403, str(e))
         tokens.forget(body.device)
         answer = EnrollResponse(
@@ -170,6 +186,17 @@ def router(state: ServerState) -> APIRouter:
         if beat is None:
             refuse(404, f"no heartbeat recorded for device {device!r}")
         return Response(beat.model_dump_json(), media_type="application/json")
+
+    @api.get("/v1/releases", tags=["releases"])
+    async def release_list() -> Response:
+        """Every release served (version, serial, signed), oldest serial first: what a
+        runtime compares an agent's files with to adopt it."""
+        known = await anyio.to_thread.run_sync(state.releases.all)
+        rows = [
+            {"version": r.version, "serial": r.serial, "signed": r.signature is not None}
+            for r in known
+        ]
+        return json_response({"releases": rows})
 
     @api.get(
         "/v1/releases/{version}/manifest",

@@ -12,7 +12,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import Receive, Scope, Send
 
-from engine.server import _admin_api, _bundles_api, _dashboard, _device_api, _field_api
+from engine.server import (
+    _admin_api,
+    _bundles_api,
+    _dashboard,
+    _device_api,
+    _field_api,
+    _install_api,
+)
 from engine.server._checkin import CheckinFastPath, checkin_device
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
 from engine.server.state import ServerState
@@ -48,6 +55,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_field_api.router(state))
     app.include_router(_bundles_api.router(state))
     app.include_router(_dashboard.router(state))
+    app.include_router(_install_api.router(state))
     _publish_body_schemas(app)
     return app
 

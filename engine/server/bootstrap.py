@@ -27,6 +27,7 @@ from engine.server.credentials import (
     Credential,
     load_credential,
 )
+from engine.server.errors import CredentialError
 from engine.server.settings import ServerSettings
 from engine.service.repo import load_repo, store_url
 from engine.store import Store
@@ -96,8 +97,19 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         field_release=repo.settings.field_release,
         clock=clock_from_env(),
         runtime_bundles=root / repo.settings.runtime_bundles,
+        install_keys=_install_keys(root, repo),
+        public_url=repo.settings.server_url,
     )
     return BuiltServer(settings, admin, enrollment, repo)
+
+
+def _install_keys(root: Path, repo: OperatorRepo) -> list[str]:
+    from engine.server._install_api import pinned_keys
+
+    try:
+        return pinned_keys(root, repo.settings.trusted_keys)
+    except ValueError as e:
+        raise CredentialError(str(e)) from e
 
 
 def options_to_env(options: ServeOptions, built: BuiltServer) -> dict[str, str]:

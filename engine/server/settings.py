@@ -45,6 +45,9 @@ class ServerSettings:
     offer: OfferFunction | None = None
     title: str = "engine serve"
     runtime_bundles: Path | None = None
+    #: public keys the device installer pins (engine.yaml trusted_keys); the URL it names
+    install_keys: list[str] = field(default_factory=list)
+    public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -197,6 +197,21 @@ def _0005_rollout_completed_at(conn: Connection) -> None:
     conn.exec_driver_sql("UPDATE rollouts SET completed_at = finished_at WHERE state = 'completed'")
 
 
+def _0006_invites(conn: Connection) -> None:
+    # Single-use enrollment codes an operator issues per device (engine devices invite).
+    md = MetaData()
+    Table(
+        "invites",
+        md,
+        Column("device", String(200), primary_key=True),
+        Column("code_hash", String(64), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("expires_at", UTCDateTime(), nullable=False),
+        Column("used_at", UTCDateTime(), nullable=True),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -204,4 +219,5 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "releases, rollouts, rollout devices, controller lease", _0003_rollouts),
     Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
     Migration(5, "when a rollout completed", _0005_rollout_completed_at),
+    Migration(6, "single-use enrollment codes (invites)", _0006_invites),
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "devices",
     "events",
     "heartbeats",
+    "invites",
     "metadata",
     "releases",
     "reports",
@@ -72,6 +73,18 @@ devices = Table(
     Column("revoked_at", UTCDateTime(), nullable=True),
     Column("runtime_version", String(100), nullable=True),
     Column("enrollments", Integer, nullable=False),
+)
+
+#: The single-use enrollment code an operator issued for a device (migration 5): only its
+#: sha256 is kept; ``used_at`` set means it was redeemed and works no more.
+invites = Table(
+    "invites",
+    metadata,
+    Column("device", String(200), primary_key=True),
+    Column("code_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime(), nullable=True),
 )
 
 #: The latest agent heartbeat each device forwarded (states.protocol.Heartbeat).

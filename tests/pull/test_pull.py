@@ -113,7 +113,7 @@ def test_missing_secret_is_a_config_error_and_changes_nothing(running_device: Sa
         lines: list[str] = []
         pid = sb.agent_pid()
         _, code = _loop(sb, lines).step()
-        assert code == 1 and any("no enrollment secret" in line for line in lines)
+        assert code == 1 and any("no invite code or enrollment secret" in line for line in lines)
         assert stub.requests == [] and sb.agent_pid() == pid
 
 

@@ -1,0 +1,523 @@
+#!/usr/bin/env python3
+"""Install agent-runtime on this device and let it take over the agent already here.
+
+Served by ``engine serve`` at ``/install/<platform>`` with the server's URL and
+the release signing keys it pins filled in below; standard library only, so
+the field's snippet system, ``curl ... | sudo python3 -``, or ``engine
+bootstrap`` over SSH can run it::
+
+    python3 install.py --device ID --code INVITE [--agent-root DIR]
+        [--service systemd|launchd|windows|none] [--prefix DIR] [--config-dir DIR]
+        [--bundle-dir DIR] [--uninstall] [--json]
+
+Steps (each skipped when already done, so a second run changes nothing):
+verify the runtime bundle (signature by a pinned key over bundle.json, then
+every wheel's size and sha256; anything off and nothing is installed); create
+the venv and ``pip install --no-index`` from the bundle; write the device
+config and the invite code (mode 0600); enroll; identify the installed agent
+(``agent-runtime adopt``, which never restarts it); register agent-runtime as
+an OS service and start it. ``--uninstall`` removes the runtime, its config,
+state and service, and leaves the agent's files as they are. Exit 0 or 1; the
+last line says what happened (``--json``: one JSON document on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import platform as _platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Filled in by the server (engine/server/_install_api.py); never a secret.
+SERVER_URL = ""
+PINNED_KEYS: list[str] = []
+PLATFORM = ""
+
+PACKAGE = "fleet-rollout"
+HTTP_TIMEOUT = 60.0
+MAX_BUNDLE_FILE = 200 * 1024 * 1024
+
+
+class InstallError(Exception):
+    """A step failed; the message says which and why."""
+
+
+# -- ed25519 verification (RFC 8032, section 5.1.7), pure Python -------------------------
+# Pure Python rather than the runtime's libcrypto binding: it works on every OS's stock
+# Python (Windows included, where a DLL's dependencies are not searched), and verifying
+# one small bundle.json is fast enough. Only public data is handled: timing leaks nothing.
+
+_P = 2**255 - 19
+_L = 2**252 + 27742317777372353535851937790883648493
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+_Point = tuple[int, int, int, int]
+
+
+def _recover_x(y: int, sign: int) -> int | None:
+    if y >= _P:
+        return None
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    if x2 == 0:
+        return None if sign else 0
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P:
+        return None
+    return _P - x if (x & 1) != sign else x
+
+
+def _decode(data: bytes) -> _Point | None:
+    y = int.from_bytes(data, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    x = _recover_x(y, sign)
+    return None if x is None else (x, y, 1, x * y % _P)
+
+
+def _add(p: _Point, q: _Point) -> _Point:
+    a = (p[1] - p[0]) * (q[1] - q[0]) % _P
+    b = (p[1] + p[0]) * (q[1] + q[0]) % _P
+    c = 2 * p[3] * q[3] * _D % _P
+    d = 2 * p[2] * q[2] % _P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
+
+
+def _mul(s: int, p: _Point) -> _Point:
+    q: _Point = (0, 1, 1, 0)
+    while s:
+        if s & 1:
+            q = _add(q, p)
+        p, s = _add(p, p), s >> 1
+    return q
+
+
+_GY = 4 * pow(5, _P - 2, _P) % _P
+_GX = _recover_x(_GY, 0) or 0
+_G: _Point = (_GX, _GY, 1, _GX * _GY % _P)
+
+
+def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """True when ``signature`` is a valid ed25519 signature of ``message`` by ``public_key``."""
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    a, r = _decode(public_key), _decode(signature[:32])
+    s = int.from_bytes(signature[32:], "little")
+    if a is None or r is None or s >= _L:
+        return False
+    h = int.from_bytes(hashlib.sha512(signature[:32] + public_key + message).digest(), "little")
+    left, right = _mul(s, _G), _add(r, _mul(h % _L, a))
+    return (left[0] * right[2] - right[0] * left[2]) % _P == 0 and (
+        left[1] * right[2] - right[1] * left[2]
+    ) % _P == 0
+
+
+def raw_key(text: str) -> bytes:
+    """The 32 bytes of a pinned key ``ed25519:<base64>``."""
+    if not text.startswith("ed25519:"):
+        raise InstallError(f"pinned key {text[:30]!r} is not 'ed25519:<base64>'")
+    raw = base64.b64decode(text[len("ed25519:") :], validate=True)
+    if len(raw) != 32:
+        raise InstallError(f"pinned key {text[:30]!r} is not 32 bytes")
+    return raw
+
+
+def verify_signature(data: bytes, signature_doc: bytes, keys: list[str]) -> str:
+    """The key id of a pinned key whose signature over ``data`` is valid; InstallError if none
+    (the ``.sig`` format of release manifests: {"signatures": [{keyid, algorithm, sig}]})."""
+    if not keys:
+        raise InstallError("no pinned keys: refusing to trust any bundle")
+    pinned = {hashlib.sha256(raw_key(k)).hexdigest()[:16]: raw_key(k) for k in keys}
+    try:
+        entries = json.loads(signature_doc)["signatures"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InstallError(f"bundle.json.sig is not a signature document: {e}") from e
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("algorithm", "ed25519") != "ed25519":
+            continue
+        key = pinned.get(str(entry.get("keyid")))
+        if key is not None and ed25519_verify(key, base64.b64decode(str(entry["sig"])), data):
+            return str(entry["keyid"])
+    raise InstallError(f"bundle.json is not signed by a pinned key ({', '.join(pinned)})")
+
+
+# -- this host ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    """What this machine is: platform family, architecture, Python, service manager."""
+
+    platform: str
+    arch: str
+    python: str
+    service: str  # systemd | launchd | windows | none
+    why_none: str = ""
+
+
+def detect() -> Host:
+    """Detect OS, architecture, Python version and whether an OS service manager runs."""
+    plat = {"win32": "windows", "darwin": "macos"}.get(sys.platform, "linux")
+    arch = _platform.machine().lower() or "unknown"
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if plat == "windows":
+        return Host(plat, arch, py, "windows")
+    if plat == "macos":
+        return Host(plat, arch, py, "launchd")
+    try:
+        init = Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        init = "unknown"
+    if Path("/run/systemd/system").is_dir() and init == "systemd":
+        return Host(plat, arch, py, "systemd")
+    container = Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+    why = f"PID 1 is {init!r}, not systemd" + (" (a container)" if container else "")
+    return Host(plat, arch, py, "none", why)
+
+
+@dataclass
+class Paths:
+    """Where the runtime, its config and state go, and where the agent lives."""
+
+    prefix: Path
+    config_dir: Path
+    state_dir: Path
+    agent_root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.config_dir / "config.yaml"
+
+    @property
+    def code_file(self) -> Path:
+        return self.config_dir / "enrollment.code"
+
+    @property
+    def token_file(self) -> Path:
+        return self.config_dir / "token"
+
+    def bin(self, name: str) -> Path:
+        if sys.platform == "win32":
+            return self.prefix / "Scripts" / f"{name}.exe"
+        return self.prefix / "bin" / name
+
+
+def default_paths(plat: str, args: argparse.Namespace) -> Paths:
+    """The platform's standard locations; --prefix (then config/state under it) overrides."""
+    if plat == "windows":
+        pf = Path(os.environ.get("PROGRAMFILES", "C:/Program Files"))
+        pd = Path(os.environ.get("PROGRAMDATA", "C:/ProgramData"))
+        std = Paths(pf / "AgentRuntime", pd / "AgentRuntime", pd / "AgentRuntime" / "state",
+                    pf / "Wegweiser" / "Agent")  # fmt: skip
+    elif plat == "macos":
+        std = Paths(Path("/Library/AgentRuntime"), Path("/etc/agent-runtime"),
+                    Path("/Library/Application Support/AgentRuntime"),
+                    Path("/opt/Wegweiser/Agent"))  # fmt: skip
+    else:
+        std = Paths(Path("/opt/agent-runtime"), Path("/etc/agent-runtime"),
+                    Path("/var/lib/agent-runtime"), Path("/opt/Wegweiser/Agent"))  # fmt: skip
+    if args.prefix:
+        std.prefix = Path(args.prefix).absolute()
+        std.config_dir, std.state_dir = std.prefix / "etc", std.prefix / "state"
+    if args.config_dir:
+        std.config_dir = Path(args.config_dir).absolute()
+    if args.state_dir:
+        std.state_dir = Path(args.state_dir).absolute()
+    if args.agent_root:
+        std.agent_root = Path(args.agent_root).absolute()
+    return std
+
+
+# -- the bundle -----------------------------------------------------------------------------
+
+
+def _get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp:
+            data: bytes = resp.read(MAX_BUNDLE_FILE + 1)
+    except OSError as e:
+        raise InstallError(f"GET {url}: {e}") from e
+    if len(data) > MAX_BUNDLE_FILE:
+        raise InstallError(f"GET {url}: larger than {MAX_BUNDLE_FILE} bytes")
+    return data
+
+
+def download_bundle(server: str, host: Host, dest: Path) -> Path:
+    """Fetch the bundle for this host from the server into ``dest``; its directory."""
+    try:
+        listed = json.loads(_get(f"{server}/runtime/bundles"))
+    except ValueError as e:
+        raise InstallError(f"{server}/runtime/bundles is not JSON: {e}") from e
+    rows = listed if isinstance(listed, list) else listed.get("bundles", [])
+    fits = [
+        r
+        for r in rows
+        if isinstance(r, dict)
+        and (r.get("platform"), r.get("python")) == (host.platform, host.python)
+        and _same_arch(str(r.get("arch")), host.arch)
+    ]
+    if not fits:
+        have = ", ".join(str(r.get("target")) for r in rows if isinstance(r, dict)) or "none"
+        raise InstallError(
+            f"the server has no runtime bundle for {host.platform} {host.arch} Python "
+            f"{host.python} (it has: {have}); build one with engine runtime bundle"
+        )
+    target = str(fits[0]["target"])
+    base = f"{server}/runtime/bundles/{target}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("bundle.json", "bundle.json.sig"):
+        (dest / name).write_bytes(_get(f"{base}/{name}"))
+    doc = json.loads((dest / "bundle.json").read_bytes())
+    for entry in doc.get("files", []):
+        name = str(entry["name"])
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise InstallError(f"bundle.json names a file outside the bundle: {name!r}")
+        (dest / name).write_bytes(_get(f"{base}/{name}"))
+    return dest
+
+
+def _same_arch(a: str, b: str) -> bool:
+    alias = {"amd64": "x86_64", "arm64": "aarch64"}
+    return alias.get(a.lower(), a.lower()) == alias.get(b.lower(), b.lower())
+
+
+def verify_bundle(directory: Path, host: Host, keys: list[str]) -> dict[str, Any]:
+    """bundle.json, after checking its signature, that it is for this host, and every listed
+    file's size and sha256; InstallError on anything off (extra wheels included)."""
+    try:
+        data = (directory / "bundle.json").read_bytes()
+        signature = (directory / "bundle.json.sig").read_bytes()
+    except OSError as e:
+        raise InstallError(f"bundle in {directory}: {e}") from e
+    verify_signature(data, signature, keys)
+    doc: dict[str, Any] = json.loads(data)
+    if doc.get("platform") != host.platform or doc.get("python") != host.python:
+        raise InstallError(
+            f"bundle {doc.get('target')} is for {doc.get('platform')} Python "
+            f"{doc.get('python')}, this host is {host.platform} Python {host.python}"
+        )
+    listed = {str(f["name"]): f for f in doc.get("files", [])}
+    for name, entry in listed.items():
+        path = directory / name
+        if Path(name).name != name or not path.is_file():
+            raise InstallError(f"bundle file {name} is missing from {directory}")
+        size = path.stat().st_size
+        if size != int(entry["size"]):
+            raise InstallError(
+                f"bundle file {name}: {size} bytes, bundle.json says {entry['size']}"
+            )
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != entry["sha256"]:
+            raise InstallError(f"bundle file {name}: sha256 {digest}, bundle.json says "
+                               f"{entry['sha256']}")  # fmt: skip
+    extra = sorted(p.name for p in directory.glob("*.whl") if p.name not in listed)
+    if extra:
+        raise InstallError(f"bundle has wheels bundle.json does not list: {', '.join(extra)}")
+    return doc
+
+
+# -- installing -----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What this run did, for the last line and for --json."""
+
+    device: str
+    changed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    adoption: dict[str, Any] | None = None
+    ok: bool = True
+    error: str | None = None
+
+
+def _run(argv: list[str], what: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-5:]
+        raise InstallError(f"{what} failed (exit {proc.returncode}): {' / '.join(said)}")
+    return proc.stdout
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def device_config(args: argparse.Namespace, host: Host, paths: Paths, keys: list[str]) -> str:
+    """The device config (JSON, which is YAML) for the in-place agent at the agent root."""
+    manager = args.agent_service or (host.service if host.service != "none" else "process")
+    config = {
+        "device": args.device,
+        "platform": host.platform,
+        "agent_root": str(paths.agent_root),
+        "layout": "in_place",
+        "state_dir": str(paths.state_dir),
+        "service": {"manager": manager},
+        "trusted_keys": keys,
+        "server": {
+            "url": args.server,
+            "token_file": str(paths.token_file),
+            "enrollment_code_file": str(paths.code_file),
+        },
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def installed_version(paths: Paths) -> str | None:
+    """The runtime package version in the venv, or None when there is none."""
+    python = paths.bin("python")
+    if not python.exists():
+        return None
+    code = f"import importlib.metadata as m; print(m.version({PACKAGE!r}))"
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def install(args: argparse.Namespace, host: Host, paths: Paths, report: Report) -> None:
+    """Every install step, each skipped when already done."""
+    keys = list(args.pinned_key or PINNED_KEYS)
+    if not paths.agent_root.is_dir():
+        raise InstallError(f"no agent at {paths.agent_root} (pass --agent-root DIR)")
+    with tempfile.TemporaryDirectory(prefix="agent-runtime-bundle-") as tmp:
+        bundle = Path(args.bundle_dir) if args.bundle_dir else None
+        if bundle is None:
+            bundle = download_bundle(args.server, host, Path(tmp))
+        doc = verify_bundle(bundle, host, keys)
+        version = str(doc.get("runtime_version"))
+        if installed_version(paths) != version:
+            fresh = not paths.prefix.exists()
+            try:
+                _run([sys.executable, "-m", "venv", str(paths.prefix)], "creating the venv")
+                _run([str(paths.bin("python")), "-m", "pip", "install", "--quiet", "--no-index",
+                      "--find-links", str(bundle), f"{PACKAGE}=={version}"],
+                     "pip install from the bundle")  # fmt: skip
+            except InstallError:
+                if fresh:
+                    shutil.rmtree(paths.prefix, ignore_errors=True)
+                raise
+            report.changed.append(f"runtime {version} installed in {paths.prefix}")
+    text = device_config(args, host, paths, keys)
+    if not paths.config.is_file() or paths.config.read_text(encoding="utf-8") != text:
+        _write_private(paths.config, text)
+        report.changed.append(f"device config written to {paths.config}")
+    runtime = str(paths.bin("agent-runtime"))
+    if not paths.token_file.is_file():
+        if args.code:
+            _write_private(paths.code_file, args.code.strip() + "\n")
+        _run([runtime, "enroll", "--config", str(paths.config)], "enrollment")
+        report.changed.append(f"enrolled {args.device} with {args.server}")
+    adoption = json.loads(
+        _run([runtime, "adopt", "--json", "--config", str(paths.config)], "adopting the agent")
+        or "{}"
+    )
+    report.adoption = adoption
+    if args.service == "none":
+        why = f" ({host.why_none})" if host.why_none else ""
+        report.notes.append(
+            f"no OS service installed{why}: run {runtime} converge --config {paths.config}"
+        )
+        return
+    said = _run([runtime, "service", "install", "--manager", args.service,
+                 "--config", str(paths.config)], "installing the service")  # fmt: skip
+    if "unchanged" not in said:
+        report.changed.append(said.strip())
+
+
+def uninstall(args: argparse.Namespace, paths: Paths, report: Report) -> None:
+    """Remove the service, the venv, the config and the state; never the agent's files."""
+    runtime = paths.bin("agent-runtime")
+    if args.service != "none" and runtime.exists() and paths.config.is_file():
+        said = _run([str(runtime), "service", "uninstall", "--manager", args.service,
+                     "--config", str(paths.config)], "removing the service")  # fmt: skip
+        if "was not installed" not in said:
+            report.changed.append(said.strip())
+    for path in (paths.prefix, paths.config_dir, paths.state_dir):
+        if path.exists():
+            if path == paths.agent_root or paths.agent_root.is_relative_to(path):
+                raise InstallError(f"refusing to remove {path}: the agent lives under it")
+            shutil.rmtree(path)
+            report.changed.append(f"removed {path}")
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None, host: Host) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="install.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", required=True, help="this device's id in the inventory")
+    p.add_argument("--code", help="the invite code from `engine devices invite DEVICE`")
+    p.add_argument("--server", default=SERVER_URL, help=f"engine server URL (default {SERVER_URL})")
+    p.add_argument("--agent-root", help="where the agent's files are (default: the field's)")
+    p.add_argument(
+        "--service",
+        choices=["systemd", "launchd", "windows", "none"],
+        default=host.service,
+        help=f"OS service for agent-runtime (detected here: {host.service})",
+    )
+    p.add_argument(
+        "--agent-service",
+        choices=["systemd", "launchd", "windows", "process"],
+        help="how the runtime restarts the agent (default: the OS's; process without one)",
+    )
+    p.add_argument("--prefix", help="the runtime's venv (config and state go under it too)")
+    p.add_argument("--config-dir", help="where config.yaml, the token and the code go")
+    p.add_argument("--state-dir", help="the runtime's state directory")
+    p.add_argument("--bundle-dir", help="install from this bundle directory (offline)")
+    p.add_argument("--pinned-key", action="append", help="trust this key (default: the server's)")
+    p.add_argument("--uninstall", action="store_true", help="remove the runtime, keep the agent")
+    p.add_argument("--json", action="store_true", help="print one JSON result document")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the installer; 0 when the device is set up (or removed), 1 otherwise."""
+    host = detect()
+    args = parse_args(argv, host)
+    report = Report(args.device)
+    try:
+        if PLATFORM and host.platform != PLATFORM:
+            raise InstallError(f"this is the {PLATFORM} installer; this host is {host.platform}")
+        if args.service != "none" and host.service == "none" and not args.uninstall:
+            raise InstallError(f"no OS service manager here ({host.why_none}); pass --service none")
+        paths = default_paths(host.platform, args)
+        if args.uninstall:
+            uninstall(args, paths, report)
+        else:
+            if not args.server:
+                raise InstallError("no server URL: pass --server URL")
+            install(args, host, paths, report)
+    except (InstallError, OSError) as e:
+        report.ok, report.error = False, str(e)
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2))
+    elif report.ok:
+        for line in report.changed + report.notes:
+            print(line)
+        adopted = report.adoption or {}
+        what = f"; agent: {adopted.get('status')} {adopted.get('version') or ''}".rstrip()
+        done = "nothing to change" if not report.changed else f"{len(report.changed)} changes"
+        verb = "removed" if args.uninstall else "ready"
+        print(f"agent-runtime {verb} on {args.device}: {done}{what if adopted else ''}")
+    else:
+        print(f"install.py: FAILED: {report.error}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""A field device taken over through `GET /install/linux`, end to end with real parts.
+
+A real `engine serve` on 127.0.0.1 serving a signed runtime bundle; a device as the old
+snippet left it (agent 3.0.0 in place, running as a plain process, no runtime); the served
+installer run by hand with `--service none --prefix TMP` fetches and verifies the bundle,
+installs the runtime with pip --no-index, enrolls
+with an invite code, adopts the agent as 3.0.0 without restarting it; a second run
+changes nothing; the installed `agent-runtime converge` then takes 3.0.1 after
+`engine apply`; `--uninstall` leaves the agent's files byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.bootstrap.conftest import FieldDevice
+from tests.bundles import RuntimeBundle
+from tests.harness.procs import wait_until
+from tests.harness.repo import DeviceSpec, OperatorRepo
+from tests.harness.server import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+DEVICE = "field-01"
+
+
+@pytest.fixture
+def server(tmp_path: Path, runtime_bundle: RuntimeBundle) -> Iterator[ServerProcess]:
+    """`engine serve` for an operator repo whose engine.yaml pins its release signing key
+    and the bundle's signing key, and serves the runtime bundle."""
+    repo = OperatorRepo(tmp_path / "fleet")
+    group = {"fleet": {"match": {"site": "demo"}, "agent": {"release": "3.0.0"},
+                       "rollout": {"waves": [100], "soak": "1s", "min_success_rate": 1.0,
+                                   "max_failure_rate": 0.0}}}  # fmt: skip
+    repo.create([DeviceSpec(DEVICE)], group)
+    settings = yaml.safe_load((repo.root / "engine.yaml").read_text())
+    (repo.root / "keys" / "bundle-signing.pub").write_text(runtime_bundle.public_key + "\n")
+    settings["trusted_keys"] = ["keys/release-signing.pub", "keys/bundle-signing.pub"]
+    settings["runtime_bundles"] = str(runtime_bundle.root)
+    (repo.root / "engine.yaml").write_text(yaml.safe_dump(settings))
+    proc = ServerProcess(repo, tmp_path / "server.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def installer(server: ServerProcess) -> str:
+    """The script `GET /install/linux` serves."""
+    with urllib.request.urlopen(server.url + "/install/linux", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def run_installer(script: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """`python3 - ARGS --json` with the script on stdin, as `curl ... | python3 -` runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-", *args, "--json"], input=script, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_field_device_is_taken_over_updated_and_uninstalled(
+    server: ServerProcess, field_device: FieldDevice, tmp_path: Path
+) -> None:
+    """Install from the served bundle + invite + adopt 3.0.0 (same agent pid), idempotent
+    second run, 3.0.1 through `engine apply`, then --uninstall leaves the agent files alone."""
+    repo = server.repo
+    pid = field_device.start_agent()
+    invite = json.loads(repo.engine("devices", "invite", DEVICE, "--json").stdout)
+    prefix = tmp_path / "runtime"
+    script = installer(server)
+    assert f"SERVER_URL = {server.url!r}" in script and repo.public_key() in script
+    args = ["--device", DEVICE, "--service", "none", "--agent-service", "process",
+            "--prefix", str(prefix), "--agent-root", str(field_device.agent_root)]  # fmt: skip
+
+    code, result = run_installer(script, *args, "--code", invite["code"])
+    assert code == 0 and result["ok"], result
+    assert result["adoption"]["status"] == "known" and result["adoption"]["version"] == "3.0.0"
+    assert any("no OS service installed" in n for n in result["notes"])
+    config = prefix / "etc" / "config.yaml"
+    assert (prefix / "etc" / "token").is_file()
+    assert not (prefix / "etc" / "enrollment.code").exists()  # deleted once used
+    assert field_device.proc is not None and field_device.proc.poll() is None
+    state = json.loads((prefix / "state" / "state.json").read_text())
+    assert state["installed"] == "3.0.0" and state["adopted_from"] == "hash"
+    assert json.loads((prefix / "state" / "agent.pid").read_text())["pid"] == pid
+
+    code, again = run_installer(script, *args, "--code", invite["code"])
+    assert code == 0 and again["changed"] == [], again
+
+    # The reused invite code is refused by the server itself.
+    body = {"device": DEVICE, "platform": "linux", "invite_code": invite["code"]}
+    req = urllib.request.Request(server.url + "/v1/enroll", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 403
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg.update({"converge": {"interval": "1s", "jitter": "0s"}, "health_timeout": "20s",
+                "env": {"HEARTBEAT_INTERVAL": "0.5", "PYTHONDONTWRITEBYTECODE": "1"}})  # fmt: skip
+    config.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "runtime.log"
+    with open(log, "ab") as out:
+        runtime = subprocess.Popen(
+            [str(prefix / "bin" / "agent-runtime"), "converge", "--config", str(config)],
+            cwd=field_device.base, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+
+        def reported(version: str) -> bool:
+            rows = server.admin("GET", "/v1/admin/devices").json()
+            rows = rows.get("devices", rows) if isinstance(rows, dict) else rows
+            return any(r["device"] == DEVICE and r["agent_version"] == version for r in rows)
+
+        wait_until("the device to report 3.0.0", lambda: reported("3.0.0"), timeout=60)
+        assert json.loads((prefix / "state" / "agent.pid").read_text())["pid"] == pid
+        repo.set_release("3.0.1")
+        applied = repo.engine("apply", "--yes", "--wait", check=False, timeout=180)
+        assert applied.returncode == 0, applied.stdout + applied.stderr + log.read_text()
+        wait_until("the device to report 3.0.1", lambda: reported("3.0.1"), timeout=60)
+        assert json.loads((prefix / "state" / "state.json").read_text())["installed"] == "3.0.1"
+    finally:
+        runtime.terminate()
+        runtime.wait(30)
+
+    before = field_device.files()
+    code, removed = run_installer(script, "--device", DEVICE, "--service", "none",
+                                  "--prefix", str(prefix), "--uninstall")  # fmt: skip
+    assert code == 0 and removed["ok"], removed
+    assert not prefix.exists()
+    assert field_device.files() == before
