@@ -17,12 +17,8 @@ from sqlalchemy import select
 
 from engine.rollouts.model import DeviceState
 from engine.rollouts.status import RolloutStatus, rollout_status, waits_on_paused_gate
-from engine.server.credentials import (
-    ENROLLMENT_SECRET_FILE,
-    ENV_ENROLLMENT_SECRET,
-    CredentialError,
-    load_credential,
-)
+from engine.server.credentials import ENROLLMENT_SECRET_FILE, ENV_ENROLLMENT_SECRET, load_credential
+from engine.server.errors import CredentialError
 from engine.ssh._device_client import DeviceApiClient
 from engine.ssh._runtime import RuntimeInstaller
 from engine.ssh.errors import SshError

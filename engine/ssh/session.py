@@ -135,11 +135,12 @@ class SshSession:
             client.close()
             raise SshTimeoutError(f"{endpoint}: timed out after {timeout:g}s connecting") from e
         except paramiko.SSHException as e:
+            transport = client.get_transport()
+            # paramiko reports a missing greeting from its thread and then "No existing session"
+            greeted = transport is not None and bool(transport.remote_version)
             client.close()
-            if "banner" in str(e).lower():
-                raise SshTimeoutError(
-                    f"{endpoint}: no SSH greeting within {timeout:g}s: {e}"
-                ) from e
+            if not greeted or "banner" in str(e).lower():
+                raise SshTimeoutError(f"{endpoint}: no SSH greeting within {timeout:g}s") from e
             raise SshError(f"{endpoint}: SSH failed: {e}") from e
         except OSError as e:
             client.close()

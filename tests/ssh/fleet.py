@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path

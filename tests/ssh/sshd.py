@@ -101,6 +101,7 @@ class Sshd:
             "MaxStartups 50:30:100",
             "MaxSessions 50",
             "LogLevel VERBOSE",
+            "UseDNS no",
         ]
         self.config.write_text("\n".join(lines) + "\n")
         if root:  # sshd insists on its privilege separation directory
