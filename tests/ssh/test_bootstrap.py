@@ -32,9 +32,14 @@ def _repo(tmp: Path, sshd: Sshd, devices: dict[str, dict[str, object]]) -> Path:
     root = tmp / "fleet"
     (root / "inventory").mkdir(parents=True)
     (root / "releases").mkdir()
-    group = {"match": {"platform": "linux"}, "ssh": {
-        "host": "127.0.0.1", "port": sshd.port, "user": sshd.user,
-        "key_file": str(sshd.client_key), "runtime_dir": str(tmp / "host" / "{device}")}}  # fmt: skip
+    ssh = {
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "user": sshd.user,
+        "key_file": str(sshd.client_key),
+        "runtime_dir": str(tmp / "host" / "{device}"),
+    }
+    group = {"match": {"platform": "linux"}, "ssh": ssh}
     doc = {"devices": devices, "groups": {"linux": group}}
     (root / "inventory" / "fleet.yaml").write_text(yaml.safe_dump(doc))
     (root / ".engine").mkdir()

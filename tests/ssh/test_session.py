@@ -22,8 +22,8 @@ from tests.ssh.sshd import Sshd, free_port, new_key
 
 
 def _endpoint(sshd: Sshd, known_hosts: Path, **kw: object) -> Endpoint:
-    fields: dict[str, object] = {"host": "127.0.0.1", "port": sshd.port, "user": sshd.user,
-                                 "key_file": sshd.client_key, "known_hosts": known_hosts}  # fmt: skip
+    fields: dict[str, object] = {"host": "127.0.0.1", "port": sshd.port, "user": sshd.user}
+    fields.update(key_file=sshd.client_key, known_hosts=known_hosts)
     fields.update(kw)
     return Endpoint(**fields)  # type: ignore[arg-type]
 
@@ -107,14 +107,14 @@ def silent_server() -> Iterator[int]:
 
 def test_silent_host_times_out(sshd: Sshd, known_hosts: Path, silent_server: int) -> None:
     """A host that accepts but never greets ends in a timeout, not a hang."""
-    with pytest.raises(SshTimeoutError, match="no SSH greeting|timed out"):
+    with pytest.raises(SshTimeoutError, match=r"no SSH greeting|timed out"):
         SshSession(_endpoint(sshd, known_hosts, port=silent_server), timeout=0.5)
 
 
 def test_slow_command_times_out(sshd: Sshd, known_hosts: Path) -> None:
     """A command running past its limit raises SshTimeoutError; the session stays usable."""
     with SshSession(_endpoint(sshd, known_hosts)) as s:
-        with pytest.raises(SshTimeoutError, match="timed out after 0.3s running sleep"):
+        with pytest.raises(SshTimeoutError, match=r"timed out after 0\.3s running sleep"):
             s.run(["sleep", "5"], timeout=0.3)
         assert s.run(["echo", "still here"], timeout=10).stdout == "still here\n"
 
