@@ -22,9 +22,6 @@ __all__ = ["register", "run"]
 EXIT_OK = 0
 EXIT_ERROR = 1
 
-#: States in which `apply --wait` stops following a rollout.
-_SETTLED = frozenset({"completed", "halted", "paused", "aborted", "superseded"})
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `apply` subcommand."""
@@ -229,19 +226,12 @@ def _follow(store: Store, ids: list[int], poll: float) -> int:
     from rich.live import Live
 
     from engine.commands.status import render_rollouts
-    from engine.rollouts.status import rollout_status, waits_on_paused_gate
+    from engine.ssh.drive import settled_rollouts
 
     console = Console(highlight=False)
 
     def snapshot() -> tuple[list[RolloutStatus], bool]:
-        """The rollouts, and whether every one settled (or waits on a paused gate)."""
-        now = datetime.now(UTC)
-        with store.read() as conn:
-            found: list[RolloutStatus] = []
-            for rollout_id in ids:
-                found.extend(rollout_status(conn, now=now, rollout_id=rollout_id))
-            settled = all(s.state.value in _SETTLED or waits_on_paused_gate(conn, s) for s in found)
-            return found, settled
+        return settled_rollouts(store, ids)
 
     statuses, settled = snapshot()
     with Live(render_rollouts(statuses, None), console=console, refresh_per_second=4) as live:

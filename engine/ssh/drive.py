@@ -28,7 +28,7 @@ from engine.store import Store
 from engine.store.schema import rollout_devices
 from inventory.loader import OperatorRepo
 
-__all__ = ["drive_rollouts", "make_relay"]
+__all__ = ["SETTLED", "drive_rollouts", "make_relay", "settled_rollouts"]
 
 #: Rollout states in which nothing more happens by itself.
 SETTLED = frozenset({"completed", "halted", "paused", "aborted", "superseded"})
@@ -87,7 +87,8 @@ def _open_devices(store: Store, ids: list[int]) -> set[str]:
         return {str(d) for (d,) in rows}
 
 
-def _statuses(store: Store, ids: list[int]) -> tuple[list[RolloutStatus], bool]:
+def settled_rollouts(store: Store, ids: list[int]) -> tuple[list[RolloutStatus], bool]:
+    """The rollouts ``ids``, and whether every one settled (or waits on a paused gate)."""
     now = datetime.now(UTC)
     with store.read() as conn:
         found: list[RolloutStatus] = []
@@ -120,7 +121,7 @@ def drive_rollouts(
 
     while True:
         relay.round_all(members, forks=forks, on_result=show)
-        statuses, settled = _statuses(store, ids)
+        statuses, settled = settled_rollouts(store, ids)
         if settled and not (_open_devices(store, ids) & set(members)):
             return statuses
         if time.monotonic() > deadline:

@@ -18,7 +18,8 @@ devices:
 groups:
   shops:
     match: {tags: shop}
-    ssh: {host: "{device}.shops.example", user: ops, key_file: keys/ops, agent_root: "/srv/{device}"}
+    ssh: {host: "{device}.shops.example", user: ops, key_file: keys/ops,
+          agent_root: "/srv/{device}"}
   all-linux:
     match: {platform: linux}
     priority: -1
