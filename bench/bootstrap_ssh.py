@@ -25,7 +25,7 @@ from engine.ssh._runtime import remote_target
 from engine.ssh.bootstrap import BootstrapOptions, bootstrap_hosts
 from engine.ssh.targets import SshTarget
 from fleetbase.platform import Platform
-from tests.ssh.sshd import Sshd, sshd_missing
+from tests.harness.sshd import Sshd, sshd_missing
 
 STAND_IN = """\
 import json, os, sys

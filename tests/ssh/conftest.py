@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ssh.sshd import Sshd, sshd_missing
+from tests.harness.sshd import Sshd, sshd_missing
 
 
 @pytest.fixture(scope="session")

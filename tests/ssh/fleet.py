@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
-from examples.local_fleet import DeviceSpec, OperatorRepo, ServerProcess
-from tests.ssh.sshd import Sshd
+from tests.harness.repo import DeviceSpec, OperatorRepo
+from tests.harness.server import ServerProcess
+from tests.harness.sshd import Sshd
 
 __all__ = ["SshFleet"]
 

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from engine.store import Store
 from engine.store.schema import rollout_devices, rollouts
 from engine.waves import assign_waves
+from tests.harness.sshd import Sshd
 from tests.ssh.fleet import SshFleet
-from tests.ssh.sshd import Sshd
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import yaml
 
 from engine.ssh import Endpoint, SshSession
 from engine.ssh._runtime import remote_target
-from tests.ssh.sshd import Sshd, new_key
+from tests.harness.sshd import Sshd, new_key
 
 #: Records its arguments and what was uploaded beside it, then answers like the real script.
 STAND_IN = """\

@@ -18,7 +18,8 @@ from engine.ssh import (
     SshTimeoutError,
     SshUnreachableError,
 )
-from tests.ssh.sshd import Sshd, free_port, new_key
+from tests.harness.procs import free_port
+from tests.harness.sshd import Sshd, new_key
 
 
 def _endpoint(sshd: Sshd, known_hosts: Path, **kw: object) -> Endpoint:

@@ -20,17 +20,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["SSHD", "Sshd", "copy_key", "free_port", "new_key", "sshd_missing"]
+from tests.harness.procs import free_port
+
+__all__ = ["SSHD", "Sshd", "copy_key", "new_key", "sshd_missing"]
 
 SSHD = Path("/usr/sbin/sshd")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def new_key(path: Path) -> str:
