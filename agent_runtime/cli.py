@@ -51,14 +51,25 @@ def _source(args: argparse.Namespace, config: DeviceConfig) -> PlanSource:
     raise ConfigError("converge needs --plan FILE, or a 'server' section in the device config")
 
 
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
+    if args.json and not (args.once and args.plan):
+        raise ConfigError("converge --json needs --once and --plan FILE")
     if not args.plan and config.server is not None:
         return _pull(args, config)
-    runtime = Runtime(config, out=_out)
+    # --json: stdout carries one JSON document only; progress goes to stderr
+    runtime = Runtime(config, out=_err if args.json else _out)
     source = _source(args, config)
     if args.once:
         res = runtime.converge_once(source)
-        _out(f"result: {res.result} — {res.detail}")
+        if args.json:
+            doc = {"result": str(res.result), "detail": res.detail, "status": runtime.status()}
+            print(json.dumps(doc), flush=True)
+        else:
+            _out(f"result: {res.result} — {res.detail}")
         return exit_code(res.result)
     stop = threading.Event()
 
@@ -218,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         "names a server)",
     )
     conv.add_argument("--config", metavar="FILE", help=f"device config (default ${CONFIG_ENV})")
+    conv.add_argument(
+        "--json",
+        action="store_true",
+        help="with --once --plan: print one JSON document (result, detail, status) on stdout",
+    )
     conv.set_defaults(func=_converge)
     st = sub.add_parser("status", help="installed, known-good, journal, last result")
     st.add_argument("--json", action="store_true", help="one JSON document on stdout")

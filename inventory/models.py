@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,6 +29,7 @@ __all__ = [
     "OnFailure",
     "Platform",
     "RolloutPolicy",
+    "SshSettings",
 ]
 
 
@@ -79,6 +80,53 @@ class Match(_Strict):
         )
 
 
+class SshSettings(_Strict):
+    """How the engine reaches a device over SSH (`engine bootstrap`, `apply --transport ssh`).
+
+    A group's value is the default for its devices; a device's own value overrides
+    it key by key. ``{device}`` in a text value is replaced by the device id.
+    """
+
+    host: str | None = Field(default=None, min_length=1, description="host name or address")
+    port: int | None = Field(default=None, ge=1, le=65535, description="default 22")
+    user: str | None = Field(default=None, min_length=1, description="login user")
+    key_file: str | None = Field(
+        default=None, description="private key file (relative: to the operator repo)"
+    )
+    known_hosts: str | None = Field(
+        default=None,
+        description="known_hosts file checked for the host key (relative: to the operator "
+        "repo); default .engine/known_hosts in the operator repo",
+    )
+    agent_root: str | None = Field(
+        default=None,
+        description="agentless devices: where the agent is installed on the host "
+        "(default /opt/Wegweiser/Agent)",
+    )
+    runtime_dir: str | None = Field(
+        default=None,
+        description="agentless devices: the runtime's directory on the host, relative to "
+        "the login's home unless absolute (default .agent-runtime)",
+    )
+    service: Literal["systemd", "launchd", "process"] | None = Field(
+        default=None,
+        description="agentless devices: the service manager running the agent "
+        "(default systemd on linux, launchd on macos)",
+    )
+    runtime_config: dict[str, Any] | None = Field(
+        default=None,
+        description="agentless devices: more keys of the device config the engine writes "
+        "on the host (e.g. env, health_timeout)",
+    )
+
+    def over(self, default: SshSettings | None) -> SshSettings:
+        """These settings with every key they leave unset taken from ``default``."""
+        if default is None:
+            return self
+        mine = self.model_dump(exclude_unset=True, exclude_none=True)
+        return default.model_copy(update=mine)
+
+
 class Device(_Strict):
     """One device of the fleet as the operator declares it."""
 
@@ -87,6 +135,7 @@ class Device(_Strict):
     tags: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
     pin: Version | None = None
+    ssh: SshSettings | None = None
 
 
 class AgentSpec(_Strict):
@@ -196,6 +245,9 @@ class Group(_Strict):
     rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
     maintenance_window: MaintenanceWindow | None = None
     description: str | None = None
+    ssh: SshSettings | None = Field(
+        default=None, description="SSH settings of the group's devices (a device's own win)"
+    )
 
 
 class Inventory(_Strict):

@@ -13,6 +13,7 @@ from engine.errors import EngineError
 from inventory.errors import InventoryError
 
 if TYPE_CHECKING:
+    from engine.rollouts import RolloutStatus
     from engine.store import Store
 
 __all__ = ["register", "run"]
@@ -52,6 +53,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="store URL (default: $ENGINE_STATE_URL, engine.yaml's state, DIR/.engine/state.db)",
     )
     p.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    ssh = p.add_argument_group("agentless devices (docs/ssh.md)")
+    ssh.add_argument(
+        "--transport",
+        choices=("http", "ssh"),
+        default="http",
+        help="ssh: also converge the devices with inventory ssh settings over SSH, through "
+        "engine serve's rollout controller, until the rollouts settle (default: http, devices "
+        "pull their plans themselves)",
+    )
+    ssh.add_argument("--server", metavar="URL", help="engine serve (default: server_url)")
+    ssh.add_argument("--forks", type=int, default=10, metavar="N", help="hosts at once (10)")
+    ssh.add_argument("--known-hosts", type=Path, metavar="FILE", help="known_hosts for every host")
+    ssh.add_argument("--accept-new", action="store_true", help="record unknown host keys")
+    ssh.add_argument(
+        "--timeout", type=float, default=3600.0, metavar="SECONDS", help="stop driving after this"
+    )
     p.set_defaults(func=run)
 
 
@@ -99,6 +116,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     except EngineError as e:
         return _error(str(e))
+    relay = None
+    if args.transport == "ssh":
+        from engine.ssh import SshError, make_relay
+
+        try:
+            relay = make_relay(repo, server_url=args.server, known_hosts=args.known_hosts,
+                               accept_new=args.accept_new)  # fmt: skip
+        except (SshError, OSError) as e:
+            return _error(str(e))
+        print(f"Checking in {len(relay.targets)} agentless device(s) over SSH …")
+        for res in relay.round_all(sorted(relay.targets), forks=args.forks):
+            if not res.ok:
+                print(f"  {res.device}: {res.summary}")
     with store:
         try:
             plan = plan_to_apply(repo, store, saved)
@@ -162,6 +192,14 @@ def run(args: argparse.Namespace) -> int:
                 "devices refuse unsigned releases: sign it with `engine release sign`",
                 file=sys.stderr,
             )
+        if relay is not None and result.rollouts:
+            from engine.ssh import drive_rollouts
+
+            ids = [r.id for r in result.rollouts]
+            ssh_devices = sorted(relay.targets)
+            statuses = drive_rollouts(relay, store, ids, ssh_devices, forks=args.forks,
+                                      poll=args.poll, timeout=args.timeout)  # fmt: skip
+            return _summary(statuses)
         if not args.wait or not result.rollouts:
             return EXIT_OK
         return _follow(store, [r.id for r in result.rollouts], args.poll)
@@ -184,6 +222,11 @@ def _follow(store: Store, ids: list[int], poll: float) -> int:
             live.update(render_rollouts(statuses, None))
     if not console.is_terminal:
         console.line()  # Live's last frame ends without a newline when not on a terminal
+    return _summary(statuses)
+
+
+def _summary(statuses: list[RolloutStatus]) -> int:
+    """One line per rollout; 0 when every one completed."""
     unfinished = 0
     for s in statuses:
         totals = s.totals

@@ -4,7 +4,8 @@
 serve` as a child process), ``device`` and ``fleet`` (devices running their own
 `agent-runtime` in pull mode), ``sandbox`` (one device with its own release
 repo, for runtime tests), ``http`` (HTTP servers on 127.0.0.1), ``procs``
-(ports, polling, child environments, cleanup), ``fakes`` (in-memory
+(ports, polling, child environments, cleanup), ``sshd`` (a real OpenSSH
+server on 127.0.0.1 with its own keys), ``fakes`` (in-memory
 implementations of the runtime's injected effects) and ``world`` (a device on
 those fakes, for state-chain tests). Tests and benches import
 from here; the demo in ``examples/`` uses only the product's commands.

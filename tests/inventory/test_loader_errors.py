@@ -22,7 +22,7 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         {"inventory/devices.yaml": DEVICES + "    platfrom: linux\n"},
         [
             "inventory/devices.yaml:14:5: devices.munich-mac-0003.platfrom: unknown key "
-            "'platfrom'; did you mean 'platform'? (allowed: platform, site, tags, labels, pin)"
+            "'platfrom'; did you mean 'platform'? (allowed: platform, site, tags, labels, pin, ssh)"
         ],
     ),
     (

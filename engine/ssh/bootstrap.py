@@ -1,0 +1,134 @@
+"""`engine bootstrap`: install the runtime on Linux and macOS hosts over SSH, in parallel.
+
+Per host: connect (host key checked), detect the host's bundle target, issue
+an enrollment code, upload the bootstrap script and the runtime bundle over
+sftp, run the script offline (``--bundle-dir``) with ``--json`` and read its
+result. ``run_bootstrap`` is that upload-and-run step in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.ssh._runtime import remote_target
+from engine.ssh.errors import RemoteCommandError, SshError
+from engine.ssh.session import SshSession
+from engine.ssh.targets import SshTarget
+
+__all__ = ["BootstrapOptions", "HostResult", "bootstrap_hosts", "render_results", "run_bootstrap"]
+
+#: Seconds the bootstrap script may take on a host (venv, pip install offline, enroll).
+BOOTSTRAP_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    """What every host gets: the script, the bundles, how codes are issued, limits."""
+
+    script: Path
+    bundles_dir: Path
+    invite: Callable[[str], str]  # device id -> single-use enrollment code
+    accept_new: bool = False
+    connect_timeout: float = 10.0
+    run_timeout: float = BOOTSTRAP_TIMEOUT
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """One host's outcome, as a row of the result table."""
+
+    device: str
+    host: str
+    ok: bool
+    status: str  # ok | an SshError kind
+    detail: str
+    result: dict[str, Any] | None = None
+
+
+def run_bootstrap(
+    session: SshSession, target: SshTarget, options: BootstrapOptions, code: str
+) -> dict[str, Any]:
+    """Upload the script and the host's runtime bundle, run the script offline; its JSON result.
+
+    RemoteCommandError when the script fails or prints no JSON document.
+    """
+    bundle = options.bundles_dir / remote_target(session)
+    if not (bundle / "bundle.json").is_file():
+        raise SshError(
+            f"no runtime bundle {bundle.name} in {options.bundles_dir}: build it with "
+            f"`engine runtime bundle --target {bundle.name}`"
+        )
+    work = session.path(f"{target.runtime_dir}/bootstrap")
+    session.makedirs(f"{work}/bundle")
+    session.upload(options.script, f"{work}/install.py", mode=0o700)
+    for path in sorted(bundle.iterdir()):
+        if path.is_file():
+            session.upload(path, f"{work}/bundle/{path.name}")
+    argv = ["python3", f"{work}/install.py", "--device", target.device, "--code", code,
+            "--agent-root", target.agent_root, "--bundle-dir", f"{work}/bundle", "--json",
+            *options.extra_args]  # fmt: skip
+    res = session.run(argv, timeout=options.run_timeout)
+    try:
+        doc = json.loads(res.stdout.strip().splitlines()[-1])
+        if not isinstance(doc, dict):
+            raise TypeError("not an object")
+    except (IndexError, ValueError, TypeError) as e:
+        last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
+        raise RemoteCommandError(
+            f"{session.endpoint}: the bootstrap script exited with {res.exit_status}: {last}"
+        ) from e
+    if res.exit_status != 0:
+        why = doc.get("error") or doc.get("detail") or f"exit status {res.exit_status}"
+        raise RemoteCommandError(f"{session.endpoint}: bootstrap failed: {why}")
+    return doc
+
+
+def _one(target: SshTarget, options: BootstrapOptions) -> HostResult:
+    host = str(target.endpoint)
+    try:
+        with SshSession(
+            target.endpoint, accept_new=options.accept_new, timeout=options.connect_timeout
+        ) as session:
+            doc = run_bootstrap(session, target, options, options.invite(target.device))
+    except SshError as e:
+        return HostResult(target.device, host, False, e.kind, str(e))
+    except OSError as e:
+        return HostResult(target.device, host, False, "failed", f"{host}: file transfer: {e}")
+    detail = str(doc.get("detail") or doc.get("result") or "bootstrapped")
+    return HostResult(target.device, host, True, "ok", detail, doc)
+
+
+def bootstrap_hosts(
+    targets: Iterable[SshTarget],
+    options: BootstrapOptions,
+    *,
+    forks: int,
+    on_result: Callable[[HostResult], None] = lambda _r: None,
+) -> list[HostResult]:
+    """Bootstrap each target, at most ``forks`` at once; results in the targets' order."""
+    todo = list(targets)
+    results: list[HostResult] = []
+    with ThreadPoolExecutor(max(1, forks), thread_name_prefix="bootstrap") as pool:
+        for res in pool.map(lambda t: _one(t, options), todo):
+            on_result(res)
+            results.append(res)
+    return results
+
+
+def render_results(results: list[HostResult]) -> str:
+    """The per-host result table (device, host, status, detail) and a count line."""
+    rows = [("DEVICE", "HOST", "STATUS", "DETAIL")]
+    rows += [(r.device, r.host, r.status, r.detail) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip() for a, b, c, d in rows
+    ]
+    failed = sum(1 for r in results if not r.ok)
+    lines.append(f"{len(results) - failed} ok, {failed} failed")
+    return "\n".join(lines) + "\n"
