@@ -14,6 +14,7 @@ import pytest
 
 from agent_runtime.config import load_config
 from agent_runtime.pull import Backoff, PullLoop, poll_delay
+from tests.harness.procs import wait_until
 from tests.harness.sandbox import Sandbox
 from tests.pull.conftest import offer, pull_config
 from tests.pull.stub import Answer, running_stub
@@ -125,18 +126,27 @@ def test_server_down_real_runtime_leaves_agent_alone(running_device: Sandbox) ->
     pull_config(sb, f"http://127.0.0.1:{_closed_port()}")
     (sb.base / "token").write_text("token-1\n")
     pid, files = sb.agent_pid(), sb.snapshot()
-    proc = subprocess.Popen(
-        sb.cli_argv("converge"), env=sb.cli_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    log = sb.base / "converge.log"
+    with log.open("w") as out_file:
+        proc = subprocess.Popen(
+            sb.cli_argv("converge"), env=sb.cli_env(), stdout=out_file, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
     try:
-        time.sleep(3)
+        # Signal only once the runtime is in its retry loop (its SIGTERM handler is up):
+        # on a loaded machine the interpreter alone can take seconds to start.
+        wait_until(
+            "three failed check-ins",
+            lambda: log.read_text().count("server unavailable") >= 3,
+            timeout=60,
+        )
         assert proc.poll() is None
         assert sb.agent_pid() == pid and sb.snapshot() == files
         sb.wait_heartbeat("3.0.0")
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+    out = log.read_text()
     assert proc.returncode == 0, out
     assert out.count("server unavailable") >= 3, out
     assert sb.agent_pid() == pid
