@@ -39,7 +39,7 @@ __all__ = ["HttpClient", "Response", "proxy_for", "tls_context"]
 #: Environment variables naming a CA bundle; OpenSSL itself honours SSL_CERT_FILE / SSL_CERT_DIR.
 CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
-_HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
+_HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.[0-9]+\Z")
 _tls_lock = threading.Lock()
 _tls_cache: dict[tuple[str | None, ...], ssl.SSLContext] = {}
 
@@ -129,7 +129,9 @@ class Response:
         self.reason = raw.reason
         self.headers = raw.headers
         length = raw.getheader("Content-Length")
-        self._declared = int(length) if length is not None and length.isdigit() else None
+        self._declared = (
+            int(length) if length is not None and length.isascii() and length.isdigit() else None
+        )
         self._received = 0
 
     def read(self, n: int) -> bytes:

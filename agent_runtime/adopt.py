@@ -34,8 +34,8 @@ from agent_runtime.server_client import ServerClient
 from agent_runtime.state import Adoption, StateStore
 from agent_runtime.trust import parse_signed
 from fleetbase.platform import Platform
+from states.keyring import KeyRing
 from states.manifest import FileEntry, ReleaseManifest
-from states.signing import RawTrustedKeys
 
 __all__ = [
     "ADOPT_BACKUP_DIR",
@@ -58,8 +58,12 @@ class AdoptingRuntime(Protocol):
     config: DeviceConfig
     states: StateStore
     layout: Layout
-    keys: RawTrustedKeys
     out: Callable[[str], None]
+
+    @property
+    def keys(self) -> KeyRing:
+        """The release keys trusted now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ def local_releases(directory: Path) -> list[SignedRelease]:
 
 
 def verified_releases(
-    releases: Iterable[SignedRelease], keys: RawTrustedKeys, out: Callable[[str], None]
+    releases: Iterable[SignedRelease], keys: KeyRing, out: Callable[[str], None]
 ) -> list[tuple[ReleaseManifest, SignedRelease]]:
     """The releases whose signature verifies with the pinned keys; others are named and
     skipped (a forged manifest must never make files look known-good)."""

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from agent_runtime.errors import ConfigError
@@ -124,7 +132,18 @@ class DeviceConfig(_Strict):
     health_check: HealthCheck = HealthCheck(
         kind=HealthCheckKind.HEARTBEAT_FILE, path="heartbeat.json"
     )
-    trusted_keys: list[str] = Field(min_length=1)
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="release signing keys trusted directly (threshold 1); with root_keys, "
+        "used only until the first keys document is accepted",
+    )
+    root_keys: list[str] = Field(
+        default_factory=list,
+        description="root keys that sign the keys document listing the release signing keys",
+    )
+    root_threshold: int = Field(
+        default=1, ge=1, description="distinct root keys that must sign a keys document"
+    )
     health_timeout: Duration | None = Field(
         default=None, description="cap on any health check's timeout (tests, slow links)"
     )
@@ -150,15 +169,30 @@ class DeviceConfig(_Strict):
         "(default: only on Windows)",
     )
 
-    @field_validator("trusted_keys")
+    @field_validator("trusted_keys", "root_keys")
     @classmethod
-    def _keys_parse(cls, keys: list[str]) -> list[str]:
+    def _keys_parse(cls, keys: list[str], info: ValidationInfo) -> list[str]:
         for i, text in enumerate(keys):
             try:
                 raw_public_key(text)
             except SignatureError as e:
-                raise ValueError(f"trusted_keys[{i}]: {e}") from e
+                raise ValueError(f"{info.field_name}[{i}]: {e}") from e
         return keys
+
+    @model_validator(mode="after")
+    def _some_trust(self) -> DeviceConfig:
+        if not self.trusted_keys and not self.root_keys:
+            raise ValueError(
+                "the device trusts no key: set root_keys (the root keys that sign the keys "
+                "document) or trusted_keys (release signing keys)"
+            )
+        distinct_roots = len({raw_public_key(t) for t in self.root_keys})
+        if self.root_keys and self.root_threshold > distinct_roots:
+            raise ValueError(
+                f"root_threshold {self.root_threshold} is more than the {distinct_roots} "
+                "distinct root key(s) listed"
+            )
+        return self
 
     @property
     def staging_dir(self) -> Path:

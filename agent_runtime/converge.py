@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_runtime._fsutil import remove_tree
+from agent_runtime._keystore import KeyStore
 from agent_runtime._lock import exclusive
 from agent_runtime._status import status_document
 from agent_runtime.config import DeviceConfig
@@ -32,8 +33,8 @@ from agent_runtime.transaction import Effects, Executor, Outcome
 from agent_runtime.trust import check_release
 from agent_runtime.txcontext import TxContext, TxSpec, new_txid, previous_release
 from fleetbase.version import Version
+from states.keyring import KeyRing
 from states.manifest import ReleaseManifest
-from states.signing import raw_trusted_keys
 
 if TYPE_CHECKING:
     from agent_runtime.adopt import SignedRelease
@@ -81,7 +82,7 @@ class Runtime:
         from agent_runtime.services import make_service_manager
 
         self.config = config
-        self.keys = raw_trusted_keys(config.trusted_keys)
+        self.keystore = KeyStore(config)
         self.layout = layout or make_layout(config)
         self.service = service or make_service_manager(
             config.service, default_state_dir=config.state_dir
@@ -91,7 +92,7 @@ class Runtime:
         self.fetcher: FileFetcher = fetcher or Fetcher(config.download)
         self.journal = JournalStore(config.state_dir)
         self.states = StateStore(config.state_dir)
-        self.releases = SignedReleases(config, self.keys, self.states, self.fetcher, self.clock)
+        self.releases = SignedReleases(config, self.keystore, self.states, self.fetcher, self.clock)
         self.out = out
         self.executor = Executor(
             config,
@@ -106,6 +107,11 @@ class Runtime:
                 out=out,
             ),
         )
+
+    @property
+    def keys(self) -> KeyRing:
+        """The release keys trusted now (pinned, or listed by the accepted keys document)."""
+        return self.releases.keys
 
     def _health_probe(self, agent_dir: Path) -> HealthProbe:
         from agent_runtime.health import Health  # imported on first use
@@ -250,6 +256,8 @@ class Runtime:
                 self.states.save(state)
                 return adopted
         self.states.save(state)
+        if target != state.installed or self.keystore.wants_refresh(self.clock.now()):
+            self.releases.refresh_keys(desired, self.out)
         if state.installed == target:
             res = self._check_installed(state, desired)
             if res is not None:
@@ -364,7 +372,8 @@ class Runtime:
             )
         except ManifestError as e:
             return ConvergeResult(Result.REFUSED, str(e))
-        self.out(f"release {target} (serial {manifest.serial}) verified; signed by a pinned key")
+        origin = self.keys.origin
+        self.out(f"release {target} (serial {manifest.serial}) verified with {origin}")
         sources = {e.path: file_location(ref, e, desired.base) for e in files.files}
         return self._run(state, "update", target, (manifest, m, s), sources)
 

@@ -180,7 +180,12 @@ class Fetcher:
                     status=resp.status,
                 )
             declared = resp.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and offset + int(declared) > size:
+            if (
+                declared is not None
+                and declared.isascii()
+                and declared.isdigit()
+                and offset + int(declared) > size
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
                 raise ArtifactMismatchError(

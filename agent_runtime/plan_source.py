@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from agent_runtime.errors import PlanError
 from agent_runtime.fetch import is_url
+from states.keyring import KEYS_DOCUMENT
 from states.manifest import FileEntry
 from states.plan import DevicePlan, Plan, ReleaseRef
 
@@ -36,6 +37,8 @@ class DesiredRelease:
     release: ReleaseRef | None
     #: directory that relative local locations resolve against (plan.inventory.root)
     base: Path | None
+    #: where the root-signed keys document and its signature are, when the source has one
+    keys: tuple[str, str] | None = None
 
 
 class PlanSource(Protocol):
@@ -68,7 +71,10 @@ class FilePlanSource:
             raise PlanError(f"{self.path}: the plan has no entry for device {self.device!r}")
         entry = entries[0]
         release = plan.releases.get(str(entry.desired)) if entry.desired is not None else None
-        return DesiredRelease(entry, release, Path(plan.inventory.root))
+        root = Path(plan.inventory.root)
+        doc = root / "keys" / KEYS_DOCUMENT
+        keys = (str(doc), f"{doc}.sig") if doc.is_file() else None
+        return DesiredRelease(entry, release, root, keys)
 
 
 def resolve_location(location: str, base: Path | None) -> str:

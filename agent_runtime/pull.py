@@ -58,6 +58,7 @@ from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
 from fleetbase.version import Version
+from states.keyring import KEYS_PATH
 from states.plan import ReleaseRef
 from states.protocol import (
     AdoptionReport,
@@ -110,7 +111,9 @@ class ServerPlanSource:
         if release is not None:
             release = self._absolute(release)
         self.loop.authorize_fetches(release)
-        self.last = DesiredRelease(answer.plan, release, None)
+        client = self.loop.client
+        keys = (client.absolute(KEYS_PATH), client.absolute(KEYS_PATH + "/signature"))
+        self.last = DesiredRelease(answer.plan, release, None, keys)
         return self.last
 
     def _absolute(self, ref: ReleaseRef) -> ReleaseRef:

@@ -1,32 +1,41 @@
 """Signed release manifests: the kept copies of installed releases, and the plan's releases.
 
-Every manifest is parsed through ``trust.parse_signed`` (signature by a pinned
-key); a kept copy that no longer verifies counts as absent.
+Every manifest is parsed through ``trust.parse_signed`` (signatures by the keys
+trusted now: pinned, or listed by the root-signed keys document, which is
+refreshed here); a kept copy that no longer verifies counts as absent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from agent_runtime._keystore import KeyStore
 from agent_runtime.config import DeviceConfig
 from agent_runtime.effects import Clock, FileFetcher
-from agent_runtime.errors import DownloadError, ManifestError, PlanError, SignatureInvalidError
+from agent_runtime.errors import (
+    AgentRuntimeError,
+    DownloadError,
+    ManifestError,
+    PlanError,
+    SignatureInvalidError,
+)
 from agent_runtime.fetch import is_url
 from agent_runtime.plan_source import DesiredRelease, resolve_location
 from agent_runtime.state import DeviceState, StateStore
 from agent_runtime.trust import TrustContext, parse_signed
 from fleetbase.version import Version
+from states.keyring import KeyRing, KeysDocumentError
 from states.manifest import ReleaseManifest
-from states.signing import RawTrustedKeys
 
 __all__ = ["MAX_SIGNATURE_BYTES", "SignedReleases", "kept_release"]
 
 MAX_SIGNATURE_BYTES = 64 * 1024
+#: Largest keys document read (a hundred keys take about 10 KiB).
+MAX_KEYS_BYTES = 256 * 1024
 
 
-def kept_release(
-    states: StateStore, keys: RawTrustedKeys, version: Version
-) -> ReleaseManifest | None:
+def kept_release(states: StateStore, keys: KeyRing, version: Version) -> ReleaseManifest | None:
     """The kept manifest of ``version`` when it is there and still verifies; else None."""
     kept = states.kept_manifest(version)
     if kept is None:
@@ -43,16 +52,37 @@ class SignedReleases:
     def __init__(
         self,
         config: DeviceConfig,
-        keys: RawTrustedKeys,
+        keystore: KeyStore,
         states: StateStore,
         fetcher: FileFetcher,
         clock: Clock,
     ) -> None:
         self.config = config
-        self.keys = keys
+        self.keystore = keystore
         self.states = states
         self.fetcher = fetcher
         self.clock = clock
+
+    @property
+    def keys(self) -> KeyRing:
+        """The release keys trusted now (pinned, or listed by the accepted keys document)."""
+        return self.keystore.ring(self.clock.now())
+
+    def refresh_keys(self, desired: DesiredRelease, out: Callable[[str], None]) -> None:
+        """Fetch the keys document the plan source names and keep it when newer; a failure
+        leaves the keys trusted now in place (they are signed and expire by themselves)."""
+        if desired.keys is None or self.keystore.root is None:
+            return
+        doc_at, sig_at = (resolve_location(loc, desired.base) for loc in desired.keys)
+        try:
+            data = self.fetcher.read_small(doc_at, MAX_KEYS_BYTES)
+            signature = self.fetcher.read_small(sig_at, MAX_SIGNATURE_BYTES)
+            if self.keystore.offer(data, signature, self.clock.now()):
+                doc = self.keystore.current()
+                assert doc is not None
+                out(f"accepted keys document version {doc.version} from {doc_at}")
+        except (AgentRuntimeError, KeysDocumentError, OSError) as e:
+            out(f"keys document from {doc_at} not used: {e}")
 
     def kept(self, version: Version) -> ReleaseManifest | None:
         """The kept, still verifying manifest of ``version``, if any."""

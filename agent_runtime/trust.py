@@ -1,6 +1,6 @@
 """Decide whether a release may be installed, before anything is downloaded.
 
-Pure: bytes, pinned keys, the clock's reading and the device's memory in,
+Pure: bytes, the trusted key ring, the clock's reading and the device's memory in,
 a verified ``ReleaseManifest`` out (or a ``ManifestError``). Order: signature,
 parse, version, expiry, serial / rollback authorisation, platform.
 """
@@ -22,8 +22,9 @@ from agent_runtime.errors import (
 )
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.keyring import KeyRing
 from states.manifest import PlatformRelease, ReleaseManifest
-from states.signing import RawTrustedKeys, SignatureError, verify_raw
+from states.signing import SignatureError
 
 __all__ = ["TrustContext", "check_release", "parse_signed"]
 
@@ -32,7 +33,7 @@ __all__ = ["TrustContext", "check_release", "parse_signed"]
 class TrustContext:
     """What the device knows when it judges a release."""
 
-    keys: RawTrustedKeys
+    keys: KeyRing
     platform: Platform
     now: datetime
     highest_serial: int
@@ -40,15 +41,13 @@ class TrustContext:
     installed: ReleaseManifest | None
 
 
-def parse_signed(
-    manifest: bytes, signature: bytes, keys: RawTrustedKeys, where: str
-) -> ReleaseManifest:
-    """Verify ``signature`` over ``manifest`` with the pinned keys, then parse the manifest.
+def parse_signed(manifest: bytes, signature: bytes, keys: KeyRing, where: str) -> ReleaseManifest:
+    """Verify that the threshold of trusted keys signed ``manifest``, then parse it.
 
     Raises SignatureInvalidError or ManifestError naming ``where``.
     """
     try:
-        keyid = verify_raw(manifest, signature, keys)
+        keyid = ", ".join(keys.verify(manifest, signature))
     except SignatureError as e:
         raise SignatureInvalidError(f"{where}: {e}") from e
     try:

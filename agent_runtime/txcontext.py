@@ -23,8 +23,8 @@ from agent_runtime.releases import kept_release
 from agent_runtime.state import StateStore
 from agent_runtime.trust import parse_signed
 from fleetbase.version import Version
+from states.keyring import KeyRing
 from states.manifest import HealthCheck, PlatformRelease, ReleaseManifest
-from states.signing import RawTrustedKeys
 
 __all__ = ["MANIFEST_NAME", "SPEC_NAME", "TxContext", "TxSpec", "new_txid", "previous_release"]
 
@@ -91,7 +91,7 @@ class TxContext:
 
     @classmethod
     def load(
-        cls, staging: Path, keys: RawTrustedKeys, config: DeviceConfig, states: StateStore
+        cls, staging: Path, keys: KeyRing, config: DeviceConfig, states: StateStore
     ) -> TxContext:
         """Rebuild a context from ``staging`` (signature re-verified); JournalError if missing."""
         try:
@@ -111,7 +111,7 @@ class TxContext:
 
 
 def previous_release(
-    version: Version | None, keys: RawTrustedKeys, config: DeviceConfig, states: StateStore
+    version: Version | None, keys: KeyRing, config: DeviceConfig, states: StateStore
 ) -> tuple[PlatformRelease | None, HealthCheck | None]:
     """Files and health check of an installed release from its kept manifest (None if unknown)."""
     m = None if version is None else kept_release(states, keys, version)

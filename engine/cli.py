@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "reports",
     "schema",
     "keys",
+    "trust",
     "serve",
     "devices",
     "runtime",

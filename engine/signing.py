@@ -20,8 +20,9 @@ from states.signing import (
     SignatureDocument,
     SignatureEntry,
     SignatureError,
+    count_valid,
     key_id_of,
-    trusted_signature,
+    refuse_weak_key,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TrustedKeys",
+    "add_signatures",
     "generate_key",
     "key_id",
     "load_private_key",
@@ -101,15 +103,18 @@ def load_public_key(text: str) -> Ed25519PublicKey:
             key = serialization.load_pem_public_key(text.encode())
             if not isinstance(key, Ed25519PublicKey):
                 raise SignatureError("not an ed25519 public key")
+            refuse_weak_key(_raw(key))
             return key
         if not text.startswith("ed25519:"):
             raise SignatureError(
                 "a public key must look like 'ed25519:<base64 of 32 bytes>' (see `engine keygen`)"
             )
         raw = base64.b64decode(text.removeprefix("ed25519:"), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
+        key = Ed25519PublicKey.from_public_bytes(raw)
     except (ValueError, binascii.Error) as e:
         raise SignatureError(f"malformed public key: {e}") from e
+    refuse_weak_key(_raw(key))
+    return key
 
 
 def sign(data: bytes, keys: Iterable[Ed25519PrivateKey]) -> bytes:
@@ -122,6 +127,22 @@ def sign(data: bytes, keys: Iterable[Ed25519PrivateKey]) -> bytes:
     return (json.dumps(doc.model_dump(), indent=2) + "\n").encode()
 
 
+def add_signatures(data: bytes, existing: bytes | None, keys: Iterable[Ed25519PrivateKey]) -> bytes:
+    """The ``.sig`` document of ``existing`` (if readable) plus signatures by ``keys``: a
+    key's new signature replaces its old one. For thresholds above one, where each key
+    holder signs in turn."""
+    added = SignatureDocument.model_validate_json(sign(data, keys)).signatures
+    kept: list[SignatureEntry] = []
+    if existing is not None:
+        try:
+            kept = list(SignatureDocument.model_validate_json(existing).signatures)
+        except ValueError:
+            kept = []
+    new_ids = {s.keyid for s in added}
+    doc = SignatureDocument(signatures=[s for s in kept if s.keyid not in new_ids] + added)
+    return (json.dumps(doc.model_dump(), indent=2) + "\n").encode()
+
+
 TrustedKeys = dict[str, "Ed25519PublicKey"]
 
 
@@ -131,17 +152,19 @@ def trusted_keys(texts: Iterable[str]) -> TrustedKeys:
     return {key_id(k): k for k in keys}
 
 
-def verify(data: bytes, signature_document: bytes, trusted: TrustedKeys) -> str:
-    """Check that a trusted key signed ``data``; return its key id.
+def verify(data: bytes, signature_document: bytes, trusted: TrustedKeys, threshold: int = 1) -> str:
+    """Check that at least ``threshold`` trusted keys signed ``data``; return the first one's id.
 
-    Raises SignatureError when the document is malformed, no signature is by a
-    trusted key, or a trusted key's signature does not match.
+    Raises SignatureError when the document is malformed or too few trusted keys' signatures
+    match (each entry is tried, not only the first trusted one).
     """
     from cryptography.exceptions import InvalidSignature
 
-    keyid, signature = trusted_signature(signature_document, trusted)
-    try:
-        trusted[keyid].verify(signature, data)
-    except InvalidSignature as e:
-        raise SignatureError(f"signature by key {keyid} does not match the manifest bytes") from e
-    return keyid
+    def check(keyid: str, signature: bytes, payload: bytes) -> bool:
+        try:
+            trusted[keyid].verify(signature, payload)
+        except InvalidSignature:
+            return False
+        return True
+
+    return count_valid(data, signature_document, trusted, threshold, check)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 __all__ = ["Duration", "format_duration", "parse_duration"]
 
-_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -23,7 +24,7 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"duration must not be negative, found {value}")
-        return timedelta(seconds=value)
+        return _bounded(float(value), value)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration such as 30s, 10m, 3h, found {type(value).__name__}")
     text = value.strip().replace(" ", "")
@@ -39,7 +40,17 @@ def parse_duration(value: object) -> timedelta:
             f"{value!r} is not a duration: use a number with a unit "
             "ms, s, m, h, d or w (e.g. 30s, 10m, 1h30m)"
         )
-    return timedelta(seconds=total)
+    return _bounded(total, value)
+
+
+#: Longest duration accepted (about 1000 years): beyond it timedelta overflows.
+_MAX_SECONDS = 1000 * 365 * 86400
+
+
+def _bounded(seconds: float, value: object) -> timedelta:
+    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
+        raise ValueError(f"duration {value!r} is out of range (at most 1000 years)")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:

@@ -11,11 +11,16 @@ from pydantic_core import core_schema
 
 __all__ = ["Version", "VersionError"]
 
+# ASCII digits only (``\d`` would take fullwidth or superscript digits), matched with
+# fullmatch: "$" would also accept a trailing newline.
 _VERSION_RE = re.compile(
-    r"^v?(?P<core>\d+(?:\.\d+)*)"
+    r"v?(?P<core>[0-9]+(?:\.[0-9]+)*)"
     r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?",
+    re.ASCII,
 )
+#: Longest version text accepted (also bounds the numbers parsed from it).
+_MAX_LENGTH = 100
 
 
 class VersionError(ValueError):
@@ -34,7 +39,7 @@ class Version:
     __slots__ = ("_key", "text")
 
     def __init__(self, text: str) -> None:
-        m = _VERSION_RE.match(text)
+        m = _VERSION_RE.fullmatch(text) if len(text) <= _MAX_LENGTH else None
         if m is None:
             raise VersionError(
                 f"{text!r} is not a version: expected numbers separated by dots, "
@@ -89,7 +94,7 @@ class Version:
                 f"YAML read {value!r} as a number, not a version; quote it "
                 f"(e.g. '{value}') so that 3.10 does not become 3.1"
             )
-        return cls(value.strip())
+        return cls(value)
 
     @classmethod
     def __get_pydantic_core_schema__(

@@ -12,6 +12,12 @@ of the runtime); without either, verifying raises ``BackendMissingError``, which
 says what to install. On Windows a DLL's dependencies are not searched, so the
 ``libcrypto-*.dll`` beside ``_hashlib`` is bound directly. Either way only a
 result of exactly 1 from OpenSSL counts as valid.
+
+Neither backend refuses weak public keys: a key of small order (the all-zero
+"placeholder" key among them) lets anyone forge a signature that verifies for
+a fair share of messages. ``public_key_problem`` decodes the point itself and
+refuses non-canonical encodings, points off the curve and points of small
+order; ``verify`` refuses such keys before asking OpenSSL.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["BackendMissingError", "backend", "verify"]
+__all__ = ["BackendMissingError", "backend", "public_key_problem", "verify"]
 
 #: OpenSSL's NID_ED25519 (EVP_PKEY_ED25519), stable since OpenSSL 1.1.1.
 _NID_ED25519 = 1087
@@ -45,9 +51,59 @@ class BackendMissingError(Exception):
 def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """True when ``signature`` is a valid ed25519 signature of ``data`` by the raw 32-byte
     ``public_key``; False for any other input (wrong lengths, invalid key or signature)."""
-    if len(public_key) != 32 or len(signature) != 64:
+    if len(signature) != 64 or public_key_problem(public_key) is not None:
         return False
     return _backend()[1](public_key, signature, data)
+
+
+# Curve25519 in twisted Edwards form (RFC 8032, section 5.1).
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _decode_point(raw: bytes) -> tuple[int, int] | None:
+    """The affine point a 32-byte encoding names (RFC 8032, 5.1.3), or None if it names none
+    or is not the canonical encoding."""
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    sign = raw[31] >> 7
+    if y >= _P:
+        return None
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x2 = u * pow(v, _P - 2, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P != 0:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P != 0:
+        return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+def _add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + x2 * y1) * pow(1 + t, _P - 2, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, _P - 2, _P) % _P
+    return x3, y3
+
+
+def public_key_problem(public_key: bytes) -> str | None:
+    """Why ``public_key`` must not be trusted (wrong length, not a canonical point on the
+    curve, a point of small order), or None for a usable ed25519 public key."""
+    if len(public_key) != 32:
+        return f"an ed25519 public key is 32 bytes long, found {len(public_key)}"
+    point = _decode_point(public_key)
+    if point is None:
+        return "not a point on the ed25519 curve (or not its canonical encoding)"
+    for _ in range(3):  # the cofactor is 8: [8]A is the identity only for small-order A
+        point = _add(point, point)
+    if point == (0, 1):
+        return "a weak key of small order (anyone can forge signatures that verify with it)"
+    return None
 
 
 def backend() -> str:

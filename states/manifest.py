@@ -9,6 +9,7 @@ unknown keys so an old runtime keeps working with a newer server.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath, PureWindowsPath
@@ -26,17 +27,54 @@ __all__ = [
     "HealthCheckKind",
     "PlatformRelease",
     "ReleaseManifest",
+    "path_key",
     "validate_relative_path",
 ]
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+#: Names Windows reserves for devices, in any case and with any extension ("nul.txt").
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{d}{n}" for d in ("COM", "LPT") for n in [*"123456789", "¹", "²", "³"]]
+)
+#: Characters Windows file systems refuse in a name (":" would also open an NTFS stream).
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+
+
+def _component_problem(part: str) -> str | None:
+    """What is wrong with one path component, said after "path 'x' ", or None."""
+    if part in ("", ".", ".."):
+        return "must not contain '..', '.' or empty components"
+    if any(ord(c) < 32 for c in part):
+        return "contains a control character"
+    bad = sorted(set(part) & _WINDOWS_FORBIDDEN)
+    if bad:
+        what = "an NTFS stream name ':'" if bad == [":"] else f"{''.join(bad)!r}"
+        return f"has component {part!r} with {what} (not allowed in Windows file names)"
+    if part.endswith((".", " ")):
+        return f"has component {part!r}, which ends with a dot or a space (Windows drops them)"
+    stem = part.split(".", 1)[0].rstrip(" ").upper()
+    if stem in _WINDOWS_RESERVED:
+        return f"has component {part!r}, a reserved device name on Windows"
+    return None
+
+
+def path_key(path: str) -> str:
+    """The form under which two paths name the same file on some platform: NFC-normalised
+    and case-folded (macOS normalises Unicode, Windows and macOS ignore case)."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def validate_relative_path(path: str) -> str:
     """Return ``path`` if it stays inside the agent root; raise ValueError otherwise.
 
     Refuses absolute POSIX paths, Windows drive or UNC paths, backslashes,
-    ``..`` components and empty components.
+    ``..``, ``.`` and empty components, control characters, and names some
+    platform would read differently: Windows device names (``CON``, ``nul.txt``,
+    ``COM1``...), ``name:stream``, characters Windows forbids, and trailing dots
+    or spaces.
     """
     if not path or path.strip() != path:
         raise ValueError("path must be a non-empty relative path without surrounding spaces")
@@ -46,9 +84,10 @@ def validate_relative_path(path: str) -> str:
         raise ValueError("path contains a NUL byte")
     if PurePosixPath(path).is_absolute() or PureWindowsPath(path).drive or path.startswith("/"):
         raise ValueError(f"path {path!r} must be relative to the agent root, not absolute")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"path {path!r} must not contain '..', '.' or empty components")
+    for part in path.split("/"):
+        problem = _component_problem(part)
+        if problem is not None:
+            raise ValueError(f"path {path!r} {problem}")
     return path
 
 
@@ -73,7 +112,7 @@ class FileEntry(_Strict):
     @field_validator("sha256")
     @classmethod
     def _sha256_hex(cls, value: str) -> str:
-        if not _SHA256_RE.match(value):
+        if not _SHA256_RE.fullmatch(value):
             raise ValueError("sha256 must be 64 lowercase hexadecimal characters")
         return value
 
@@ -85,8 +124,11 @@ class FileEntry(_Strict):
                 value = int(value, 8)
             except ValueError as e:
                 raise ValueError(f"mode {value!r} is not octal (e.g. '0755')") from e
-        if isinstance(value, int) and not 0 <= value <= 0o7777:
-            raise ValueError("mode must be between 0000 and 7777 (octal)")
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 0o777:
+            special = "setuid, setgid or sticky bits" if 0 <= value <= 0o7777 else "bits"
+            raise ValueError(
+                f"mode {value:o} has {special}: allowed are permission bits 0000 to 0777"
+            )
         return value
 
     @field_validator("source")
@@ -146,12 +188,17 @@ class PlatformRelease(_Strict):
     @field_validator("files")
     @classmethod
     def _unique_paths(cls, files: list[FileEntry]) -> list[FileEntry]:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for f in files:
-            key = f.path.lower()  # Windows and macOS file systems are case-insensitive
+            key = path_key(f.path)
             if key in seen:
-                raise ValueError(f"file {f.path!r} is listed twice")
-            seen.add(key)
+                twin = seen[key]
+                same = "" if twin == f.path else (
+                    f" ({twin!r} is the same file on Windows or macOS: equal up to case or "
+                    "Unicode normalisation)"
+                )  # fmt: skip
+                raise ValueError(f"file {f.path!r} is listed twice{same}")
+            seen[key] = f.path
         return files
 
     @property

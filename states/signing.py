@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,10 +34,11 @@ __all__ = [
     "SignatureDocument",
     "SignatureEntry",
     "SignatureError",
+    "count_valid",
     "key_id_of",
     "raw_public_key",
     "raw_trusted_keys",
-    "trusted_signature",
+    "refuse_weak_key",
     "verify_raw",
 ]
 
@@ -73,29 +74,65 @@ def key_id_of(raw_key: bytes) -> str:
 RawTrustedKeys = dict[str, bytes]
 
 
-def trusted_signature(signature_document: bytes, trusted: Collection[str]) -> tuple[str, bytes]:
-    """The key id and signature bytes of the first signature by a trusted key.
-
-    Raises SignatureError when nothing is trusted, the document is malformed,
-    no signature is by a trusted key, or the signature is not base64.
-    """
+def _signature_entries(signature_document: bytes, trusted: Collection[str]) -> SignatureDocument:
+    """The parsed document; SignatureError when nothing is trusted or it is malformed."""
     if not trusted:
         raise SignatureError("no trusted keys are configured: refusing every manifest")
     try:
-        doc = SignatureDocument.model_validate_json(signature_document)
+        return SignatureDocument.model_validate_json(signature_document)
     except ValidationError as e:
         raise SignatureError(f"malformed signature file: {e.errors()[0]['msg']}") from e
-    known = [s for s in doc.signatures if s.keyid in trusted and s.algorithm == "ed25519"]
-    if not known:
+
+
+def count_valid(
+    data: bytes,
+    signature_document: bytes,
+    trusted: Collection[str],
+    threshold: int,
+    check: Callable[[str, bytes, bytes], bool],
+) -> list[str]:
+    """Key ids of the distinct trusted keys whose signature over ``data`` is valid.
+
+    Every entry is tried (a stale or broken entry never hides a valid one); a key
+    counts once however often it appears; ``check(keyid, signature, data)`` decides
+    one signature. Raises SignatureError when fewer than ``threshold`` keys signed,
+    saying what was wrong with each entry.
+    """
+    if threshold < 1:
+        raise RuntimeError(f"a signature threshold is at least 1, got {threshold}")
+    doc = _signature_entries(signature_document, trusted)
+    valid: list[str] = []
+    bad: list[str] = []
+    for entry in doc.signatures:
+        if entry.keyid not in trusted or entry.algorithm != "ed25519" or entry.keyid in valid:
+            continue
+        try:
+            signature = base64.b64decode(entry.sig, validate=True)
+        except (ValueError, binascii.Error):
+            signature = b""
+        if check(entry.keyid, signature, data):
+            valid.append(entry.keyid)
+        else:
+            bad.append(f"signature by key {entry.keyid} does not match the manifest bytes")
+    if len(valid) >= threshold:
+        return valid
+    if not valid and not bad:
         ids = ", ".join(s.keyid for s in doc.signatures)
         raise SignatureError(f"signed by unknown key(s) {ids}; trusted: {', '.join(trusted)}")
-    entry = known[0]
-    try:
-        return entry.keyid, base64.b64decode(entry.sig, validate=True)
-    except (ValueError, binascii.Error) as e:
-        raise SignatureError(
-            f"signature by key {entry.keyid} does not match the manifest bytes"
-        ) from e
+    if threshold == 1:
+        raise SignatureError("; ".join(bad))
+    why = "; ".join(bad) if bad else "the other signatures are by keys that are not trusted"
+    raise SignatureError(
+        f"signed by {len(valid)} of the {threshold} trusted keys required "
+        f"({', '.join(valid) or 'none'}): {why}"
+    )
+
+
+def refuse_weak_key(raw: bytes) -> None:
+    """SignatureError when the raw key is not a usable ed25519 public key (small order, ...)."""
+    problem = _ed25519.public_key_problem(raw)
+    if problem is not None:
+        raise SignatureError(f"refused public key: {problem}")
 
 
 #: DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): the raw key follows.
@@ -126,6 +163,7 @@ def raw_public_key(text: str) -> bytes:
         raise SignatureError(
             f"malformed public key: An Ed25519 public key is 32 bytes long, found {len(raw)}"
         )
+    refuse_weak_key(raw)
     return raw
 
 
@@ -136,14 +174,16 @@ def raw_trusted_keys(texts: Iterable[str]) -> RawTrustedKeys:
     return {key_id_of(k): k for k in keys}
 
 
-def verify_raw(data: bytes, signature_document: bytes, trusted: RawTrustedKeys) -> str:
-    """``verify`` with raw trusted keys: check that a trusted key signed ``data``; return its
-    key id. Raises SignatureError exactly where ``verify`` does."""
-    keyid, signature = trusted_signature(signature_document, trusted)
-    try:
-        valid = _ed25519.verify(trusted[keyid], signature, data)
-    except _ed25519.BackendMissingError as e:
-        raise SignatureError(str(e)) from e
-    if not valid:
-        raise SignatureError(f"signature by key {keyid} does not match the manifest bytes")
-    return keyid
+def verify_raw(
+    data: bytes, signature_document: bytes, trusted: RawTrustedKeys, threshold: int = 1
+) -> list[str]:
+    """The ids of the trusted keys whose signatures over ``data`` match, at least
+    ``threshold`` of them (raw keys: no ``cryptography``). Raises SignatureError otherwise."""
+
+    def check(keyid: str, signature: bytes, payload: bytes) -> bool:
+        try:
+            return _ed25519.verify(trusted[keyid], signature, payload)
+        except _ed25519.BackendMissingError as e:
+            raise SignatureError(str(e)) from e
+
+    return count_valid(data, signature_document, trusted, threshold, check)

@@ -16,10 +16,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import sql
 
 from engine.store import Store
 from tests.bundles import RuntimeBundle, build_runtime_bundle
+
+# Property tests: the same examples on every run and in CI (fixed seed), no example database
+# on disk, a bounded number of examples, no per-example deadline (the machine may be busy).
+settings.register_profile("fleet", derandomize=True, database=None, max_examples=100, deadline=None)
+settings.load_profile("fleet")
 
 #: Admin connection to the test server (libpq keywords), its maintenance database.
 PG_ADMIN_DSN = os.environ.get(

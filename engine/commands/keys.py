@@ -15,12 +15,12 @@ from pathlib import Path
 
 from engine.release_key import SIGNING_KEY_ENV, signing_key_path
 from engine.signing import (
+    add_signatures,
     generate_key,
     key_id,
     load_private_key,
     private_key_pem,
     public_key_text,
-    sign,
     trusted_keys,
     verify,
 )
@@ -43,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Write NAME.key (private, mode 0600) and NAME.pub (the line devices pin).",
     )
     keygen.add_argument("--out", type=Path, default=Path(), metavar="DIR", help="default: .")
-    keygen.add_argument("--name", default="release-signing", help="default: release-signing")
+    keygen.add_argument("--name", default=None, help="default: release-signing (root with --root)")
+    keygen.add_argument(
+        "--root",
+        action="store_true",
+        help="a root key: it signs the keys document (engine keys); keep it offline",
+    )
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key pair")
     keygen.set_defaults(func=_keygen)
 
@@ -55,7 +60,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=f"Key: --key, else ${SIGNING_KEY_ENV}, else engine.yaml's signing_key.",
     )
     sign_p.add_argument("file", type=Path, metavar="FILE")
-    sign_p.add_argument("--key", type=Path, metavar="KEYFILE", help="ed25519 private key (PEM)")
+    sign_p.add_argument(
+        "--key", type=Path, action="append", metavar="KEYFILE",
+        help="ed25519 private key (PEM); repeat to sign with several keys",
+    )  # fmt: skip
+    sign_p.add_argument(
+        "--append", action="store_true",
+        help="keep the signatures already in FILE.sig (each key holder signs in turn)",
+    )  # fmt: skip
     sign_p.add_argument("-C", dest="directory", type=Path, default=Path(), metavar="DIR")
     sign_p.set_defaults(func=_sign)
 
@@ -67,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         metavar="KEY",
         help="a .pub file or 'ed25519:<base64>' text; repeat for several keys",
+    )
+    verify_p.add_argument(
+        "--threshold", type=int, default=1, help="distinct keys that must have signed (default 1)"
     )
     verify_p.set_defaults(func=_verify)
 
@@ -82,7 +97,8 @@ def _refuse(action: str, message: object) -> int:
 
 def _keygen(args: argparse.Namespace) -> int:
     out: Path = args.out
-    private, public = out / f"{args.name}.key", out / f"{args.name}.pub"
+    name = args.name or ("root" if args.root else "release-signing")
+    private, public = out / f"{name}.key", out / f"{name}.pub"
     existing = [p for p in (private, public) if p.exists()]
     if existing and not args.force:
         names = ", ".join(str(p) for p in existing)
@@ -96,7 +112,10 @@ def _keygen(args: argparse.Namespace) -> int:
         return _refuse("keygen", f"cannot write the key pair: {e}")
     print(f"key id {key_id(key.public_key())}")
     print(f"private key {private} (keep it off the server; mode 0600)")
-    print(f"public key  {public} (pin its line in each device's config)")
+    if args.root:
+        print(f"public key  {public} (pin its line under root_keys in each device's config)")
+    else:
+        print(f"public key  {public} (list it with engine keys, or pin it under trusted_keys)")
     return 0
 
 
@@ -119,31 +138,33 @@ def _write_private(path: Path, pem: bytes) -> None:
 # -- release sign / verify ----------------------------------------------------------------
 
 
-def _signing_key_path(args: argparse.Namespace) -> Path:
-    path = signing_key_path(args.directory, args.key)
+def _signing_key_paths(args: argparse.Namespace) -> list[Path]:
+    if args.key:
+        return [Path(k) for k in args.key]
+    path = signing_key_path(args.directory, None)
     if path is None:
         raise _CommandError(
             f"no signing key: pass --key KEYFILE, set ${SIGNING_KEY_ENV}, "
             f"or set signing_key in {args.directory / 'engine.yaml'}"
         )
-    return path
+    return [path]
 
 
 def _sign(args: argparse.Namespace) -> int:
     try:
-        key_path = _signing_key_path(args)
-        key = load_private_key(key_path)
+        keys = [load_private_key(p) for p in _signing_key_paths(args)]
         data, manifest = load_manifest(args.file)
     except (InventoryError, SignatureError, _CommandError) as e:
         return _refuse("release sign", f"refusing to sign {args.file}:\n{e}")
     signature = args.file.with_name(args.file.name + SIGNATURE_SUFFIX)
     try:
-        signature.write_bytes(sign(data, [key]))
+        existing = signature.read_bytes() if args.append and signature.is_file() else None
+        signature.write_bytes(add_signatures(data, existing, keys))
     except OSError as e:
         return _refuse("release sign", f"cannot write {signature}: {e}")
-    kid = key_id(key.public_key())
+    kids = ", ".join(key_id(k.public_key()) for k in keys)
     print(f"signed {args.file} (release {manifest.version}, serial {manifest.serial})")
-    print(f"key id {kid} -> {signature}")
+    print(f"key id {kids} -> {signature}")
     return 0
 
 
@@ -168,7 +189,7 @@ def _verify(args: argparse.Namespace) -> int:
     except OSError as e:
         return _refuse("release verify", f"cannot read {e.filename}: {e.strerror}")
     try:
-        kid = verify(data, sig, trusted_keys(_pinned(args.pub)))
+        kid = verify(data, sig, trusted_keys(_pinned(args.pub)), args.threshold)
     except SignatureError as e:
         return _refuse("release verify", f"{file}: {e}")
     print(f"ok: {file} is signed by key {kid}")

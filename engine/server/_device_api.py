@@ -34,10 +34,12 @@ from engine.server._http import (
     read_body,
     refuse,
 )
+from engine.server._releases import KeysFile
 from engine.server.invites import InviteError, redeem_invite
 from engine.server.registry import DeviceRevokedError, enroll_device, get_device
 from engine.server.state import ServerState
 from engine.store.schema import reports
+from states.keyring import KEYS_PATH
 from states.protocol import (
     CheckinRequest,
     CheckinResponse,
@@ -51,8 +53,8 @@ __all__ = ["router"]
 
 log = logging.getLogger("engine.server")
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,100}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,100}\Z")
 
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"description": "no token, device not enrolled, or token revoked"},
@@ -230,6 +232,36 @@ def router(state: ServerState) -> APIRouter:
         if release.signature is None:
             refuse(404, f"release {version} has no signature (engine release sign)")
         return Response(release.signature, media_type="application/octet-stream")
+
+    keys_file = KeysFile(state.settings.repo_root)
+
+    def keys_or_404() -> tuple[bytes, bytes]:
+        content = keys_file.read()
+        if content is None:
+            refuse(404, "no keys document: the operator repo has no keys/keys.json(.sig)")
+        return content
+
+    @api.get(
+        KEYS_PATH,
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}}, 404: {}},
+        tags=["releases"],
+    )
+    async def keys_document() -> Response:
+        """The root-signed list of release signing keys (``engine keys``), exact bytes."""
+        document = keys_or_404()[0]
+        etag = hashlib.sha256(document).hexdigest()
+        return Response(document, media_type="application/json", headers={"ETag": f'"{etag}"'})
+
+    @api.get(
+        KEYS_PATH + "/signature",
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}}, 404: {}},
+        tags=["releases"],
+    )
+    async def keys_signature() -> Response:
+        """The detached root signatures of the keys document."""
+        return Response(keys_or_404()[1], media_type="application/json")
 
     @api.get(
         "/v1/artifacts/{sha256}",

@@ -25,7 +25,7 @@ __all__ = [
 _M = TypeVar("_M", bound=BaseModel)
 
 #: A device id as states.protocol allows it.
-DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}\Z")
 
 
 def refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> NoReturn:

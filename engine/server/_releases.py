@@ -21,9 +21,10 @@ from sqlalchemy import Connection, select
 
 from engine.store.schema import releases
 from fleetbase.platform import Platform
+from states.keyring import KEYS_DOCUMENT
 from states.manifest import FileEntry, ReleaseManifest
 
-__all__ = ["ArtifactIndex", "Release", "ReleaseSource"]
+__all__ = ["ArtifactIndex", "KeysFile", "Release", "ReleaseSource"]
 
 log = logging.getLogger("engine.server")
 
@@ -198,3 +199,32 @@ class ArtifactIndex:
                 digest.update(chunk)
         self._verified[path] = (st.st_size, st.st_mtime_ns, digest.hexdigest())
         return digest.hexdigest() == sha256
+
+
+class KeysFile:
+    """The operator repo's root-signed keys document (``keys/keys.json`` and its ``.sig``).
+
+    Read again whenever either file changes on disk (``engine keys rotate`` in
+    the repo takes effect without a restart). The server does not judge it:
+    devices verify it against their pinned root keys.
+    """
+
+    def __init__(self, repo_root: Path) -> None:
+        """Serve ``<repo_root>/keys/keys.json``."""
+        self.document = repo_root / "keys" / KEYS_DOCUMENT
+        self.signature = self.document.with_name(KEYS_DOCUMENT + ".sig")
+        self._seen: tuple[tuple[int, int], ...] | None = None
+        self._content: tuple[bytes, bytes] | None = None
+
+    def read(self) -> tuple[bytes, bytes] | None:
+        """(document, signature) bytes, or None when the repo has no signed keys document."""
+        try:
+            stamp = tuple(
+                (st.st_mtime_ns, st.st_size) for st in (self.document.stat(), self.signature.stat())
+            )
+            if stamp != self._seen:
+                self._content = (self.document.read_bytes(), self.signature.read_bytes())
+                self._seen = stamp
+        except OSError:
+            self._seen, self._content = None, None
+        return self._content

@@ -323,7 +323,11 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
                 + _file(f"{{path: A.py, sha256: '{SHA}', size: 1, source: x}}"),
             )
         },
-        ["releases/3.0.2.yaml:7:7: platforms.linux.files: file 'A.py' is listed twice"],
+        [
+            "releases/3.0.2.yaml:7:7: platforms.linux.files: file 'A.py' is listed twice "
+            "('a.py' is the same file on Windows or macOS: equal up to case or Unicode "
+            "normalisation)"
+        ],
     ),
     (
         "manifest version not matching its file name",

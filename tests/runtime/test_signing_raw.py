@@ -72,7 +72,7 @@ def test_verify_raw_decides_and_words_like_verify(case: str, data: bytes, doc: b
     except SignatureError as e:
         expected = f"refused: {e}"
     try:
-        got: str | None = verify_raw(data, doc, raw_trusted_keys([TEXT]))
+        got: str | None = verify_raw(data, doc, raw_trusted_keys([TEXT]))[0]
     except SignatureError as e:
         got = f"refused: {e}"
     assert got == expected

@@ -18,10 +18,11 @@ from agent_runtime.trust import TrustContext, check_release, parse_signed
 from engine.signing import generate_key, public_key_text, sign
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.keyring import KeyRing
 from states.signing import raw_trusted_keys
 
 KEY = generate_key()
-KEYS = raw_trusted_keys([public_key_text(KEY.public_key())])
+KEYS = KeyRing.pinned(raw_trusted_keys([public_key_text(KEY.public_key())]))
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 SHA = "a" * 64
 

@@ -1,0 +1,1 @@
+"""Property tests (hypothesis): path validation, versions, HTTP Range."""
