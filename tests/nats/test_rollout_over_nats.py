@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import MakeFleet, StoreView, fleet_group, specs
-from tests.harness import Fleet, wait_until
+from tests.harness import Fleet, RuntimeDevice, wait_until
 from tests.nats.conftest import Bus
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,14 @@ def _use_bus(fleet: Fleet, bus: Bus, *, heartbeat_file: Path | None = None) -> N
         if heartbeat_file is not None:
             cfg["env"]["WEGWEISER_HEARTBEAT_FILE"] = str(heartbeat_file / f"{d.id}.json")
         d.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _said(device: RuntimeDevice, text: str) -> bool:
+    return text in device.log_text()
+
+
+def _on(device: RuntimeDevice, version: str) -> bool:
+    return device.installed() == version
 
 
 def _nats_health(fleet: Fleet, *versions: str) -> None:
@@ -63,8 +72,7 @@ def test_nudges_bring_each_wave_in_although_devices_poll_every_ten_minutes(
     fleet.start()
     fleet.wait_reported("3.0.0")
     for d in fleet.devices.values():
-        wait_until(f"{d.id} to listen on NATS", lambda d=d: "NATS: listening" in d.log_text(),
-                   timeout=30)  # fmt: skip
+        wait_until(f"{d.id} to listen on NATS", partial(_said, d, "NATS: listening"), timeout=30)
     fleet.repo.set_release("3.0.1")
     applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240)
     assert applied.returncode == 0, applied.stdout + applied.stderr + fleet.server.tail()
@@ -111,6 +119,6 @@ def test_nats_health_check_confirms_on_bus_heartbeats_and_a_silent_release_rolls
     failed = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=180)
     assert failed.returncode != 0, failed.stdout + failed.stderr
     for d in fleet.devices.values():
-        wait_until(f"{d.id} back on 3.0.1", lambda d=d: d.installed() == "3.0.1", timeout=60)
+        wait_until(f"{d.id} back on 3.0.1", partial(_on, d, "3.0.1"), timeout=60)
     logs = "\n".join(d.log_text() for d in fleet.devices.values())
     assert "says 3.0.1" in logs or "no heartbeat on" in logs, logs[-3000:]
