@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from engine.store._types import UTCDateTime
@@ -212,6 +213,37 @@ def _0006_invites(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _0007_enrollment_requests(conn: Connection) -> None:
+    # Device identity: the key a device proved at enrollment, the token a re-enrollment
+    # replaced, and re-enrollments awaiting an operator's approval.
+    kind = "VARCHAR(32)" if conn.dialect.name == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    for column in (
+        "key_hash VARCHAR(64)",
+        "replaced_hash VARCHAR(64)",
+        f"replaced_at {kind}",
+        "replaced_how VARCHAR(100)",
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE devices ADD COLUMN {column}")
+    md = MetaData()
+    Table(
+        "enrollment_requests",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("device", String(200), nullable=False),
+        Column("key_hash", String(64), nullable=False),
+        Column("platform", String(16), nullable=False),
+        Column("runtime_version", String(100), nullable=True),
+        Column("source", String(100), nullable=True),
+        Column("requested_at", UTCDateTime(), nullable=False),
+        Column("last_seen_at", UTCDateTime(), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("decided_at", UTCDateTime(), nullable=True),
+        Column("decided_by", String(100), nullable=True),
+        UniqueConstraint("device", "key_hash", name="uq_enrollment_requests_device_key"),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -220,4 +252,5 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
     Migration(5, "when a rollout completed", _0005_rollout_completed_at),
     Migration(6, "single-use enrollment codes (invites)", _0006_invites),
+    Migration(7, "device keys, replaced tokens, enrollment requests", _0007_enrollment_requests),
 ]
