@@ -277,15 +277,18 @@ class PullLoop:
     def _refused(self, e: ServerAuthError) -> float:
         """Say why the server refused this device (its token or its enrollment); the delay."""
         if e.status == 401 and self.token is not None:
-            if e.code == "token_replaced":
-                self.out(f"this device's token was replaced by another enrollment: {e}")
-            self.out(f"the server refused this device's token ({e}): enrolling again")
+            why = (
+                "this device's token was replaced by another enrollment"
+                if e.code == "token_replaced"
+                else "the server refused this device's token"
+            )
+            self.out(f"{why} ({e}): enrolling again")
             self.tokens.drop()
             self.token = self.client.token = None
             return self.backoff.failed()
-        if e.code == "approval_pending":
+        if e.code == "approval_pending":  # the server works: ask again each poll interval
             self.out(f"enrollment awaits an operator's approval: {e}")
-            return max(self.backoff.failed(), self.poll_interval or 0.0)
+            return self._next_poll()
         self.out(f"refused by the server: {e}")
         return self.backoff.failed()
 
