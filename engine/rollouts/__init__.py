@@ -20,7 +20,7 @@ from engine.rollouts.status import (
     rollout_devices_status,
     rollout_status,
 )
-from engine.rollouts.webhook import WebhookSender, sign_body, verify_signature
+from engine.rollouts.webhook import WebhookOutbox, sign_body, verify_signature
 from engine.rollouts.windows import in_window, next_window_start
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
     "TickEvent",
     "Timings",
     "WaveStatus",
-    "WebhookSender",
+    "WebhookOutbox",
     "abort_rollout",
     "fleet_status",
     "fleet_versions",

@@ -55,9 +55,17 @@ class TickSettings:
 
 
 def tick_rollout(
-    conn: Connection, rollout_id: int, settings: TickSettings, now: datetime
+    conn: Connection,
+    rollout_id: int,
+    settings: TickSettings,
+    now: datetime,
+    *,
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[Notice]:
-    """Move one live rollout along; the halted, paused and completed states it entered."""
+    """Move one live rollout along; the halted, paused and completed states it entered.
+
+    Devices judged failed (or timed out) are appended to ``failed`` as (device, reason).
+    """
     r = _store.lock_rollout(conn, rollout_id)
     if r is None or r.state not in LIVE_ROLLOUT_STATES:
         return []
@@ -70,7 +78,7 @@ def tick_rollout(
     timings = settings.timings
     policy = settings.policy(r.policy)
     state = r.state
-    _judge(conn, r, timings, now)
+    _judge(conn, r, timings, now, failed)
     _store.move_devices(
         conn,
         [rollout_id],
@@ -164,8 +172,15 @@ def _check_gates(
 # -- judging devices from their reports ---------------------------------------------------
 
 
-def _judge(conn: Connection, r: RolloutRow, timings: Timings, now: datetime) -> None:
-    """Succeeded, failed or timed out: the outcome of each device that took a plan."""
+def _judge(
+    conn: Connection,
+    r: RolloutRow,
+    timings: Timings,
+    now: datetime,
+    failed: list[tuple[str, str]] | None = None,
+) -> None:
+    """Succeeded, failed or timed out: the outcome of each device that took a plan (the
+    failed ones also appended to ``failed``)."""
     target = Version(r.release)
     for d in _reads.devices_to_judge(conn, r.id):
         verdict = judge_device(d.seen, target, timings.update_timeout, now)
@@ -182,6 +197,8 @@ def _judge(conn: Connection, r: RolloutRow, timings: Timings, now: datetime) -> 
         if state is DeviceState.IN_PROGRESS and verdict.event is not DeviceEvent.SUCCEED:
             assert reason is not None
             retry_at, reason = retry_after(reason, d.seen.attempts, r.state, timings, now)
+        if verdict.event in (DeviceEvent.FAIL, DeviceEvent.TIME_OUT) and failed is not None:
+            failed.append((d.device, reason or verdict.event.value))
         _store.move_device(
             conn,
             r.id,

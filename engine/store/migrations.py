@@ -244,6 +244,27 @@ def _0007_enrollment_requests(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _0008_webhook_deliveries(conn: Connection) -> None:
+    # Webhook outbox: notifications kept until delivered, retried across restarts.
+    md = MetaData()
+    Table(
+        "webhook_deliveries",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("delivery", String(64), nullable=False, unique=True),
+        Column("event", String(100), nullable=False),
+        Column("body", LargeBinary, nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("next_attempt_at", UTCDateTime(), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("last_error", String(500), nullable=True),
+        Column("delivered_at", UTCDateTime(), nullable=True),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -253,4 +274,5 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "when a rollout completed", _0005_rollout_completed_at),
     Migration(6, "single-use enrollment codes (invites)", _0006_invites),
     Migration(7, "device keys, replaced tokens, enrollment requests", _0007_enrollment_requests),
+    Migration(8, "webhook deliveries (outbox)", _0008_webhook_deliveries),
 ]

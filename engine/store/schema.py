@@ -36,6 +36,7 @@ __all__ = [
     "reports",
     "rollout_devices",
     "rollouts",
+    "webhook_deliveries",
 ]
 
 metadata = MetaData()
@@ -217,4 +218,22 @@ controller_lease = Table(
     Column("owner", String(100), nullable=False),
     Column("acquired_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+#: Webhook notifications, written in the transaction of the change they announce and
+#: sent from there (an outbox, migration 8): pending until delivered or given up.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery", String(64), nullable=False, unique=True),
+    Column("event", String(100), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("last_error", String(500), nullable=True),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
 )
