@@ -103,7 +103,10 @@ def router(state: ServerState) -> APIRouter:
         response_model=None,
         responses={
             200: {"model": EnrollResponse},
-            401: {"description": "wrong enrollment secret (code: wrong_secret)"},
+            401: {
+                "description": "wrong enrollment secret (code: wrong_secret), or only a token "
+                "that is not the device's (invalid_token)"
+            },
             403: {
                 "description": "device not in the inventory (unknown_device), revoked "
                 "(revoked), invite code wrong, used or expired (invite_invalid), or an "
@@ -156,7 +159,7 @@ def router(state: ServerState) -> APIRouter:
                         raise
                     refused = e  # committed: the request is kept for the operator
         except EnrollmentRefusedError as e:
-            if e.code == "invite_invalid":
+            if e.code in ("invite_invalid", "invalid_token"):
                 _failed(keys, str(e), body.device, source)
             else:
                 log.warning("enrollment of %s refused: %s", body.device, e)

@@ -87,6 +87,14 @@ def admit(
         token=record is not None and _same(record.token_hash, body.token),
         key=record is not None and _same(record.key_hash, body.device_key),
     )
+    secret = body.enrollment_secret is not None  # checked by the caller
+    if not (proofs.invite or proofs.token or proofs.key or secret):
+        raise EnrollmentRefusedError(
+            f"this token is not valid for device {device!r}: enroll with its invite code or "
+            "the enrollment secret",
+            401,
+            "invalid_token",
+        )
     if record is None:
         how = "its invite code" if proofs.invite else "the fleet enrollment secret"
     elif proofs.invite:

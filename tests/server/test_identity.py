@@ -122,6 +122,20 @@ def test_invite_code_reenrolls_an_enrolled_id(
         assert _checkin(c, old).json()["code"] == "token_replaced"
 
 
+def test_a_wrong_token_alone_enrolls_nothing(server: ServerHandle) -> None:
+    """A request proving nothing but a made-up token enrolls neither a new id nor an enrolled
+    one, and files no request (401 invalid_token)."""
+    server.enroll(B, "linux")
+    before = snapshot(sqlite_url(server.repo))
+    with server.client() as c:
+        for device in (A, B):
+            body = {"device": device, "platform": "linux", "token": "made-up",
+                    "device_key": KEY_IMPOSTOR}  # fmt: skip
+            r = c.post("/v1/enroll", json=body)
+            assert r.status_code == 401 and r.json()["code"] == "invalid_token", r.text
+    assert snapshot(sqlite_url(server.repo)) == before
+
+
 def test_wrong_secrets_are_throttled_per_id(server: ServerHandle) -> None:
     """After 5 wrong secrets for one id, even the right one gets 429 with Retry-After; another
     id is not affected."""
