@@ -24,6 +24,7 @@ from inventory.models import MaintenanceWindow
 
 __all__ = [
     "BUCKETS",
+    "BUCKET_OF",
     "DeviceStatus",
     "FleetStatus",
     "RolloutStatus",
@@ -39,7 +40,8 @@ __all__ = [
 #: Count buckets, in display order.
 BUCKETS = ("pending", "in_progress", "succeeded", "failed", "rolled_back", "offline", "excluded")
 
-_BUCKET_OF: dict[str, str] = {
+#: The bucket of each device state.
+BUCKET_OF: dict[str, str] = {
     DeviceState.PENDING.value: "pending",
     DeviceState.OFFERED.value: "pending",
     DeviceState.IN_PROGRESS.value: "in_progress",
@@ -193,7 +195,7 @@ def rollout_status(
         for wave, state, is_offline, count in rows:
             if not 0 <= wave < len(counts):
                 continue
-            bucket = "offline" if is_offline else _BUCKET_OF.get(state, "excluded")
+            bucket = "offline" if is_offline else BUCKET_OF.get(state, "excluded")
             counts[wave][bucket] += int(count)
         totals = dict.fromkeys(BUCKETS, 0)
         # a rollout gated by rollout.after has no wave open until its gates complete
