@@ -312,11 +312,12 @@ def _rows(conn: Connection, page: list[str], since: datetime) -> list[DeviceList
             )
         )
     }
-    beats = dict(
-        conn.execute(
+    beats = {
+        str(d): str(v)
+        for d, v in conn.execute(
             select(heartbeats.c.device, heartbeats.c.version).where(heartbeats.c.device.in_(page))
-        ).tuples()
-    )
+        )
+    }
     newest = (
         select(rollout_devices.c.device, func.max(rollout_devices.c.rollout_id).label("rid"))
         .where(rollout_devices.c.device.in_(page))

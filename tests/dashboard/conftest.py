@@ -55,7 +55,7 @@ def log_in(client: TestClient) -> str:
     """Log the client in; returns the CSRF token the pages carry."""
     r = client.post("/login", data={"token": ADMIN, "next": "/"}, follow_redirects=False)
     assert r.status_code == 303, r.text
-    page = client.get("/rollouts").text
+    page: str = client.get("/rollouts").text
     marker = 'name="csrf" value="'
     start = page.index(marker) + len(marker)
     return page[start : page.index('"', start)]
