@@ -17,8 +17,8 @@ from engine.store.schema import devices, events, heartbeats, reports, rollout_de
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 XSS = "<script>alert('xss')</script><img src=x onerror=alert(1)>"
 FAILED = "berlin-pos-0002"
-#: A device id with markup (ids cannot hold a slash, so no closing tag).
-HOSTILE = "hostile-<img src=x onerror=alert(1)>"
+#: A device id with markup, a slash included.
+HOSTILE = "hostile-<img src=x onerror=alert(1)></b>"
 CONFIRM_FAILURE = "CONFIRM: heartbeat says 3.0.1, expected 3.0.3 after 20s"
 
 

@@ -4,6 +4,7 @@ device's timeline. Screenshots go to test-output/screenshots/."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from tests.harness import DeviceTimings, Fleet
 from tests.harness.browser import SCREENSHOTS, chromium, chromium_missing
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Dialog, Page
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,12 @@ def test_operator_watches_pauses_resumes_and_reads_a_failure(
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     dialogs: list[str] = []
     page = context.new_page()
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.set_default_timeout(WAIT_MS)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
@@ -153,6 +159,19 @@ def test_operator_watches_pauses_resumes_and_reads_a_failure(
     page.goto(server.url + "/devices?platform=linux")
     assert page.get_attribute("[data-total]", "data-total") == "2"
     _shot(page, "devices")
+
+    # -- hostile text from a device is shown, never run -------------------------------------
+    hostile = "hostile-<img src=x onerror=alert(1)><script>alert(2)</script>"
+    imported = fleet.repo.root / "hostile.json"
+    report = {"device": hostile, "agent_version": "3.0.0", "platform": "linux",
+              "last_seen": "2026-01-01T00:00:00Z"}  # fmt: skip
+    imported.write_text(json.dumps([report]))
+    fleet.repo.engine("reports", "import", str(imported))
+    page.goto(server.url + "/devices?q=hostile")
+    page.locator("table.list td a").first.click()
+    page.wait_for_selector("[data-device-title]")
+    assert hostile in (page.text_content("[data-device-title]") or "")
+    assert page.locator("main img").count() == 0
     assert dialogs == []
     assert all(u.startswith(server.url) for u in requests), [
         u for u in requests if not u.startswith(server.url)

@@ -332,7 +332,7 @@ def router(state: ServerState) -> APIRouter:
             now=now,
         )
 
-    @api.get("/devices/{device}")
+    @api.get("/devices/{device:path}")
     def device_page(request: Request, device: str) -> Response:
         """One device: report, heartbeat, transaction, rollouts and its event timeline."""
         session = session_of(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -28,6 +29,11 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment (a slash in a device id included)."""
+    return quote(value, safe="")
+
+
 def _share(part: int, whole: int) -> float:
     """``part`` of ``whole`` in percent of a bar's width (0 for an empty whole)."""
     return 0.0 if whole <= 0 else round(100.0 * part / whole, 3)
@@ -42,6 +48,7 @@ _env = Environment(
 )
 _env.filters["when"] = _when
 _env.filters["percent"] = _percent
+_env.filters["segment"] = _segment
 _env.globals["share"] = _share
 
 
