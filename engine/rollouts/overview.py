@@ -11,10 +11,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Connection, ScalarSelect, and_, case, func, select, union
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    select,
+    union_all,
+)
 
 from engine.rollouts.model import FAILED_STATES, DeviceState
-from engine.rollouts.status import fleet_versions
 from engine.store.schema import devices, heartbeats, reports, rollout_devices, rollouts
 
 __all__ = [
@@ -115,87 +125,88 @@ def _since(now: datetime, online_within: float) -> datetime:
 
 
 def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> FleetOverview:
-    """Devices by version, platform, group and online state; failures; outcomes per release."""
+    """Devices by version, platform, group and online state; failures; outcomes per release.
+
+    One grouped pass over the reports and one over the rollouts' devices.
+    """
     since = _since(now, online_within)
-    reported, online = conn.execute(
-        select(func.count(), func.sum(case((reports.c.last_seen >= since, 1), else_=0)))
-    ).one()
+    is_online = case((reports.c.last_seen >= since, 1), else_=0)
+    versions: dict[str, int] = {}
+    platforms: dict[str, int] = {}
+    reported = online = 0
+    for version, platform, up, n in conn.execute(
+        select(reports.c.agent_version, reports.c.platform, is_online, func.count()).group_by(
+            reports.c.agent_version, reports.c.platform, is_online
+        )
+    ):
+        count = int(n)
+        reported += count
+        online += count if up else 0
+        key = str(version) if version is not None else "none"
+        versions[key] = versions.get(key, 0) + count
+        place = str(platform or "unknown")
+        platforms[place] = platforms.get(place, 0) + count
     never = conn.execute(
         select(func.count())
         .select_from(devices.outerjoin(reports, reports.c.device == devices.c.device))
         .where(reports.c.device.is_(None))
     ).scalar_one()
-    platforms = {
-        str(p or "unknown"): int(n)
-        for p, n in conn.execute(
-            select(reports.c.platform, func.count()).group_by(reports.c.platform)
+    heads = {
+        int(i): (str(g), str(release), str(name))
+        for i, g, release, name in conn.execute(
+            select(rollouts.c.id, rollouts.c.group_name, rollouts.c.release, rollouts.c.name)
         )
     }
-    newest = (
-        select(rollouts.c.group_name, func.max(rollouts.c.id).label("id"))
-        .group_by(rollouts.c.group_name)
-        .subquery()
-    )
-    groups = {
-        str(g): int(n)
-        for g, n in conn.execute(
-            select(newest.c.group_name, func.count())
-            .select_from(newest.join(rollout_devices, rollout_devices.c.rollout_id == newest.c.id))
-            .group_by(newest.c.group_name)
-            .order_by(newest.c.group_name)
-        )
-    }
-    day = now - timedelta(hours=24)
+    newest: dict[str, int] = {}
+    for rollout_id, (group, _, _) in heads.items():
+        newest[group] = max(newest.get(group, 0), rollout_id)
     rd = rollout_devices
-    failed_recently = and_(rd.c.state.in_(_FAILED), rd.c.finished_at >= day)
-    failures = conn.execute(select(func.count()).where(failed_recently)).scalar_one()
-    recent = conn.execute(
-        select(
-            rd.c.device, rd.c.rollout_id, rd.c.state, rd.c.reason, rd.c.finished_at, rollouts.c.name
+    day = now - timedelta(hours=24)
+    recently = case((and_(rd.c.finished_at.is_not(None), rd.c.finished_at >= day), 1), else_=0)
+    attempted = case((rd.c.attempts > 0, 1), else_=0)
+    groups: dict[str, int] = {}
+    failures = 0
+    outcomes: dict[str, dict[str, int]] = {}
+    for rollout_id, state, tried, recent, n in conn.execute(
+        select(rd.c.rollout_id, rd.c.state, attempted, recently, func.count()).group_by(
+            rd.c.rollout_id, rd.c.state, attempted, recently
         )
-        .select_from(rd.join(rollouts, rollouts.c.id == rd.c.rollout_id))
-        .where(failed_recently)
+    ):
+        count = int(n)
+        group, release, _ = heads[int(rollout_id)]
+        if newest[group] == rollout_id:
+            groups[group] = groups.get(group, 0) + count
+        if state in _FAILED and recent:
+            failures += count
+        if tried:
+            counts = outcomes.setdefault(release, dict.fromkeys(_KINDS, 0))
+            counts[_KIND_OF.get(str(state), "in_progress")] += count
+    recent_rows = conn.execute(
+        select(rd.c.device, rd.c.rollout_id, rd.c.state, rd.c.reason, rd.c.finished_at)
+        .where(rd.c.state.in_(_FAILED), rd.c.finished_at >= day)
         .order_by(rd.c.finished_at.desc())
         .limit(10)
     ).all()
-    outcomes: dict[str, dict[str, int]] = {}
-    for release, state, n in conn.execute(
-        select(rollouts.c.release, rd.c.state, func.count())
-        .select_from(rd.join(rollouts, rollouts.c.id == rd.c.rollout_id))
-        .where(rd.c.attempts > 0)
-        .group_by(rollouts.c.release, rd.c.state)
-    ):
-        kind = (
-            "succeeded"
-            if state == DeviceState.SUCCEEDED.value
-            else "failed"
-            if state in _FAILED
-            else "rolled_back"
-            if state == DeviceState.ROLLED_BACK.value
-            else "in_progress"
-        )
-        counts = outcomes.setdefault(str(release), dict.fromkeys(_KINDS, 0))
-        counts[kind] += int(n)
     return FleetOverview(
         generated_at=now,
-        devices=int(reported) + int(never),
-        online=int(online or 0),
-        offline=int(reported) - int(online or 0),
+        devices=reported + int(never),
+        online=online,
+        offline=reported - online,
         never_reported=int(never),
-        versions=fleet_versions(conn),
+        versions=dict(sorted(versions.items())),
         platforms=dict(sorted(platforms.items())),
-        groups=groups,
-        failures_24h=int(failures),
+        groups=dict(sorted(groups.items())),
+        failures_24h=failures,
         recent_failures=[
             RecentFailure(
                 device=r.device,
                 rollout_id=r.rollout_id,
-                rollout=r.name,
+                rollout=heads[int(r.rollout_id)][2],
                 state=DeviceState(r.state),
                 reason=r.reason,
                 finished_at=r.finished_at,
             )
-            for r in recent
+            for r in recent_rows
         ],
         releases=[
             ReleaseOutcomes(
@@ -213,12 +224,30 @@ def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> 
 
 
 _KINDS = ("succeeded", "failed", "rolled_back", "in_progress")
+_KIND_OF = {
+    DeviceState.SUCCEEDED.value: "succeeded",
+    DeviceState.ROLLED_BACK.value: "rolled_back",
+    **dict.fromkeys(_FAILED, "failed"),
+}
 
 
-def _newest_rollout_of(device_column: Any) -> ScalarSelect[Any]:
-    """The id of the newest rollout a device is part of (correlated to ``device_column``)."""
-    x = rollout_devices.alias("x")
-    return select(func.max(x.c.rollout_id)).where(x.c.device == device_column).scalar_subquery()
+def _in_current_rollout(filters: DeviceFilter) -> Select[Any]:
+    """Devices whose newest rollout is of ``filters.group`` and in ``filters.state``."""
+    rd, newer = rollout_devices, rollout_devices.alias("newer")
+    query = (
+        select(rd.c.device)
+        .select_from(rd.join(rollouts, rollouts.c.id == rd.c.rollout_id))
+        .where(~exists().where(newer.c.device == rd.c.device, newer.c.rollout_id > rd.c.rollout_id))
+    )
+    if filters.group is not None:
+        query = query.where(rollouts.c.group_name == filters.group)
+    if filters.state is not None:
+        query = query.where(rd.c.state == filters.state.value)
+    return query
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def search_devices(
@@ -230,58 +259,52 @@ def search_devices(
     limit: int = 50,
     offset: int = 0,
 ) -> DeviceListPage:
-    """A page of the devices matching ``filters``, sorted by id, and how many match."""
+    """A page of the devices matching ``filters``, sorted by id, and how many match.
+
+    Devices that reported are read in the order of the reports' key; devices
+    enrolled without a report yet (no version, offline) are merged in only
+    when there are any that match.
+    """
     since = _since(now, online_within)
-    ids = union(select(reports.c.device), select(devices.c.device)).subquery("ids")
-    current = rollout_devices.alias("cur")
-    base = ids.outerjoin(reports, reports.c.device == ids.c.device).outerjoin(
-        devices, devices.c.device == ids.c.device
-    )
-    needs_rollout = filters.group is not None or filters.state is not None
-    if needs_rollout:
-        base = base.outerjoin(
-            current,
-            and_(
-                current.c.device == ids.c.device,
-                current.c.rollout_id == _newest_rollout_of(ids.c.device),
-            ),
-        ).outerjoin(rollouts, rollouts.c.id == current.c.rollout_id)
-    where: list[ColumnElement[bool]] = []
+    reported: list[ColumnElement[bool]] = []
+    registered: list[ColumnElement[bool]] = [~exists().where(reports.c.device == devices.c.device)]
     if filters.q:
-        pattern = (
-            "%" + filters.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        )
-        where.append(ids.c.device.like(pattern, escape="\\"))
+        reported.append(reports.c.device.like(_like(filters.q), escape="\\"))
+        registered.append(devices.c.device.like(_like(filters.q), escape="\\"))
     if filters.version is not None:
-        where.append(
-            reports.c.agent_version.is_(None)
-            if filters.version == "none"
-            else reports.c.agent_version == filters.version
-        )
+        if filters.version == "none":
+            reported.append(reports.c.agent_version.is_(None))
+        else:
+            reported.append(reports.c.agent_version == filters.version)
+            registered.append(false())
     if filters.platform is not None:
-        where.append(func.coalesce(reports.c.platform, devices.c.platform) == filters.platform)
+        reported.append(reports.c.platform == filters.platform)
+        registered.append(devices.c.platform == filters.platform)
     if filters.online is True:
-        where.append(reports.c.last_seen >= since)
+        reported.append(reports.c.last_seen >= since)
+        registered.append(false())
     elif filters.online is False:
-        where.append(reports.c.last_seen.is_(None) | (reports.c.last_seen < since))
-    if filters.group is not None:
-        where.append(rollouts.c.group_name == filters.group)
-    if filters.state is not None:
-        where.append(current.c.state == filters.state.value)
-    total = conn.execute(select(func.count()).select_from(base).where(*where)).scalar_one()
-    page = [
-        str(d)
-        for (d,) in conn.execute(
-            select(ids.c.device)
-            .select_from(base)
-            .where(*where)
-            .order_by(ids.c.device)
-            .limit(limit)
-            .offset(offset)
-        )
-    ]
+        reported.append(reports.c.last_seen < since)
+    if filters.group is not None or filters.state is not None:
+        current = _in_current_rollout(filters)
+        reported.append(reports.c.device.in_(current))
+        registered.append(devices.c.device.in_(current))
+    only_reported = select(reports.c.device.label("device")).where(*reported)
+    only_registered = select(devices.c.device.label("device")).where(*registered)
+    count_reported = conn.execute(
+        select(func.count()).select_from(reports).where(*reported)
+    ).scalar_one()
+    count_registered = conn.execute(
+        select(func.count()).select_from(devices).where(*registered)
+    ).scalar_one()
+    if count_registered:
+        both = union_all(only_reported, only_registered).subquery("ids")
+        query = select(both.c.device).order_by(both.c.device)
+    else:
+        query = only_reported.order_by(reports.c.device)
+    page = [str(d) for (d,) in conn.execute(query.limit(limit).offset(offset))]
     return DeviceListPage(
-        total=int(total),
+        total=int(count_reported) + int(count_registered),
         offset=offset,
         limit=limit,
         devices=_rows(conn, page, since),

@@ -28,8 +28,14 @@ from engine.rollouts import (
 )
 from engine.rollouts.forensics import device_detail, rollout_devices_page
 from engine.rollouts.gates import rollout_gates
-from engine.rollouts.overview import DeviceFilter, fleet_overview, search_devices
+from engine.rollouts.overview import (
+    DeviceFilter,
+    FleetOverview,
+    fleet_overview,
+    search_devices,
+)
 from engine.rollouts.status import RolloutStatus
+from engine.server.dashboard._cache import ReadCache
 from engine.server.dashboard._render import page
 from engine.server.dashboard._session import COOKIE, Session, Sessions
 from engine.server.state import ServerState
@@ -40,6 +46,8 @@ __all__ = ["router"]
 log = logging.getLogger("engine.server")
 
 PAGE_SIZE = 50
+#: How long the fleet and rollouts pages reuse their aggregate reads (see _cache).
+CACHE_SECONDS = 3.0
 _ACTIONS = {"pause": pause_rollout, "resume": resume_rollout, "abort": abort_rollout}
 #: Which buttons a rollout in each state shows.
 _ALLOWED = {
@@ -85,6 +93,7 @@ def router(state: ServerState) -> APIRouter:
     """The dashboard's routes, bound to ``state``."""
     settings = state.settings
     sessions = Sessions(settings.admin_token)
+    cache = ReadCache(ttl=CACHE_SECONDS)
     api = APIRouter(include_in_schema=False)
 
     def session_of(request: Request) -> Session | None:
@@ -156,12 +165,20 @@ def router(state: ServerState) -> APIRouter:
         session = session_of(request)
         if session is None:
             return to_login(request)
-        now = settings.clock()
-        with state.store.read() as conn:
-            overview = fleet_overview(conn, now=now, online_within=settings.online_seconds)
-            rollouts = rollout_status(conn, now=now, limit=10)
+
+        def read() -> tuple[FleetOverview, list[RolloutStatus]]:
+            now = settings.clock()
+            with state.store.read() as conn:
+                return (
+                    fleet_overview(conn, now=now, online_within=settings.online_seconds),
+                    rollout_status(conn, now=now, limit=10),
+                )
+
+        overview, rollouts = cache.get("fleet", read)
         top = max(overview.versions.values(), default=0)
-        return show("fleet.html", session, o=overview, rollouts=rollouts, top=top, now=now)
+        return show(
+            "fleet.html", session, o=overview, rollouts=rollouts, top=top, now=overview.generated_at
+        )
 
     @api.get("/rollouts")
     def rollouts_page(request: Request) -> Response:
@@ -169,9 +186,13 @@ def router(state: ServerState) -> APIRouter:
         session = session_of(request)
         if session is None:
             return to_login(request)
-        now = settings.clock()
-        with state.store.read() as conn:
-            views = [_rollout_view(conn, s, now) for s in rollout_status(conn, now=now)]
+
+        def read() -> tuple[datetime, list[dict[str, Any]]]:
+            now = settings.clock()
+            with state.store.read() as conn:
+                return now, [_rollout_view(conn, s, now) for s in rollout_status(conn, now=now)]
+
+        now, views = cache.get("rollouts", read)
         return show("rollouts.html", session, views=views, now=now, refresh=5)
 
     @api.get("/rollouts/{rollout}")
@@ -263,6 +284,7 @@ def router(state: ServerState) -> APIRouter:
             return show("error.html", session, 404, message=str(e))
         except RolloutStateError as e:
             return rollout_detail(session, rollout, "", 1, error=str(e))
+        cache.clear()
         log.info("rollout %s: %s by the dashboard", rollout, action)
         return RedirectResponse(f"/rollouts/{rollout_id}", status_code=303)
 
