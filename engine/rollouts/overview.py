@@ -24,7 +24,8 @@ from sqlalchemy import (
     union_all,
 )
 
-from engine.rollouts.model import FAILED_STATES, DeviceState
+from engine.rollouts.model import FAILED_STATES, DeviceState, RolloutState
+from engine.rollouts.policy import shown_reason
 from engine.store.schema import devices, heartbeats, reports, rollout_devices, rollouts
 
 __all__ = [
@@ -152,13 +153,19 @@ def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> 
         .where(reports.c.device.is_(None))
     ).scalar_one()
     heads = {
-        int(i): (str(g), str(release), str(name))
-        for i, g, release, name in conn.execute(
-            select(rollouts.c.id, rollouts.c.group_name, rollouts.c.release, rollouts.c.name)
+        int(i): (str(g), str(release), str(name), RolloutState(state))
+        for i, g, release, name, state in conn.execute(
+            select(
+                rollouts.c.id,
+                rollouts.c.group_name,
+                rollouts.c.release,
+                rollouts.c.name,
+                rollouts.c.state,
+            )
         )
     }
     newest: dict[str, int] = {}
-    for rollout_id, (group, _, _) in heads.items():
+    for rollout_id, (group, *_) in heads.items():
         newest[group] = max(newest.get(group, 0), rollout_id)
     rd = rollout_devices
     day = now - timedelta(hours=24)
@@ -173,7 +180,7 @@ def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> 
         )
     ):
         count = int(n)
-        group, release, _ = heads[int(rollout_id)]
+        group, release, *_ = heads[int(rollout_id)]
         if newest[group] == rollout_id:
             groups[group] = groups.get(group, 0) + count
         if state in _FAILED and recent:
@@ -182,7 +189,9 @@ def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> 
             counts = outcomes.setdefault(release, dict.fromkeys(_KINDS, 0))
             counts[_KIND_OF.get(str(state), "in_progress")] += count
     recent_rows = conn.execute(
-        select(rd.c.device, rd.c.rollout_id, rd.c.state, rd.c.reason, rd.c.finished_at)
+        select(
+            rd.c.device, rd.c.rollout_id, rd.c.state, rd.c.reason, rd.c.retry_at, rd.c.finished_at
+        )
         .where(rd.c.state.in_(_FAILED), rd.c.finished_at >= day)
         .order_by(rd.c.finished_at.desc())
         .limit(10)
@@ -203,7 +212,9 @@ def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> 
                 rollout_id=r.rollout_id,
                 rollout=heads[int(r.rollout_id)][2],
                 state=DeviceState(r.state),
-                reason=r.reason,
+                reason=shown_reason(
+                    r.reason, retry_at=r.retry_at, rollout=heads[int(r.rollout_id)][3], now=now
+                ),
                 finished_at=r.finished_at,
             )
             for r in recent_rows

@@ -119,6 +119,7 @@ def test_fleet_page_counts(client: TestClient) -> None:
     assert re.search(r'data-count="failures">1<', page)
     assert 'data-version="3.0.3"' in page and 'data-release="3.0.3"' in page
     assert "50%" in page  # 1 succeeded, 1 failed
+    assert "not retried: the rollout is halted" in page and "retry at" not in page
 
 
 def test_device_filters_and_paging(client: TestClient, store: Store) -> None:
