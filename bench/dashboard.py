@@ -2,13 +2,14 @@
 
 Usage: .venv/bin/python -m bench.dashboard [--devices 100000] [--requests 40] [--pg HOST:PORT]
 
-"first" is the first request of a page (the fleet and rollouts pages reuse
-their aggregate reads for 3 s afterwards; the others read every time).
-The store gets N device reports (five versions, three platforms, a third of
-them offline), one rollout over every device (succeeded, failed, pending and
-in-progress devices in three waves) and step events for the failed ones; then
-`engine serve` runs on 127.0.0.1 and the pages are fetched one after another,
-logged in as a browser would be. SQLite by default; with --pg also a fresh
+The store gets N enrolled devices with reports (five versions, three
+platforms, a third of them offline), 1 % more enrolled that never reported,
+one rollout over every device (succeeded, failed, pending and in-progress
+devices in three waves) and step events for the failed ones; then `engine
+serve` runs on 127.0.0.1 and the pages are fetched one after another, logged
+in as a browser would be. "first" is the first request of a page (the fleet
+and rollouts pages reuse their aggregate reads for 3 s afterwards; the others
+read every time). SQLite by default; with --pg also a fresh
 PostgreSQL database (user postgres), dropped afterwards.
 """
 
@@ -29,7 +30,7 @@ from psycopg import sql
 from sqlalchemy import insert
 
 from engine.store import Store
-from engine.store.schema import events, rollout_devices, rollouts
+from engine.store.schema import devices, events, rollout_devices, rollouts
 from fleetbase.platform import Platform
 from fleetbase.version import Version
 from states.report import Report
@@ -71,6 +72,19 @@ def fill(url: str, n: int) -> None:
             for i in range(n)
         )
         with store.write() as conn:
+            conn.execute(
+                insert(devices),
+                [
+                    {
+                        "device": f"dev-{i:06d}",
+                        "platform": platforms[i % 3].value,
+                        "token_hash": "0" * 64,
+                        "enrolled_at": now,
+                        "enrollments": 1,
+                    }
+                    for i in range(n + n // 100)  # 1 % enrolled, never reported
+                ],
+            )
             conn.execute(
                 insert(rollouts).values(
                     name="fleet@3.0.2", group_name="fleet", release="3.0.2", priority=0,
