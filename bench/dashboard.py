@@ -3,13 +3,13 @@
 Usage: .venv/bin/python -m bench.dashboard [--devices 100000] [--requests 40] [--pg HOST:PORT]
 
 The store gets N enrolled devices with reports (five versions, three
-platforms, a third of them offline), 1 % more enrolled that never reported,
+platforms, one in seven offline), 1 % more enrolled that never reported,
 one rollout over every device (succeeded, failed, pending and in-progress
 devices in three waves) and step events for the failed ones; then `engine
 serve` runs on 127.0.0.1 and the pages are fetched one after another, logged
 in as a browser would be. "first" is the first request of a page (the fleet
-and rollouts pages reuse their aggregate reads for 3 s afterwards; the others
-read every time). SQLite by default; with --pg also a fresh
+page, the rollouts page and a rollout's waves reuse their aggregate reads for
+3 s afterwards; the rest is read every time). SQLite by default; with --pg also a fresh
 PostgreSQL database (user postgres), dropped afterwards.
 """
 
@@ -64,7 +64,7 @@ def fill(url: str, n: int) -> None:
                 device=f"dev-{i:06d}",
                 agent_version=versions[i % 5],
                 platform=platforms[i % 3],
-                last_seen=now - timedelta(hours=1 if i % 3 == 0 else 0, seconds=i % 60),
+                last_seen=now - timedelta(hours=1 if i % 7 == 0 else 0, seconds=i % 60),
                 runtime_version="1.0.0",
                 known_good=versions[0],
                 last_result="committed",

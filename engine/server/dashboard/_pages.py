@@ -218,8 +218,12 @@ def router(state: ServerState) -> APIRouter:
         try:
             with state.store.read() as conn:
                 rollout_id = resolve_rollout(conn, rollout)
-                found = rollout_status(conn, now=now, rollout_id=rollout_id)[0]
-                view = _rollout_view(conn, found, now)
+
+                def read() -> dict[str, Any]:
+                    found = rollout_status(conn, now=now, rollout_id=rollout_id)[0]
+                    return _rollout_view(conn, found, now)
+
+                view = cache.get(f"rollout:{rollout_id}", read)
                 devices = rollout_devices_page(
                     conn,
                     rollout_id,
