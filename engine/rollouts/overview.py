@@ -20,6 +20,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal_column,
     select,
     union_all,
 )
@@ -309,8 +310,8 @@ def search_devices(
         select(func.count()).select_from(devices).where(*registered)
     ).scalar_one()
     if count_registered:
-        both = union_all(only_reported, only_registered).subquery("ids")
-        query = select(both.c.device).order_by(both.c.device)
+        # a compound select ordered as a whole: SQLite merges the two key-ordered sides
+        query: Any = union_all(only_reported, only_registered).order_by(literal_column("device"))
     else:
         query = only_reported.order_by(reports.c.device)
     page = [str(d) for (d,) in conn.execute(query.limit(limit).offset(offset))]
