@@ -7,6 +7,7 @@ those that enrolled or reported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "ReleaseOutcomes",
     "fleet_overview",
     "search_devices",
+    "unreported_devices",
 ]
 
 _FAILED = [s.value for s in (*FAILED_STATES, DeviceState.ROLLBACK_FAILED)]
@@ -258,6 +260,12 @@ def _in_current_rollout(filters: DeviceFilter) -> Select[Any]:
     return query
 
 
+def unreported_devices(conn: Connection) -> list[str]:
+    """Devices enrolled that never reported (usually few: a report follows enrollment)."""
+    query = select(devices.c.device).where(~exists().where(reports.c.device == devices.c.device))
+    return [str(d) for (d,) in conn.execute(query)]
+
+
 def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -270,16 +278,20 @@ def search_devices(
     online_within: float,
     limit: int = 50,
     offset: int = 0,
+    unreported: Sequence[str] | None = None,
 ) -> DeviceListPage:
     """A page of the devices matching ``filters``, sorted by id, and how many match.
 
     Devices that reported are read in the order of the reports' key; devices
     enrolled without a report yet (no version, offline) are merged in only
-    when there are any that match.
+    when there are any that match. ``unreported`` is ``unreported_devices``
+    read a moment ago (a caller showing many pages may keep it), else read here.
     """
     since = _since(now, online_within)
     reported: list[ColumnElement[bool]] = []
-    registered: list[ColumnElement[bool]] = [~exists().where(reports.c.device == devices.c.device)]
+    if unreported is None:
+        unreported = unreported_devices(conn)
+    registered: list[ColumnElement[bool]] = [devices.c.device.in_(list(unreported))]
     if filters.q:
         reported.append(reports.c.device.like(_like(filters.q), escape="\\"))
         registered.append(devices.c.device.like(_like(filters.q), escape="\\"))
@@ -306,9 +318,11 @@ def search_devices(
     count_reported = conn.execute(
         select(func.count()).select_from(reports).where(*reported)
     ).scalar_one()
-    count_registered = conn.execute(
-        select(func.count()).select_from(devices).where(*registered)
-    ).scalar_one()
+    count_registered = (
+        conn.execute(select(func.count()).select_from(devices).where(*registered)).scalar_one()
+        if unreported
+        else 0
+    )
     if count_registered:
         # a compound select ordered as a whole: SQLite merges the two key-ordered sides
         query: Any = union_all(only_reported, only_registered).order_by(literal_column("device"))

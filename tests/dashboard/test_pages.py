@@ -162,3 +162,25 @@ def test_api_docs_load_only_local_assets(client: TestClient) -> None:
             assert served.status_code == 200 and len(served.content) > 500, asset
     assert client.get("/static/../app.py").status_code == 404
     assert client.get("/static/vendor/README.md").status_code == 404
+
+
+def test_enrolled_device_without_report_is_listed(client: TestClient, store: Store) -> None:
+    """A device that enrolled but never reported is in the list, offline, with no version."""
+    from engine.server.registry import enroll_device
+    from fleetbase.platform import Platform
+
+    with store.write() as conn:
+        enroll_device(conn, "aaa-new-device", Platform.MACOS, NOW)
+    log_in(client)
+    everything = client.get("/devices").text
+    assert 'data-total="6"' in everything
+    assert everything.index('data-device="aaa-new-device"') < everything.index(
+        f'data-device="{FAILED}"'
+    )
+    for query in ({"version": "none"}, {"online": "no", "platform": "macos"}, {"q": "new-dev"}):
+        page = client.get("/devices", params=query).text
+        assert 'data-device="aaa-new-device"' in page, query
+    assert (
+        'data-device="aaa-new-device"' not in client.get("/devices", params={"online": "yes"}).text
+    )
+    assert 'data-count="devices">6<' in client.get("/").text

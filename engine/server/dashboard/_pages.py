@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -33,6 +34,7 @@ from engine.rollouts.overview import (
     FleetOverview,
     fleet_overview,
     search_devices,
+    unreported_devices,
 )
 from engine.rollouts.status import RolloutStatus
 from engine.server.dashboard._cache import ReadCache
@@ -334,6 +336,7 @@ def router(state: ServerState) -> APIRouter:
                 online_within=settings.online_seconds,
                 limit=PAGE_SIZE,
                 offset=(page_no - 1) * PAGE_SIZE,
+                unreported=cache.get("unreported", partial(unreported_devices, conn)),
             )
         query = {
             "q": q,
