@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
-from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -15,13 +14,12 @@ from pydantic import BaseModel
 
 from engine.rollouts import (
     DeviceState,
+    RolloutAction,
     RolloutNotFoundError,
     RolloutStateError,
-    abort_rollout,
+    act_on_rollout,
     fleet_status,
-    pause_rollout,
     resolve_rollout,
-    resume_rollout,
     rollout_devices_status,
     rollout_status,
 )
@@ -33,24 +31,10 @@ from engine.server.registry import list_devices, revoke_device
 from engine.server.state import ServerState
 from engine.service.forensics import read_device, read_rollout_devices
 
-__all__ = ["RolloutAction", "router"]
+__all__ = ["router"]
 
 log = logging.getLogger("engine.server")
 
-
-class RolloutAction(StrEnum):
-    """What an operator can do to a rollout."""
-
-    PAUSE = "pause"
-    RESUME = "resume"
-    ABORT = "abort"
-
-
-_ACTIONS = {
-    RolloutAction.PAUSE: pause_rollout,
-    RolloutAction.RESUME: resume_rollout,
-    RolloutAction.ABORT: abort_rollout,
-}
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token (.engine/admin.token)")
 
@@ -181,12 +165,11 @@ def router(state: ServerState) -> APIRouter:
     )
     async def act(rollout: str, action: RolloutAction) -> RolloutStatus:
         """Pause, resume or abort a rollout."""
-        function = _ACTIONS[action]
         now = settings.clock()
         try:
             with state.store.write() as conn:
                 rollout_id = resolve_rollout(conn, rollout)
-                function(conn, rollout_id, now, by="operator API")
+                act_on_rollout(conn, rollout_id, action, now, by="operator API")
                 found = rollout_status(conn, now=now, rollout_id=rollout_id)
         except RolloutNotFoundError as e:
             refuse(404, str(e))

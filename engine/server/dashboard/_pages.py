@@ -18,13 +18,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from engine.rollouts import (
     DeviceState,
+    RolloutAction,
     RolloutNotFoundError,
     RolloutState,
     RolloutStateError,
-    abort_rollout,
-    pause_rollout,
+    act_on_rollout,
     resolve_rollout,
-    resume_rollout,
     rollout_status,
 )
 from engine.rollouts.forensics import device_detail, rollout_devices_page
@@ -50,7 +49,6 @@ log = logging.getLogger("engine.server")
 PAGE_SIZE = 50
 #: How long the fleet and rollouts pages reuse their aggregate reads (see _cache).
 CACHE_SECONDS = 3.0
-_ACTIONS = {"pause": pause_rollout, "resume": resume_rollout, "abort": abort_rollout}
 #: Which buttons a rollout in each state shows.
 _ALLOWED = {
     RolloutState.WAITING: ("pause", "abort"),
@@ -273,8 +271,7 @@ def router(state: ServerState) -> APIRouter:
                 message="refused: the form's token does not match this session; "
                 "reload the page and try again",
             )
-        function = _ACTIONS.get(action)
-        if function is None:
+        if action not in set(RolloutAction):
             return show(
                 "error.html",
                 session,
@@ -285,7 +282,7 @@ def router(state: ServerState) -> APIRouter:
         try:
             with state.store.write() as conn:
                 rollout_id = resolve_rollout(conn, rollout)
-                function(conn, rollout_id, now, by="the dashboard")
+                act_on_rollout(conn, rollout_id, RolloutAction(action), now, by="the dashboard")
         except RolloutNotFoundError as e:
             return show("error.html", session, 404, message=str(e))
         except RolloutStateError as e:
