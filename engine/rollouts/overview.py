@@ -1,7 +1,8 @@
 """The fleet at a glance and the device list, as aggregate and paged queries (100k devices).
 
-A device's group and state are those of its newest rollout (the server knows
-groups through the rollouts `engine apply` recorded). The fleet's devices are
+The server knows groups through the rollouts `engine apply` recorded: a
+group's devices are those of its newest rollout, and a device's state is its
+state there. The fleet's devices are
 those that enrolled or reported.
 """
 
@@ -245,16 +246,18 @@ _KIND_OF = {
 }
 
 
-def _in_current_rollout(filters: DeviceFilter) -> Select[Any]:
-    """Devices whose newest rollout is of ``filters.group`` and in ``filters.state``."""
-    rd, newer = rollout_devices, rollout_devices.alias("newer")
-    query = (
-        select(rd.c.device)
-        .select_from(rd.join(rollouts, rollouts.c.id == rd.c.rollout_id))
-        .where(~exists().where(newer.c.device == rd.c.device, newer.c.rollout_id > rd.c.rollout_id))
-    )
+def _in_current_rollout(conn: Connection, filters: DeviceFilter) -> Select[Any]:
+    """Devices in the newest rollout of ``filters.group`` (or of each group), in ``filters.state``.
+
+    A group's newest rollout holds its devices (a rollout of a group lists all
+    of them), so no per-device search for its newest rollout is needed.
+    """
+    newest = select(func.max(rollouts.c.id)).group_by(rollouts.c.group_name)
     if filters.group is not None:
-        query = query.where(rollouts.c.group_name == filters.group)
+        newest = newest.where(rollouts.c.group_name == filters.group)
+    ids = [int(i) for (i,) in conn.execute(newest)]
+    rd = rollout_devices
+    query = select(rd.c.device).where(rd.c.rollout_id.in_(ids))
     if filters.state is not None:
         query = query.where(rd.c.state == filters.state.value)
     return query
@@ -310,7 +313,7 @@ def search_devices(
     elif filters.online is False:
         reported.append(reports.c.last_seen < since)
     if filters.group is not None or filters.state is not None:
-        current = _in_current_rollout(filters)
+        current = _in_current_rollout(conn, filters)
         reported.append(reports.c.device.in_(current))
         registered.append(devices.c.device.in_(current))
     only_reported = select(reports.c.device.label("device")).where(*reported)
