@@ -64,7 +64,8 @@ def fill(url: str, n: int) -> None:
                 device=f"dev-{i:06d}",
                 agent_version=versions[i % 5],
                 platform=platforms[i % 3],
-                last_seen=now - timedelta(hours=1 if i % 7 == 0 else 0, seconds=i % 60),
+                # online ones stay online through the run (seen "later" than its start)
+                last_seen=now + timedelta(hours=-1 if i % 7 == 0 else 1, seconds=-(i % 60)),
                 runtime_version="1.0.0",
                 known_good=versions[0],
                 last_result="committed",
@@ -142,7 +143,8 @@ def measure(url: str, n: int, count: int, base: Path) -> None:
     print(f"{backend}: {n} devices filled in {time.perf_counter() - start:.1f} s")
     repo = OperatorRepo(base / "fleet")
     repo.create([DeviceSpec("dev-000000", "linux")], {})
-    server = ServerProcess(repo, base / "server.log", state=url)
+    # online: seen within 3 poll intervals of 60 s, as in a real fleet
+    server = ServerProcess(repo, base / "server.log", state=url, args=["--poll-interval", "60"])
     server.start(timeout=120)
     try:
         session = requests.Session()
