@@ -71,6 +71,13 @@ class DeviceSql:
         self.token = "SELECT token_hash, revoked_at FROM devices WHERE device = " + mark.format(
             "device"
         )
+        self.download_started = (
+            "SELECT max(at) FROM events WHERE device = "
+            + mark.format("device")
+            + " AND target = "
+            + mark.format("target")
+            + " AND step = 'download' AND status = 'started'"
+        )
         self.read_heartbeat = (
             "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
         )
