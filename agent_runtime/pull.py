@@ -53,6 +53,7 @@ from agent_runtime.errors import (
 )
 from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
+from agent_runtime.perf import AgentSampler
 from agent_runtime.phases import STEP_OF_PHASE, Phase
 from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
@@ -171,6 +172,7 @@ class PullLoop:
             lambda: self.token,
             out=self.out,
         )
+        self.sampler = AgentSampler(self.heartbeat_paths)
         probe_client = ServerClient(self.settings.url, config.device, timeout=timeout)
 
         def server_record() -> Heartbeat | None:
@@ -316,6 +318,7 @@ class PullLoop:
             runtime_version=runtime_version(),
             agent_running=running,
             transaction=self.transaction,
+            performance=self.sampler.sample(),
             adoption=None
             if state.adoption is None
             else AdoptionReport(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram, disable_created_metrics, values
 
     # *_created samples: not kept in multiprocess mode; left out in both for one format.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
 
     # The value store is chosen when prometheus_client is imported; choose again now, in
     # case it was imported before engine serve set $PROMETHEUS_MULTIPROC_DIR.

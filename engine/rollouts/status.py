@@ -48,6 +48,7 @@ _BUCKET_OF: dict[str, str] = {
     DeviceState.SUCCEEDED.value: "succeeded",
     DeviceState.FAILED.value: "failed",
     DeviceState.TIMED_OUT.value: "failed",
+    DeviceState.REGRESSED.value: "failed",
     DeviceState.ROLLBACK_FAILED.value: "failed",
     DeviceState.ROLLED_BACK.value: "rolled_back",
     DeviceState.EXCLUDED.value: "excluded",

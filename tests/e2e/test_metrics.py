@@ -1,4 +1,4 @@
-"""``GET /metrics`` of a real `engine serve` after real rollouts: it parses, and matches the store."""
+"""`GET /metrics` of a real `engine serve` after real rollouts: parsed, equal to the store."""
 
 from __future__ import annotations
 
@@ -106,9 +106,10 @@ def test_metrics_match_the_store_after_a_rollout(
     fleet.wait_reported("3.0.0")
     view = StoreView(fleet)
     server = fleet.server
+    env = {"ENGINE_STATE_URL": state} if state else None
 
     fleet.repo.set_release("3.0.1")
-    applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240)
+    applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240, env=env)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     fleet.wait_reported("3.0.1")
     live = scrape(server.url, server.admin_token)
@@ -116,7 +117,7 @@ def test_metrics_match_the_store_after_a_rollout(
     releases = ["3.0.1"]
     if workers == 1:
         fleet.repo.set_release("3.0.2")  # exits at start: the first failure halts it
-        applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240)
+        applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=240, env=env)
         assert applied.returncode == 1, applied.stdout + applied.stderr
         assert view.rollout("fleet@3.0.2").state == "halted"
         releases.append("3.0.2")
