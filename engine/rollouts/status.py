@@ -18,6 +18,7 @@ from sqlalchemy import Connection, case, func, select
 
 from engine.rollouts.errors import RolloutNotFoundError
 from engine.rollouts.model import DeviceState, RolloutState, Timings
+from engine.rollouts.performance import ReleasePerformance, release_performance
 from engine.rollouts.windows import in_window
 from engine.store.schema import reports, rollout_devices, rollouts
 from inventory.models import MaintenanceWindow
@@ -127,6 +128,7 @@ class FleetStatus(_Out):
     rollouts: list[RolloutStatus]
     versions: dict[str, int]
     devices_reporting: int
+    performance: list[ReleasePerformance] = []  # the agent's CPU and memory per release
 
 
 def resolve_rollout(conn: Connection, ref: str) -> int:
@@ -310,4 +312,5 @@ def fleet_status(
         rollouts=rollout_status(conn, now=now, rollout_id=rollout_id, timings=timings),
         versions=versions,
         devices_reporting=sum(versions.values()),
+        performance=release_performance(conn),
     )
