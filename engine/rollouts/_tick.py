@@ -90,22 +90,26 @@ def tick_rollout(
         offered_at=None,
     )
     notices: list[Notice] = []
-    if state is RolloutState.ACTIVE:
+    if state is RolloutState.ACTIVE or _soaking(r, policy, now):
         counts = _reads.wave_state_counts(conn, rollout_id, r.resumed_at)
         trip = tripped(count_waves(counts, len(policy.waves)), r.current_wave, policy)
+        found = None if trip is None else _reads.regression(conn, rollout_id, trip.wave)
+        if trip is not None and found is not None:
+            trip = Trip(trip.wave, f"{trip.reason}; {found[0]}: {found[1]}")
+        if state is RolloutState.COMPLETED and found is None:
+            trip = None  # a completed rollout halts only on a performance failure
         if trip is not None:
-            found = _reads.regression(conn, rollout_id, trip.wave)
-            if found is not None:
-                trip = Trip(trip.wave, f"{trip.reason}; {found[0]}: {found[1]}")
             event = (
-                RolloutEvent.PAUSE if policy.on_failure is OnFailure.PAUSE else RolloutEvent.HALT
+                RolloutEvent.PAUSE
+                if policy.on_failure is OnFailure.PAUSE and state is RolloutState.ACTIVE
+                else RolloutEvent.HALT
             )
             state = _store.move_rollout(conn, rollout_id, state, event, reason=trip.reason, now=now)
             if state is RolloutState.HALTED:
                 _plan_rollbacks(conn, r, now)
             _store.unoffer_devices(conn, rollout_id, now)
             notices.append((state, trip.reason))
-        else:
+        elif state is RolloutState.ACTIVE:
             rd = rollout_devices
             _store.move_devices(
                 conn,
@@ -260,6 +264,19 @@ def _plan_rollbacks(conn: Connection, r: RolloutRow, now: datetime) -> None:
             target=target,
             now=now,
         )
+
+
+def _soaking(r: RolloutRow, policy: RolloutPolicy, now: datetime) -> bool:
+    """A completed rollout within its soak: its devices' CPU and memory are still watched,
+    and a performance failure that crosses max_failure_rate halts it (a waiting
+    ``after`` rollout then halts too)."""
+    done = r.finished_at
+    return (
+        r.state is RolloutState.COMPLETED
+        and bool(policy.max_cpu_increase or policy.max_rss_increase)
+        and done is not None
+        and now < done + policy.soak
+    )
 
 
 # -- performance impact -------------------------------------------------------------------

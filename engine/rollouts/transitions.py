@@ -94,6 +94,7 @@ ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
     (R.PAUSED, E.SUPERSEDE): R.SUPERSEDED,
     (R.HALTED, E.ABORT): R.ABORTED,
     (R.HALTED, E.SUPERSEDE): R.SUPERSEDED,
+    (R.COMPLETED, E.HALT): R.HALTED,  # a performance failure during its soak
     (R.COMPLETED, E.SUPERSEDE): R.SUPERSEDED,
 }
 
