@@ -5,7 +5,8 @@ Usage: .venv/bin/python bench/metrics_scrape.py [--devices 100000] [--scrapes 10
 The store gets ``--devices`` reports (five versions, a third of them online)
 and one live rollout over all of them (its devices spread over six states), so
 that every store gauge of /metrics counts the whole fleet; then `engine serve`
-starts on it and /metrics is scraped ``--scrapes`` times after a warm-up.
+starts on it (without the rollout controller, which would act on the synthetic
+rollout) and /metrics is scraped ``--scrapes`` times after a warm-up.
 Prints p50, p95 and max. ``--pg`` runs the same on a fresh PostgreSQL database
 (user postgres on 127.0.0.1:5432), dropped afterwards.
 """
@@ -106,7 +107,10 @@ def run(label: str, url: str | None, devices: int, scrapes: int, base: Path) -> 
     start = time.perf_counter()
     fill(state, devices)
     print(f"{label}: {devices:,} devices stored in {time.perf_counter() - start:.1f} s")
-    server = ServerProcess(repo, base / f"server-{label}.log", state=state)
+    # No controller: the synthetic rollout must stay as stored while it is scraped.
+    server = ServerProcess(
+        repo, base / f"server-{label}.log", state=state, args=["--no-controller"]
+    )
     server.start(timeout=120)
     try:
         times, size = scrape_times(server, scrapes)
