@@ -231,6 +231,10 @@ def _0007_performance(conn: Connection) -> None:
         Column("last_at", UTCDateTime(), nullable=False),
     )
     md.create_all(conn)
+    # GET /metrics counts devices per version and online state from this index alone.
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_reports_version_seen ON reports (agent_version, last_seen)"
+    )
 
 
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
@@ -241,5 +245,9 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
     Migration(5, "when a rollout completed", _0005_rollout_completed_at),
     Migration(6, "single-use enrollment codes (invites)", _0006_invites),
-    Migration(7, "the agent's CPU and memory per device and release", _0007_performance),
+    Migration(
+        7,
+        "the agent's CPU and memory per device and release; reports by version and last seen",
+        _0007_performance,
+    ),
 ]

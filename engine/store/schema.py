@@ -60,6 +60,8 @@ reports = Table(
     Column("tx_detail", String(2000), nullable=True),
     Column("agent_running", Boolean, nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
+    # /metrics counts devices per version and online state from this index alone.
+    Index("ix_reports_version_seen", "agent_version", "last_seen"),
 )
 
 #: Enrolled devices and the sha256 of their token (engine serve; migration 2).

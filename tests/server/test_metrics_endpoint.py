@@ -64,7 +64,10 @@ def test_refusals_and_enrollments_are_counted_by_status(server: ServerHandle) ->
         (("result", "enrolled"),): 1.0,
         (("result", "401"),): 1.0,
     }
-    assert m["engine_devices"] == {(("online", "true"), ("version", "3.0.0")): 1.0}
+    assert m["engine_devices"] == {
+        (("online", "true"), ("version", "3.0.0")): 1.0,
+        (("online", "false"), ("version", "3.0.0")): 0.0,
+    }
 
 
 def test_performance_samples_are_kept_per_device_and_release(server: ServerHandle) -> None:
