@@ -151,6 +151,7 @@ def router(state: ServerState) -> APIRouter:
                 "offline": sum(not d["online"] for d in rows),
                 "versions": fleet.versions,
                 "rollouts": _jsonable(fleet.rollouts),
+                "performance": _jsonable(fleet.performance),
             }
         )
 
