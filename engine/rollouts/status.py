@@ -300,8 +300,10 @@ def fleet_status(
     now: datetime,
     rollout_id: int | None = None,
     timings: Timings | None = None,
+    performance: bool = False,
 ) -> FleetStatus:
-    """Rollouts (one, or the newest) with wave counts, plus the fleet's versions."""
+    """Rollouts (one, or the newest) with wave counts, plus the fleet's versions and, with
+    ``performance``, the agent's cost per release (reads every device's samples)."""
     if rollout_id is not None:
         exists = conn.execute(select(rollouts.c.id).where(rollouts.c.id == rollout_id)).first()
         if exists is None:
@@ -312,5 +314,5 @@ def fleet_status(
         rollouts=rollout_status(conn, now=now, rollout_id=rollout_id, timings=timings),
         versions=versions,
         devices_reporting=sum(versions.values()),
-        performance=release_performance(conn),
+        performance=release_performance(conn) if performance else [],
     )

@@ -72,7 +72,8 @@ def test_refusals_and_enrollments_are_counted_by_status(server: ServerHandle) ->
 
 def test_performance_samples_are_kept_per_device_and_release(server: ServerHandle) -> None:
     """Samples sent with check-ins add up per (device, release): counts, CPU and RSS sums,
-    latest and largest RSS; a check-in without one (an older runtime) changes nothing."""
+    latest and largest RSS; a check-in without one (an older runtime) changes nothing; the
+    operator API shows the release's figures."""
     token = server.enroll(A)
     samples = [(None, 10_000_000), (4.0, 14_000_000), (6.0, 12_000_000)]
     with server.client() as c:
@@ -91,6 +92,12 @@ def test_performance_samples_are_kept_per_device_and_release(server: ServerHandl
     assert (row.cpu_sum, row.rss_sum, row.rss_last, row.rss_max) == (
         10.0, 36_000_000, 12_000_000, 14_000_000,
     )  # fmt: skip
+    with server.client() as c:
+        assert c.get("/v1/admin/performance", headers=bearer(token)).status_code == 403
+        answer = c.get("/v1/admin/performance", headers=server.admin_headers()).json()
+    (release,) = answer["releases"]
+    assert release["release"] == "3.0.0" and release["devices"] == 1
+    assert release["cpu_percent_median"] == 5.0 and release["rss_bytes_median"] == 12_000_000
 
 
 def test_grafana_example_queries_metrics_the_server_exposes(server: ServerHandle) -> None:
