@@ -1,4 +1,4 @@
-"""The quickstart: a whole rollout story on this machine, in under a minute when it is idle.
+"""The quickstart: a whole rollout story on this machine, in about two minutes.
 
 Starts `engine serve` on SQLite and a small fleet of real device runtimes in a
 temporary directory (each running the example agent 3.0.0), rolls out the
