@@ -29,11 +29,18 @@ from fleetbase.duration import Duration
 from fleetbase.platform import Platform
 from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
+from states.nats import (
+    DEFAULT_HEARTBEAT_SUBJECT,
+    DEFAULT_NUDGE_SUBJECT,
+    NatsConnection,
+    validate_subject_template,
+)
 from states.signing import SignatureError, raw_public_key
 
 __all__ = [
     "ConvergeSettings",
     "DeviceConfig",
+    "DeviceNatsSettings",
     "DownloadSettings",
     "ServerSettings",
     "load_config",
@@ -77,6 +84,24 @@ class ConvergeSettings(_Strict):
     jitter: Duration = timedelta(seconds=30)
 
 
+class DeviceNatsSettings(NatsConnection):
+    """Optional NATS: nudges to check in at once, and the ``nats`` health check kind."""
+
+    nudge_subject: str = Field(
+        default=DEFAULT_NUDGE_SUBJECT,
+        description="subject the engine nudges this device on ('{device}': the device id)",
+    )
+    heartbeat_subject: str = Field(
+        default=DEFAULT_HEARTBEAT_SUBJECT,
+        description="subject this device's agent publishes its heartbeat on",
+    )
+
+    @field_validator("nudge_subject", "heartbeat_subject")
+    @classmethod
+    def _templates(cls, value: str) -> str:
+        return validate_subject_template(value)
+
+
 class ServerSettings(_Strict):
     """Where the engine server is (pull mode) and the file holding this device's token.
 
@@ -110,6 +135,9 @@ class ServerSettings(_Strict):
     )
     backoff_cap: Duration = Field(
         default=timedelta(minutes=5), description="longest retry delay while the server is down"
+    )
+    nats: DeviceNatsSettings | None = Field(
+        default=None, description="NATS for nudges and the nats health check (optional)"
     )
 
     @field_validator("url")
@@ -200,6 +228,10 @@ class DeviceConfig(_Strict):
         return self.state_dir / "staging"
 
 
+#: The credential files of a ``nats`` section (relative paths resolve like the others).
+NATS_CREDENTIAL_FILES = ("credentials_file", "nkey_seed_file", "user_password_file", "token_file")
+
+
 def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
     for key in ("agent_root", "state_dir"):
@@ -211,6 +243,13 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
         for key in ("token_file", "enrollment_secret_file", "enrollment_code_file"):
             if isinstance(srv.get(key), str):
                 srv[key] = str(base / srv[key])
+        nats = srv.get("nats")
+        if isinstance(nats, dict):
+            nats = dict(nats)
+            for key in NATS_CREDENTIAL_FILES:
+                if isinstance(nats.get(key), str):
+                    nats[key] = str(base / nats[key])
+            srv["nats"] = nats
         out["server"] = srv
     service = out.get("service")
     if isinstance(service, dict):

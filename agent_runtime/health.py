@@ -119,6 +119,11 @@ class Health:
         """
         if check.kind is HealthCheckKind.SERVER:
             return HealthResult(False, "server health checks need a server connection")
+        if check.kind is HealthCheckKind.NATS:
+            return HealthResult(
+                False, "the nats health check needs a NATS connection: add server.nats "
+                "to the device config and run the runtime in pull mode",
+            )  # fmt: skip
         if check.kind is HealthCheckKind.PROCESS:
             return self._wait_stable(check, clock)
         if check.kind is HealthCheckKind.HTTP:

@@ -15,6 +15,9 @@ converge (``ServerPlanSource`` is a ``PlanSource``). Around it:
 - step events: every phase of a transaction is queued as a ``StepEvent`` and
   sent in batches by a background thread; a failed post is retried later and
   never fails the transaction;
+- nudges (optional, ``server.nats``): a NATS message on the device's subject
+  ends the wait for the next check-in early (``nats_link``); polling stays the
+  fallback;
 - heartbeats: a background thread forwards the agent's heartbeat file to the
   server, and the ``server`` health check kind confirms health through the
   server's record of it (``ServerHealth``).
@@ -53,6 +56,7 @@ from agent_runtime.errors import (
 )
 from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
+from agent_runtime.nats_link import BusHealth, NatsLink
 from agent_runtime.perf import AgentSampler
 from agent_runtime.phases import STEP_OF_PHASE, Phase
 from agent_runtime.server_client import ServerClient
@@ -180,15 +184,21 @@ class PullLoop:
             return probe_client.get_heartbeat()
 
         svc = self.service
+        self.nats: NatsLink | None = None
+        if self.settings.nats is not None:
+            self.nats = NatsLink(self.settings.nats, config.device, out=self.out, rng=self.rng)
         self.runtime = Runtime(
             config,
             service=svc,
-            make_probe=lambda d: ServerHealth(
-                Health(svc, d, poll_interval=0.1),
-                svc,
-                server_record,
-                forward=self.forwarder.forward,
-                poll_interval=0.2,
+            make_probe=lambda d: BusHealth(
+                ServerHealth(
+                    Health(svc, d, poll_interval=0.1),
+                    svc,
+                    server_record,
+                    forward=self.forwarder.forward,
+                    poll_interval=0.2,
+                ),
+                self.nats,
             ),
             out=self.out,
         )
@@ -210,6 +220,8 @@ class PullLoop:
         """Loop until ``stop`` is set (or one round with ``once``); the exit code."""
         self.forwarder.start()
         self.events.start()
+        if self.nats is not None:
+            self.nats.start()
         code = 0
         try:
             while not stop.is_set():
@@ -223,8 +235,10 @@ class PullLoop:
                     self.out(f"next check-in in {delay:.1f}s")
                 if delay >= IDLE_TRIM_AFTER:
                     release_memory(collect=busy)  # a quiet round leaves little garbage
-                stop.wait(delay)
+                self._wait(stop, delay)
         finally:
+            if self.nats is not None:
+                self.nats.stop()
             self.forwarder.stop()
             self.events.stop()
             self.events.flush()
@@ -360,6 +374,13 @@ class PullLoop:
         return paths
 
     # -- internals ------------------------------------------------------------------------
+
+    def _wait(self, stop: threading.Event, delay: float) -> None:
+        """Wait for the next check-in: ``delay`` seconds, less when NATS nudges this device."""
+        if self.nats is None:
+            stop.wait(delay)
+        elif self.nats.wait(stop, delay):
+            self.out("nudged over NATS: checking in now")
 
     def _hook_phases(self) -> None:
         """Queue a step event for every phase the executor enters and leaves."""

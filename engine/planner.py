@@ -125,6 +125,11 @@ class _Steps:
                 f"the agent process stays up for {format_duration(health.stable_for)} "
                 f"within {format_duration(health.timeout)}"
             )
+        elif health.kind is HealthCheckKind.NATS:
+            beat = (
+                f"a heartbeat on NATS fresher than {format_duration(health.max_age)} "
+                f"within {format_duration(health.timeout)}"
+            )
         else:
             beat = f"the server records a heartbeat within {format_duration(health.timeout)}"
         return describe_steps(

@@ -23,6 +23,12 @@ from pydantic import (
 from fleetbase.duration import Duration
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.nats import (
+    DEFAULT_HEARTBEAT_SUBJECT,
+    DEFAULT_NUDGE_SUBJECT,
+    NatsConnection,
+    validate_subject_template,
+)
 
 __all__ = [
     "AgentSpec",
@@ -303,6 +309,51 @@ class Inventory(_Strict):
         return self
 
 
+class EngineNatsSettings(NatsConnection):
+    """engine.yaml ``nats``: nudge devices when a wave opens, record agents' heartbeats."""
+
+    nudge_subject: str = Field(
+        default=DEFAULT_NUDGE_SUBJECT, description="subject of a device's nudges ('{device}')"
+    )
+    nudge_spread: Duration = Field(
+        default=timedelta(seconds=2),
+        description="a nudged device waits a random share of this before checking in",
+    )
+    heartbeats: bool = Field(default=True, description="record agents' heartbeats from NATS")
+    heartbeat_subject: str = Field(
+        default=DEFAULT_HEARTBEAT_SUBJECT,
+        description="subject agents publish heartbeats on ('{device}': the device id)",
+    )
+    stream: str = Field(
+        default="FLEET_HEARTBEATS",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="JetStream stream holding the heartbeats",
+    )
+    consumer: str = Field(
+        default="engine",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="durable JetStream consumer the engine reads heartbeats with",
+    )
+    create_stream: bool = Field(
+        default=True, description="create the stream when missing (else it must exist)"
+    )
+    stream_max_age: Duration = Field(
+        default=timedelta(hours=1), description="how long the stream keeps heartbeats"
+    )
+
+    @field_validator("nudge_subject", "heartbeat_subject")
+    @classmethod
+    def _templates(cls, value: str) -> str:
+        return validate_subject_template(value)
+
+    @field_validator("nudge_spread")
+    @classmethod
+    def _spread_bounded(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0) or value > timedelta(minutes=5):
+            raise ValueError("nudge_spread must be between 0s and 5m")
+        return value
+
+
 class EngineSettings(_Strict):
     """engine.yaml: optional settings of the operator repo."""
 
@@ -334,6 +385,10 @@ class EngineSettings(_Strict):
         default=".engine/runtime-bundles",
         description="directory of runtime bundles: `engine runtime bundle` writes them there, "
         "`engine serve` serves them (relative to the operator repo, or absolute)",
+    )
+    nats: EngineNatsSettings | None = Field(
+        default=None,
+        description="engine serve: NATS for nudges and agents' heartbeats (off when absent)",
     )
 
 

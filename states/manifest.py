@@ -146,6 +146,7 @@ class HealthCheckKind(StrEnum):
     HTTP = "http"
     PROCESS = "process"
     SERVER = "server"
+    NATS = "nats"  # the agent's heartbeat on the NATS bus (states.nats)
 
 
 class HealthCheck(_Strict):
@@ -157,7 +158,8 @@ class HealthCheck(_Strict):
         default=None, description="heartbeat_file: file the agent writes, relative to agent root"
     )
     max_age: Duration = Field(
-        default=timedelta(seconds=30), description="heartbeat_file: how fresh the beat must be"
+        default=timedelta(seconds=30),
+        description="heartbeat_file, nats: how fresh the beat must be",
     )
     url: str | None = Field(default=None, description="http: a local URL answering 200")
     stable_for: Duration = Field(

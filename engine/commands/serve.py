@@ -141,11 +141,14 @@ def _run(args: argparse.Namespace) -> int:
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
     stop = threading.Event()
+    bridge = _start_nats(built)
     controller_thread = None
     if not args.no_controller:
         try:
-            controller_thread = _start_controller(settings, args.webhook_url, stop)
+            controller_thread = _start_controller(settings, args.webhook_url, stop, bridge)
         except ValueError as e:  # a bad ENGINE_ROLLOUT_* timing
+            if bridge is not None:
+                bridge.stop()
             settings.store.close()
             sock.close()
             return _error(str(e))
@@ -167,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         stop.set()
         if controller_thread is not None:
             controller_thread.join(timeout=10)
+        if bridge is not None:
+            bridge.stop()
         settings.store.close()
         sock.close()
     print("engine serve: stopped", flush=True)
@@ -177,7 +182,27 @@ def _note_signal(signum: int, _frame: object) -> None:
     log.info("engine serve: %s received, stopping", signal.Signals(signum).name)
 
 
-def _start_controller(settings: Any, webhook_url: str | None, stop: threading.Event) -> Any:
+def _start_nats(built: Any) -> Any:
+    """The NATS link of engine.yaml's ``nats`` section, started; None when there is none."""
+    nats_settings = built.repo.settings.nats
+    if nats_settings is None:
+        return None
+    from engine.server.nats_bridge import NatsBridge
+
+    bridge = NatsBridge(
+        nats_settings,
+        built.settings.store,
+        root=built.settings.repo_root,
+        clock=built.settings.clock,
+    )
+    bridge.start()
+    print(f"engine serve: NATS at {nats_settings.url} (nudges, heartbeats)", flush=True)
+    return bridge
+
+
+def _start_controller(
+    settings: Any, webhook_url: str | None, stop: threading.Event, nudger: Any
+) -> Any:
     from engine.rollouts.controller import RolloutController
 
     controller = RolloutController(
@@ -185,6 +210,7 @@ def _start_controller(settings: Any, webhook_url: str | None, stop: threading.Ev
         clock=settings.clock,
         webhook_url=webhook_url,
         webhook_secret=os.environ.get(ENV_WEBHOOK_SECRET) or None,
+        nudger=nudger,
     )
     thread = threading.Thread(
         target=controller.run, args=(stop,), name="rollout-controller", daemon=True

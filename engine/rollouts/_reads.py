@@ -29,6 +29,7 @@ __all__ = [
     "gate_rows",
     "has_attempts",
     "live_rollout_ids",
+    "nudge_targets",
     "offer_candidates",
     "regression",
     "release_recorded",
@@ -196,6 +197,18 @@ def wave_state_counts(
         )
         for wave, state, count, attempted, after, retrying in rows
     ]
+
+
+def nudge_targets(conn: Connection, rollout_id: int, now: datetime) -> list[str]:
+    """Devices of the rollout given an offer or a rollback at ``now`` (by this tick)."""
+    rd = rollout_devices
+    waiting = (DeviceState.OFFERED.value, DeviceState.ROLLBACK.value)
+    rows = conn.execute(
+        select(rd.c.device).where(
+            rd.c.rollout_id == rollout_id, rd.c.updated_at == now, rd.c.state.in_(waiting)
+        )
+    )
+    return [r[0] for r in rows]
 
 
 def busy_devices(conn: Connection, rollout_id: int) -> int:

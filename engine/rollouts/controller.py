@@ -18,8 +18,10 @@ each live rollout in its own short write transaction:
    ``min_success_rate`` and held it for ``soak``; complete after the last.
 
 Webhooks for halted, paused and completed rollouts are sent after the
-transaction commits, from a background thread. docs/rollouts.md has the
-rules in full.
+transaction commits, from a background thread; so are nudges (``Nudger``, the
+server's NATS link) to the devices the tick offered a plan or a rollback, so
+that they check in at once instead of at their next poll. docs/rollouts.md
+has the rules in full.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
@@ -47,7 +49,7 @@ from engine.store import Store
 from fleetbase.clock import utc_now
 from inventory.models import MaintenanceWindow, RolloutPolicy
 
-__all__ = ["RolloutController", "TickEvent", "utc_now"]
+__all__ = ["Nudger", "RolloutController", "TickEvent", "utc_now"]
 
 _log = logging.getLogger("engine.rollouts.controller")
 
@@ -58,6 +60,13 @@ class TickEvent:
 
     event: str  # rollout.halted | rollout.paused | rollout.completed
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+class Nudger(Protocol):
+    """Tells devices to check in now (the server's NATS link)."""
+
+    def nudge(self, targets: Sequence[str], *, reason: str, rollout: int | None = None) -> None:
+        """Ask ``targets`` to check in; must not block."""
 
 
 class RolloutController:
@@ -74,13 +83,14 @@ class RolloutController:
         timings: Timings | None = None,
         owner: str | None = None,
         webhook: WebhookSender | None = None,
+        nudger: Nudger | None = None,
     ) -> None:
         """A controller over ``store``; ``clock`` gives "now" for every rollout decision.
 
         ``webhook_url``/``webhook_secret`` enable notifications (or pass a ready
         ``webhook`` sender). ``timings`` default to ``Timings.from_env()``.
         ``owner`` names this replica in the SQLite lease (default: host, pid and
-        a random suffix).
+        a random suffix). ``nudger`` is told of each tick's offers and rollbacks.
         """
         self.store = store
         self.clock = clock
@@ -91,6 +101,7 @@ class RolloutController:
         if webhook is None and webhook_url:
             webhook = WebhookSender(webhook_url, webhook_secret)
         self.webhook = webhook
+        self.nudger = nudger
         self.events: list[TickEvent] = []  # the last tick's events, for callers and tests
         self._policies: dict[str, RolloutPolicy] = {}
         self._windows: dict[str, MaintenanceWindow] = {}
@@ -119,6 +130,9 @@ class RolloutController:
             with self.store.write() as conn:
                 notices = tick_rollout(conn, rollout_id, settings, now)
                 events = [self._event(conn, rollout_id, s, why) for s, why in notices]
+                nudge = [] if self.nudger is None else _reads.nudge_targets(conn, rollout_id, now)
+            if nudge and self.nudger is not None:
+                self.nudger.nudge(nudge, reason="offer", rollout=rollout_id)
             for event in events:
                 self.events.append(event)
                 _log.info("%s: %s", event.event, event.payload.get("reason") or "")

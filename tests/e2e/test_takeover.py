@@ -103,7 +103,8 @@ def test_field_device_adopted_in_the_canary_lets_the_fleet_proceed(
     fleet.repo.engine("apply", "--yes")
     view = StoreView(fleet)
     canary = view.rollout("canary@3.0.0")
-    assert [r.state for r in view.devices(canary.id)] == ["pending"]  # not counted yet
+    # not counted yet (the controller may already have offered it: it is online)
+    assert [r.state for r in view.devices(canary.id)] in (["pending"], ["offered"])
 
     fleet.start()
     wait_until(

@@ -41,10 +41,12 @@ class Fleet:
         poll_interval: str = "1s",
         server_env: dict[str, str] | None = None,
         state: str | None = None,
+        engine_settings: dict[str, Any] | None = None,
         out: Callable[[str], None] = lambda _line: None,
         server_args: Sequence[str] = (),
     ) -> None:
         self.base = base
+        self.engine_settings = engine_settings
         self.out = out
         self.repo = OperatorRepo(base / "fleet")
         self.specs = list(specs)
@@ -65,7 +67,13 @@ class Fleet:
 
     def setup(self, preinstall: str = "3.0.0", parallel: int = 8) -> None:
         """Create the repo, start the server, write configs and preinstall every device."""
-        self.repo.create(self.specs, self.groups, poll_interval=self.poll_interval, out=self.out)
+        self.repo.create(
+            self.specs,
+            self.groups,
+            poll_interval=self.poll_interval,
+            settings=self.engine_settings,
+            out=self.out,
+        )
         self.server.start()
         self.out(f"engine serve is up at {self.server.url} (SQLite store, log {self.server.log})")
         key = self.repo.public_key()

@@ -58,16 +58,18 @@ class OperatorRepo:
         groups: dict[str, Any],
         *,
         poll_interval: str = "1s",
+        settings: dict[str, Any] | None = None,
         out: Callable[[str], None] = lambda _line: None,
     ) -> None:
-        """Copy the example releases and artifacts, write the inventory, keygen, and sign."""
+        """Copy the example releases and artifacts, write the inventory, keygen, and sign;
+        ``settings`` adds to engine.yaml."""
         (self.root / "inventory").mkdir(parents=True, exist_ok=True)
         (self.root / "releases").mkdir(exist_ok=True)
         for v in RELEASES:
             shutil.copy2(EXAMPLE_FLEET / "releases" / f"{v}.yaml", self.root / "releases")
             shutil.copytree(EXAMPLE_FLEET / "artifacts" / v, self.root / "artifacts" / v)
-        settings = {"poll_interval": poll_interval, "stale_after": "1d"}
-        (self.root / "engine.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        engine_yaml = {"poll_interval": poll_interval, "stale_after": "1d", **(settings or {})}
+        (self.root / "engine.yaml").write_text(yaml.safe_dump(engine_yaml, sort_keys=False))
         self.write_inventory(devices, groups)
         # the engine's own commands, run in this process: four process starts saved
         from engine.cli import main as engine_main

@@ -1,4 +1,5 @@
-"""The example agent's main loop: heartbeat until told to stop."""
+"""The example agent's main loop: heartbeat (to a file, and over NATS when configured) until
+told to stop."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from types import FrameType
 
 from core.behaviour import BEHAVIOUR
 from core.heartbeat import heartbeat_path, write_heartbeat
+from core.nats_heartbeat import NatsHeartbeat
 from core.version import VERSION
 
 #: Exit code of a release that is broken at start (3.0.2 in the example fleet).
@@ -38,13 +40,19 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     interval = heartbeat_interval()
     path = heartbeat_path()
-    print(f"agent {VERSION} started, pid {os.getpid()}, heartbeat {path}", flush=True)
+    bus = NatsHeartbeat.from_env()
+    where = f"{path}" if bus is None else f"{path} and NATS {bus.subject}"
+    print(f"agent {VERSION} started, pid {os.getpid()}, heartbeat {where}", flush=True)
     leaked: list[bytes] = []
     while not stop.is_set():
         if BEHAVIOUR != "no_heartbeat":
             write_heartbeat(path, VERSION)
+            if bus is not None:
+                bus.send(VERSION)
         if BEHAVIOUR == "leak_memory" and len(leaked) * LEAK_BYTES < LEAK_LIMIT:
             leaked.append(bytes([len(leaked) % 251]) * LEAK_BYTES)  # filled: resident
         stop.wait(interval)
+    if bus is not None:
+        bus.close()
     print(f"agent {VERSION} stopping", flush=True)
     return 0
