@@ -57,6 +57,7 @@ from agent_runtime.errors import (
 from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
 from agent_runtime.nats_link import BusHealth, NatsLink
+from agent_runtime.perf import AgentSampler
 from agent_runtime.phases import STEP_OF_PHASE, Phase
 from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
@@ -175,6 +176,7 @@ class PullLoop:
             lambda: self.token,
             out=self.out,
         )
+        self.sampler = AgentSampler(self.heartbeat_paths)
         probe_client = ServerClient(self.settings.url, config.device, timeout=timeout)
 
         def server_record() -> Heartbeat | None:
@@ -330,6 +332,7 @@ class PullLoop:
             runtime_version=runtime_version(),
             agent_running=running,
             transaction=self.transaction,
+            performance=self.sampler.sample(),
             adoption=None
             if state.adoption is None
             else AdoptionReport(

@@ -47,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(status.model_dump_json(indent=2) + "\n")
         return EXIT_OK
     console = Console(highlight=False)
-    console.print(render_rollouts(status.rollouts, status.versions))
+    console.print(render_rollouts(status.rollouts, status.versions, status.performance))
     return EXIT_OK

@@ -71,6 +71,41 @@ class DeviceSql:
         self.token = "SELECT token_hash, revoked_at FROM devices WHERE device = " + mark.format(
             "device"
         )
+        self.download_started = (
+            "SELECT max(at) FROM events WHERE device = "
+            + mark.format("device")
+            + " AND target = "
+            + mark.format("target")
+            + " AND step = 'download' AND status = 'started'"
+        )
+        greatest = "max" if self.sqlite else "greatest"
+        self.performance = (
+            "INSERT INTO performance (device, version, samples, cpu_samples, cpu_sum, rss_sum, "
+            "rss_last, rss_max, first_at, last_at) VALUES ("
+            + ", ".join(
+                mark.format(c)
+                for c in (
+                    "device",
+                    "version",
+                    "one",
+                    "cpu_one",
+                    "cpu",
+                    "rss",
+                    "rss",
+                    "rss",
+                    "at",
+                    "at",
+                )
+            )
+            + ") ON CONFLICT (device, version) DO UPDATE SET "
+            "samples = performance.samples + 1, "
+            "cpu_samples = performance.cpu_samples + excluded.cpu_samples, "
+            "cpu_sum = performance.cpu_sum + excluded.cpu_sum, "
+            "rss_sum = performance.rss_sum + excluded.rss_sum, "
+            "rss_last = excluded.rss_last, "
+            f"rss_max = {greatest}(performance.rss_max, excluded.rss_max), "
+            "last_at = excluded.last_at"
+        )
         self.read_heartbeat = (
             "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
         )
@@ -126,6 +161,21 @@ def upsert_checkin(
             "agent_running": body.agent_running,
         },
     )
+    perf = body.performance
+    if perf is not None:
+        cpu = perf.cpu_percent
+        _driver(conn).execute(
+            sql.performance,
+            {
+                "device": device,
+                "version": str(perf.version),
+                "one": 1,
+                "cpu_one": 0 if cpu is None else 1,
+                "cpu": 0.0 if cpu is None else cpu,
+                "rss": perf.rss_bytes,
+                "at": stamp,
+            },
+        )
 
 
 def upsert_heartbeat(

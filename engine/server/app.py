@@ -19,6 +19,7 @@ from engine.server import (
     _device_api,
     _field_api,
     _install_api,
+    _metrics,
 )
 from engine.server._checkin import CheckinFastPath, checkin_device
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
@@ -56,6 +57,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_bundles_api.router(state))
     app.include_router(_dashboard.router(state))
     app.include_router(_install_api.router(state))
+    app.include_router(_metrics.router(state))
     _publish_body_schemas(app)
     return app
 
