@@ -212,6 +212,14 @@ def _0006_invites(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _0007_report_adoption(conn: Connection) -> None:
+    # How a device's runtime took over the agent it found (CheckinRequest.adoption): known
+    # (the release its files are), unknown (files backed up) or empty; kept across check-ins.
+    for column in ("adoption VARCHAR(20)", "adopted_version VARCHAR(100)",
+                   "adoption_detail VARCHAR(2000)"):  # fmt: skip
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -220,4 +228,5 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
     Migration(5, "when a rollout completed", _0005_rollout_completed_at),
     Migration(6, "single-use enrollment codes (invites)", _0006_invites),
+    Migration(7, "what a device's runtime adopted", _0007_report_adoption),
 ]
