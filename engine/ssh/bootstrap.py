@@ -100,19 +100,31 @@ def run_bootstrap(
             "--agent-root", target.agent_root, "--bundle-dir", f"{work}/bundle", "--json",
             *(a.replace("{device}", target.device) for a in options.extra_args)]  # fmt: skip
     res = session.run(argv, timeout=options.run_timeout)
-    try:
-        doc = json.loads(res.stdout.strip().splitlines()[-1])
-        if not isinstance(doc, dict):
-            raise TypeError("not an object")
-    except (IndexError, ValueError, TypeError) as e:
+    doc = _result_document(res.stdout)
+    if doc is None:
         last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
         raise RemoteCommandError(
-            f"{session.endpoint}: the bootstrap script exited with {res.exit_status}: {last}"
-        ) from e
+            f"{session.endpoint}: the bootstrap script exited with {res.exit_status} "
+            f"without a JSON result: {last}"
+        )
     if res.exit_status != 0:
         why = doc.get("error") or doc.get("detail") or f"exit status {res.exit_status}"
         raise RemoteCommandError(f"{session.endpoint}: bootstrap failed: {why}")
     return doc
+
+
+def _result_document(stdout: str) -> dict[str, Any] | None:
+    """The installer's ``--json`` result: the whole output (it is indented), else its last
+    line (anything printed before it); None when neither is a JSON object."""
+    text = stdout.strip()
+    for candidate in (text, text.splitlines()[-1] if text else ""):
+        try:
+            doc = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return None
 
 
 def _one(target: SshTarget, options: BootstrapOptions) -> HostResult:
