@@ -138,8 +138,21 @@ def _one(target: SshTarget, options: BootstrapOptions) -> HostResult:
         return HostResult(target.device, host, False, e.kind, str(e))
     except OSError as e:
         return HostResult(target.device, host, False, "failed", f"{host}: file transfer: {e}")
-    detail = str(doc.get("detail") or doc.get("result") or "bootstrapped")
-    return HostResult(target.device, host, True, "ok", detail, doc)
+    return HostResult(target.device, host, True, "ok", _summary(doc), doc)
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    """One line from the installer's result: what changed and what the agent was found to be."""
+    if doc.get("detail"):
+        return str(doc["detail"])
+    changed = doc.get("changed")
+    n = len(changed) if isinstance(changed, list) else 0
+    parts = [f"{n} change{'s' if n != 1 else ''}" if n else "nothing to change"]
+    adoption = doc.get("adoption")
+    if isinstance(adoption, dict) and adoption.get("status"):
+        found = " ".join(str(adoption[k]) for k in ("status", "version") if adoption.get(k))
+        parts.append(f"agent {found}")
+    return "; ".join(parts)
 
 
 def bootstrap_hosts(

@@ -6,6 +6,7 @@ test_field_bootstrap.py."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,8 @@ def test_bootstrap_refuses_unknown_host(
     sshd: Sshd, tmp_path: Path, runtime_bundle: RuntimeBundle
 ) -> None:
     """Without --accept-new a host missing from known_hosts is refused and nothing is run;
-    with it the key is recorded in the repo's .engine/known_hosts."""
+    with it the key is recorded in the repo's .engine/known_hosts; a host offering another
+    key than the recorded one is refused even with --accept-new."""
     root = _repo(tmp_path, sshd, {"host-0": {"platform": "linux"}}, runtime_bundle)
     script = tmp_path / "install.py"
     script.write_text(STAND_IN)
@@ -154,6 +156,15 @@ def test_bootstrap_refuses_unknown_host(
     done = _bootstrap(root, "--script", str(script), "--accept-new")
     assert done.returncode == 0, done.stdout + done.stderr
     assert sshd.host_public_key in kh.read_text()
+    issued = _codes(root)["host-0"]
+
+    other = new_key(tmp_path / "other_host_key")
+    sshd.known_hosts(kh, key=" ".join(other.split()[:2]))
+    shutil.rmtree(tmp_path / "host")
+    done = _bootstrap(root, "--script", str(script), "--accept-new")
+    assert done.returncode == 1 and "host key changed" in done.stdout
+    assert not (tmp_path / "host").exists()
+    assert _codes(root)["host-0"] != issued  # a fresh code, never sent anywhere
 
 
 def test_bootstrap_needs_a_server_url_and_trusted_keys(

@@ -111,6 +111,7 @@ def test_field_device_bootstrapped_over_ssh_adopted_then_updated(world: World) -
     (row,) = json.loads(done.stdout)["hosts"]
     result = row["result"]
     assert row["ok"] and result["ok"], row
+    assert row["detail"].endswith("changes; agent known 3.0.0"), row["detail"]
     assert result["adoption"]["status"] == "known" and result["adoption"]["version"] == "3.0.0"
     assert any(c.startswith("runtime ") and "installed" in c for c in result["changed"])
     assert any(c.startswith(f"enrolled {DEVICE}") for c in result["changed"])
