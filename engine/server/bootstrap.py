@@ -109,7 +109,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
 
 
 def _install_keys(root: Path, repo: OperatorRepo) -> list[str]:
-    from engine.server._install_api import pinned_keys
+    from engine.install.render import pinned_keys
 
     try:
         return pinned_keys(root, repo.settings.trusted_keys)

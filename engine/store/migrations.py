@@ -237,6 +237,14 @@ def _0007_performance(conn: Connection) -> None:
     )
 
 
+def _0008_report_adoption(conn: Connection) -> None:
+    # How a device's runtime took over the agent it found (CheckinRequest.adoption): known
+    # (the release its files are), unknown (files backed up) or empty; kept across check-ins.
+    for column in ("adoption VARCHAR(20)", "adopted_version VARCHAR(100)",
+                   "adoption_detail VARCHAR(2000)"):  # fmt: skip
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -250,4 +258,5 @@ MIGRATIONS: list[Migration] = [
         "the agent's CPU and memory per device and release; reports by version and last seen",
         _0007_performance,
     ),
+    Migration(8, "what a device's runtime adopted", _0008_report_adoption),
 ]

@@ -59,6 +59,11 @@ reports = Table(
     Column("tx_attempts", Integer, nullable=True),
     Column("tx_detail", String(2000), nullable=True),
     Column("agent_running", Boolean, nullable=True),
+    # How the runtime took over the agent it found (migration 8): known | unknown | empty,
+    # the release matched, and what it said (e.g. where unknown files were backed up).
+    Column("adoption", String(20), nullable=True),
+    Column("adopted_version", String(100), nullable=True),
+    Column("adoption_detail", String(2000), nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
     # /metrics counts devices per version and online state from this index alone.
     Index("ix_reports_version_seen", "agent_version", "last_seen"),
