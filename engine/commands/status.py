@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return EXIT_OK
     console = Console(highlight=False)
-    console.print(render_rollouts(status.rollouts, status.versions))
+    console.print(render_rollouts(status.rollouts, status.versions, status.performance))
     if page is not None:
         console.print(render_rollout_devices(page))
     return EXIT_OK

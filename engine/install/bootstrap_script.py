@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Filled in by the server (engine/server/_install_api.py); never a secret.
+# Filled in by engine/install/render.py (served or pushed over SSH); never a secret.
 SERVER_URL = ""
 PINNED_KEYS: list[str] = []
 PLATFORM = ""

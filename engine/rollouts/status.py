@@ -18,6 +18,7 @@ from sqlalchemy import Connection, func, select
 
 from engine.rollouts.errors import RolloutNotFoundError
 from engine.rollouts.model import DeviceState, RolloutState, Timings
+from engine.rollouts.performance import ReleasePerformance, release_performance
 from engine.rollouts.windows import in_window
 from engine.store.schema import reports, rollout_devices, rollouts
 from inventory.models import MaintenanceWindow
@@ -50,6 +51,7 @@ BUCKET_OF: dict[str, str] = {
     DeviceState.SUCCEEDED.value: "succeeded",
     DeviceState.FAILED.value: "failed",
     DeviceState.TIMED_OUT.value: "failed",
+    DeviceState.REGRESSED.value: "failed",
     DeviceState.ROLLBACK_FAILED.value: "failed",
     DeviceState.ROLLED_BACK.value: "rolled_back",
     DeviceState.EXCLUDED.value: "excluded",
@@ -128,6 +130,7 @@ class FleetStatus(_Out):
     rollouts: list[RolloutStatus]
     versions: dict[str, int]
     devices_reporting: int
+    performance: list[ReleasePerformance] = []  # the agent's CPU and memory per release
 
 
 def resolve_rollout(conn: Connection, ref: str) -> int:
@@ -301,8 +304,10 @@ def fleet_status(
     now: datetime,
     rollout_id: int | None = None,
     timings: Timings | None = None,
+    performance: bool = False,
 ) -> FleetStatus:
-    """Rollouts (one, or the newest) with wave counts, plus the fleet's versions."""
+    """Rollouts (one, or the newest) with wave counts, plus the fleet's versions and, with
+    ``performance``, the agent's cost per release (reads every device's samples)."""
     if rollout_id is not None:
         exists = conn.execute(select(rollouts.c.id).where(rollouts.c.id == rollout_id)).first()
         if exists is None:
@@ -313,4 +318,5 @@ def fleet_status(
         rollouts=rollout_status(conn, now=now, rollout_id=rollout_id, timings=timings),
         versions=versions,
         devices_reporting=sum(versions.values()),
+        performance=release_performance(conn) if performance else [],
     )

@@ -26,6 +26,7 @@ from engine.rollouts import (
 from engine.rollouts.errors import DeviceNotFoundError
 from engine.rollouts.forensics import DeviceDetail, RolloutDevicesPage
 from engine.rollouts.status import RolloutStatus
+from engine.rollouts.performance import release_performance
 from engine.server._http import json_response, refuse
 from engine.server.registry import list_devices, revoke_device
 from engine.server.state import ServerState
@@ -177,6 +178,14 @@ def router(state: ServerState) -> APIRouter:
             refuse(409, str(e))
         log.info("rollout %s: %s by the operator API", rollout, action.value)
         return found[0]
+
+    @api.get("/performance", response_model=None)
+    def performance() -> Response:
+        """The agent's CPU % and memory per release (median and p95 over devices) and the
+        change against the release before on the same devices."""
+        with state.store.read() as conn:
+            rows = release_performance(conn)
+        return json_response({"releases": _jsonable(rows)})
 
     @api.get("/status", response_model=None)
     async def status() -> Response:

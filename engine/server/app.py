@@ -20,6 +20,7 @@ from engine.server import (
     _health,
     _install_api,
     dashboard,
+    _metrics,
 )
 from engine.server._checkin import CheckinFastPath, checkin_device
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
@@ -58,6 +59,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_health.router(state))
     app.include_router(_install_api.router(state))
     app.include_router(dashboard.router(state, openapi_url="/openapi.json"))
+    app.include_router(_metrics.router(state))
     _publish_body_schemas(app)
     return app
 
