@@ -97,6 +97,20 @@ def render_device(detail: DeviceDetail) -> RenderableType:
                 Text(m.reason or "-"),
             )
         parts.append(table)
+    if detail.performance:
+        table = Table(title="performance", title_justify="left", box=None, pad_edge=False)
+        for name in ("release", "samples", "cpu % (mean)", "rss MB (mean)", "rss MB (last)"):
+            table.add_column(name)
+        for p in detail.performance:
+            cpu = "-" if p.cpu_percent is None else f"{p.cpu_percent:.1f}"
+            table.add_row(
+                p.version,
+                str(p.samples),
+                cpu,
+                f"{p.rss_mean_bytes / 1e6:.1f}",
+                f"{p.rss_last_bytes / 1e6:.1f}",
+            )
+        parts.append(table)
     parts.append(_timeline(detail))
     return Group(*parts)
 

@@ -17,13 +17,22 @@ from sqlalchemy import Connection, func, select
 from engine.rollouts.model import DeviceState, RolloutState
 from engine.rollouts.policy import shown_reason
 from engine.rollouts.status import BUCKET_OF
-from engine.store.schema import devices, events, heartbeats, reports, rollout_devices, rollouts
+from engine.store.schema import (
+    devices,
+    events,
+    heartbeats,
+    performance,
+    reports,
+    rollout_devices,
+    rollouts,
+)
 
 __all__ = [
     "DeviceDetail",
     "DeviceRollout",
     "HeartbeatView",
     "LastStep",
+    "PerformanceView",
     "ReportView",
     "RolloutDeviceRow",
     "RolloutDevicesPage",
@@ -85,6 +94,19 @@ class StepRecord(_Out):
     received_at: datetime
 
 
+class PerformanceView(_Out):
+    """The agent's CPU and memory on the device under one release (from the runtime's samples)."""
+
+    version: str
+    samples: int
+    cpu_percent: float | None  # mean over the samples with a CPU figure
+    rss_mean_bytes: float
+    rss_last_bytes: int
+    rss_max_bytes: int
+    first_at: datetime
+    last_at: datetime
+
+
 class DeviceRollout(_Out):
     """The device in one rollout: its state there and why."""
 
@@ -118,6 +140,7 @@ class DeviceDetail(_Out):
     rollouts: list[DeviceRollout]
     events: list[StepRecord]  # newest first, at most TIMELINE_LIMIT
     events_total: int
+    performance: list[PerformanceView] = []  # per release, the newest samples first
 
 
 class LastStep(_Out):
@@ -183,6 +206,11 @@ def device_detail(
         .limit(TIMELINE_LIMIT)
     ).all()
     total = conn.execute(select(func.count()).where(events.c.device == device)).scalar_one()
+    usage = conn.execute(
+        select(performance)
+        .where(performance.c.device == device)
+        .order_by(performance.c.last_at.desc())
+    ).all()
     report = None
     transaction = None
     if rep is not None:
@@ -255,6 +283,19 @@ def device_detail(
             for e in timeline
         ],
         events_total=int(total),
+        performance=[
+            PerformanceView(
+                version=u.version,
+                samples=u.samples,
+                cpu_percent=u.cpu_sum / u.cpu_samples if u.cpu_samples else None,
+                rss_mean_bytes=u.rss_sum / u.samples if u.samples else 0.0,
+                rss_last_bytes=u.rss_last,
+                rss_max_bytes=u.rss_max,
+                first_at=u.first_at,
+                last_at=u.last_at,
+            )
+            for u in usage
+        ],
     )
 
 

@@ -25,8 +25,8 @@ from engine.rollouts import (
 )
 from engine.rollouts.errors import DeviceNotFoundError
 from engine.rollouts.forensics import DeviceDetail, RolloutDevicesPage
-from engine.rollouts.status import RolloutStatus
 from engine.rollouts.performance import release_performance
+from engine.rollouts.status import RolloutStatus
 from engine.server._http import json_response, refuse
 from engine.server.registry import list_devices, revoke_device
 from engine.server.state import ServerState

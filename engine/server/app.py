@@ -19,8 +19,8 @@ from engine.server import (
     _field_api,
     _health,
     _install_api,
-    dashboard,
     _metrics,
+    dashboard,
 )
 from engine.server._checkin import CheckinFastPath, checkin_device
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings

@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import insert
 
 from engine.store import Store
-from engine.store.schema import devices, events, heartbeats, reports, rollout_devices, rollouts
+from engine.store.schema import (
+    devices,
+    events,
+    heartbeats,
+    performance,
+    reports,
+    rollout_devices,
+    rollouts,
+)
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 XSS = "<script>alert('xss')</script><img src=x onerror=alert(1)>"
@@ -115,6 +123,14 @@ def fill(store: Store, *, healthy: int = 3) -> int:
                 insert(events).values(
                     device=FAILED, target="3.0.3", step=step, status=status, detail=detail,
                     at=at, received_at=at,
+                )
+            )  # fmt: skip
+        for version, rss in (("3.0.1", 30e6), ("3.0.3", 90e6)):
+            conn.execute(
+                insert(performance).values(
+                    device=FAILED, version=version, samples=4, cpu_samples=4, cpu_sum=10.0,
+                    rss_sum=4 * rss, rss_last=int(rss), rss_max=int(rss),
+                    first_at=NOW - timedelta(hours=2), last_at=NOW - timedelta(minutes=50),
                 )
             )  # fmt: skip
         conn.execute(

@@ -32,6 +32,8 @@ def test_device_detail_has_report_heartbeat_transaction_and_timeline(
     assert d.events_total == 8 and d.events[2].detail == CONFIRM_FAILURE
     assert d.online and d.enrolled
     assert [m.rollout_id for m in d.rollouts] == [rollout_id]
+    usage = {p.version: p for p in d.performance}
+    assert usage["3.0.3"].rss_last_bytes == 90_000_000 and usage["3.0.1"].cpu_percent == 2.5
 
 
 def test_halted_rollout_promises_no_retry(store: Store, rollout_id: int) -> None:

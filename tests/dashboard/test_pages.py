@@ -111,6 +111,13 @@ def test_rollout_page_shows_gates_halt_reason_and_fresh_device_reasons(
     assert 'data-action="abort"' in page and 'data-action="pause"' not in page
 
 
+def test_device_page_shows_performance_samples(client: TestClient) -> None:
+    """The device page lists the agent's CPU and memory per release."""
+    log_in(client)
+    page = client.get(f"/devices/{FAILED}").text
+    assert 'data-perf-version="3.0.3"' in page and "90.0 MB" in page and "2.5 %" in page
+
+
 def test_fleet_page_counts(client: TestClient) -> None:
     """Devices, online, failures in 24 h, versions and the success rate per release."""
     log_in(client)
