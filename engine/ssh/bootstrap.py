@@ -96,7 +96,11 @@ def run_bootstrap(
         session.write(f"{work}/bundle/{small}", (bundle / small).read_bytes())
     for entry in manifest.files:
         session.upload(bundle / entry.name, f"{work}/bundle/{entry.name}")
-    argv = ["python3", f"{work}/install.py", "--device", target.device, "--code", code,
+    # The code goes in a private file the script reads and deletes, not on its command
+    # line, where any local user could read it with ps.
+    session.write(f"{work}/invite.code", code.encode() + b"\n", mode=0o600)
+    argv = ["python3", f"{work}/install.py", "--device", target.device,
+            "--code-file", f"{work}/invite.code",
             "--agent-root", target.agent_root, "--bundle-dir", f"{work}/bundle", "--json",
             *(a.replace("{device}", target.device) for a in options.extra_args)]  # fmt: skip
     res = session.run(argv, timeout=options.run_timeout)

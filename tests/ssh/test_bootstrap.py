@@ -30,8 +30,11 @@ bundle = opt["--bundle-dir"]
 if opt["--device"] == "fails":
     print(json.dumps({"ok": False, "error": "agent root not writable"})); sys.exit(1)
 print("installing ...", file=sys.stderr)
+code = open(opt["--code-file"]).read().strip()
+os.unlink(opt["--code-file"])
 print(json.dumps({"ok": True, "detail": "enrolled", "device": opt["--device"],
-                  "code": opt["--code"], "server": opt["--server"], "prefix": opt.get("--prefix"),
+                  "code": code, "code_on_command_line": "--code" in sys.argv,
+                  "server": opt["--server"], "prefix": opt.get("--prefix"),
                   "bundle": sorted(os.listdir(bundle))}))
 """
 SERVER = "http://127.0.0.1:9"
@@ -112,6 +115,9 @@ def test_bootstrap_table_and_failures(
     (row,) = json.loads(done.stdout)["hosts"]
     code = row["result"]["code"]
     assert code != "fleet-secret" and _codes(root)["host-1"] == (hash_token(code), None)
+    # the code reached the script in a file it deleted, never on its command line (ps)
+    assert row["result"]["code_on_command_line"] is False
+    assert not list((tmp_path / "host" / "host-1").rglob("invite.code"))
     assert row["result"]["server"] == SERVER and row["result"]["prefix"] == "/opt/rt-host-1"
     assert row["result"]["bundle"] == sorted(p.name for p in runtime_bundle.directory.iterdir())
 
