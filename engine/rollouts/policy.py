@@ -59,6 +59,7 @@ __all__ = [
     "parse_version",
     "retry_after",
     "rollback_version",
+    "shown_reason",
     "tripped",
     "wave_step",
 ]
@@ -388,6 +389,35 @@ def choose_offers(
         chosen.append((device, DeviceEvent.OFFER))
         slots -= 1
     return chosen
+
+
+# -- what a device's reason says now -----------------------------------------------------------
+
+_RETRY_SUFFIX = "; retry at "
+
+
+def shown_reason(
+    reason: str | None,
+    *,
+    retry_at: datetime | None,
+    rollout: RolloutState,
+    now: datetime,
+) -> str | None:
+    """A device's stored reason as true now: a promised retry the rollout will not make is said so.
+
+    The reason is written when the attempt fails ("…; retry at 05:27"); the
+    rollout may halt, pause or end afterwards, and the retry time may pass.
+    """
+    if reason is None or _RETRY_SUFFIX not in reason:
+        return reason
+    head = reason[: reason.rindex(_RETRY_SUFFIX)]
+    if rollout is RolloutState.ACTIVE:
+        if retry_at is not None and retry_at <= now:
+            return f"{head}; retry due (offered when the device is seen and a slot is free)"
+        return reason
+    if rollout is RolloutState.PAUSED:
+        return f"{head}; retry held: the rollout is paused"
+    return f"{head}; not retried: the rollout is {rollout.value}"
 
 
 # -- performance impact (max_cpu_increase, max_rss_increase) ------------------------------
