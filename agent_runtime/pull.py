@@ -57,10 +57,12 @@ from agent_runtime.errors import (
 from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
 from agent_runtime.nats_link import BusHealth, NatsLink
-from agent_runtime.phases import STEP_OF_PHASE, Phase
+from agent_runtime.perf import AgentSampler
+from agent_runtime.phases import Phase
 from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
+from agent_runtime.step_events import step_event
 from fleetbase.version import Version
 from states.keyring import KEYS_PATH
 from states.plan import ReleaseRef
@@ -69,7 +71,6 @@ from states.protocol import (
     CheckinRequest,
     CheckinResponse,
     Heartbeat,
-    StepEvent,
     TransactionReport,
 )
 
@@ -175,6 +176,7 @@ class PullLoop:
             lambda: self.token,
             out=self.out,
         )
+        self.sampler = AgentSampler(self.heartbeat_paths)
         probe_client = ServerClient(self.settings.url, config.device, timeout=timeout)
 
         def server_record() -> Heartbeat | None:
@@ -342,6 +344,7 @@ class PullLoop:
             runtime_version=runtime_version(),
             agent_running=running,
             transaction=self.transaction,
+            performance=self.sampler.sample(),
             adoption=None
             if state.adoption is None
             else AdoptionReport(
@@ -396,19 +399,9 @@ class PullLoop:
         self.runtime.executor.fx.on_phase = self._on_phase
 
     def _on_phase(self, record: JournalRecord, phase: Phase, status: str, detail: str) -> None:
-        if phase in (Phase.IDLE, Phase.DONE, Phase.ROLLED_BACK, Phase.FAILED):
-            return
-        known = STEP_OF_PHASE.get(phase)
-        step = known.value if known is not None else phase.value.lower()
-        self.events.add(
-            StepEvent(
-                target=record.target,
-                step=step,
-                status=status,
-                detail=detail[:2000] or None,
-                at=datetime.now(UTC),
-            )
-        )
+        event = step_event(record, phase, status, detail, datetime.now(UTC))
+        if event is not None:
+            self.events.add(event)
 
     def _next_poll(self) -> float:
         base = self.poll_interval

@@ -7,10 +7,12 @@ of an idle periodic `agent-runtime converge` process: after a no-op round
 (no HTTP) and after a 3.0.1 -> 3.0.2 update downloaded over HTTP. Then, unless
 ``--no-pull``, the resident memory of a pull-mode runtime against a real
 `engine serve` on 127.0.0.1 (``tests/harness``), idle between
-check-ins before and after a rollout it installed over HTTP. Usage::
+check-ins before and after a rollout it installed over HTTP (the runtime samples the
+agent's CPU and memory at every check-in; the count of samples the server kept is
+printed with them). Usage::
 
     .venv/bin/python bench/runtime.py [--pad-mb 50] [--layout in_place|versioned|both]
-        [--no-pull]
+        [--no-pull | --pull-only]
 
 Targets: download + verify + backup + swap < 1 s; no-op < 0.3 s; idle RSS < 50 MB.
 """
@@ -288,6 +290,15 @@ def _tls_front(pki: Pki, backend_port: int) -> Iterator[str]:
         listener.close()
 
 
+def _samples(repo: Path) -> float:
+    """How many performance samples the server stored: proof that the runtimes sampled."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(repo / ".engine" / "state.db")) as db:
+        (count,) = db.execute("SELECT coalesce(sum(samples), 0) FROM performance").fetchone()
+    return float(count)
+
+
 def _bench_pull(base: Path) -> dict[str, float]:
     """RSS of pull-mode runtimes against a real `engine serve`, one over HTTP and one over
     https (a TLS terminator in front, the system CA directory plus a test CA): idle before
@@ -336,6 +347,7 @@ def _bench_pull(base: Path) -> dict[str, float]:
                 proc = fleet.device(name).proc
                 assert proc is not None
                 figures[f"idle RSS, pull over {kind}, after update (MB)"] = _rss_mb(proc.pid, 6)
+            figures["performance samples the server kept (count)"] = _samples(fleet.repo.root)
     finally:
         fleet.stop()
         for k, v in saved.items():
@@ -352,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pad-mb", type=int, default=50)
     parser.add_argument("--layout", choices=["in_place", "versioned", "both"], default="both")
     parser.add_argument("--no-pull", action="store_true", help="skip the pull-mode figures")
+    parser.add_argument("--pull-only", action="store_true", help="only the pull-mode figures")
     args = parser.parse_args(argv)
+    if args.pull_only:
+        with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
+            for name, value in _bench_pull(Path(tmp)).items():
+                print(f"{name:<46}{value:>12.3f}")
+        return 0
     layouts = ["in_place", "versioned"] if args.layout == "both" else [args.layout]
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         base = Path(tmp)

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, select
 
+from engine.instruments import instruments
 from engine.rollouts import _reads
 from engine.rollouts._lease import LeaderLock
 from engine.rollouts._tick import TickSettings, tick_rollout
@@ -123,6 +124,10 @@ class RolloutController:
         self.events = []
         if not self.lock.acquire():
             return
+        with instruments().tick_duration.time():
+            self._tick_rollouts()
+
+    def _tick_rollouts(self) -> None:
         now = self.clock()
         with self.store.read() as conn:
             ids = _reads.live_rollout_ids(conn)

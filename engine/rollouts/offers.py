@@ -42,6 +42,7 @@ _WANTED = [
     DeviceState.OFFERED.value,
     DeviceState.IN_PROGRESS.value,
     DeviceState.ROLLBACK.value,
+    DeviceState.REGRESSED.value,
 ]
 _LIVE = [
     RolloutState.ACTIVE.value,
@@ -285,6 +286,9 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
       failure (a lost answer must not strand it);
     - a rollback to the release it came from when its rollout halted, also
       only inside the window;
+    - a rollback to the release it came from when the performance policy failed
+      it (``regressed``), at every check-in inside the window until it reports
+      that release (like an update in progress, a lost answer must not strand it);
     - nothing otherwise: pinned and excluded devices, paused, aborted and
       superseded rollouts, closed windows. When the device is in several
       live rollouts, the one of the highest group priority (then the newest)
@@ -352,6 +356,20 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
         if taken.rowcount != 1:
             return None
         reason = f"rollout {row.name} halted: back to {info.ref.version}"
+        plan = _plan(
+            device, row=row, info=info, current=current, action=Action.ROLLBACK, reason=reason
+        )
+        return Offer(plan, info.ref)
+    if state == DeviceState.REGRESSED.value:
+        if row.rollback_to is None or not in_window(_window(row.maintenance_window), now):
+            return None
+        info = _release(conn, row.rollback_to)
+        if info is None or (current is not None and current == info.ref.version):
+            return None
+        reason = (
+            f"rollout {row.name}: {row.release} exceeded the performance policy: "
+            f"back to {info.ref.version}"
+        )
         plan = _plan(
             device, row=row, info=info, current=current, action=Action.ROLLBACK, reason=reason
         )

@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.errors import StoreError
+from engine.instruments import instruments, store_failed
 from engine.server._auth import MISSING, DeviceTokens, bearer
 from engine.server._device_db import DeviceSql, lookup_token, upsert_checkin
 from engine.server._http import DEVICE_RE, error_body, refuse, validation_message
@@ -38,7 +39,7 @@ from engine.store._connect import _IMMEDIATE
 from states.protocol import CheckinRequest
 from states.report import Report
 
-__all__ = ["CheckinFastPath", "Checkins", "LoopConnection", "checkin_device"]
+__all__ = ["CheckinFastPath", "Checkins", "LoopConnection", "checkin_device", "count_checkin"]
 
 log = logging.getLogger("engine.server")
 
@@ -84,6 +85,7 @@ class LoopConnection:
                 yield conn
         except SQLAlchemyError as e:
             self.close()
+            store_failed("device_write" if immediate else "device_read")
             raise StoreError(f"{self._store.display_url} failed: {e}") from e
 
     def close(self) -> None:
@@ -173,6 +175,11 @@ class Checkins:
         )
 
 
+def count_checkin(status: int) -> None:
+    """Count one check-in answered with HTTP ``status`` (``engine_checkins_total``)."""
+    instruments().checkins.labels(str(status)).inc()
+
+
 _PREFIX = "/v1/devices/"
 _SUFFIX = "/checkin"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -231,6 +238,7 @@ class CheckinFastPath:
         except Exception:
             log.exception("check-in of %s failed", device)
             status, content = 500, b'{"detail":"internal server error"}'
+        count_checkin(status)
         await send(
             {
                 "type": "http.response.start",

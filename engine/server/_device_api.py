@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from engine.errors import StoreError
+from engine.instruments import instruments
+from engine.server._checkin import count_checkin
 from engine.server._device_db import (
     insert_events,
     read_heartbeat,
@@ -34,6 +36,7 @@ from engine.server._http import (
     read_body,
     refuse,
 )
+from engine.server._outcomes import count_step_events
 from engine.server._releases import KeysFile
 from engine.server._throttle import FailureThrottle
 from engine.server.enrollment import EnrollmentRefusedError, admit
@@ -122,6 +125,17 @@ def router(state: ServerState) -> APIRouter:
         """Trade the device's invite code, the fleet's enrollment secret or its current token
         for a new device token. An id that already has a token is enrolled again only with
         proof that the caller is that device, or with an operator's approval."""
+        try:
+            answer = await _enroll(request)
+        except HTTPException as e:
+            enrollments.labels(str(e.status_code)).inc()
+            raise
+        enrollments.labels("enrolled").inc()
+        return Response(answer.model_dump_json(), media_type="application/json")
+
+    enrollments = instruments().enrollments
+
+    async def _enroll(request: Request) -> EnrollResponse:
         body = await parse_body(request, EnrollRequest, limit)
         source = request.client.host if request.client is not None else None
         keys = (f"id:{body.device}", f"from:{source}")
@@ -171,10 +185,9 @@ def router(state: ServerState) -> APIRouter:
             log.warning("enrollment of %s from %s pending: %s", body.device, source, refused)
             refuse(refused.status, str(refused), code=refused.code)
         tokens.forget(body.device)
-        answer = EnrollResponse(
+        return EnrollResponse(
             device=body.device, token=enrollment.token, poll_interval=state.poll_interval()
         )
-        return Response(answer.model_dump_json(), media_type="application/json")
 
     def _failed(keys: tuple[str, str], why: str, device: str, source: str | None) -> None:
         counts = [t.failed(k) for k, t in zip(keys, throttles, strict=True)]
@@ -198,7 +211,12 @@ def router(state: ServerState) -> APIRouter:
         """Record the device's report; answer its plan (or none) and the next poll interval."""
         _device(device)
         body = await read_body(request, limit)
-        content = checkins.handle(device, request.headers.get("authorization"), body)
+        try:
+            content = checkins.handle(device, request.headers.get("authorization"), body)
+        except HTTPException as e:
+            count_checkin(e.status_code)
+            raise
+        count_checkin(200)
         return Response(content, media_type="application/json")
 
     @api.post(
@@ -214,6 +232,7 @@ def router(state: ServerState) -> APIRouter:
         body = await parse_body(request, EventBatch, limit)
         with _stored(device), db.write() as conn:
             insert_events(conn, sql, device, body.events, clock())
+            count_step_events(conn, sql, device, body.events)
         return Response(status_code=204)
 
     @api.post(

@@ -24,6 +24,8 @@ from engine.server.credentials import (
     ENROLLMENT_SECRET_FILE,
     ENV_ADMIN_TOKEN,
     ENV_ENROLLMENT_SECRET,
+    ENV_METRICS_TOKEN,
+    METRICS_TOKEN_FILE,
     Credential,
     load_credential,
 )
@@ -64,6 +66,7 @@ class BuiltServer:
     admin: Credential
     enrollment: Credential
     repo: OperatorRepo
+    metrics: Credential
 
     def app(self) -> FastAPI:
         """The ASGI application."""
@@ -80,6 +83,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
     url = store_url(repo, options.state)
     admin = load_credential(root, ENV_ADMIN_TOKEN, ADMIN_TOKEN_FILE)
     enrollment = load_credential(root, ENV_ENROLLMENT_SECRET, ENROLLMENT_SECRET_FILE)
+    metrics = load_credential(root, ENV_METRICS_TOKEN, METRICS_TOKEN_FILE)
     store = Store.open(url, migrate=migrate)
     poll = options.poll_interval
     if poll is None:
@@ -92,6 +96,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         repo_root=root,
         admin_token=admin.value,
         enrollment_secret=enrollment.value,
+        metrics_token=metrics.value,
         known_devices=known,
         poll_interval=poll,
         field_release=repo.settings.field_release,
@@ -100,11 +105,11 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         install_keys=_install_keys(root, repo),
         public_url=repo.settings.server_url,
     )
-    return BuiltServer(settings, admin, enrollment, repo)
+    return BuiltServer(settings, admin, enrollment, repo, metrics)
 
 
 def _install_keys(root: Path, repo: OperatorRepo) -> list[str]:
-    from engine.server._install_api import pinned_keys
+    from engine.install.render import pinned_keys
 
     try:
         return pinned_keys(root, repo.settings.trusted_keys)
@@ -118,6 +123,7 @@ def options_to_env(options: ServeOptions, built: BuiltServer) -> dict[str, str]:
         ENV_SERVE_OPTIONS: json.dumps(asdict(options)),
         ENV_ADMIN_TOKEN: built.admin.value,
         ENV_ENROLLMENT_SECRET: built.enrollment.value,
+        ENV_METRICS_TOKEN: built.metrics.value,
     }
 
 
