@@ -88,7 +88,7 @@ def tick_rollout(
     state = r.state
     _judge(conn, r, timings, now, failed)
     if state in _WATCHED and (policy.max_cpu_increase or policy.max_rss_increase):
-        _watch_performance(conn, r, policy, now)
+        _watch_performance(conn, r, policy, now, failed)
     _store.move_devices(
         conn,
         [rollout_id],
@@ -300,12 +300,16 @@ def _soaking(r: RolloutRow, policy: RolloutPolicy, now: datetime) -> bool:
 
 
 def _watch_performance(
-    conn: Connection, r: RolloutRow, policy: RolloutPolicy, now: datetime
+    conn: Connection,
+    r: RolloutRow,
+    policy: RolloutPolicy,
+    now: datetime,
+    failed: list[tuple[str, str]] | None = None,
 ) -> None:
     """Fail devices whose agent's CPU or memory on the release exceeds the policy's limits
     over their previous release: they go back to it (their check-ins get a rollback plan)
     and count against the failure rate. Watched from taking the release until its soak
-    (at least ``PERFORMANCE_WATCH``) ends."""
+    (at least ``PERFORMANCE_WATCH``) ends. Failed devices are appended to ``failed``."""
     since = now - max(policy.soak, PERFORMANCE_WATCH)
     for d in _reads.watched_devices(conn, r.id, r.release, since):
         found = judge_performance(d.before, d.after, policy)
@@ -330,6 +334,8 @@ def _watch_performance(
         )
         instruments().performance_failures.labels(r.release, found.resource).inc()
         _log.info("rollout %s: %s failed: %s", r.name, d.device, reason)
+        if failed is not None:
+            failed.append((d.device, reason))
 
 
 # -- slots and waves ----------------------------------------------------------------------
