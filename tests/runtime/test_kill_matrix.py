@@ -2,8 +2,10 @@
 
 Every case runs ``agent-runtime converge --once`` as a real subprocess with a
 fault point (``AGENT_RUNTIME_FAULT``), then starts it again without one. After
-the restart the agent root holds exactly one release's files, that release
-runs and heartbeats, and the journal is closed.
+the restart the agent root holds exactly one release's files and nothing else
+(no temporary file of a killed run), that release runs and heartbeats, and the
+journal is closed. Rollbacks are killed too, on the first run and a second
+time while a restart recovers a half-done swap.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def _random_kills(base: Path, layout: str, wanted: int) -> str | None:
             if again.returncode != 0:
                 return f"{layout} trial {trials}: {again.stdout}{again.stderr}"
             sb.assert_consistent()
+            assert sb.stray_files() == [], f"trial {trials}"
         if kills < wanted:
             return f"{layout}: only {kills} kills landed in {trials} trials"
         return None
