@@ -168,3 +168,22 @@ def test_dripping_server_ends_as_slow_retrieval_and_frees_the_lock(
         run = sb.converge()
     assert run.returncode == 0, run.stdout + run.stderr
     assert sb.assert_consistent() == "3.0.1"
+
+
+def test_temporary_files_of_a_killed_run_are_removed_from_the_state_dir(
+    make_sandbox: MakeSandbox,
+) -> None:
+    """Atomic-write leftovers of another (dead) process in the state directory are removed by
+    the next start; the runtime's own files stay."""
+    sb = make_sandbox(layout="in_place")
+    sb.publish("3.0.0")
+    _installed(sb, "3.0.0")
+    left = [sb.state / ".journal.json.tmp-999999", sb.state / ".state.json.tmp-999998"]
+    for p in left:
+        p.write_bytes(b'{"half": ')
+    keep = sb.state / ".hidden-but-not-temporary"
+    keep.write_bytes(b"x")
+    run = sb.converge()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [p for p in left if p.exists()] == []
+    assert keep.exists() and sb.state_json()["installed"] == "3.0.0"

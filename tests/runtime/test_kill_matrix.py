@@ -194,6 +194,7 @@ def _random_kills(base: Path, layout: str, wanted: int) -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 100 runtime processes: 3 min alone, over 5 on a loaded machine
 def test_random_kills(tmp_path: Path) -> None:
     """50 SIGKILLs at random instants (25 per layout, run side by side): 0 inconsistent restarts."""
     with ThreadPoolExecutor(max_workers=2) as pool:
