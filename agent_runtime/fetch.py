@@ -49,7 +49,9 @@ def is_url(location: str) -> bool:
 class _Pace:
     """The average speed of one transfer, checked against the configured minimum."""
 
-    def __init__(self, location: str, settings: DownloadSettings, limit: float | None = None):
+    def __init__(
+        self, location: str, settings: DownloadSettings, limit: float | None = None
+    ) -> None:
         self.location = location
         self.min_speed = settings.min_speed
         self.grace = settings.min_speed_grace.total_seconds()
