@@ -5,6 +5,13 @@ Backup copies every path the swap will touch to ``backup/<old version>/``
 files in one by one; before each rename the path is recorded in the journal,
 so rollback restores exactly the touched paths: from the backup when they
 existed before, by deleting them when they did not.
+
+Every file operation in the agent root goes through ``agent_runtime._nofollow``:
+no symbolic link inside the root is followed (the agent's user may plant one),
+and a staged file on another file system is copied beside its target and
+renamed in. Copies are written as ``.<name>.tmp-<pid>`` first; what a killed
+run left is removed by ``clear_temporaries`` (on recovery and when the journal
+closes) and by the rollback.
 """
 
 from __future__ import annotations
