@@ -38,7 +38,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent_runtime._memory import release_memory
-from agent_runtime._pull_basics import SECRET_ENV, Backoff, TokenFile, poll_delay
+from agent_runtime._pull_basics import (
+    SECRET_ENV,
+    Backoff,
+    TokenFile,
+    bounded_poll_interval,
+    poll_delay,
+)
 from agent_runtime._pull_senders import EventSender, HeartbeatForwarder
 from agent_runtime.config import DeviceConfig
 from agent_runtime.converge import ConvergeResult, DesiredRelease, Runtime, exit_code
@@ -300,7 +306,7 @@ class PullLoop:
             return self.token
         answer = enroll(self.config, self.client, self.tokens)
         self.token = answer.token
-        self.poll_interval = answer.poll_interval
+        self._take_poll_interval(answer.poll_interval)
         self.out(f"enrolled {self.config.device} with {self.settings.url}")
         return answer.token
 
@@ -326,7 +332,7 @@ class PullLoop:
         """Send this device's report; remember the server's poll interval."""
         self.client.token = self.token
         answer = self.client.checkin(self.report())
-        self.poll_interval = answer.poll_interval
+        self._take_poll_interval(answer.poll_interval)
         self.checkins += 1
         return answer
 
@@ -402,6 +408,16 @@ class PullLoop:
         event = step_event(record, phase, status, detail, datetime.now(UTC))
         if event is not None:
             self.events.add(event)
+
+    def _take_poll_interval(self, seconds: float) -> None:
+        """Keep the server's poll interval, bounded by the config (logged when it was not)."""
+        c = self.config.converge
+        bounded, note = bounded_poll_interval(
+            seconds, c.poll_interval_min.total_seconds(), c.poll_interval_max.total_seconds()
+        )
+        if note is not None and bounded != self.poll_interval:
+            self.out(note)
+        self.poll_interval = bounded
 
     def _next_poll(self) -> float:
         base = self.poll_interval

@@ -12,7 +12,7 @@ agent's CPU and memory at every check-in; the count of samples the server kept i
 printed with them). Usage::
 
     .venv/bin/python bench/runtime.py [--pad-mb 50] [--layout in_place|versioned|both]
-        [--no-pull | --pull-only]
+        [--no-pull | --pull-only] [--state-on /dev/shm]
 
 Targets: download + verify + backup + swap < 1 s; no-op < 0.3 s; idle RSS < 50 MB.
 """
@@ -24,6 +24,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -106,9 +107,14 @@ def _plan(path: Path, repo: Path, desired: str, current: str | None, url: str | 
     path.write_text(plan.model_dump_json())
 
 
+#: ``--state-on DIR``: state directories (and so staging) under DIR, e.g. another file system.
+STATE_ON: list[Path] = []
+
+
 def _device(dev: Path, pinned: str, layout: str) -> tuple[Path, Path]:
     """A device directory with its config; (config, plan file path)."""
     dev.mkdir()
+    state = STATE_ON[0] / dev.name / "state" if STATE_ON else dev / "state"
     config = dev / "device.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -116,7 +122,7 @@ def _device(dev: Path, pinned: str, layout: str) -> tuple[Path, Path]:
                 "device": DEVICE,
                 "platform": "linux",
                 "agent_root": str(dev / "agent"),
-                "state_dir": str(dev / "state"),
+                "state_dir": str(state),
                 "layout": layout,
                 "trusted_keys": [pinned],
                 "env": {"HEARTBEAT_INTERVAL": "0.2", "PYTHONDONTWRITEBYTECODE": "1"},
@@ -365,12 +371,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=["in_place", "versioned", "both"], default="both")
     parser.add_argument("--no-pull", action="store_true", help="skip the pull-mode figures")
     parser.add_argument("--pull-only", action="store_true", help="only the pull-mode figures")
+    parser.add_argument(
+        "--state-on",
+        type=Path,
+        help="keep state_dir (staging) under this directory, e.g. /dev/shm: another file "
+        "system than the agent root, so every swapped file is copied (EXDEV)",
+    )
     args = parser.parse_args(argv)
     if args.pull_only:
         with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
             for name, value in _bench_pull(Path(tmp)).items():
                 print(f"{name:<46}{value:>12.3f}")
         return 0
+    if args.state_on is not None:
+        STATE_ON.append(Path(tempfile.mkdtemp(prefix="bench-state-", dir=args.state_on)))
     layouts = ["in_place", "versioned"] if args.layout == "both" else [args.layout]
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         base = Path(tmp)
@@ -385,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                    for lay in layouts}  # fmt: skip
         https = _bench_https(base, repo, public_key_text(key.public_key()))
         pull = {} if args.no_pull else _bench_pull(base)
+    for d in STATE_ON:
+        shutil.rmtree(d, ignore_errors=True)
     names = list(next(iter(results.values())))
     print(f"agent-runtime benchmark: 3.0.0 -> 3.0.1, agent padded by {args.pad_mb} MiB, "
           "HTTP on 127.0.0.1")  # fmt: skip
