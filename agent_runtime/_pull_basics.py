@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import random
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = [
     "EnrollmentProof",
     "TokenFile",
     "bounded_poll_interval",
+    "device_key",
     "enrollment_proof",
     "enrollment_secret",
     "poll_delay",
@@ -119,6 +121,18 @@ class TokenFile:
         """Forget the token (the server no longer accepts it)."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def device_key(tokens: TokenFile) -> str:
+    """This device's key, kept beside the token file (``<token file>.key``, mode 0600) and
+    created on first use: the server accepts it later in place of an operator's approval
+    (ADR 0010), and files approval requests under it."""
+    keys = TokenFile(tokens.path.with_name(tokens.path.name + ".key"))
+    key = keys.load()
+    if key is None:
+        key = secrets.token_urlsafe(32)
+        keys.save(key)
+    return key
 
 
 def enrollment_secret(config: DeviceConfig) -> str | None:

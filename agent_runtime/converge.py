@@ -20,7 +20,14 @@ from agent_runtime._lock import exclusive
 from agent_runtime._status import status_document
 from agent_runtime.config import DeviceConfig
 from agent_runtime.effects import Clock, FileFetcher, HealthProbe, ServiceManager
-from agent_runtime.errors import DownloadError, JournalError, ManifestError, PlanError
+from agent_runtime.errors import (
+    DowngradeError,
+    DownloadError,
+    ExpiredManifestError,
+    JournalError,
+    ManifestError,
+    PlanError,
+)
 from agent_runtime.fetch import Fetcher
 from agent_runtime.filecache import cache_files, installed_matches
 from agent_runtime.journal import JournalRecord, JournalStore
@@ -174,7 +181,7 @@ class Runtime:
                     ConvergeResult(Result.FAILED, "no previous known-good release to restore")
                 )
             bad = state.installed
-            res = self._restore(state, target)
+            res = self._restore(state, target, unconditional=True)
             if res is None:
                 return self._finish(
                     ConvergeResult(
@@ -341,8 +348,17 @@ class Runtime:
         how = "agent was not running: started it" if started else "agent running"
         return ConvergeResult(Result.NOOP, f"{version} installed and verified; {how}")
 
-    def _restore(self, state: DeviceState, target: Version) -> ConvergeResult | None:
-        """Install ``target`` from the device's own copy, if a complete one is kept."""
+    def _restore(
+        self, state: DeviceState, target: Version, *, unconditional: bool = False
+    ) -> ConvergeResult | None:
+        """Install ``target`` from the device's own copy, if a complete one is kept.
+
+        A plan asking for it (``unconditional`` False) gets the download path's checks
+        on the kept signed manifest: not expired, and a serial below the highest seen
+        only when the installed release authorises it (``rollback_to``); a refusal is a
+        REFUSED result and nothing moves. Only the operator's local ``rollback``
+        restores known-good unconditionally. None: no usable local copy.
+        """
         source = self.layout.restore_source(target)
         kept = self.states.kept_manifest(target)
         if source is None or kept is None:
@@ -351,8 +367,13 @@ class Runtime:
         try:
             manifest, files = check_release(
                 kept[0], kept[1], desired=target, ctx=self.releases.trust(state), where=where,
-                local_restore=True,
+                local_restore=unconditional,
             )  # fmt: skip
+        except (DowngradeError, ExpiredManifestError) as e:
+            if isinstance(e, ExpiredManifestError):
+                return None  # the server may offer the release re-signed: the download path
+            self.out(f"refused to restore {target}: {e}")
+            return ConvergeResult(Result.REFUSED, str(e))
         except ManifestError:
             return None
         if not all((source / e.path).is_file() for e in files.files):

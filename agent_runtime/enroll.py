@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent_runtime._pull_basics import SECRET_ENV, TokenFile, enrollment_proof
+from agent_runtime._pull_basics import SECRET_ENV, TokenFile, device_key, enrollment_proof
 from agent_runtime.config import DeviceConfig
 from agent_runtime.errors import ConfigError
 from agent_runtime.server_client import ServerClient
@@ -22,8 +22,9 @@ def runtime_version() -> str:
 
 
 def enroll(config: DeviceConfig, client: ServerClient, tokens: TokenFile) -> EnrollResponse:
-    """Enroll with the invite code (then deleting its file) or the enrollment secret and keep
-    the token; ConfigError when neither is configured, ServerError when refused."""
+    """Enroll with the invite code (then deleting its file) or the enrollment secret, and the
+    device key, and keep the token; ConfigError when neither is configured, ServerError when
+    refused (ServerAuthError ``code`` "approval_pending": an operator must approve)."""
     proof = enrollment_proof(config)
     if proof is None:
         raise ConfigError(
@@ -32,7 +33,11 @@ def enroll(config: DeviceConfig, client: ServerClient, tokens: TokenFile) -> Enr
             f"server.enrollment_secret_file, server.enrollment_secret or ${SECRET_ENV})"
         )
     answer = client.enroll(
-        config.platform, proof.secret, runtime_version(), invite_code=proof.invite_code
+        config.platform,
+        proof.secret,
+        runtime_version(),
+        invite_code=proof.invite_code,
+        device_key=device_key(tokens),
     )
     tokens.save(answer.token)
     proof.used()

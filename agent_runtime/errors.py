@@ -150,7 +150,15 @@ class ServerUnavailableError(ServerError):
 
 
 class ServerAuthError(ServerError):
-    """The server refused the device's token or its enrollment (401, 403)."""
+    """The server refused the device's token or its enrollment (401, 403).
+
+    ``code`` is the server's reason when it gave one: e.g. ``token_replaced`` (another
+    enrollment took this id), ``approval_pending``, ``enrollment_rejected``.
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message, status)
+        self.code = code
 
 
 class ServerProtocolError(ServerError):

@@ -266,13 +266,7 @@ class PullLoop:
             self.out(f"server unavailable{why}: {e}; the agent is left as it is")
             return delay, 1
         except ServerAuthError as e:
-            if e.status == 401 and self.token is not None:
-                self.out(f"the server refused this device's token ({e}): enrolling again")
-                self.tokens.drop()
-                self.token = self.client.token = None
-            else:
-                self.out(f"refused by the server: {e}")
-            return self.backoff.failed(), 1
+            return self._refused(e), 1
         except ServerError as e:
             self.out(f"server error: {e}")
             return self.backoff.failed(), 1
@@ -287,6 +281,24 @@ class PullLoop:
             self._report_now()
             return REPORT_DELAY, exit_code(res.result)
         return self._next_poll(), exit_code(res.result)
+
+    def _refused(self, e: ServerAuthError) -> float:
+        """Say why the server refused this device (its token or its enrollment); the delay."""
+        if e.status == 401 and self.token is not None:
+            why = (
+                "this device's token was replaced by another enrollment"
+                if e.code == "token_replaced"
+                else "the server refused this device's token"
+            )
+            self.out(f"{why} ({e}): enrolling again")
+            self.tokens.drop()
+            self.token = self.client.token = None
+            return self.backoff.failed()
+        if e.code == "approval_pending":  # the server works: ask again each poll interval
+            self.out(f"enrollment awaits an operator's approval: {e}")
+            return self._next_poll()
+        self.out(f"refused by the server: {e}")
+        return self.backoff.failed()
 
     def ensure_token(self) -> str:
         """The device token, enrolling first when there is none; ServerError on failure."""

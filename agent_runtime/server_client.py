@@ -97,6 +97,7 @@ class ServerClient:
         runtime_version: str | None = None,
         *,
         invite_code: str | None = None,
+        device_key: str | None = None,
     ) -> EnrollResponse:
         """Trade the invite code or the enrollment secret for this device's token (also kept
         in ``self.token``); ServerAuthError (403) for a wrong, used or expired code."""
@@ -105,6 +106,7 @@ class ServerClient:
             platform=platform,
             enrollment_secret=None if invite_code is not None else secret,
             invite_code=invite_code,
+            device_key=device_key,
             runtime_version=runtime_version,
         )
         answer = self._parse(
@@ -203,7 +205,7 @@ class ServerClient:
         if status == 429 or status >= 500:
             raise ServerUnavailableError(message, status, parse_retry_after(answer.retry_after))
         if status in (401, 403):
-            raise ServerAuthError(message, status)
+            raise ServerAuthError(message, status, _code(answer.content))
         raise ServerProtocolError(message, status)
 
     def _parse(self, model: type[_M], resp: _Answer) -> _M:
@@ -229,6 +231,16 @@ class _Answer:
     status: int
     retry_after: str | None
     content: bytes
+
+
+def _code(content: bytes) -> str | None:
+    """The server's machine-readable refusal code (``{"code": ...}``), if any."""
+    try:
+        data: Any = json.loads(content[:2000])
+    except ValueError:
+        return None
+    code = data.get("code") if isinstance(data, dict) else None
+    return code[:50] if isinstance(code, str) else None
 
 
 def _detail(content: bytes) -> str:

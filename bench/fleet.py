@@ -376,7 +376,9 @@ class _Simulator:
         while token is None and not self.stop.is_set():
             status, data = await self.call(
                 "POST", "/v1/enroll",
-                {"device": device, "platform": "linux", "enrollment_secret": args.secret}, None,
+                {"device": device, "platform": "linux", "enrollment_secret": args.secret,
+                 # a retry after a lost answer proves it is the same device
+                 "device_key": f"{device}-key".ljust(32, "0")}, None,
             )  # fmt: skip
             if status == 200:
                 token = orjson.loads(data)["token"]

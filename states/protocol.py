@@ -49,18 +49,27 @@ class _Wire(BaseModel):
 
 class EnrollRequest(_Wire):
     """A device asks for its token, proving it holds its single-use invite code (``engine
-    devices invite``) or knows the fleet's enrollment secret; exactly one of the two."""
+    devices invite``), knows the fleet's enrollment secret, or holds its current token.
+
+    ``device_key`` is a random secret the device generated and keeps: the server stores
+    its hash at the first enrollment, accepts it later in place of approval, and files
+    an enrollment request under it when an enrolled id asks again with the fleet secret.
+    """
 
     device: DeviceId
     platform: Platform
     enrollment_secret: str | None = Field(default=None, min_length=1, max_length=500)
     invite_code: str | None = Field(default=None, min_length=1, max_length=200)
+    token: str | None = Field(default=None, min_length=1, max_length=500)
+    device_key: str | None = Field(default=None, min_length=32, max_length=200)
     runtime_version: str | None = Field(default=None, max_length=100)
 
     @model_validator(mode="after")
     def _one_proof(self) -> EnrollRequest:
-        if (self.enrollment_secret is None) == (self.invite_code is None):
-            raise ValueError("give exactly one of invite_code and enrollment_secret")
+        if self.enrollment_secret is not None and self.invite_code is not None:
+            raise ValueError("give invite_code or enrollment_secret, not both")
+        if self.enrollment_secret is None and self.invite_code is None and self.token is None:
+            raise ValueError("give invite_code, enrollment_secret or token")
         return self
 
 

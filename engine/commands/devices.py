@@ -1,11 +1,13 @@
-"""`engine devices enroll|invite|list|show|revoke`: the device registry, directly in the store.
+"""`engine devices enroll|invite|list|show|revoke|requests|approve|reject`: the device registry.
 
 ``enroll DEVICE --platform P`` registers a device and prints its new token
 once (for provisioning a device without the fleet secret, or to readmit a
 revoked one); ``invite DEVICE`` prints a single-use enrollment code for the
 device's installer (stored hashed, with an expiry); ``revoke DEVICE`` makes
 its token stop working; ``list`` shows every device; ``show DEVICE`` its report,
-heartbeat, transaction, rollouts and event timeline. These work with the
+heartbeat, transaction, rollouts and event timeline; ``requests``, ``approve``
+and ``reject`` handle enrolled devices asking to enroll again with the fleet
+secret only (ADR 0010). These work with the
 server down; a running server notices a revocation made here within its token
 cache time (5 s).
 """
@@ -30,7 +32,7 @@ EXIT_ERROR = 1
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `devices` subcommand with `enroll`, `invite`, `list`, `show` and `revoke`."""
+    """Add the `devices` subcommand and its actions."""
     parser = subparsers.add_parser(
         "devices",
         help="enroll, list or revoke devices of engine serve",
@@ -99,6 +101,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.add_argument("device", metavar="DEVICE")
     add_store_options(revoke)
     revoke.set_defaults(func=run_revoke)
+
+    requests = actions.add_parser(
+        "requests",
+        help="show enrollments of enrolled devices awaiting approval",
+        description="Show the enrollment requests of devices that are already enrolled and "
+        "asked again with the fleet secret only: pending ones first, with their source "
+        "address and device key fingerprint.",
+    )
+    requests.add_argument("--json", action="store_true", help="print one JSON list on stdout")
+    add_store_options(requests)
+    requests.set_defaults(func=run_requests)
+
+    for name, verb in (("approve", "approve"), ("reject", "reject")):
+        decide = actions.add_parser(
+            name,
+            help=f"{verb} a device's pending enrollment request",
+            description=f"{verb.capitalize()} DEVICE's pending enrollment request (the only "
+            "one, or the one given with --request). Approved: the device's next enrollment "
+            "attempt with that key gets a new token and its old token stops working. "
+            "Rejected: that attempt is refused for good.",
+        )
+        decide.add_argument("device", metavar="DEVICE")
+        decide.add_argument("--request", type=int, help="the request's number (engine devices "
+                            "requests) when the device has several")  # fmt: skip
+        add_store_options(decide)
+        decide.set_defaults(func=run_decide, approve=name == "approve")
 
 
 def _open(args: argparse.Namespace) -> Store:
@@ -189,6 +217,52 @@ def run_show(args: argparse.Namespace) -> int:
         print(detail.model_dump_json(indent=2))
         return EXIT_OK
     Console(highlight=False).print(render_device(detail))
+    return EXIT_OK
+
+
+def run_requests(args: argparse.Namespace) -> int:
+    """Print the enrollment requests awaiting (or given) a decision."""
+    from engine.server.approvals import list_requests
+
+    try:
+        store = _open(args)
+        with store, store.read() as conn:
+            rows = list_requests(conn)
+    except EngineError as e:
+        return _error(str(e))
+    if args.json:
+        print(json.dumps([r.as_json() for r in rows]))
+        return EXIT_OK
+    if not rows:
+        print("no enrollment requests")
+        return EXIT_OK
+    print(f"{'ID':>5} {'DEVICE':30} {'STATUS':9} {'KEY':16} {'SOURCE':16} LAST SEEN")
+    for r in rows:
+        seen = r.last_seen_at.isoformat(timespec="seconds")
+        print(f"{r.id:>5} {r.device:30} {r.status:9} {r.key_hash[:16]:16} "
+              f"{r.source or '-':16} {seen}")  # fmt: skip
+    return EXIT_OK
+
+
+def run_decide(args: argparse.Namespace) -> int:
+    """Approve or reject a device's enrollment request."""
+    from engine.server.approvals import decide_request
+
+    try:
+        store = _open(args)
+        with store, store.write() as conn:
+            found = decide_request(
+                conn,
+                args.device,
+                approve=args.approve,
+                now=datetime.now(UTC),
+                by="engine devices",
+                request_id=args.request,
+            )
+    except EngineError as e:
+        return _error(str(e))
+    what = "approved: it gets a new token" if args.approve else "rejected"
+    print(f"enrollment request {found.id} of device {args.device} {what} when it asks again")
     return EXIT_OK
 
 

@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--webhook-url",
         metavar="URL",
-        help=f"notify this URL when a rollout halts (HMAC-signed with ${ENV_WEBHOOK_SECRET})",
+        help="POST rollout halted/paused/completed and device failed events to this URL "
+        f"(signed with ${ENV_WEBHOOK_SECRET}; kept in the store until delivered)",
     )
     p.add_argument(
         "--no-controller",

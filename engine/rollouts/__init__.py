@@ -26,7 +26,7 @@ from engine.rollouts.status import (
     rollout_devices_status,
     rollout_status,
 )
-from engine.rollouts.webhook import WebhookSender, sign_body, verify_signature
+from engine.rollouts.webhook import WebhookOutbox, sign_body, verify_signature
 from engine.rollouts.windows import in_window, next_window_start
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
     "TickEvent",
     "Timings",
     "WaveStatus",
-    "WebhookSender",
+    "WebhookOutbox",
     "abort_rollout",
     "act_on_rollout",
     "fleet_status",

@@ -63,9 +63,17 @@ class TickSettings:
 
 
 def tick_rollout(
-    conn: Connection, rollout_id: int, settings: TickSettings, now: datetime
+    conn: Connection,
+    rollout_id: int,
+    settings: TickSettings,
+    now: datetime,
+    *,
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[Notice]:
-    """Move one live rollout along; the halted, paused and completed states it entered."""
+    """Move one live rollout along; the halted, paused and completed states it entered.
+
+    Devices judged failed (or timed out) are appended to ``failed`` as (device, reason).
+    """
     r = _store.lock_rollout(conn, rollout_id)
     if r is None or r.state not in LIVE_ROLLOUT_STATES:
         return []
@@ -78,9 +86,9 @@ def tick_rollout(
     timings = settings.timings
     policy = settings.policy(r.policy)
     state = r.state
-    _judge(conn, r, timings, now)
+    _judge(conn, r, timings, now, failed)
     if state in _WATCHED and (policy.max_cpu_increase or policy.max_rss_increase):
-        _watch_performance(conn, r, policy, now)
+        _watch_performance(conn, r, policy, now, failed)
     _store.move_devices(
         conn,
         [rollout_id],
@@ -181,8 +189,15 @@ def _check_gates(
 # -- judging devices from their reports ---------------------------------------------------
 
 
-def _judge(conn: Connection, r: RolloutRow, timings: Timings, now: datetime) -> None:
-    """Succeeded, failed or timed out: the outcome of each device that took a plan."""
+def _judge(
+    conn: Connection,
+    r: RolloutRow,
+    timings: Timings,
+    now: datetime,
+    failed: list[tuple[str, str]] | None = None,
+) -> None:
+    """Succeeded, failed or timed out: the outcome of each device that took a plan (the
+    failed ones also appended to ``failed``)."""
     target = Version(r.release)
     for d in _reads.devices_to_judge(conn, r.id):
         verdict = judge_device(d.seen, target, timings.update_timeout, now)
@@ -199,6 +214,8 @@ def _judge(conn: Connection, r: RolloutRow, timings: Timings, now: datetime) -> 
         if state is DeviceState.IN_PROGRESS and verdict.event is not DeviceEvent.SUCCEED:
             assert reason is not None
             retry_at, reason = retry_after(reason, d.seen.attempts, r.state, timings, now)
+        if verdict.event in (DeviceEvent.FAIL, DeviceEvent.TIME_OUT) and failed is not None:
+            failed.append((d.device, reason or verdict.event.value))
         _store.move_device(
             conn,
             r.id,
@@ -283,12 +300,16 @@ def _soaking(r: RolloutRow, policy: RolloutPolicy, now: datetime) -> bool:
 
 
 def _watch_performance(
-    conn: Connection, r: RolloutRow, policy: RolloutPolicy, now: datetime
+    conn: Connection,
+    r: RolloutRow,
+    policy: RolloutPolicy,
+    now: datetime,
+    failed: list[tuple[str, str]] | None = None,
 ) -> None:
     """Fail devices whose agent's CPU or memory on the release exceeds the policy's limits
     over their previous release: they go back to it (their check-ins get a rollback plan)
     and count against the failure rate. Watched from taking the release until its soak
-    (at least ``PERFORMANCE_WATCH``) ends."""
+    (at least ``PERFORMANCE_WATCH``) ends. Failed devices are appended to ``failed``."""
     since = now - max(policy.soak, PERFORMANCE_WATCH)
     for d in _reads.watched_devices(conn, r.id, r.release, since):
         found = judge_performance(d.before, d.after, policy)
@@ -313,6 +334,8 @@ def _watch_performance(
         )
         instruments().performance_failures.labels(r.release, found.resource).inc()
         _log.info("rollout %s: %s failed: %s", r.name, d.device, reason)
+        if failed is not None:
+            failed.append((d.device, reason))
 
 
 # -- slots and waves ----------------------------------------------------------------------

@@ -17,11 +17,13 @@ each live rollout in its own short write transaction:
 5. active rollouts: open the next wave once the current one reached
    ``min_success_rate`` and held it for ``soak``; complete after the last.
 
-Webhooks for halted, paused and completed rollouts are sent after the
-transaction commits, from a background thread; so are nudges (``Nudger``, the
-server's NATS link) to the devices the tick offered a plan or a rollback, so
-that they check in at once instead of at their next poll. docs/rollouts.md
-has the rules in full.
+Webhook events for halted, paused and completed rollouts and for failed
+devices are written to the store's outbox in the tick's transaction and sent
+from a background thread (``webhook.WebhookOutbox``), retried across
+restarts. Nudges (``Nudger``, the server's NATS link) go to the devices the
+tick offered a plan or a rollback after the transaction commits, so that they
+check in at once instead of at their next poll. docs/rollouts.md has the
+rules in full.
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from engine.instruments import instruments
 from engine.rollouts import _reads
 from engine.rollouts._lease import LeaderLock
 from engine.rollouts._tick import TickSettings, tick_rollout
 from engine.rollouts.model import RolloutState, Timings
-from engine.rollouts.webhook import WebhookSender
+from engine.rollouts.webhook import WebhookOutbox
 from engine.store import Store
+from engine.store.schema import rollouts
 from fleetbase.clock import utc_now
 from inventory.models import MaintenanceWindow, RolloutPolicy
 
@@ -58,7 +61,7 @@ _log = logging.getLogger("engine.rollouts.controller")
 class TickEvent:
     """Something a tick did that the operator is told about (webhook event)."""
 
-    event: str  # rollout.halted | rollout.paused | rollout.completed
+    event: str  # rollout.halted | rollout.paused | rollout.completed | device.failed
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,13 +85,14 @@ class RolloutController:
         tick_seconds: float = 1.0,
         timings: Timings | None = None,
         owner: str | None = None,
-        webhook: WebhookSender | None = None,
+        webhook: WebhookOutbox | None = None,
         nudger: Nudger | None = None,
     ) -> None:
         """A controller over ``store``; ``clock`` gives "now" for every rollout decision.
 
         ``webhook_url``/``webhook_secret`` enable notifications (or pass a ready
-        ``webhook`` sender). ``timings`` default to ``Timings.from_env()``.
+        ``webhook`` outbox); its sender thread starts here. ``timings`` default to
+        ``Timings.from_env()``.
         ``owner`` names this replica in the SQLite lease (default: host, pid and
         a random suffix). ``nudger`` is told of each tick's offers and rollbacks.
         """
@@ -99,9 +103,11 @@ class RolloutController:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lock = LeaderLock(store, self.owner, self.timings.lease_ttl)
         if webhook is None and webhook_url:
-            webhook = WebhookSender(webhook_url, webhook_secret)
+            webhook = WebhookOutbox(store, webhook_url, webhook_secret)
         self.webhook = webhook
         self.nudger = nudger
+        if webhook is not None:
+            webhook.start()
         self.events: list[TickEvent] = []  # the last tick's events, for callers and tests
         self._policies: dict[str, RolloutPolicy] = {}
         self._windows: dict[str, MaintenanceWindow] = {}
@@ -127,17 +133,22 @@ class RolloutController:
             ids = _reads.live_rollout_ids(conn)
         settings = TickSettings(self.timings, self._policy, self._window)
         for rollout_id in ids:
+            failed: list[tuple[str, str]] = []
             with self.store.write() as conn:
-                notices = tick_rollout(conn, rollout_id, settings, now)
+                notices = tick_rollout(conn, rollout_id, settings, now, failed=failed)
                 events = [self._event(conn, rollout_id, s, why) for s, why in notices]
+                events += [self._failed(conn, rollout_id, d, why) for d, why in failed]
+                if self.webhook is not None:
+                    for event in events:
+                        self.webhook.record(conn, event.event, event.payload)
                 nudge = [] if self.nudger is None else _reads.nudge_targets(conn, rollout_id, now)
             if nudge and self.nudger is not None:
                 self.nudger.nudge(nudge, reason="offer", rollout=rollout_id)
             for event in events:
                 self.events.append(event)
                 _log.info("%s: %s", event.event, event.payload.get("reason") or "")
-                if self.webhook is not None:
-                    self.webhook.send(event.event, event.payload)
+            if events and self.webhook is not None:
+                self.webhook.wake()
 
     def run(self, stop: threading.Event) -> None:
         """Tick every ``tick_seconds`` until ``stop`` is set; log errors and carry on."""
@@ -152,7 +163,7 @@ class RolloutController:
             self.close()
 
     def close(self) -> None:
-        """Give up the leader lock and flush pending webhooks."""
+        """Give up the leader lock and stop the webhook sender (pending events stay stored)."""
         self.lock.release()
         if self.webhook is not None:
             self.webhook.close()
@@ -183,3 +194,14 @@ class RolloutController:
         if found:
             payload["rollout"] = found[0].model_dump(mode="json")
         return TickEvent(f"rollout.{state.value}", payload)
+
+    def _failed(self, conn: Connection, rollout_id: int, device: str, reason: str) -> TickEvent:
+        r = conn.execute(
+            select(
+                rollouts.c.name, rollouts.c.group_name, rollouts.c.release, rollouts.c.state
+            ).where(rollouts.c.id == rollout_id)
+        ).one()
+        rollout = {"id": rollout_id, "name": r.name, "group": r.group_name,
+                   "release": r.release, "state": r.state}  # fmt: skip
+        payload: dict[str, Any] = {"device": device, "reason": reason, "rollout": rollout}
+        return TickEvent("device.failed", payload)

@@ -28,6 +28,7 @@ from engine.rollouts.forensics import DeviceDetail, RolloutDevicesPage
 from engine.rollouts.performance import release_performance
 from engine.rollouts.status import RolloutStatus
 from engine.server._http import json_response, refuse
+from engine.server.approvals import ApprovalError, decide_request, list_requests
 from engine.server.registry import list_devices, revoke_device
 from engine.server.state import ServerState
 from engine.service.forensics import read_device, read_rollout_devices
@@ -107,6 +108,40 @@ def router(state: ServerState) -> APIRouter:
         if not known:
             refuse(404, f"device {device!r} never enrolled")
         return json_response({"device": device, "revoked": True})
+
+    @api.get("/enrollment-requests", response_model=None)
+    async def enrollment_requests() -> Response:
+        """Re-enrollments of enrolled devices awaiting (or given) an operator's decision."""
+        with state.store.read() as conn:
+            found = list_requests(conn)
+        return json_response([r.as_json() for r in found])
+
+    @api.post(
+        "/devices/{device}/{decision}",
+        response_model=None,
+        responses={404: {"description": "no such request, or several and none chosen"}},
+    )
+    async def decide(device: str, decision: str, request: int | None = None) -> Response:
+        """Approve or reject (decision: approve | reject) the device's pending enrollment
+        request, or the one numbered ``request``; the device gets its token, or the
+        refusal, when it asks again."""
+        if decision not in ("approve", "reject"):
+            refuse(404, f"unknown decision {decision[:40]!r}: use approve or reject")
+        try:
+            with state.store.write() as conn:
+                found = decide_request(
+                    conn,
+                    device,
+                    approve=decision == "approve",
+                    now=settings.clock(),
+                    by="operator API",
+                    request_id=request,
+                )
+        except ApprovalError as e:
+            refuse(404, str(e))
+        log.warning("enrollment request %d of %s: %sd by the operator API", found.id, device,
+                    decision)  # fmt: skip
+        return json_response(found.as_json())
 
     @api.get("/rollouts", response_model=None)
     async def rollouts() -> Response:

@@ -32,7 +32,7 @@ from engine.errors import StoreError
 from engine.instruments import instruments, store_failed
 from engine.server._auth import MISSING, DeviceTokens, bearer
 from engine.server._device_db import DeviceSql, lookup_token, upsert_checkin
-from engine.server._http import DEVICE_RE, refuse, validation_message
+from engine.server._http import DEVICE_RE, error_body, refuse, validation_message
 from engine.server.settings import OfferFunction
 from engine.store import Store
 from engine.store._connect import _IMMEDIATE
@@ -231,7 +231,7 @@ class CheckinFastPath:
             content = self.checkins.handle(device, authorization, body)
         except HTTPException as e:
             status = e.status_code
-            content = orjson.dumps({"detail": e.detail})
+            content = orjson.dumps(error_body(e))
             headers = _JSON_HEADERS + [
                 (k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()
             ]

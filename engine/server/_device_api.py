@@ -38,8 +38,9 @@ from engine.server._http import (
 )
 from engine.server._outcomes import count_step_events
 from engine.server._releases import KeysFile
-from engine.server.invites import InviteError, redeem_invite
-from engine.server.registry import DeviceRevokedError, enroll_device, get_device
+from engine.server._throttle import FailureThrottle
+from engine.server.enrollment import EnrollmentRefusedError, admit
+from engine.server.registry import get_device
 from engine.server.state import ServerState
 from engine.store.schema import reports
 from states.keyring import KEYS_PATH
@@ -59,9 +60,17 @@ log = logging.getLogger("engine.server")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,100}\Z")
 
+#: Failed enrollment proofs allowed per device id and per client address in a window.
+ENROLL_FAILURES_PER_ID = 5
+ENROLL_FAILURES_PER_SOURCE = 20
+ENROLL_FAILURE_WINDOW = 60.0
+
 _AUTH: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no token, device not enrolled, or token revoked"},
-    403: {"description": "the token belongs to another device"},
+    401: {
+        "description": "no token, or not this device's current token (code: missing_token, "
+        "invalid_token, token_replaced, token_revoked); an unknown device id gets the same "
+        "answer as a wrong token"
+    },
 }
 _BODY: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not JSON"},
@@ -87,24 +96,35 @@ def router(state: ServerState) -> APIRouter:
     limit = settings.max_body_bytes
     db = state.loop_db
     checkins = state.checkins
+    throttles = (
+        FailureThrottle(ENROLL_FAILURES_PER_ID, ENROLL_FAILURE_WINDOW),
+        FailureThrottle(ENROLL_FAILURES_PER_SOURCE, ENROLL_FAILURE_WINDOW),
+    )
 
     @api.post(
         "/v1/enroll",
         response_model=None,
         responses={
             200: {"model": EnrollResponse},
-            401: {"description": "wrong enrollment secret"},
-            403: {
-                "description": "device not in the inventory, revoked, or its invite code wrong, "
-                "used or expired"
+            401: {
+                "description": "wrong enrollment secret (code: wrong_secret), or only a token "
+                "that is not the device's (invalid_token)"
             },
+            403: {
+                "description": "device not in the inventory (unknown_device), revoked "
+                "(revoked), invite code wrong, used or expired (invite_invalid), or an "
+                "enrolled id asking again: approval_pending, enrollment_rejected, "
+                "already_enrolled"
+            },
+            429: {"description": "too many failed attempts for this id or address"},
             **_BODY,
         },
         openapi_extra=body_spec(EnrollRequest),
     )
     async def enroll(request: Request) -> Response:
-        """Trade the device's invite code (or the fleet's enrollment secret) for a new device
-        token (replacing any old one)."""
+        """Trade the device's invite code, the fleet's enrollment secret or its current token
+        for a new device token. An id that already has a token is enrolled again only with
+        proof that the caller is that device, or with an operator's approval."""
         try:
             answer = await _enroll(request)
         except HTTPException as e:
@@ -117,11 +137,23 @@ def router(state: ServerState) -> APIRouter:
 
     async def _enroll(request: Request) -> EnrollResponse:
         body = await parse_body(request, EnrollRequest, limit)
+        source = request.client.host if request.client is not None else None
+        keys = (f"id:{body.device}", f"from:{source}")
+        for key, throttle in zip(keys, throttles, strict=True):
+            wait = throttle.blocked(key)
+            if wait is not None:
+                refuse(
+                    429,
+                    "too many failed enrollment attempts for this device id or address; "
+                    f"try again in {wait:.0f}s",
+                    {"Retry-After": str(max(1, round(wait)))},
+                    code="throttled",
+                )
         if body.enrollment_secret is not None and not hmac.compare_digest(
             body.enrollment_secret.encode(), settings.enrollment_secret.encode()
         ):
-            log.warning("enrollment of %s refused: wrong enrollment secret", body.device)
-            refuse(401, "wrong enrollment secret")
+            _failed(keys, "wrong enrollment secret", body.device, source)
+            refuse(401, "wrong enrollment secret", code="wrong_secret")
         # Off the event loop: an unknown id may re-read the whole inventory.
         if not await anyio.to_thread.run_sync(_may_enroll, state, body.device):
             log.warning("enrollment of %s refused: not in the inventory", body.device)
@@ -129,21 +161,45 @@ def router(state: ServerState) -> APIRouter:
                 403,
                 f"device {body.device!r} is not in the operator repo's inventory; add it "
                 "there (or run engine serve --allow-unknown-devices)",
+                code="unknown_device",
             )
+        refused: EnrollmentRefusedError | None = None
         try:
             with store.write() as conn:  # one transaction: a refusal uses up no invite
-                if body.invite_code is not None:
-                    redeem_invite(conn, body.device, body.invite_code, clock())
-                enrollment = enroll_device(
-                    conn, body.device, body.platform, clock(), runtime_version=body.runtime_version
-                )
-        except (DeviceRevokedError, InviteError) as e:
-            log.warning("enrollment of %s refused: %s", body.device, e)
-            refuse(403, str(e))
+                try:
+                    enrollment = admit(conn, body, clock(), source=source)
+                except EnrollmentRefusedError as e:
+                    if e.code != "approval_pending":
+                        raise
+                    refused = e  # committed: the request is kept for the operator
+        except EnrollmentRefusedError as e:
+            if e.code in ("invite_invalid", "invalid_token"):
+                _failed(keys, str(e), body.device, source)
+            else:
+                log.warning("enrollment of %s refused: %s", body.device, e)
+            refuse(e.status, str(e), code=e.code)
+        except StoreError as e:
+            log.error("enrollment of %s not stored: %s", body.device, e)
+            refuse(503, "the server cannot reach its store; try again later", {"Retry-After": "5"})
+        if refused is not None:
+            log.warning("enrollment of %s from %s pending: %s", body.device, source, refused)
+            refuse(refused.status, str(refused), code=refused.code)
         tokens.forget(body.device)
         return EnrollResponse(
             device=body.device, token=enrollment.token, poll_interval=state.poll_interval()
         )
+
+    def _failed(keys: tuple[str, str], why: str, device: str, source: str | None) -> None:
+        counts = [t.failed(k) for k, t in zip(keys, throttles, strict=True)]
+        if any(c == t.limit for c, t in zip(counts, throttles, strict=True)):
+            log.warning(
+                "enrollment of %s from %s refused: %s; further attempts throttled",
+                device,
+                source,
+                why,
+            )
+        elif all(c < t.limit for c, t in zip(counts, throttles, strict=True)):
+            log.warning("enrollment of %s from %s refused: %s", device, source, why)
 
     @api.post(
         "/v1/devices/{device}/checkin",

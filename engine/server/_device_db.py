@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from engine.server._auth import TokenRow
 from engine.store._types import format_utc
 from states.protocol import CheckinRequest, Heartbeat, StepEvent
 
@@ -83,8 +84,9 @@ class DeviceSql:
             f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
             f"VALUES ({', '.join(mark.format(c) for c in _EVENT_COLUMNS)})"
         )
-        self.token = "SELECT token_hash, revoked_at FROM devices WHERE device = " + mark.format(
-            "device"
+        self.token = (
+            "SELECT token_hash, revoked_at, replaced_hash, replaced_at, replaced_how "
+            "FROM devices WHERE device = " + mark.format("device")
         )
         self.download_started = (
             "SELECT max(at) FROM events WHERE device = "
@@ -144,12 +146,16 @@ def _driver(conn: Connection) -> Any:
     return conn.connection.driver_connection
 
 
-def lookup_token(conn: Connection, sql: DeviceSql, device: str) -> tuple[str, bool] | None:
-    """(token sha256, revoked) of ``device``, or None when it never enrolled."""
+def lookup_token(conn: Connection, sql: DeviceSql, device: str) -> TokenRow | None:
+    """The credential row of ``device``, or None when it never enrolled."""
     row = _driver(conn).execute(sql.token, {"device": device}).fetchone()
     if row is None:
         return None
-    return str(row[0]), row[1] is not None
+    replaced = None
+    if row[2] is not None:
+        when = "" if row[3] is None else f"at {sql.read_instant(row[3]).isoformat()} "
+        replaced = f"{when}by {row[4] or 'a new enrollment'}"
+    return TokenRow(str(row[0]), row[1] is not None, row[2], replaced)
 
 
 def upsert_checkin(

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 __all__ = [
     "DEVICE_RE",
+    "Refusal",
     "body_spec",
+    "error_body",
     "file_response",
     "json_response",
     "parse_body",
@@ -28,8 +30,29 @@ _M = TypeVar("_M", bound=BaseModel)
 DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}\Z")
 
 
-def refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> NoReturn:
-    """Answer ``status`` with ``{"detail": detail}``; nothing after this runs."""
+class Refusal(HTTPException):
+    """An HTTPException whose answer also carries a machine-readable ``code``."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None, code: str) -> None:
+        super().__init__(status_code=status, detail=detail, headers=headers)
+        self.code = code
+
+
+def error_body(e: HTTPException) -> dict[str, Any]:
+    """The JSON answer of a refusal: ``{"detail": ...}``, plus ``"code"`` when it has one."""
+    body: dict[str, Any] = {"detail": e.detail}
+    if isinstance(e, Refusal):
+        body["code"] = e.code
+    return body
+
+
+def refuse(
+    status: int, detail: str, headers: dict[str, str] | None = None, *, code: str | None = None
+) -> NoReturn:
+    """Answer ``status`` with ``{"detail": detail}`` (and ``"code"`` when given); nothing
+    after this runs."""
+    if code is not None:
+        raise Refusal(status, detail, headers, code)
     raise HTTPException(status_code=status, detail=detail, headers=headers)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from engine.server import (
@@ -23,6 +24,7 @@ from engine.server import (
     dashboard,
 )
 from engine.server._checkin import CheckinFastPath, checkin_device
+from engine.server._http import Refusal, error_body
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
 from engine.server.state import ServerState
 from fleetbase.clock import utc_now
@@ -60,8 +62,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_install_api.router(state))
     app.include_router(dashboard.router(state, openapi_url="/openapi.json"))
     app.include_router(_metrics.router(state))
+    app.add_exception_handler(Refusal, _refusal)
     _publish_body_schemas(app)
     return app
+
+
+async def _refusal(request: Request, exc: Exception) -> Response:
+    """A refusal with a machine-readable code: ``{"detail": ..., "code": ...}``."""
+    assert isinstance(exc, Refusal)
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.headers)
 
 
 class _EngineApp(FastAPI):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.server.credentials import hash_token, new_token
@@ -49,6 +49,7 @@ class DeviceRecord:
     revoked_at: datetime | None
     runtime_version: str | None
     enrollments: int
+    key_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def get_device(conn: Connection, device: str) -> DeviceRecord | None:
         revoked_at=row.revoked_at,
         runtime_version=row.runtime_version,
         enrollments=row.enrollments,
+        key_hash=row.key_hash,
     )
 
 
@@ -148,12 +150,17 @@ def enroll_device(
     *,
     runtime_version: str | None = None,
     operator: bool = False,
+    key_hash: str | None = None,
+    how: str = "an operator (engine devices enroll)",
 ) -> Enrollment:
     """Give ``device`` a new random token, replacing any earlier one; returns the token.
 
-    Only the token's sha256 is stored. A revoked device is enrolled again only
-    by an operator (``operator=True``, which also lifts the revocation);
-    otherwise raises DeviceRevokedError and changes nothing.
+    Only the token's sha256 is stored; a replaced token's hash is kept with ``how``
+    and when, so its holder is told why it stopped working. ``key_hash`` is the
+    sha256 of the device key it proved (kept when None). Whether a replacement is
+    allowed is the caller's decision (``engine.server.enrollment``). A revoked
+    device is enrolled again only by an operator (``operator=True``, which also
+    lifts the revocation); otherwise raises DeviceRevokedError and changes nothing.
     """
     token = new_token()
     previous = get_device(conn, device)
@@ -170,6 +177,7 @@ def enroll_device(
         revoked_at=None,
         runtime_version=runtime_version,
         enrollments=1,
+        key_hash=key_hash,
     )
     update = stmt.on_conflict_do_update(
         index_elements=[devices.c.device],
@@ -180,6 +188,10 @@ def enroll_device(
             "revoked_at": None,
             "runtime_version": stmt.excluded.runtime_version,
             "enrollments": devices.c.enrollments + 1,
+            "key_hash": func.coalesce(stmt.excluded.key_hash, devices.c.key_hash),
+            "replaced_hash": devices.c.token_hash,
+            "replaced_at": stmt.excluded.enrolled_at,
+            "replaced_how": how[:100],
         },
         # A revocation that raced in after the check above wins.
         where=None if operator else devices.c.revoked_at.is_(None),
@@ -188,9 +200,10 @@ def enroll_device(
         raise DeviceRevokedError(f"device {device!r} was revoked; an operator must enroll it again")
     if previous is not None:
         log.warning(
-            "device %s enrolled again (enrollment %d): its previous token no longer works",
+            "device %s enrolled again (enrollment %d, by %s): its previous token no longer works",
             device,
             previous.enrollments + 1,
+            how,
         )
     else:
         log.info("device %s enrolled (%s)", device, platform.value)

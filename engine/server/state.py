@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from engine.rollouts.offers import offer_for_device
-from engine.server._auth import DeviceTokens
+from engine.server._auth import DeviceTokens, TokenRow
 from engine.server._checkin import Checkins, LoopConnection
 from engine.server._device_db import DeviceSql, lookup_token
 from engine.server._releases import ArtifactIndex, ReleaseSource, read_releases_table
@@ -47,7 +47,7 @@ class ServerState:
         s = self.settings
         return round(s.poll_interval * (1 + s.poll_jitter * (2 * self._random.random() - 1)), 3)
 
-    def _lookup_token(self, device: str) -> tuple[str, bool] | None:
+    def _lookup_token(self, device: str) -> TokenRow | None:
         with self.loop_db.read() as conn:
             return lookup_token(conn, self.sql, device)
 

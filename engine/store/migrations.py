@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from engine.store._types import UTCDateTime
@@ -245,6 +246,58 @@ def _0008_report_adoption(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
 
 
+def _0009_enrollment_requests(conn: Connection) -> None:
+    # Device identity: the key a device proved at enrollment, the token a re-enrollment
+    # replaced, and re-enrollments awaiting an operator's approval.
+    kind = "VARCHAR(32)" if conn.dialect.name == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    for column in (
+        "key_hash VARCHAR(64)",
+        "replaced_hash VARCHAR(64)",
+        f"replaced_at {kind}",
+        "replaced_how VARCHAR(100)",
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE devices ADD COLUMN {column}")
+    md = MetaData()
+    Table(
+        "enrollment_requests",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("device", String(200), nullable=False),
+        Column("key_hash", String(64), nullable=False),
+        Column("platform", String(16), nullable=False),
+        Column("runtime_version", String(100), nullable=True),
+        Column("source", String(100), nullable=True),
+        Column("requested_at", UTCDateTime(), nullable=False),
+        Column("last_seen_at", UTCDateTime(), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("decided_at", UTCDateTime(), nullable=True),
+        Column("decided_by", String(100), nullable=True),
+        UniqueConstraint("device", "key_hash", name="uq_enrollment_requests_device_key"),
+    )
+    md.create_all(conn)
+
+
+def _0010_webhook_deliveries(conn: Connection) -> None:
+    # Webhook outbox: notifications kept until delivered, retried across restarts.
+    md = MetaData()
+    Table(
+        "webhook_deliveries",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("delivery", String(64), nullable=False, unique=True),
+        Column("event", String(100), nullable=False),
+        Column("body", LargeBinary, nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("next_attempt_at", UTCDateTime(), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("last_error", String(500), nullable=True),
+        Column("delivered_at", UTCDateTime(), nullable=True),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+    md.create_all(conn)
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -259,4 +312,6 @@ MIGRATIONS: list[Migration] = [
         _0007_performance,
     ),
     Migration(8, "what a device's runtime adopted", _0008_report_adoption),
+    Migration(9, "device keys, replaced tokens, enrollment requests", _0009_enrollment_requests),
+    Migration(10, "webhook deliveries (outbox)", _0010_webhook_deliveries),
 ]

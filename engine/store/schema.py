@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from engine.store._types import UTCDateTime
@@ -27,6 +28,7 @@ from engine.store._types import UTCDateTime
 __all__ = [
     "controller_lease",
     "devices",
+    "enrollment_requests",
     "events",
     "heartbeats",
     "invites",
@@ -36,6 +38,7 @@ __all__ = [
     "reports",
     "rollout_devices",
     "rollouts",
+    "webhook_deliveries",
 ]
 
 metadata = MetaData()
@@ -82,6 +85,32 @@ devices = Table(
     Column("revoked_at", UTCDateTime(), nullable=True),
     Column("runtime_version", String(100), nullable=True),
     Column("enrollments", Integer, nullable=False),
+    # Migration 7: the sha256 of the key the device proved when it enrolled (lets it
+    # enroll again without approval), and of the token its last re-enrollment replaced
+    # (so the holder of that token is told why it stopped working).
+    Column("key_hash", String(64), nullable=True),
+    Column("replaced_hash", String(64), nullable=True),
+    Column("replaced_at", UTCDateTime(), nullable=True),
+    Column("replaced_how", String(100), nullable=True),
+)
+
+#: Enrollments of an already-enrolled device that await an operator (migration 7), one per
+#: device key (Mender's authentication sets): pending, approved or rejected.
+enrollment_requests = Table(
+    "enrollment_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("platform", String(16), nullable=False),
+    Column("runtime_version", String(100), nullable=True),
+    Column("source", String(100), nullable=True),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("decided_at", UTCDateTime(), nullable=True),
+    Column("decided_by", String(100), nullable=True),
+    UniqueConstraint("device", "key_hash", name="uq_enrollment_requests_device_key"),
 )
 
 #: The single-use enrollment code an operator issued for a device (migration 5): only its
@@ -215,4 +244,22 @@ controller_lease = Table(
     Column("owner", String(100), nullable=False),
     Column("acquired_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+#: Webhook notifications, written in the transaction of the change they announce and
+#: sent from there (an outbox, migration 8): pending until delivered or given up.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery", String(64), nullable=False, unique=True),
+    Column("event", String(100), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("last_error", String(500), nullable=True),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
 )

@@ -220,3 +220,29 @@ def test_loop_stops_on_request(running_device: Sandbox) -> None:
         t.join(10)
         assert not t.is_alive()
         assert len(stub.paths("POST", "/checkin")) >= 3
+
+
+def test_hostile_server_offering_a_kept_old_release_is_refused(running_device: Sandbox) -> None:
+    """A server that offers 3.0.0, still in the device's backup, when the installed 3.0.1 does
+    not authorise rolling back to it gets a refusal; no file, process or version moves."""
+    sb = running_device
+    sb.publish("3.0.1", mutate=lambda d: d.update(rollback_to=[]))
+    lines: list[str] = []
+    with running_stub() as stub:
+        pull_config(sb, stub.url)
+        stub.checkins.append(Answer(200, offer(stub, sb, "3.0.1", "3.0.0")))
+        loop = _loop(sb, lines)
+        loop.forwarder.start()
+        try:
+            assert loop.step()[1] == 0
+            assert sb.assert_consistent() == "3.0.1"
+            pid, before = sb.agent_pid(), sb.snapshot()
+            stub.checkins.append(Answer(200, offer(stub, sb, "3.0.0", "3.0.1")))
+            _, code = loop.step()
+        finally:
+            loop.forwarder.stop()
+    assert code != 0
+    assert any("refused to restore 3.0.0" in line for line in lines), lines
+    assert sb.state_json()["last_result"] == "refused"
+    assert sb.assert_consistent() == "3.0.1"
+    assert sb.snapshot() == before and sb.agent_pid() == pid

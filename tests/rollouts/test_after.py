@@ -149,8 +149,10 @@ def test_gate_halt_halts_gated_rollout_which_never_offers(tmp_path: Path, store:
     row = rollout_row(store, fleet.id)
     assert row.state == "halted"
     assert row.reason == f"canary@3.0.1 halted: {gate.reason}"
-    assert [e.event for e in f.controller.events] == ["rollout.halted", "rollout.halted"]
-    assert f.controller.events[1].payload["rollout"]["name"] == "fleet@3.0.1"
+    events = [e.event for e in f.controller.events]
+    assert events == ["rollout.halted", "device.failed", "rollout.halted"]
+    assert f.controller.events[1].payload["device"] == took[0].name
+    assert f.controller.events[2].payload["rollout"]["name"] == "fleet@3.0.1"
     for _ in range(3):
         f.clock.advance(minutes=30)
         f.tick()

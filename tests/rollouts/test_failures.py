@@ -15,6 +15,7 @@ from engine.rollouts import (
 )
 from engine.store import Store
 from states.plan import Action
+from tests.harness import wait_until
 from tests.rollouts.fleet import (
     Clock,
     SimDevice,
@@ -75,7 +76,12 @@ def test_failure_rate_halts_rolls_back_and_notifies(tmp_path: Path, store: Store
             s.fail(store, clock.now)
         clock.advance(seconds=10)
         controller.tick()
-        assert receiver.got.wait(10), "no webhook delivered"
+        wait_until(
+            "the halted webhook",
+            lambda: any(d.headers["X-Fleet-Event"] == "rollout.halted" for d in
+                        receiver.deliveries),
+            timeout=20,
+        )  # fmt: skip
         controller.close()
     row = rollout_row(store, rid)
     assert row.state == RolloutState.HALTED
@@ -85,7 +91,11 @@ def test_failure_rate_halts_rolls_back_and_notifies(tmp_path: Path, store: Store
     assert all(states[s.name] == "failed" for s in wave0[1:])
     assert all(states[s.name] == "pending" for s in later)
 
-    (delivery,) = receiver.deliveries
+    (delivery,) = [d for d in receiver.deliveries if d.headers["X-Fleet-Event"] == "rollout.halted"]
+    failed = [json.loads(d.body) for d in receiver.deliveries
+              if d.headers["X-Fleet-Event"] == "device.failed"]  # fmt: skip
+    assert sorted(f["device"] for f in failed) == sorted(s.name for s in wave0[1:])
+    assert all(f["rollout"]["id"] == rid for f in failed)
     assert verify_signature(SECRET, delivery.body, delivery.headers["X-Fleet-Signature"])
     assert not verify_signature("wrong", delivery.body, delivery.headers["X-Fleet-Signature"])
     payload = json.loads(delivery.body)

@@ -271,3 +271,64 @@ def test_periodic_converge_runs_and_stops_on_sigterm(make_sandbox: MakeSandbox) 
     finally:
         proc.kill()
     assert sb.assert_consistent() == "3.0.0"
+
+
+def _no_rollback(doc: dict[str, object]) -> None:
+    doc["rollback_to"] = []
+
+
+@pytest.mark.parametrize("opts", LAYOUTS[:2])
+def test_plan_naming_a_kept_old_release_without_authorisation_is_refused(
+    make_sandbox: MakeSandbox, opts: dict[str, str]
+) -> None:
+    """A plan (as a hostile server sends it) naming an old release kept in backup/releases,
+    which the installed release does not authorise, is refused and nothing moves."""
+    sb = make_sandbox(**opts)
+    sb.publish("3.0.0")
+    sb.publish("3.0.1", mutate=_no_rollback)
+    _installed(sb, "3.0.0")
+    sb.write_plan("3.0.1", "3.0.0")
+    assert sb.converge().returncode == 0
+    pid = sb.agent_pid()
+    before = sb.snapshot()
+    sb.write_plan("3.0.0", "3.0.1")
+    run = sb.converge()
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert "refused to restore 3.0.0" in run.stdout
+    assert "below the highest serial seen" in run.stdout
+    assert sb.state_json()["last_result"] == "refused"
+    assert sb.assert_consistent() == "3.0.1"
+    assert sb.snapshot() == before
+    assert sb.agent_pid() == pid
+
+
+@pytest.mark.parametrize("opts", LAYOUTS[:2])
+def test_authorised_plan_rollback_restores_from_the_local_copy(
+    make_sandbox: MakeSandbox, opts: dict[str, str]
+) -> None:
+    """A plan back to a release the installed one authorises (rollback_to) restores it locally."""
+    sb = make_sandbox(**opts)
+    for v in ("3.0.0", "3.0.1"):
+        sb.publish(v)
+    _installed(sb, "3.0.0")
+    sb.write_plan("3.0.1", "3.0.0")
+    assert sb.converge().returncode == 0
+    sb.write_plan("3.0.0", "3.0.1")
+    shutil.rmtree(sb.repo / "artifacts")  # proves the restore is local
+    run = sb.converge()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "restoring 3.0.0 from the local copy" in run.stdout
+    assert sb.assert_consistent() == "3.0.0"
+
+
+def test_operator_rollback_restores_even_without_authorisation(make_sandbox: MakeSandbox) -> None:
+    """`agent-runtime rollback` (the operator, locally) restores known-good unconditionally."""
+    sb = make_sandbox(layout="in_place")
+    sb.publish("3.0.0")
+    sb.publish("3.0.1", mutate=_no_rollback)
+    _installed(sb, "3.0.0")
+    sb.write_plan("3.0.1", "3.0.0")
+    assert sb.converge().returncode == 0
+    run = sb.cli("rollback")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sb.assert_consistent() == "3.0.0"

@@ -80,15 +80,24 @@ def test_enroll_stores_only_the_token_hash(server: ServerHandle) -> None:
     assert token not in json.dumps(rows, default=str)
 
 
-def test_reenrollment_replaces_the_token(server: ServerHandle) -> None:
-    """Enrolling again gives a new token; the old one stops working (403)."""
-    old = server.enroll(A, "windows")
-    new = server.enroll(A, "windows")
-    assert old != new
+def test_fleet_secret_cannot_replace_an_enrolled_token(server: ServerHandle) -> None:
+    """Enrolling an enrolled id again with the fleet secret only is refused (403,
+    approval_pending or already_enrolled); the device's token keeps working."""
+    token = server.enroll(A, "windows")
+    url = sqlite_url(server.repo)
+    devices_before = snapshot(url)["devices"]
     with server.client() as c:
-        assert c.post(f"/v1/devices/{A}/checkin", json=CHECKIN, headers=bearer(new)).is_success
-        r = c.post(f"/v1/devices/{A}/checkin", json=CHECKIN, headers=bearer(old))
-    assert r.status_code == 403
+        again = c.post(
+            "/v1/enroll",
+            json={
+                "device": A,
+                "platform": "windows",
+                "enrollment_secret": server.enrollment_secret,
+            },
+        )
+        assert c.post(f"/v1/devices/{A}/checkin", json=CHECKIN, headers=bearer(token)).is_success
+    assert again.status_code == 403 and again.json()["code"] == "already_enrolled", again.text
+    assert snapshot(url)["devices"] == devices_before
 
 
 def test_checkin_round_trip_stores_the_report(server: ServerHandle) -> None:
@@ -107,7 +116,8 @@ def test_checkin_round_trip_stores_the_report(server: ServerHandle) -> None:
 
 @pytest.mark.parametrize("index", range(4), ids=["checkin", "events", "post-beat", "get-beat"])
 def test_token_of_a_on_b_paths_is_forbidden(server: ServerHandle, index: int) -> None:
-    """A's token on B's paths gets 403 and reads or writes nothing of B."""
+    """A's token on B's paths gets 401 (as an unknown id would) and reads or writes nothing
+    of B."""
     token_a = server.enroll(A, "windows")
     server.enroll(B, "linux")
     url = sqlite_url(server.repo)
@@ -115,7 +125,7 @@ def test_token_of_a_on_b_paths_is_forbidden(server: ServerHandle, index: int) ->
     method, path, body = _device_paths(B)[index]
     with server.client() as c:
         r = c.request(method, path, json=body, headers=bearer(token_a))
-    assert r.status_code == 403
+    assert r.status_code == 401 and r.json()["code"] == "invalid_token"
     assert B in r.json()["detail"]
     assert snapshot(url) == before
 
@@ -265,6 +275,6 @@ def test_unknown_device_checkin_is_unauthorized(server: ServerHandle) -> None:
     with server.client() as c:
         r = c.post(f"/v1/devices/{A}/checkin", json=CHECKIN, headers=bearer("made-up"))
         bad_id = c.post("/v1/devices/a%20b/checkin", json=CHECKIN, headers=bearer("made-up"))
-    assert r.status_code == 401 and "not enrolled" in r.json()["detail"]
+    assert r.status_code == 401 and "not valid" in r.json()["detail"]
     assert bad_id.status_code == 404
     assert snapshot(url) == before

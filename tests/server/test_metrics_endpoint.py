@@ -59,7 +59,7 @@ def test_refusals_and_enrollments_are_counted_by_status(server: ServerHandle) ->
         bad = {"device": A, "platform": "linux", "enrollment_secret": "wrong"}
         assert c.post("/v1/enroll", json=bad).status_code == 401
     m = scrape(server, server.admin_token)
-    assert m["engine_checkins_total"] == {(("status", "200"),): 1.0, (("status", "403"),): 1.0}
+    assert m["engine_checkins_total"] == {(("status", "200"),): 1.0, (("status", "401"),): 1.0}
     assert m["engine_enrollments_total"] == {
         (("result", "enrolled"),): 1.0,
         (("result", "401"),): 1.0,

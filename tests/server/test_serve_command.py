@@ -58,7 +58,7 @@ def test_checkin_path_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     assert first.status_code == 200 and second.status_code == 200, second.text
     assert second.json()["plan"] is None
     assert got["version"] == "3.0.1"
-    assert refused.status_code == 403
+    assert refused.status_code == 401
     reports = before["reports"]
     assert [r[:3] for r in reports] == [(DEVICE, "3.0.1", "linux")]
 
