@@ -206,8 +206,8 @@ def test_aborted_gate_halts_gated_rollout(tmp_path: Path, store: Store) -> None:
 
 
 def test_gate_on_another_release_is_no_gate(tmp_path: Path, store: Store) -> None:
-    """A group in after that does not move to the same release does not hold the rollout."""
-    f = Fleet(tmp_path, store, canary="3.0.0")
+    """A group in after already on a newer release (canary first) does not hold the rollout."""
+    f = Fleet(tmp_path, store, canary="3.0.2")
     recorded = f.apply()
     fleet = recorded["fleet"]
     assert fleet.after == () and fleet.not_waiting == ("canary",)
@@ -291,7 +291,9 @@ def test_apply_and_status_show_the_wait(tmp_path: Path, capsys: pytest.CaptureFi
     thread = threading.Thread(target=pause_canary)
     thread.start()
     try:
-        code = main(["apply", "-C", str(root), "--yes", "--wait", "--poll", "0.05"])
+        code = main(
+            ["apply", "-C", str(root), "--yes", "--allow-unsigned", "--wait", "--poll", "0.05"]
+        )
     finally:
         thread.join(15)
     out = capsys.readouterr().out
