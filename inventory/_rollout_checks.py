@@ -37,7 +37,8 @@ def _closest(wanted: str, counts: Mapping[str, int], noun: str, what: str) -> st
     if not close:
         return f"{noun} `{wanted}` matches nothing; no device has a similar {what}"
     n = counts[close[0]]
-    return f"{noun} `{wanted}` matches nothing; {n} device{'s' if n != 1 else ''} have `{close[0]}`"
+    have = "1 device has" if n == 1 else f"{n} devices have"
+    return f"{noun} `{wanted}` matches nothing; {have} `{close[0]}`"
 
 
 def near_misses(match: Match, devices: Iterable[Device]) -> list[str]:

@@ -237,6 +237,40 @@ class RolloutPolicy(_Strict):
         return waves
 
 
+#: The five fields of a cron expression and what each takes.
+_CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day-of-week", "0-7 or sun-sat (0 and 7 are Sunday)"),
+)
+
+
+def _cron_problem(cron: str) -> str:
+    """Why ``cron`` is not a cron expression, naming the first bad field and its range."""
+    from croniter import croniter
+
+    fields = cron.split()
+    if len(fields) != len(_CRON_FIELDS):
+        return (
+            f"{cron!r} is not a cron expression: expected five fields "
+            f"'minute hour day-of-month month day-of-week', found {len(fields)}, e.g. '0 2 * * *'"
+        )
+    for index, (name, allowed) in enumerate(_CRON_FIELDS):
+        alone = ["*"] * len(_CRON_FIELDS)
+        alone[index] = fields[index]
+        if not croniter.is_valid(" ".join(alone)):
+            return (
+                f"{cron!r}: the {name} field {fields[index]!r} is not valid; "
+                f"{name} takes {allowed}, with lists (1,3), ranges (1-5) and steps (*/15)"
+            )
+    return (
+        f"{cron!r} is not a cron expression: expected five fields "
+        "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
+    )
+
+
 class MaintenanceWindow(_Strict):
     """When devices of a group may be touched: a cron start, a duration, a time zone."""
 
@@ -250,10 +284,7 @@ class MaintenanceWindow(_Strict):
         from croniter import croniter
 
         if not croniter.is_valid(cron):
-            raise ValueError(
-                f"{cron!r} is not a cron expression: expected five fields "
-                "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
-            )
+            raise ValueError(_cron_problem(cron))
         return cron
 
     @field_validator("timezone")

@@ -106,15 +106,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
-def _error(message: str) -> int:
-    print(f"engine apply: {message}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def _colour() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run `engine apply`; the exit codes are in the module docstring."""
     from engine.plan_io import read_plan
