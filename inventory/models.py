@@ -34,6 +34,7 @@ __all__ = [
     "AgentSpec",
     "Device",
     "EngineSettings",
+    "FailurePolicy",
     "Group",
     "Inventory",
     "InventoryFile",
@@ -41,6 +42,7 @@ __all__ = [
     "Match",
     "OnFailure",
     "Platform",
+    "RollbackScope",
     "RolloutPolicy",
     "SshSettings",
 ]
@@ -183,6 +185,32 @@ def _increase(value: Any) -> Any:
 Increase = Annotated[float, BeforeValidator(_increase), Field(gt=0, le=1000)]
 
 
+class RollbackScope(StrEnum):
+    """Which devices a halt sends back to the release they came from."""
+
+    ROLLOUT = "rollout"  # the devices of the halted rollout only
+    RELEASE = "release"  # every rollout of the release, its gates (canaries) included
+
+
+class FailurePolicy(_Strict):
+    """``on_failure`` written out: what a tripped rollout does, and what a halt rolls back."""
+
+    action: OnFailure = OnFailure.HALT
+    rollback: RollbackScope = Field(
+        default=RollbackScope.ROLLOUT,
+        description="rollout: the halted rollout's devices go back; release: every rollout "
+        "of the release goes back, gates included (a halt only)",
+    )
+
+    @model_validator(mode="after")
+    def _rollback_needs_halt(self) -> FailurePolicy:
+        if self.action is OnFailure.PAUSE and self.rollback is RollbackScope.RELEASE:
+            raise ValueError(
+                "rollback: release needs action: halt (a paused rollout rolls nothing back)"
+            )
+        return self
+
+
 class RolloutPolicy(_Strict):
     """How fast a release moves through a group, and when it stops itself."""
 
@@ -194,7 +222,10 @@ class RolloutPolicy(_Strict):
     min_success_rate: float = Field(default=0.95, ge=0, le=1)
     soak: Duration = timedelta(minutes=10)
     max_parallel: int = Field(default=50, ge=1)
-    on_failure: OnFailure = OnFailure.HALT
+    on_failure: OnFailure | FailurePolicy = Field(
+        default=OnFailure.HALT,
+        description="halt | pause, or {action: halt|pause, rollback: rollout|release}",
+    )
     after: list[str] = Field(
         default_factory=list,
         description="groups whose rollout of the same release must complete and soak "
@@ -210,6 +241,13 @@ class RolloutPolicy(_Strict):
         description="fail a device whose agent's resident memory grew this much over its "
         "previous release's (e.g. '25%'); it rolls back and counts against max_failure_rate",
     )
+
+    @property
+    def failure(self) -> FailurePolicy:
+        """``on_failure`` in its long form, whichever form the operator wrote."""
+        if isinstance(self.on_failure, FailurePolicy):
+            return self.on_failure
+        return FailurePolicy(action=self.on_failure)
 
     @field_validator("after")
     @classmethod
