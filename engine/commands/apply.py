@@ -164,6 +164,7 @@ def _apply(  # noqa: PLR0917 - the steps of one command, split for length
     root: Path,
     relay: AgentlessRelay | None,
 ) -> int:
+    from engine.commands._progress import spinner
     from engine.plan_render import render_plan
     from engine.service.apply import (
         DriftError,
@@ -175,7 +176,8 @@ def _apply(  # noqa: PLR0917 - the steps of one command, split for length
     )
 
     try:
-        chosen = plan_to_apply(repo, store, saved, strict=args.strict)
+        with spinner("planning and comparing with the fleet …", enabled=not args.json):
+            chosen = plan_to_apply(repo, store, saved, strict=args.strict)
     except StalePlanError as e:
         lines = "\n".join(f"  - {reason}" for reason in e.reasons)
         return out.error(
