@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import MakeFleet, StoreView, specs
-from tests.harness import wait_until
-from tests.harness.repo import REPO_ROOT
+from tests.harness import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.slow
 
