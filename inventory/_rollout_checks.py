@@ -79,13 +79,26 @@ def _why_empty(group: Group, devices: Iterable[Device]) -> str:
     return "; ".join(near_misses(group.match, devices))
 
 
+def _has_device(group: Group, inventory: Inventory) -> bool:
+    if any(m in inventory.devices for m in group.members):
+        return True
+    if group.match.is_empty:
+        return False
+    return any(group.match.matches(d) for d in inventory.devices.values())
+
+
 def empty_group_warnings(
-    inventory: Inventory, origin: Origin, members: Mapping[str, set[str]]
+    inventory: Inventory, origin: Origin, assignment: Assignment
 ) -> list[Problem]:
-    """One warning per group that matches no device, with the near-misses."""
+    """One warning per group that matches no device, with the near-misses.
+
+    A group that wins some device is not looked at again; for the others the
+    scan stops at the first device they select.
+    """
+    winners = set(assignment.values())
     out: list[Problem] = []
     for name, group in sorted(inventory.groups.items()):
-        if members.get(name):
+        if name in winners or _has_device(group, inventory):
             continue
         why = _why_empty(group, inventory.devices.values())
         out.append(

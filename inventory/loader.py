@@ -25,7 +25,7 @@ from inventory._checks import check_after, check_references, conflict_problems, 
 from inventory._rollout_checks import check_gate_groups, check_platforms, empty_group_warnings
 from inventory.catalog import LoadedRelease, load_release_catalog
 from inventory.errors import InventoryError, Problem
-from inventory.membership import Assignment, assign_groups, group_members
+from inventory.membership import Assignment, assign_groups
 from inventory.models import EngineSettings, Inventory, InventoryFile
 from inventory.sources import SourceFile, problems_from_validation_error
 
@@ -162,7 +162,7 @@ def _load(root: Path) -> OperatorRepo:
     if failed_files == 0 and not problems:  # no follow-on errors of other mistakes
         check_gate_groups(inventory, origin, assignment, problems)
         check_platforms(inventory, origin, catalog.releases, assignment, problems)
-        warnings = empty_group_warnings(inventory, origin, group_members(inventory))
+        warnings = empty_group_warnings(inventory, origin, assignment)
     if problems:
         raise InventoryError(problems)
     return OperatorRepo(
