@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine.store import Store
 from tests.e2e.conftest import MakeFleet, StoreView, specs
 from tests.harness import REPO_ROOT, wait_until
 
@@ -127,3 +128,37 @@ def test_release_new_rolls_out_and_rollback_release_returns_the_canaries(
         timeout=120,
     )
     assert set(states) == set(CANARIES)
+
+
+def test_saved_plan_survives_check_ins_and_refuses_an_edit(make_fleet: MakeFleet) -> None:
+    """On a live fleet a saved plan still applies after devices kept checking in (showing the
+    drift); once the inventory is edited, the same command refuses and names the file."""
+    fleet = make_fleet(specs(3), {"fleet": {"match": {"site": "demo"},
+                                            "agent": {"release": "3.0.0"}}})  # fmt: skip
+    fleet.setup("3.0.0")
+    fleet.start()
+    fleet.wait_reported("3.0.0")
+    fleet.repo.set_release("3.0.1")
+    fleet.repo.engine("plan", "--out", "plan.json")
+    saved = yaml.safe_load((fleet.repo.root / "plan.json").read_text())
+    view = StoreView(fleet)
+
+    def reported_since() -> bool:
+        with Store.open(view.url, migrate=False) as store:
+            return bool(store.reports_digest()[1] != saved["state"]["reports_digest"])
+
+    wait_until("a check-in after the plan", reported_since, timeout=60)
+    applied = fleet.repo.engine("apply", "plan.json", "--yes", check=False)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "No drift: the devices report what they reported when the plan was made." in (
+        applied.stdout
+    )
+    assert "Recorded rollout #1 fleet@3.0.1: 3 devices" in applied.stdout
+    inventory = fleet.repo.inventory
+    inventory.write_text(inventory.read_text() + "# reviewed\n")
+    refused = fleet.repo.engine("apply", "plan.json", "--yes", check=False)
+    assert refused.returncode == 1
+    assert (
+        "the operator repo changed since the plan was made: inventory/fleet.yaml changed"
+        in refused.stderr
+    )
