@@ -36,7 +36,8 @@ def add_release_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
     new_p.add_argument(
         "--health",
         metavar="KIND[:ARG]",
-        help="heartbeat_file:PATH, http:URL, process or server (default: the previous release's)",
+        help="heartbeat_file:PATH, http:URL, process, server or nats (default: the previous "
+        "release's)",
     )
     new_p.add_argument("--health-timeout", metavar="DURATION", help="e.g. 30s (default 60s)")
     new_p.add_argument(

@@ -97,7 +97,7 @@ def test_new_release_is_signed_with_the_configured_key(
         (
             ["--health", "tcp:9000"],
             "engine release new: --health tcp:9000: unknown kind 'tcp'; expected one of "
-            "heartbeat_file, http, process, server (heartbeat_file:PATH, http:URL)",
+            "heartbeat_file, http, process, server, nats (heartbeat_file:PATH, http:URL)",
         ),
         (
             ["--health", "process:x"],
@@ -144,6 +144,16 @@ def test_release_list_shows_serials_signatures_and_groups(
     devices = yaml.safe_load((repo / "inventory" / "fleet.yaml").read_text())
     devices["devices"]["srv-0001"]["pin"] = "3.0.0"
     (repo / "inventory" / "fleet.yaml").write_text(yaml.safe_dump(devices))
+    files = {
+        v: str(
+            len(
+                yaml.safe_load((repo / "releases" / f"{v}.yaml").read_text())["platforms"]["linux"][
+                    "files"
+                ]
+            )
+        )
+        for v in ("3.0.0", "3.0.1")
+    }
     assert main(["release", "list", "-C", str(repo)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
@@ -161,7 +171,7 @@ def test_release_list_shows_serials_signatures_and_groups(
         "2",
         "2036-01-01",
         "linux,macos,windows",
-        "6",
+        files["3.0.1"],
         "yes",
         "(2)",
         "prod",
@@ -171,7 +181,7 @@ def test_release_list_shows_serials_signatures_and_groups(
         "1",
         "2036-01-01",
         "linux,macos,windows",
-        "6",
+        files["3.0.0"],
         "NO",
         "1",
         "pinned",
