@@ -80,7 +80,10 @@ class NewRelease:
 
 def parse_health(text: str, timeout: timedelta | None = None) -> HealthCheck:
     """``KIND[:ARG]`` as a health check: ``heartbeat_file:PATH``, ``http:URL``, or a kind
-    without argument (``process``, ``server``, ``nats``). Raises ReleaseError naming the kinds when ``text`` is none of them."""
+    without argument (``process``, ``server``, ``nats``).
+
+    Raises ReleaseError naming the kinds when ``text`` is none of them.
+    """
     kind_text, _, arg = text.partition(":")
     kinds = ", ".join(f"{k.value}" for k in HealthCheckKind)
     try:
