@@ -135,7 +135,11 @@ def check_gate_groups(
                     )
                 )
             elif assigned[gate_name] == 0:
-                why = _why_empty(gate, inventory.devices.values())
+                why = (
+                    "each of its devices belongs to a group of higher priority"
+                    if _has_device(gate, inventory)
+                    else _why_empty(gate, inventory.devices.values())
+                )
                 problems.append(
                     origin.group[name].problem(
                         path,

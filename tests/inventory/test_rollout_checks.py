@@ -136,3 +136,18 @@ def test_group_matching_nothing_warns_with_near_misses(
         "warning: inventory/more.yaml:10:10: groups.blank.match: matches no device: its match "
         "is empty and it lists no members",
     ]
+
+
+def test_gate_whose_devices_all_go_elsewhere_fails(make_repo: RepoMaker) -> None:
+    """A gate group whose devices are all won by a group of higher priority has no rollout."""
+    groups = CANARY_GROUPS + (
+        "  lab:\n    match: {tags: canary}\n    priority: 200\n    agent: {release: '3.0.2'}\n"
+    )
+    problems = _problems(
+        make_repo, {"inventory/devices.yaml": CANARY_DEVICES, "inventory/groups.yaml": groups}
+    )
+    assert problems == [
+        "inventory/groups.yaml:9:23: groups.fleet.rollout.after[0]: group 'canary' has no "
+        "devices (each of its devices belongs to a group of higher priority): 'fleet' would "
+        "roll out 3.0.2 without waiting for it"
+    ]
