@@ -4,6 +4,7 @@ canaries back to the previous release too."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from functools import partial
 from pathlib import Path
@@ -78,20 +79,30 @@ def test_release_new_rolls_out_and_rollback_release_returns_the_canaries(
     fleet.wait_reported("3.0.1")
     view = StoreView(fleet)
 
+    serials = [
+        yaml.safe_load(p.read_text())["serial"]
+        for p in (fleet.repo.root / "releases").glob("*.yaml")
+    ]
+    serial = max(serials) + 1
     build = _build(tmp_path / "build", "3.1.0")
     made = fleet.repo.engine(
         "release", "new", "3.1.0", "--from", str(build), "--platform", "linux",
         "--platform", "windows", "--platform", "macos", "--rollback-to", "3.0.1",
         "--key", str(fleet.repo.key),
     )  # fmt: skip
-    assert "release 3.1.0 (serial 5): 200 files" in made.stdout
+    assert f"release 3.1.0 (serial {serial}): 200 files" in made.stdout
     manifest = yaml.safe_load((fleet.repo.root / "releases" / "3.1.0.yaml").read_text())
     assert {len(p["files"]) for p in manifest["platforms"].values()} == {200}
     fleet.repo.engine("release", "verify", "releases/3.1.0.yaml", "--pub", str(fleet.repo.pub))
     fleet.repo.set_release("3.1.0")
     fleet.repo.engine("validate")
-    listed = fleet.repo.engine("release", "list").stdout
-    assert "3.1.0    5       " in listed and "yes (1)  canary, fleet" in listed
+    listed = json.loads(fleet.repo.engine("release", "list", "--json").stdout)["releases"][0]
+    assert (listed["version"], listed["serial"], listed["signatures"], listed["groups"]) == (
+        "3.1.0",
+        serial,
+        1,
+        ["canary", "fleet"],
+    )
 
     applied = fleet.repo.engine("apply", "--yes", check=False)
     assert applied.returncode == 0, applied.stdout + applied.stderr
