@@ -237,11 +237,23 @@ def _service(args: argparse.Namespace, config: DeviceConfig) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    # Looked up only when asked for: importlib.metadata costs time at every start-up.
+    def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
+        from agent_runtime.enroll import runtime_version
+
+        print(f"{parser.prog} {runtime_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``agent-runtime``."""
     parser = argparse.ArgumentParser(
         prog="agent-runtime",
         description="Converge this device's agent to its planned release, crash-safely.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="show the version and exit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     conv = sub.add_parser("converge", help="install the planned release (periodic unless --once)")

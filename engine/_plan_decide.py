@@ -18,7 +18,12 @@ from states.manifest import ReleaseManifest
 from states.plan import Action
 from states.report import Report
 
-__all__ = ["Decider", "Outcome", "ReleaseView"]
+__all__ = ["NO_REPORT_REASON", "STALE_REASON_PREFIX", "Decider", "Outcome", "ReleaseView"]
+
+#: The reason of a device without any report.
+NO_REPORT_REASON = "no report from this device yet"
+#: How the reason of a device whose last report is too old begins.
+STALE_REASON_PREFIX = "no report since "
 
 
 class ReleaseView(Protocol):
@@ -65,7 +70,7 @@ def _rollback_reason(
 #: (action, reason, whether the device runs a transaction)
 Outcome = tuple[Action, str, bool]
 
-_NO_REPORT: Outcome = (Action.BLOCKED, "no report from this device yet", False)
+_NO_REPORT: Outcome = (Action.BLOCKED, NO_REPORT_REASON, False)
 
 
 class Decider:
@@ -97,7 +102,7 @@ class Decider:
         if report is None:
             return _NO_REPORT
         if report.last_seen < self.stale_before:
-            return Action.BLOCKED, f"no report since {_when(report.last_seen)}", False
+            return Action.BLOCKED, f"{STALE_REASON_PREFIX}{_when(report.last_seen)}", False
         platform = device.platform
         if report.platform is not None and report.platform is not platform:
             return (

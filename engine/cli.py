@@ -45,7 +45,8 @@ def _version() -> str:
 class _VersionAction(argparse.Action):
     # Looked up only when asked for: importlib.metadata costs ~20 ms at start-up.
     def __call__(self, parser: argparse.ArgumentParser, *_: object, **__: object) -> None:
-        parser.exit(message=f"{parser.prog} {_version()}\n")
+        print(f"{parser.prog} {_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:

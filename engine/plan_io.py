@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +16,7 @@ from states.plan import FORMAT_VERSION, Plan
 
 __all__ = [
     "PlanFileError",
+    "changed_files",
     "check_plan_fresh",
     "plan_json",
     "read_plan",
@@ -29,15 +29,16 @@ class PlanFileError(EngineError):
     """A saved plan cannot be read: missing, not JSON, not a plan, or from a newer engine."""
 
 
-class _RepoDigest(Protocol):
+class _RepoInputs(Protocol):
     @property
     def digest(self) -> str: ...
+    @property
+    def file_digests(self) -> dict[str, str]: ...
 
 
-class _ReportsSource(Protocol):
+class _StoreUrl(Protocol):
     @property
     def display_url(self) -> str: ...
-    def reports_digest(self) -> tuple[int, str, datetime | None]: ...
 
 
 def _default(value: object) -> str:
@@ -134,34 +135,44 @@ def _short(digest: str) -> str:
     return digest[:12] if digest else "(none)"
 
 
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return "none"
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def changed_files(then: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The input files that differ between two ``path -> sha256`` maps, one phrase each."""
+    found: list[str] = []
+    for path in sorted(then.keys() | now.keys()):
+        before, after = then.get(path), now.get(path)
+        if before == after:
+            continue
+        if before is None:
+            found.append(f"{path} was added")
+        elif after is None:
+            found.append(f"{path} was removed")
+        else:
+            found.append(f"{path} changed")
+    return found
 
 
-def check_plan_fresh(plan: Plan, repo: _RepoDigest, store: _ReportsSource) -> list[str]:
-    """Why ``plan`` no longer describes the repo and the reports; empty when it is fresh.
+def check_plan_fresh(plan: Plan, repo: _RepoInputs, store: _StoreUrl) -> list[str]:
+    """Why ``plan`` no longer describes the desired state; empty when it still does.
 
-    Compares the inventory digest (every inventory file, release manifest and
-    engine.yaml) and the reports digest recorded in the plan with the current
-    ones. A different git commit with identical files is not stale.
+    A saved plan is bound to the desired state: every inventory file, release
+    manifest and engine.yaml (their digest, file by file) and the store it was
+    computed against. Device reports that arrived since are drift, shown by
+    ``engine apply`` (``engine.plan_drift``), never a reason to refuse. A
+    different git commit with identical files is not stale.
     """
     reasons: list[str] = []
     if plan.inventory.digest != repo.digest:
-        reasons.append(
-            "the operator repo changed since the plan was made "
-            f"(inventory digest {_short(plan.inventory.digest)} then, {_short(repo.digest)} now)"
-        )
+        files = changed_files(plan.inventory.files, repo.file_digests)
+        if plan.inventory.files and files:
+            reasons.append("the operator repo changed since the plan was made: " + ", ".join(files))
+        else:
+            reasons.append(
+                "the operator repo changed since the plan was made "
+                f"(inventory digest {_short(plan.inventory.digest)} then, "
+                f"{_short(repo.digest)} now)"
+            )
     if plan.state.url and plan.state.url != store.display_url:
         reasons.append(
             f"the plan was computed from the store {plan.state.url}, not {store.display_url}"
-        )
-    count, digest, latest = store.reports_digest()
-    if digest != plan.state.reports_digest:
-        reasons.append(
-            "device reports changed since the plan was made "
-            f"({plan.state.reports} reports then, latest {_when(plan.state.latest_report)}; "
-            f"{count} now, latest {_when(latest)})"
         )
     return reasons

@@ -90,6 +90,12 @@ def _policy_text(rollout: RolloutPlan) -> str:
     for key in ("max_parallel", "soak", "max_failure_rate"):
         if key in policy:
             parts.append(f"{key} {policy[key]}")
+    failure = policy.get("on_failure")
+    if isinstance(failure, dict):
+        action, scope = failure.get("action", "halt"), failure.get("rollback", "rollout")
+    else:
+        action, scope = failure or "halt", "rollout"
+    parts.append(f"on_failure {action}" + (f", rollback {scope}" if action == "halt" else ""))
     window: dict[str, Any] | None = rollout.maintenance_window
     if window:
         parts.append(

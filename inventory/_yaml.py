@@ -242,6 +242,53 @@ def _count_nodes(value: Any) -> int:
     return total
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _spaces(n: int) -> str:
+    return f"{n} space{'s' if n != 1 else ''}"
+
+
+def _layout_hint(data: bytes, line: int, message: str) -> str:
+    """What the parser's message means for the line at fault: a tab, or a key indented wrong.
+
+    Empty when nothing about the layout explains the error.
+    """
+    lines = data.decode("utf-8", "replace").splitlines()
+    if not 0 < line <= len(lines):
+        return ""
+    text = lines[line - 1]
+    lead = text[: len(text) - len(text.lstrip(" \t"))]
+    if "\t" in lead:
+        return f"; line {line} is indented with a tab: YAML indents with spaces only"
+    above = [
+        (n, t)
+        for n, t in enumerate(lines[: line - 1], 1)
+        if t.strip() and not t.lstrip().startswith("#")
+    ]
+    here = _indent(text)
+    if message.startswith("mapping values are not allowed"):
+        if above:
+            n, prev = above[-1]
+            if here > _indent(prev) and not prev.rstrip().endswith(":"):
+                return (
+                    f"; line {line} is indented {_spaces(here)}, more than line {n} "
+                    f"({_indent(prev)}), which already has a value: indent it like the key "
+                    "it belongs beside"
+                )
+        return "; a value that contains ': ' must be quoted"
+    if message.startswith(("expected <block end>", "did not find expected key")) and above:
+        levels = sorted({_indent(t) for _, t in above})
+        if here not in levels:
+            shown = ", ".join(str(i) for i in levels)
+            return (
+                f"; line {line} is indented {_spaces(here)}, like no key above it "
+                f"(indents used above: {shown}): indent it like the key it belongs beside"
+            )
+    return ""
+
+
 def _parse_pyyaml(data: bytes) -> Any:
     try:
         return yaml.load(data, Loader=_JsonSchemaLoader)
@@ -254,6 +301,7 @@ def _parse_pyyaml(data: bytes) -> Any:
             message = f"{message} ({e.context})"
         if mark is None:
             raise YamlSyntaxError(message, None, None) from e
+        message += _layout_hint(data, mark.line + 1, message)
         raise YamlSyntaxError(message, mark.line + 1, mark.column + 1) from e
     except yaml.YAMLError as e:
         raise YamlSyntaxError(str(e), None, None) from e

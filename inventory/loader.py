@@ -12,7 +12,7 @@ import gc
 import hashlib
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from fleetbase.gcpause import gc_paused
 from fleetbase.version import Version
 from inventory._checks import check_after, check_references, conflict_problems, merge_files
+from inventory._rollout_checks import check_gate_groups, check_platforms, empty_group_warnings
 from inventory.catalog import LoadedRelease, load_release_catalog
 from inventory.errors import InventoryError, Problem
 from inventory.membership import Assignment, assign_groups
@@ -52,6 +53,10 @@ class OperatorRepo:
     assignment: Assignment
     digest: str  # sha256 over every input file's relative path and bytes
     files: tuple[Path, ...]  # input files, relative to root
+    #: sha256 of each input file's bytes by its POSIX path relative to root
+    file_digests: dict[str, str] = field(default_factory=dict)
+    #: things that load but look wrong (a group matching no device), file:line each
+    warnings: tuple[Problem, ...] = ()
 
 
 def load_operator_repo(root: Path) -> OperatorRepo:
@@ -153,6 +158,11 @@ def _load(root: Path) -> OperatorRepo:
     check_after(inventory, origin, problems, groups_complete=failed_files == 0)
     assignment, conflicts = assign_groups(inventory)
     problems.extend(conflict_problems(conflicts, origin))
+    warnings: list[Problem] = []
+    if failed_files == 0 and not problems:  # no follow-on errors of other mistakes
+        check_gate_groups(inventory, origin, assignment, problems)
+        check_platforms(inventory, origin, catalog.releases, assignment, problems)
+        warnings = empty_group_warnings(inventory, origin, assignment)
     if problems:
         raise InventoryError(problems)
     return OperatorRepo(
@@ -163,6 +173,8 @@ def _load(root: Path) -> OperatorRepo:
         assignment=assignment,
         digest=_digest((s.rel.as_posix(), s.data) for s in sources),
         files=tuple(sorted((s.rel for s in sources), key=lambda p: p.as_posix())),
+        file_digests={s.rel.as_posix(): hashlib.sha256(s.data).hexdigest() for s in sources},
+        warnings=tuple(sorted(warnings, key=Problem.sort_key)),
     )
 
 

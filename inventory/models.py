@@ -34,6 +34,7 @@ __all__ = [
     "AgentSpec",
     "Device",
     "EngineSettings",
+    "FailurePolicy",
     "Group",
     "Inventory",
     "InventoryFile",
@@ -41,6 +42,7 @@ __all__ = [
     "Match",
     "OnFailure",
     "Platform",
+    "RollbackScope",
     "RolloutPolicy",
     "SshSettings",
 ]
@@ -183,6 +185,32 @@ def _increase(value: Any) -> Any:
 Increase = Annotated[float, BeforeValidator(_increase), Field(gt=0, le=1000)]
 
 
+class RollbackScope(StrEnum):
+    """Which devices a halt sends back to the release they came from."""
+
+    ROLLOUT = "rollout"  # the devices of the halted rollout only
+    RELEASE = "release"  # every rollout of the release, its gates (canaries) included
+
+
+class FailurePolicy(_Strict):
+    """``on_failure`` written out: what a tripped rollout does, and what a halt rolls back."""
+
+    action: OnFailure = OnFailure.HALT
+    rollback: RollbackScope = Field(
+        default=RollbackScope.ROLLOUT,
+        description="rollout: the halted rollout's devices go back; release: every rollout "
+        "of the release goes back, gates included (a halt only)",
+    )
+
+    @model_validator(mode="after")
+    def _rollback_needs_halt(self) -> FailurePolicy:
+        if self.action is OnFailure.PAUSE and self.rollback is RollbackScope.RELEASE:
+            raise ValueError(
+                "rollback: release needs action: halt (a paused rollout rolls nothing back)"
+            )
+        return self
+
+
 class RolloutPolicy(_Strict):
     """How fast a release moves through a group, and when it stops itself."""
 
@@ -194,7 +222,10 @@ class RolloutPolicy(_Strict):
     min_success_rate: float = Field(default=0.95, ge=0, le=1)
     soak: Duration = timedelta(minutes=10)
     max_parallel: int = Field(default=50, ge=1)
-    on_failure: OnFailure = OnFailure.HALT
+    on_failure: OnFailure | FailurePolicy = Field(
+        default=OnFailure.HALT,
+        description="halt | pause, or {action: halt|pause, rollback: rollout|release}",
+    )
     after: list[str] = Field(
         default_factory=list,
         description="groups whose rollout of the same release must complete and soak "
@@ -210,6 +241,13 @@ class RolloutPolicy(_Strict):
         description="fail a device whose agent's resident memory grew this much over its "
         "previous release's (e.g. '25%'); it rolls back and counts against max_failure_rate",
     )
+
+    @property
+    def failure(self) -> FailurePolicy:
+        """``on_failure`` in its long form, whichever form the operator wrote."""
+        if isinstance(self.on_failure, FailurePolicy):
+            return self.on_failure
+        return FailurePolicy(action=self.on_failure)
 
     @field_validator("after")
     @classmethod
@@ -237,6 +275,40 @@ class RolloutPolicy(_Strict):
         return waves
 
 
+#: The five fields of a cron expression and what each takes.
+_CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day-of-week", "0-7 or sun-sat (0 and 7 are Sunday)"),
+)
+
+
+def _cron_problem(cron: str) -> str:
+    """Why ``cron`` is not a cron expression, naming the first bad field and its range."""
+    from croniter import croniter
+
+    fields = cron.split()
+    if len(fields) != len(_CRON_FIELDS):
+        return (
+            f"{cron!r} is not a cron expression: expected five fields "
+            f"'minute hour day-of-month month day-of-week', found {len(fields)}, e.g. '0 2 * * *'"
+        )
+    for index, (name, allowed) in enumerate(_CRON_FIELDS):
+        alone = ["*"] * len(_CRON_FIELDS)
+        alone[index] = fields[index]
+        if not croniter.is_valid(" ".join(alone)):
+            return (
+                f"{cron!r}: the {name} field {fields[index]!r} is not valid; "
+                f"{name} takes {allowed}, with lists (1,3), ranges (1-5) and steps (*/15)"
+            )
+    return (
+        f"{cron!r} is not a cron expression: expected five fields "
+        "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
+    )
+
+
 class MaintenanceWindow(_Strict):
     """When devices of a group may be touched: a cron start, a duration, a time zone."""
 
@@ -250,10 +322,7 @@ class MaintenanceWindow(_Strict):
         from croniter import croniter
 
         if not croniter.is_valid(cron):
-            raise ValueError(
-                f"{cron!r} is not a cron expression: expected five fields "
-                "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
-            )
+            raise ValueError(_cron_problem(cron))
         return cron
 
     @field_validator("timezone")

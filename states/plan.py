@@ -139,6 +139,9 @@ class InventoryRef(_Wire):
     digest: str
     git_commit: str | None = None
     git_dirty: bool | None = None
+    #: sha256 of each input file by its path relative to ``root``, so a stale
+    #: plan can name the file that changed (empty in plans of older engines)
+    files: dict[str, str] = Field(default_factory=dict)
 
 
 class StateRef(_Wire):

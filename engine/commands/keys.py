@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.commands._release_cmds import add_release_commands
 from engine.release_key import SIGNING_KEY_ENV, signing_key_path
 from engine.signing import (
     add_signatures,
@@ -52,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key pair")
     keygen.set_defaults(func=_keygen)
 
-    release = subparsers.add_parser("release", help="sign and verify release manifests")
+    release = subparsers.add_parser("release", help="make, list, sign and verify release manifests")
     actions = release.add_subparsers(dest="release_command", metavar="ACTION", required=True)
+    add_release_commands(actions)
     sign_p = actions.add_parser(
         "sign",
         help="validate a release manifest and write FILE.sig beside it",

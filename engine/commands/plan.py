@@ -64,13 +64,15 @@ def _colour() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Run `engine plan`; returns the exit code (see --detailed-exitcode)."""
+    from engine.commands._progress import spinner
     from engine.service.plan import plan_repo
 
     root: Path = args.directory
     if not root.is_dir():
         return _error(f"{root} is not a directory (give the operator repo with -C DIR)")
     try:
-        plan = plan_repo(root.resolve(), state=args.state, group=args.group, device=args.device)
+        with spinner(f"planning {root} …", enabled=not args.json):
+            plan = plan_repo(root.resolve(), state=args.state, group=args.group, device=args.device)
     except InventoryError as e:
         print(f"engine plan: the operator repo {root} has problems:", file=sys.stderr)
         print(e.render(), file=sys.stderr)

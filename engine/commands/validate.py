@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         count = len(e.problems)
         print(f"{count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
         return 1
+    for warning in repo.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     inv = repo.inventory
     print(
         f"ok: {_count(len(inv.devices), 'device')}, {_count(len(inv.groups), 'group')}, "

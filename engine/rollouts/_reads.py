@@ -69,6 +69,22 @@ def live_rollout_ids(conn: Connection) -> list[int]:
     return [int(i) for (i,) in conn.execute(query)]
 
 
+def release_rollout_ids(
+    conn: Connection, release: str, states: Sequence[RolloutState], exclude: int
+) -> list[int]:
+    """The rollouts of ``release`` in ``states``, ``exclude`` left out, oldest first."""
+    rows = conn.execute(
+        select(rollouts.c.id)
+        .where(
+            rollouts.c.release == release,
+            rollouts.c.state.in_([s.value for s in states]),
+            rollouts.c.id != exclude,
+        )
+        .order_by(rollouts.c.id)
+    )
+    return [int(r[0]) for r in rows]
+
+
 def gate_rows(conn: Connection, ids: Sequence[int]) -> list[GateRow]:
     """The gate rollouts ``ids`` in that order (a gate row never goes away)."""
     rows = conn.execute(

@@ -26,6 +26,7 @@ from engine.rollouts.policy import (
     choose_offers,
     count_waves,
     gate_soaked_at,
+    halts_release,
     judge_device,
     judge_gates,
     judge_performance,
@@ -34,7 +35,7 @@ from engine.rollouts.policy import (
     tripped,
     wave_step,
 )
-from engine.rollouts.transitions import DeviceEvent, RolloutEvent
+from engine.rollouts.transitions import DeviceEvent, RolloutEvent, rollout_sources
 from engine.rollouts.windows import in_window
 from engine.store.schema import rollout_devices
 from fleetbase.version import Version
@@ -107,9 +108,10 @@ def tick_rollout(
         if state is RolloutState.COMPLETED and found is None:
             trip = None  # a completed rollout halts only on a performance failure
         if trip is not None:
+            failure = policy.failure
             event = (
                 RolloutEvent.PAUSE
-                if policy.on_failure is OnFailure.PAUSE and state is RolloutState.ACTIVE
+                if failure.action is OnFailure.PAUSE and state is RolloutState.ACTIVE
                 else RolloutEvent.HALT
             )
             state = _store.move_rollout(conn, rollout_id, state, event, reason=trip.reason, now=now)
@@ -117,6 +119,8 @@ def tick_rollout(
                 _plan_rollbacks(conn, r, now)
             _store.unoffer_devices(conn, rollout_id, now)
             notices.append((state, trip.reason))
+            if halts_release(failure, state):
+                notices.extend(_halt_release(conn, r, trip.reason, now))
         elif state is RolloutState.ACTIVE:
             rd = rollout_devices
             _store.move_devices(
@@ -266,6 +270,26 @@ def _rollback_one(
         started_at=None,
         retry_at=None,
     )
+
+
+def _halt_release(conn: Connection, r: RolloutRow, why: str, now: datetime) -> list[Notice]:
+    """``rollback: release``: halt every other rollout of the release, gates included, and send
+    their devices back too (Argo Rollouts' abort: everything returns to stable)."""
+    notices: list[Notice] = []
+    reason = f"rollout {r.name} halted with rollback: release ({why})"
+    sources = rollout_sources(RolloutEvent.RELEASE_HALTED)
+    for other_id in _reads.release_rollout_ids(conn, r.release, sources, exclude=r.id):
+        other = _store.lock_rollout(conn, other_id)
+        if other is None or other.state not in sources:
+            continue
+        _store.move_rollout(
+            conn, other_id, other.state, RolloutEvent.RELEASE_HALTED, reason=reason, now=now
+        )
+        _plan_rollbacks(conn, other, now)
+        _store.unoffer_devices(conn, other_id, now)
+        _log.info("rollout %s: %s", other.name, reason)
+        notices.append((RolloutState.HALTED, f"{other.name}: {reason}"))
+    return notices
 
 
 def _plan_rollbacks(conn: Connection, r: RolloutRow, now: datetime) -> None:

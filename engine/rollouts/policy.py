@@ -2,6 +2,7 @@
 
 - :func:`judge_device`: did a device that took a plan succeed, fail or time out?
 - :func:`retry_after` and :func:`rollback_version`: what follows a failure or a halt.
+- :func:`halts_release`: does a halt send every rollout of the release back?
 - :func:`count_waves` and :func:`tripped`: does a wave's failure rate trip the rollout?
 - :func:`wave_step`: does the current wave hold its goal, soak, open the next, complete?
 - :func:`judge_gates`: may a waiting rollout (``rollout.after``) open its first wave?
@@ -30,7 +31,7 @@ from engine.rollouts.model import (
 )
 from engine.rollouts.transitions import DeviceEvent
 from fleetbase.version import Version, VersionError
-from inventory.models import RolloutPolicy
+from inventory.models import FailurePolicy, RollbackScope, RolloutPolicy
 
 __all__ = [
     "FAILURE_RESULTS",
@@ -53,6 +54,7 @@ __all__ = [
     "choose_offers",
     "count_waves",
     "gate_soaked_at",
+    "halts_release",
     "judge_device",
     "judge_gates",
     "judge_performance",
@@ -179,6 +181,15 @@ def rollback_version(from_version: str | None, target: Version) -> Version | Non
     """
     back = parse_version(from_version)
     return None if back is None or back == target else back
+
+
+def halts_release(failure: FailurePolicy, entered: RolloutState) -> bool:
+    """Whether a rollout that just entered ``entered`` halts every rollout of its release.
+
+    Only a halt (not a pause) with ``on_failure: {rollback: release}`` does:
+    the gates' devices that vouched for the release go back with the rest.
+    """
+    return entered is RolloutState.HALTED and failure.rollback is RollbackScope.RELEASE
 
 
 # -- waves --------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class RolloutEvent(StrEnum):
     GATES_PASSED = "gates_passed"  # every gate completed and soaked: wave 0 opens
     PAUSE = "pause"  # by an operator, or the failure rate with on_failure: pause
     HALT = "halt"  # the failure rate with on_failure: halt, or a gate failed
+    RELEASE_HALTED = "release_halted"  # another rollout of its release halted, rollback: release
     RESUME = "resume"  # an operator resumed it after its first wave opened
     RESUME_WAITING = "resume_waiting"  # resumed before its first wave opened: waits again
     COMPLETE = "complete"  # the last wave reached its goal and no device is busy
@@ -80,21 +81,25 @@ ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
     (R.ACTIVE, E.WAIT_FOR_GATES): R.WAITING,  # only in the apply that records it
     (R.ACTIVE, E.PAUSE): R.PAUSED,
     (R.ACTIVE, E.HALT): R.HALTED,
+    (R.ACTIVE, E.RELEASE_HALTED): R.HALTED,
     (R.ACTIVE, E.COMPLETE): R.COMPLETED,
     (R.ACTIVE, E.ABORT): R.ABORTED,
     (R.ACTIVE, E.SUPERSEDE): R.SUPERSEDED,
     (R.WAITING, E.GATES_PASSED): R.ACTIVE,
     (R.WAITING, E.PAUSE): R.PAUSED,
     (R.WAITING, E.HALT): R.HALTED,  # a gate halted, was aborted or superseded
+    (R.WAITING, E.RELEASE_HALTED): R.HALTED,
     (R.WAITING, E.ABORT): R.ABORTED,
     (R.WAITING, E.SUPERSEDE): R.SUPERSEDED,
     (R.PAUSED, E.RESUME): R.ACTIVE,
     (R.PAUSED, E.RESUME_WAITING): R.WAITING,
     (R.PAUSED, E.ABORT): R.ABORTED,
+    (R.PAUSED, E.RELEASE_HALTED): R.HALTED,
     (R.PAUSED, E.SUPERSEDE): R.SUPERSEDED,
     (R.HALTED, E.ABORT): R.ABORTED,
     (R.HALTED, E.SUPERSEDE): R.SUPERSEDED,
     (R.COMPLETED, E.HALT): R.HALTED,  # a performance failure during its soak
+    (R.COMPLETED, E.RELEASE_HALTED): R.HALTED,  # a gate whose devices vouched for it
     (R.COMPLETED, E.SUPERSEDE): R.SUPERSEDED,
 }
 

@@ -8,16 +8,17 @@ and print nothing.
 
 - ``engine.service.repo``: load the operator repo, resolve and open its store.
 - ``engine.service.plan``: make a plan (``make_plan``, ``plan_repo``).
-- ``engine.service.apply``: refuse a stale saved plan, count what moves,
-  record the rollouts, follow them.
+- ``engine.service.apply``: refuse a stale saved plan, show its drift, count
+  what moves, record the rollouts, follow them.
 - ``engine.service.status``: the fleet's rollouts and versions.
 - ``engine.service.forensics``: one device (report, heartbeat, event timeline)
   and a rollout's devices by state with their last step.
 - ``engine.service.forensics``: one device (report, heartbeat, timeline) and a
   rollout's devices with their last step.
+- ``engine.service.release``: make a release from a build, list releases.
 
 Import the submodule you need: this package imports none of them, so that a
 command pays only for what it uses (the CLI loads every command at start-up).
 """
 
-__all__ = ["apply", "forensics", "plan", "repo", "status"]
+__all__ = ["apply", "forensics", "plan", "release", "repo", "status"]

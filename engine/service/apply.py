@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from engine.errors import EngineError
+from engine.plan_drift import DeviceDrift, Drift, plan_drift
 from engine.plan_io import check_plan_fresh
 from engine.rollouts.record import ApplyResult, applicable_rollouts, record_rollouts
 from engine.rollouts.status import RolloutStatus, rollout_status, waits_on_paused_gate
@@ -18,12 +19,15 @@ from states.plan import CHANGING_ACTIONS, Action, Plan
 
 __all__ = [
     "SETTLED_STATES",
+    "DriftError",
     "PendingChanges",
+    "PlanToApply",
     "StalePlanError",
     "follow_rollouts",
     "pending_changes",
     "plan_to_apply",
     "record_apply",
+    "unsigned_releases",
 ]
 
 #: Rollout states in which `apply --wait` stops following a rollout.
@@ -31,12 +35,34 @@ SETTLED_STATES = frozenset({"completed", "halted", "paused", "aborted", "superse
 
 
 class StalePlanError(EngineError):
-    """A saved plan no longer describes the operator repo or the reports."""
+    """A saved plan no longer describes the desired state (operator repo, releases, store)."""
 
     def __init__(self, reasons: Sequence[str]) -> None:
         """Record why the plan is stale (one line each)."""
         super().__init__("the plan is stale: " + "; ".join(reasons))
         self.reasons = list(reasons)
+
+
+class DriftError(EngineError):
+    """``--strict``: the fleet drifted since the plan in a way that changes what it does."""
+
+    def __init__(self, drift: Drift) -> None:
+        """Record the drift; ``changed`` lists the devices whose action would differ now."""
+        self.drift = drift
+        self.changed: list[DeviceDrift] = drift.changes_plan
+        super().__init__(
+            f"{len(self.changed)} device(s) drifted since the plan in a way that changes "
+            "what it does"
+        )
+
+
+@dataclass(frozen=True)
+class PlanToApply:
+    """The plan `engine apply` records, and how the fleet drifted since it was made."""
+
+    plan: Plan
+    drift: Drift
+    saved: bool  # True for a saved plan, False for one made now
 
 
 @dataclass(frozen=True)
@@ -58,18 +84,37 @@ class PendingChanges:
         return not self.rollouts or not self.moving
 
 
-def plan_to_apply(repo: OperatorRepo, store: Store, saved: Plan | None) -> Plan:
-    """``saved`` when it still describes ``repo`` and ``store``, else a fresh plan when none.
+def plan_to_apply(
+    repo: OperatorRepo, store: Store, saved: Plan | None, *, strict: bool = False
+) -> PlanToApply:
+    """``saved`` with its drift when it still describes the desired state, else a fresh plan.
 
-    Raises StalePlanError when ``saved`` is stale, StoreError when the store
-    cannot be read.
+    A saved plan stays valid while the operator repo's files (inventory,
+    release manifests, engine.yaml) and the store are the ones it was made
+    from, whatever the devices reported since; that drift is returned for the
+    operator to see. Raises StalePlanError when the desired state changed,
+    DriftError when ``strict`` and the drift changes what the plan does to a
+    device, StoreError when the store cannot be read.
     """
     if saved is None:
-        return make_plan(repo, store)
+        return PlanToApply(make_plan(repo, store), Drift(), saved=False)
     stale = check_plan_fresh(saved, repo, store)
     if stale:
         raise StalePlanError(stale)
-    return saved
+    drift = plan_drift(saved, make_plan(repo, store))
+    if strict and drift.changes_plan:
+        raise DriftError(drift)
+    return PlanToApply(saved, drift, saved=True)
+
+
+def unsigned_releases(plan: Plan, repo: OperatorRepo) -> list[str]:
+    """The releases `engine apply` would roll out that have no signature beside them."""
+    found: set[str] = set()
+    for rollout in applicable_rollouts(plan, repo.inventory):
+        loaded = repo.releases.get(rollout.release)
+        if loaded is not None and loaded.signature_path is None:
+            found.add(str(rollout.release))
+    return sorted(found)
 
 
 def pending_changes(plan: Plan, repo: OperatorRepo) -> PendingChanges:

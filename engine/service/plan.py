@@ -50,6 +50,7 @@ def make_plan(
         digest=repo.digest,
         git_commit=git.commit if git else None,
         git_dirty=git.dirty if git else None,
+        files=repo.file_digests,
     )
     state_ref = StateRef(
         url=store.display_url, reports=count, reports_digest=digest, latest_report=latest

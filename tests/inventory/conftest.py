@@ -63,11 +63,19 @@ groups:
     description: display only
 """
 
+#: a windows section for ``manifest_text(..., extra=...)``
+WINDOWS_FILES = (
+    "  windows:\n"
+    "    files:\n"
+    f"      - {{{{path: agent.py, sha256: '{SHA}', size: 10, source: {{version}}/agent.py}}}}\n"
+)
+
 BASE: dict[str, str] = {
     "inventory/devices.yaml": DEVICES,
     "inventory/groups.yaml": GROUPS,
     "releases/3.0.1.yaml": manifest_text("3.0.1", 1),
-    "releases/3.0.2.yaml": manifest_text("3.0.2", 2),
+    # the canary group holds a windows device: 3.0.2 must have windows files too
+    "releases/3.0.2.yaml": manifest_text("3.0.2", 2, extra=WINDOWS_FILES.format(version="3.0.2")),
 }
 
 RepoMaker = Callable[..., Path]

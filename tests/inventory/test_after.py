@@ -6,7 +6,7 @@ import pytest
 
 from inventory.errors import InventoryError
 from inventory.loader import load_operator_repo
-from tests.inventory.conftest import DEVICES, GROUPS, RepoMaker
+from tests.inventory.conftest import DEVICES, GROUPS, WINDOWS_FILES, RepoMaker, manifest_text
 
 #: GROUPS with a third managed group, so that cycles of three can be written.
 THREE = GROUPS + "  windows-prod:\n    match: {platform: windows}\n    agent: {release: '3.0.1'}\n"
@@ -102,6 +102,10 @@ def test_valid_after_loads(make_repo: RepoMaker) -> None:
     root = make_repo(
         {
             "inventory/groups.yaml": _after(THREE, "linux-prod", "[canary, windows-prod]"),
+            "inventory/more.yaml": "devices:\n  paris-pos-0004: {platform: windows}\n",
+            "releases/3.0.1.yaml": manifest_text(
+                "3.0.1", 1, extra=WINDOWS_FILES.format(version="3.0.1")
+            ),
         }
     )
     repo = load_operator_repo(root)

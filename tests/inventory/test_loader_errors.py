@@ -138,9 +138,33 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
             "    maintenance_window: {cron: '0 25 * * *', duration: 3h}\n"
         },
         [
-            "inventory/more.yaml:4:32: groups.night.maintenance_window.cron: '0 25 * * *' is "
-            "not a cron expression: expected five fields 'minute hour day-of-month month "
-            "day-of-week', e.g. '0 2 * * *'"
+            "inventory/more.yaml:4:32: groups.night.maintenance_window.cron: '0 25 * * *': "
+            "the hour field '25' is not valid; hour takes 0-23, with lists (1,3), ranges (1-5) "
+            "and steps (*/15)"
+        ],
+    ),
+    (
+        "cron with a misspelt day",
+        {
+            "inventory/more.yaml": "groups:\n  night:\n    match: {site: paris}\n"
+            "    maintenance_window: {cron: '0 3 * * Mon-Fry', duration: 3h}\n"
+        },
+        [
+            "inventory/more.yaml:4:32: groups.night.maintenance_window.cron: '0 3 * * Mon-Fry': "
+            "the day-of-week field 'Mon-Fry' is not valid; day-of-week takes 0-7 or sun-sat "
+            "(0 and 7 are Sunday), with lists (1,3), ranges (1-5) and steps (*/15)"
+        ],
+    ),
+    (
+        "cron with four fields",
+        {
+            "inventory/more.yaml": "groups:\n  night:\n    match: {site: paris}\n"
+            "    maintenance_window: {cron: '0 2 * *', duration: 3h}\n"
+        },
+        [
+            "inventory/more.yaml:4:32: groups.night.maintenance_window.cron: '0 2 * *' is not a "
+            "cron expression: expected five fields 'minute hour day-of-month month day-of-week', "
+            "found 4, e.g. '0 2 * * *'"
         ],
     ),
     (

@@ -71,7 +71,31 @@ def test_fast_and_fallback_agree(text: bytes) -> None:
             b"a:\n\tb: 1\n",
             2,
             1,
-            "found character that cannot start any token (while scanning for the next token)",
+            "found character that cannot start any token (while scanning for the next token); "
+            "line 2 is indented with a tab: YAML indents with spaces only",
+        ),
+        (
+            b"devices:\n  x:\n    platform: linux\n     site: b\n",
+            4,
+            10,
+            "mapping values are not allowed in this context; line 4 is indented 5 spaces, "
+            "more than line 3 (4), which already has a value: indent it like the key it "
+            "belongs beside",
+        ),
+        (
+            b"a:\n  b: 1\n c: 2\n",
+            3,
+            2,
+            "did not find expected key (while parsing a block mapping); line 3 is indented "
+            "1 space, like no key above it (indents used above: 0, 2): indent it like the key "
+            "it belongs beside",
+        ),
+        (
+            b"a: b: c\n",
+            1,
+            5,
+            "mapping values are not allowed in this context; a value that contains ': ' must "
+            "be quoted",
         ),
         (
             b"a: 1\n---\nb: 2\n",
@@ -80,7 +104,16 @@ def test_fast_and_fallback_agree(text: bytes) -> None:
             "but found another document (expected a single document in the stream)",
         ),
     ],
-    ids=["dup-top", "dup-in-list", "flow", "tab", "two-docs"],
+    ids=[
+        "dup-top",
+        "dup-in-list",
+        "flow",
+        "tab",
+        "over-indented",
+        "under-indented",
+        "colon",
+        "two-docs",
+    ],
 )
 def test_syntax_errors_have_positions(text: bytes, line: int, column: int, message: str) -> None:
     """Syntax errors and repeated keys carry the parser's 1-based line and column."""

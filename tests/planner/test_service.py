@@ -68,8 +68,10 @@ def test_stale_saved_plan_is_refused_and_nothing_recorded(fleet: tuple[Path, str
     with open_store(repo, url) as store:
         with pytest.raises(StalePlanError) as caught:
             plan_to_apply(repo, store, saved)
-        assert any("operator repo changed" in r for r in caught.value.reasons)
-        fresh = plan_to_apply(repo, store, None)
+        assert caught.value.reasons == [
+            "the operator repo changed since the plan was made: engine.yaml changed"
+        ]
+        fresh = plan_to_apply(repo, store, None).plan
         result = record_apply(store, fresh, repo)
     assert {f"{r.group}@{r.release}" for r in result.rollouts} == set(
         pending_changes(fresh, repo).rollouts

@@ -34,7 +34,12 @@ CANARY_SOAK = timedelta(minutes=10)
 FLEET = {"waves": [50, 100], "max_parallel": 5, "soak": "1m", "after": ["canary"]}
 
 
-def _groups(canary: str = "3.0.1", fleet: str = "3.0.1", **canary_policy: Any) -> dict[str, Any]:
+def _groups(
+    canary: str = "3.0.1",
+    fleet: str = "3.0.1",
+    fleet_policy: dict[str, Any] | None = None,
+    **canary_policy: Any,
+) -> dict[str, Any]:
     return {
         "canary": {
             "match": {"tags": "internal"},
@@ -42,7 +47,11 @@ def _groups(canary: str = "3.0.1", fleet: str = "3.0.1", **canary_policy: Any) -
             "agent": {"release": canary},
             "rollout": {**CANARY, **canary_policy},
         },
-        "fleet": {"match": {"platform": "linux"}, "agent": {"release": fleet}, "rollout": FLEET},
+        "fleet": {
+            "match": {"platform": "linux"},
+            "agent": {"release": fleet},
+            "rollout": {**FLEET, **(fleet_policy or {})},
+        },
     }
 
 
@@ -206,8 +215,8 @@ def test_aborted_gate_halts_gated_rollout(tmp_path: Path, store: Store) -> None:
 
 
 def test_gate_on_another_release_is_no_gate(tmp_path: Path, store: Store) -> None:
-    """A group in after that does not move to the same release does not hold the rollout."""
-    f = Fleet(tmp_path, store, canary="3.0.0")
+    """A group in after already on a newer release (canary first) does not hold the rollout."""
+    f = Fleet(tmp_path, store, canary="3.0.2")
     recorded = f.apply()
     fleet = recorded["fleet"]
     assert fleet.after == () and fleet.not_waiting == ("canary",)
@@ -291,7 +300,9 @@ def test_apply_and_status_show_the_wait(tmp_path: Path, capsys: pytest.CaptureFi
     thread = threading.Thread(target=pause_canary)
     thread.start()
     try:
-        code = main(["apply", "-C", str(root), "--yes", "--wait", "--poll", "0.05"])
+        code = main(
+            ["apply", "-C", str(root), "--yes", "--allow-unsigned", "--wait", "--poll", "0.05"]
+        )
     finally:
         thread.join(15)
     out = capsys.readouterr().out
@@ -309,3 +320,69 @@ def test_apply_and_status_show_the_wait(tmp_path: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "#2 fleet@3.0.1  waiting  no wave open (of 2)" in out
     assert "waiting for canary@3.0.1" in out
+
+
+def _wave_of(store: Store, rollout_id: int, device: str) -> int:
+    with store.read() as conn:
+        return int(
+            conn.exec_driver_sql(
+                f"SELECT wave FROM rollout_devices WHERE rollout_id = {rollout_id} "
+                f"AND device = '{device}'"
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("scope", ["rollout", "release"])
+def test_halt_in_the_second_wave_rolls_back_by_scope(
+    tmp_path: Path, store: Store, scope: str
+) -> None:
+    """A release that passed the canary fails in the fleet's second wave: rollback: rollout sends
+    the fleet's devices back only; rollback: release halts the canary rollout too and sends the
+    canaries back to the previous release."""
+    policy = {"waves": [20, 100], "on_failure": {"action": "halt", "rollback": scope}}
+    f = Fleet(tmp_path, store, fleet_policy=policy)
+    recorded = f.apply()
+    canary, fleet = recorded["canary"], recorded["fleet"]
+    f.canaries_succeed()
+    f.clock.advance(minutes=10)
+    f.tick()
+    failed = None
+    for _ in range(20):  # wave 0 succeeds; the first device of wave 1 fails
+        took = f.checkins([s for s in f.stores if s.version == "3.0.0"])
+        f.clock.advance(seconds=30)
+        for s in took:
+            if _wave_of(store, fleet.id, s.name) == 0:
+                s.succeed(store, f.clock.now)
+            elif failed is None:
+                failed = s
+        if failed is not None:
+            break
+        f.tick()
+        f.clock.advance(minutes=1)
+        f.tick()
+    assert failed is not None and rollout_row(store, fleet.id).current_wave == 1
+    failed.fail(store, f.clock.now)
+    f.tick()
+    assert rollout_row(store, fleet.id).state == "halted"
+    gate = rollout_row(store, canary.id)
+    back = f.checkins(f.canaries)
+    if scope == "rollout":
+        assert gate.state == "completed"
+        assert back == []
+        return
+    assert gate.state == "halted"
+    assert gate.reason is not None and gate.reason.startswith(
+        "rollout fleet@3.0.1 halted with rollback: release (wave 1: "
+    )
+    assert set(device_states(store, canary.id).values()) == {"rolling_back"}
+    offers = [s.plan.plan for s in back if s.plan is not None]
+    assert [(o.action.value, str(o.desired)) for o in offers] == [
+        ("rollback", "3.0.0"),
+        ("rollback", "3.0.0"),
+    ]
+    f.clock.advance(seconds=30)
+    for s in f.canaries:
+        s.succeed(store, f.clock.now)
+    f.tick()
+    assert set(device_states(store, canary.id).values()) == {"rolled_back"}
+    assert {s.version for s in f.canaries} == {"3.0.0"}

@@ -1,0 +1,1 @@
+"""engine release new and engine release list."""
