@@ -22,6 +22,7 @@ from states.protocol import CheckinRequest, Heartbeat, StepEvent
 __all__ = [
     "DeviceSql",
     "insert_events",
+    "prune_events",
     "lookup_token",
     "read_heartbeat",
     "upsert_checkin",
@@ -123,6 +124,11 @@ class DeviceSql:
             f"rss_max = {greatest}(performance.rss_max, excluded.rss_max), "
             "last_at = excluded.last_at"
         )
+        self.prune_device_events = (
+            "DELETE FROM events WHERE device = {d} AND id <= (SELECT id FROM events "
+            "WHERE device = {d} ORDER BY id DESC LIMIT 1 OFFSET {k})"
+        ).format(d=mark.format("device"), k=mark.format("keep"))
+        self.prune_old_events = "DELETE FROM events WHERE received_at < " + mark.format("cutoff")
         self.read_heartbeat = (
             "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
         )
@@ -251,3 +257,14 @@ def insert_events(
             for e in events
         ],
     )
+
+
+def prune_events(
+    conn: Connection, sql: DeviceSql, device: str, keep: int, cutoff: datetime | None
+) -> None:
+    """Keep only ``device``'s newest ``keep`` events; with ``cutoff``, also delete every
+    device's events received before it."""
+    driver = _driver(conn)
+    driver.execute(sql.prune_device_events, {"device": device, "keep": keep})
+    if cutoff is not None:
+        driver.execute(sql.prune_old_events, {"cutoff": sql.instant(cutoff)})
