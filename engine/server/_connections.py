@@ -72,7 +72,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._awaiting_headers = True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Accept the connection unless the cap is reached; start the header clock."""
         if len(self.connections) >= self._limits.max_connections:
             transport.close()

@@ -261,9 +261,8 @@ def router(state: ServerState) -> APIRouter:
             pruned_at[0] = time.monotonic()
             cutoff = now - retention
         with _stored(device), db.write() as conn:
-            insert_events(conn, sql, device, body.events, clock())
-            count_step_events(conn, sql, device, body.events)
             insert_events(conn, sql, device, body.events, now)
+            count_step_events(conn, sql, device, body.events)
             prune_events(conn, sql, device, settings.events_kept_per_device, cutoff)
         return Response(status_code=204)
 

@@ -22,8 +22,8 @@ from states.protocol import CheckinRequest, Heartbeat, StepEvent
 __all__ = [
     "DeviceSql",
     "insert_events",
-    "prune_events",
     "lookup_token",
+    "prune_events",
     "read_heartbeat",
     "upsert_checkin",
     "upsert_heartbeat",

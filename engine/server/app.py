@@ -6,13 +6,18 @@ The shared state lives in ``engine.server.state`` and the settings in
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
+from engine.errors import StoreError
 from engine.server import (
     _admin_api,
     _bundles_api,
@@ -40,6 +45,8 @@ __all__ = [
     "utc_now",
 ]
 
+log = logging.getLogger("engine.server")
+
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI application serving ``settings.store`` and the repo at ``settings.repo_root``."""
@@ -63,6 +70,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(dashboard.router(state, openapi_url="/openapi.json"))
     app.include_router(_metrics.router(state))
     app.add_exception_handler(Refusal, _refusal)
+    app.add_exception_handler(StoreError, _store_unavailable)
+    app.add_exception_handler(SQLAlchemyError, _store_unavailable)
+    app.add_exception_handler(sqlite3.Error, _store_unavailable)
+    app.add_exception_handler(psycopg.Error, _store_unavailable)
     _publish_body_schemas(app)
     return app
 
@@ -71,6 +82,16 @@ async def _refusal(request: Request, exc: Exception) -> Response:
     """A refusal with a machine-readable code: ``{"detail": ..., "code": ...}``."""
     assert isinstance(exc, Refusal)
     return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _store_unavailable(request: Request, error: Exception) -> Response:
+    """Any route whose store work failed answers 503 with Retry-After, never 500."""
+    log.error("%s %s: the store failed: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {"detail": "the server cannot reach its store; try again later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 class _EngineApp(FastAPI):

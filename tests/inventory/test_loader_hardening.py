@@ -100,10 +100,8 @@ def test_recursive_alias_is_a_clear_error(make_repo: RepoMaker) -> None:
 
 def test_ordinary_anchors_and_merges_still_load(make_repo: RepoMaker) -> None:
     """Anchors that share a few values (defaults merged into devices) load as before."""
-    text = (
-        "x-linux: &linux {platform: linux, site: berlin}\n"
-        "devices:\n"
-        + "".join(f"  srv-{i:04d}:\n    <<: *linux\n" for i in range(200))
+    text = "x-linux: &linux {platform: linux, site: berlin}\ndevices:\n" + "".join(
+        f"  srv-{i:04d}:\n    <<: *linux\n" for i in range(200)
     )
     root = make_repo({"inventory/more.yaml": text})
     with pytest.raises(InventoryError) as info:  # x-linux is an unknown top-level key
