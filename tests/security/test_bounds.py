@@ -110,8 +110,11 @@ def test_store_failures_answer_503_on_every_route(tmp_path: Path, postgres_url: 
             )
         try:
             with server.client() as c:
-                enroll = {"device": "munich-mac-0003", "platform": "macos",
-                          "enrollment_secret": server.enrollment_secret}  # fmt: skip
+                enroll = {
+                    "device": "munich-mac-0003",
+                    "platform": "macos",
+                    "enrollment_secret": server.enrollment_secret,
+                }
                 must_503 = [
                     c.post("/v1/enroll", json=enroll),
                     c.get("/v1/admin/devices", headers=server.admin_headers()),
@@ -119,10 +122,8 @@ def test_store_failures_answer_503_on_every_route(tmp_path: Path, postgres_url: 
                     c.get("/v1/admin/rollouts", headers=server.admin_headers()),
                     c.post(
                         "/v1/admin/devices/hamburg-srv-0002/revoke", headers=server.admin_headers()
-                    ),  # fmt: skip
-                    c.post(
-                        f"/v1/devices/{DEVICE}/checkin", json=CHECKIN, headers=bearer(token)
-                    ),  # fmt: skip
+                    ),
+                    c.post(f"/v1/devices/{DEVICE}/checkin", json=CHECKIN, headers=bearer(token)),
                 ]
                 others = [
                     c.get("/v1/releases"),
