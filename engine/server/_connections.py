@@ -71,6 +71,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._awaiting_headers = True
+        self._boundary_in_chunk = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Accept the connection unless the cap is reached; start the header clock."""
@@ -89,28 +90,37 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Count header bytes (431 beyond the cap); as uvicorn's otherwise."""
-        if self._awaiting_headers:
+        """As uvicorn's; then 431 when the headers so far exceed the cap."""
+        self._boundary_in_chunk = False
+        super().data_received(data)
+        if self._awaiting_headers and not self._boundary_in_chunk and self.transport is not None:
+            # No headers or body ended in this chunk and headers are awaited: all of it is headers.
             self._header_bytes += len(data)
             if self._header_bytes > self._limits.max_header_bytes:
                 self._cancel_header_timer()
-                self.transport.write(_431)
-                self.transport.close()
-                return
-        super().data_received(data)
+                self._awaiting_headers = False
+                if not self.transport.is_closing():
+                    self.transport.write(_431)
+                    self.transport.close()
 
     def on_headers_complete(self) -> None:
-        """The request is in: its handler may take its time."""
+        """The request's headers are in: its handler may take its time."""
         self._awaiting_headers = False
+        self._boundary_in_chunk = True
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The request's body is in: what follows is the next request's headers."""
+        self._awaiting_headers = True
+        self._boundary_in_chunk = True  # this chunk ended a body: none of it is headers
+        self._header_bytes = 0
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         """The answer is out: the next request's headers are on the clock again."""
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
-            self._awaiting_headers = True
-            self._header_bytes = 0
             self._arm_header_timer()
 
     def _arm_header_timer(self) -> None:
