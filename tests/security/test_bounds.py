@@ -26,7 +26,7 @@ OUT_OF_RANGE: list[tuple[str, dict[str, Any], str]] = [
     ("heartbeat", {"version": "3.0.1", "at": "9999-12-31T00:00:00Z"}, "at"),
     (
         "checkin",
-        {**CHECKIN, "transaction": {**CHECKIN["transaction"], "attempts": HUGE}},
+        {**CHECKIN, "transaction": {"result": "failed", "attempts": HUGE}},
         "transaction.attempts",
     ),
     (
