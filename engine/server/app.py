@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,10 +31,10 @@ from engine.server import (
 )
 from engine.server._checkin import CheckinFastPath, checkin_device
 from engine.server._http import Refusal, error_body
+from engine.server._openapi import complete_openapi
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
 from engine.server.state import ServerState
 from fleetbase.clock import utc_now
-from states.protocol import CheckinRequest, EnrollRequest, EventBatch, Heartbeat
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -74,7 +75,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_exception_handler(SQLAlchemyError, _store_unavailable)
     app.add_exception_handler(sqlite3.Error, _store_unavailable)
     app.add_exception_handler(psycopg.Error, _store_unavailable)
-    _publish_body_schemas(app)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    _publish_openapi(app)
     return app
 
 
@@ -109,9 +111,8 @@ class _EngineApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-def _publish_body_schemas(app: FastAPI) -> None:
-    """Add the request models (read by hand, not by FastAPI) to the OpenAPI components."""
-    models = (CheckinRequest, EnrollRequest, EventBatch, Heartbeat)
+def _publish_openapi(app: FastAPI) -> None:
+    """The OpenAPI document, completed by ``_openapi`` (bodies read by hand, every answer)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -121,13 +122,16 @@ def _publish_body_schemas(app: FastAPI) -> None:
                 summary=app.summary,
                 routes=app.routes,
             )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, definition in body.pop("$defs", {}).items():
-                    components.setdefault(name, definition)
-                components.setdefault(model.__name__, body)
-            app.openapi_schema = schema
+            app.openapi_schema = complete_openapi(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _invalid_request(request: Request, error: Exception) -> Response:
+    """A path or query value FastAPI refused: 422 naming it, in the usual error body."""
+    assert isinstance(error, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:10]
+    )
+    return JSONResponse({"detail": problems or "invalid request"}, status_code=422)
