@@ -139,6 +139,18 @@ _BODIES = (CheckinRequest, EnrollRequest, EventBatch, Heartbeat)
 _STORE_PREFIXES = ("/v1/enroll", "/v1/devices/", "/v1/admin/", "/v1/releases", "/diags/",
                    "/installerFiles/", "/healthz")  # fmt: skip
 
+#: Path prefixes of routes that send files with HTTP Range support.
+_FILE_PREFIXES = ("/v1/artifacts/", "/runtime/bundles/{target}", "/installerFiles/")
+
+_RANGE = {
+    "name": "Range",
+    "in": "header",
+    "required": False,
+    "description": "bytes=START-END, bytes=START- or bytes=-SUFFIX (RFC 9110)",
+    "schema": {"type": "string", "maxLength": 200},
+}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
 _UNAVAILABLE = "the store is unavailable; try again after Retry-After seconds"
 
 
@@ -195,15 +207,20 @@ def _complete_operation(
         responses.setdefault("401", {"description": "no token, not enrolled, or revoked"})
     elif path.startswith("/v1/admin/"):
         operation["security"] = [{ADMIN_SCHEME: []}]
+    if path.startswith(_FILE_PREFIXES):
+        operation.setdefault("parameters", []).append(dict(_RANGE))
+        responses.setdefault("206", {"description": "the requested byte range"})
+        responses["400"] = {"description": "a malformed Range header", "content": _TEXT}
+        responses["416"] = {"description": "the range lies outside the file", "content": _TEXT}
     if path.startswith(_STORE_PREFIXES):
         responses.setdefault("503", {"description": _UNAVAILABLE})
     if "422" in responses:
         responses["422"]["description"] = "a value is malformed or out of range (named)"
     for status, response in responses.items():
         if status.isascii() and status.isdigit() and int(status) >= 400:
-            if status == "416":
-                response["content"] = {"text/plain": {"schema": {"type": "string"}}}
-            elif path == "/healthz":
+            if path.startswith(_FILE_PREFIXES) and status in ("400", "416"):
+                continue
+            if path == "/healthz":
                 response["content"] = {"application/json": {"schema": _add_schema(schemas, Health)}}
             else:
                 response["content"] = _error_content()
