@@ -61,8 +61,9 @@ __all__ = ["router"]
 
 log = logging.getLogger("engine.server")
 
-#: Seconds between two deletions of events past their retention (by arrival time).
-_PRUNE_EVERY = 600.0
+#: Seconds between two deletions of events past their retention (by arrival time, a batch
+#: at a time: see prune_events).
+_PRUNE_EVERY = 60.0
 _UNAVAILABLE: dict[str, Any] = {"description": "the store is unavailable; see Retry-After"}
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")

@@ -128,7 +128,11 @@ class DeviceSql:
             "DELETE FROM events WHERE device = {d} AND id <= (SELECT id FROM events "
             "WHERE device = {d} ORDER BY id DESC LIMIT 1 OFFSET {k})"
         ).format(d=mark.format("device"), k=mark.format("keep"))
-        self.prune_old_events = "DELETE FROM events WHERE received_at < " + mark.format("cutoff")
+        self.prune_old_events = (
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < "
+            + mark.format("cutoff")
+            + f" LIMIT {PRUNE_BATCH})"
+        )
         self.read_heartbeat = (
             "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
         )
@@ -259,11 +263,16 @@ def insert_events(
     )
 
 
+#: Events past their retention deleted at most per call (a short write lock, even on a
+#: table that grew before retention applied).
+PRUNE_BATCH = 5000
+
+
 def prune_events(
     conn: Connection, sql: DeviceSql, device: str, keep: int, cutoff: datetime | None
 ) -> None:
-    """Keep only ``device``'s newest ``keep`` events; with ``cutoff``, also delete every
-    device's events received before it."""
+    """Keep only ``device``'s newest ``keep`` events; with ``cutoff``, also delete up to
+    PRUNE_BATCH events of any device received before it."""
     driver = _driver(conn)
     driver.execute(sql.prune_device_events, {"device": device, "keep": keep})
     if cutoff is not None:

@@ -10,8 +10,9 @@ from sqlalchemy import text
 
 from engine.server._quotas import EventQuota
 from engine.store import Store
+from engine.store.schema import events
 from tests.server.conftest import copy_fleet, running_server
-from tests.server.helpers import bearer, sqlite_url
+from tests.server.helpers import bearer
 
 DEVICE = "berlin-pos-0001"
 OTHER = "hamburg-srv-0002"
@@ -33,14 +34,14 @@ def _count(url: str, device: str) -> int:
         return int(conn.execute(query, {"d": device}).scalar_one())
 
 
-def test_event_flood_is_throttled_and_capped(tmp_path: Path) -> None:
+def test_event_flood_is_throttled_and_capped(tmp_path: Path, store_url: str) -> None:
     """A device posting full batches as fast as it can gets 429 with Retry-After once its
     burst is spent, keeps at most events_kept_per_device rows, and leaves others unaffected."""
     limits = (
         "server_limits: {events_per_minute: 60, events_burst: 200, events_kept_per_device: 150}"
     )
     repo = copy_fleet(tmp_path / "fleet", settings=limits)
-    with running_server(repo) as server:
+    with running_server(repo, state_url=store_url) as server:
         token = server.enroll(DEVICE)
         other = server.enroll(OTHER)
         answers = []
@@ -55,27 +56,24 @@ def test_event_flood_is_throttled_and_capped(tmp_path: Path) -> None:
             assert "quota" in refused[0].json()["detail"]
             r = c.post(f"/v1/devices/{OTHER}/events", json=_batch(5), headers=bearer(other))
             assert r.status_code == 204
-        url = sqlite_url(repo)
-        assert _count(url, DEVICE) == 150
-        assert _count(url, OTHER) == 5
+        assert _count(store_url, DEVICE) == 150
+        assert _count(store_url, OTHER) == 5
 
 
-def test_events_past_retention_are_deleted(tmp_path: Path) -> None:
+def test_events_past_retention_are_deleted(tmp_path: Path, store_url: str) -> None:
     """Events received longer ago than event_retention are deleted when events arrive."""
     repo = copy_fleet(tmp_path / "fleet", settings="server_limits: {event_retention: 1d}")
-    with running_server(repo) as server:
+    with running_server(repo, state_url=store_url) as server:
         token = server.enroll(DEVICE)
-        url = sqlite_url(repo)
-        old = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+        url = store_url
+        old = datetime.now(UTC) - timedelta(days=3)
+        rows = [
+            {"device": OTHER, "target": "3.0.0", "step": "swap", "status": "ok",
+             "detail": str(i), "at": old, "received_at": old}
+            for i in range(50)
+        ]  # fmt: skip
         with Store.open(url, migrate=False) as store, store.write() as conn:
-            for i in range(50):
-                conn.execute(
-                    text(
-                        "INSERT INTO events (device, target, step, status, detail, at, "
-                        "received_at) VALUES (:d, '3.0.0', 'swap', 'ok', :n, :t, :t)"
-                    ),
-                    {"d": OTHER, "n": str(i), "t": old},
-                )
+            conn.execute(events.insert(), rows)
         assert _count(url, OTHER) == 50
         with server.client() as c:
             r = c.post(f"/v1/devices/{DEVICE}/events", json=_batch(3), headers=bearer(token))
