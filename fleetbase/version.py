@@ -102,12 +102,9 @@ class Version:
     def __get_pydantic_core_schema__(
         cls, source: type[Any], handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
+        text = core_schema.str_schema(pattern=VERSION_PATTERN, max_length=_MAX_LENGTH)
         return core_schema.no_info_plain_validator_function(
             cls.parse,
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                str, return_schema=core_schema.str_schema()
-            ),
-            json_schema_input_schema=core_schema.str_schema(
-                pattern=VERSION_PATTERN, max_length=_MAX_LENGTH
-            ),
+            serialization=core_schema.plain_serializer_function_ser_schema(str, return_schema=text),
+            json_schema_input_schema=text,
         )
