@@ -205,7 +205,7 @@ def _complete_operation(
         operation["security"] = [{DEVICE_SCHEME: []}]
         responses.setdefault("404", {"description": "not a device id"})
         responses.setdefault("401", {"description": "no token, not enrolled, or revoked"})
-    elif path.startswith("/v1/admin/"):
+    elif path.startswith("/v1/admin/") or path == "/metrics":  # /metrics: or its own token
         operation["security"] = [{ADMIN_SCHEME: []}]
     if path.startswith(_FILE_PREFIXES):
         operation.setdefault("parameters", []).append(dict(_RANGE))
