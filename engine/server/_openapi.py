@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from engine.rollouts.status import DeviceStatus, RolloutStatus
 from states.protocol import CheckinRequest, EnrollRequest, EventBatch, Heartbeat
@@ -30,9 +30,7 @@ class ErrorBody(BaseModel):
 
 
 class AdminDevice(BaseModel):
-    """One device as the operator API lists it."""
-
-    model_config = ConfigDict(extra="forbid")
+    """One device as the operator API lists it (later versions may add fields)."""
 
     device: str
     platform: str | None
