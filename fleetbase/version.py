@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-__all__ = ["Version", "VersionError"]
+__all__ = ["VERSION_PATTERN", "Version", "VersionError"]
 
 # ASCII digits only (``\d`` would take fullwidth or superscript digits), matched with
 # fullmatch: "$" would also accept a trailing newline.
@@ -19,6 +19,8 @@ _VERSION_RE = re.compile(
     r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?",
     re.ASCII,
 )
+#: The version syntax for JSON Schema (OpenAPI, `engine schema`): what parse accepts.
+VERSION_PATTERN = "^" + re.sub(r"\?P<\w+>", "", _VERSION_RE.pattern) + "$"
 #: Longest version text accepted (also bounds the numbers parsed from it).
 _MAX_LENGTH = 100
 
@@ -100,10 +102,9 @@ class Version:
     def __get_pydantic_core_schema__(
         cls, source: type[Any], handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
+        text = core_schema.str_schema(pattern=VERSION_PATTERN, max_length=_MAX_LENGTH)
         return core_schema.no_info_plain_validator_function(
             cls.parse,
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                str, return_schema=core_schema.str_schema()
-            ),
-            json_schema_input_schema=core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(str, return_schema=text),
+            json_schema_input_schema=text,
         )

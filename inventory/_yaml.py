@@ -140,6 +140,8 @@ def parse_yaml(text: bytes | str) -> Any:
     data = text.encode() if isinstance(text, str) else text
     if not data.strip():
         return None
+    if b"&" in data and _ANCHOR_RE.search(data):
+        check_alias_expansion(data)  # before any parser expands the aliases
     with gc_paused():
         if _HAVE_RYML and not _fast_path_unsafe(data):
             result = _parse_fast(data)
@@ -149,6 +151,70 @@ def parse_yaml(text: bytes | str) -> Any:
 
 
 _FALLBACK = object()
+
+#: An anchor: "&" where a node starts (not inside a word, as in "R&D").
+_ANCHOR_RE = re.compile(rb"(?:^|[\s\[{,])&\S")
+
+#: Nodes a document may expand to through aliases, beyond ten times its own node count.
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def check_alias_expansion(data: bytes) -> None:
+    """Refuse a document whose aliases expand it far beyond its own size (a "billion
+    laughs" bomb), or that refers to an anchor from inside itself; raises YamlSyntaxError.
+
+    Counted on PyYAML's node graph, where an alias is the anchored node itself, so
+    the count costs one pass over the document's own nodes.
+    """
+    try:
+        root = yaml.compose(data, Loader=_MarkLoader)
+    except yaml.YAMLError:
+        return  # the parser proper reports the syntax error with its position
+    except RecursionError as e:
+        raise YamlSyntaxError("the document nests too deeply", None, None) from e
+    if root is None:
+        return
+    expanded: dict[int, int] = {}
+    distinct = 0
+    busy: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            busy.discard(key)
+            expanded[key] = 1 + sum(expanded[id(c)] for c in _children(node))
+            continue
+        if key in expanded:
+            continue
+        if key in busy:
+            mark = node.start_mark
+            raise YamlSyntaxError(
+                "an alias refers to the anchor it is inside (a recursive document)",
+                mark.line + 1,
+                mark.column + 1,
+            )
+        distinct += 1
+        busy.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in expanded)
+    total = expanded[id(root)]
+    limit = 10 * distinct + MAX_ALIAS_EXPANSION
+    if total > limit:
+        raise YamlSyntaxError(
+            f"aliases expand this document to {total:,} values from {distinct:,} written "
+            f"(at most {limit:,} allowed): refusing what looks like an alias bomb",
+            None,
+            None,
+        )
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _fast_path_unsafe(data: bytes) -> bool:
@@ -212,7 +278,9 @@ def _parse_fast(data: bytes) -> Any:
     if b"*" in data or b"<<" in data:
         tree.resolve()
     try:
-        result = orjson.loads(ryml.emit_json_malloc(tree, root))
+        # Emitted into a buffer Python owns: emit_json_malloc's buffer is never freed.
+        buffer = bytearray(ryml.compute_json_length(tree, root))
+        result = orjson.loads(ryml.emit_json_in_place(tree, buffer, root))
     except Exception:
         return _FALLBACK
     if _count_nodes(result) != tree.size() - (1 if stream else 0):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
 from fleetbase.gcpause import gc_paused
@@ -276,7 +277,9 @@ class _Renderer:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.env = jinja2.Environment(
+        # Sandboxed: a template is text from a pull request, run wherever the repo is
+        # validated (CI included); it may compute values, never reach Python objects.
+        self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(str(directory)),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,

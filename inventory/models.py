@@ -44,6 +44,7 @@ __all__ = [
     "Platform",
     "RollbackScope",
     "RolloutPolicy",
+    "ServerLimits",
     "SshSettings",
 ]
 
@@ -423,6 +424,34 @@ class EngineNatsSettings(NatsConnection):
         return value
 
 
+class ServerLimits(_Strict):
+    """engine.yaml ``server_limits``: what one client may cost `engine serve` (docs/server.md)."""
+
+    header_timeout: Duration = Field(
+        default=timedelta(seconds=10),
+        description="a connection whose request line and headers take longer is closed",
+    )
+    keep_alive_timeout: Duration = Field(
+        default=timedelta(seconds=5),
+        description="an idle keep-alive connection is closed after this long",
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, le=1_000_000, description="open connections per worker process"
+    )
+    events_per_minute: int = Field(
+        default=120, ge=1, le=100_000, description="step events one device may post per minute"
+    )
+    events_burst: int = Field(
+        default=300, ge=100, le=1_000_000, description="step events one device may post at once"
+    )
+    events_kept_per_device: int = Field(
+        default=1000, ge=1, le=10_000_000, description="newest step events kept per device"
+    )
+    event_retention: Duration = Field(
+        default=timedelta(days=30), description="step events older than this are deleted"
+    )
+
+
 class EngineSettings(_Strict):
     """engine.yaml: optional settings of the operator repo."""
 
@@ -449,6 +478,10 @@ class EngineSettings(_Strict):
         description="engine serve: the release /diags/persistentagentversion and "
         "/installerFiles describe; default the newest release whose rollouts all "
         "completed, else the known release most devices report",
+    )
+    server_limits: ServerLimits = Field(
+        default_factory=ServerLimits,
+        description="engine serve: timeouts, connection cap, event quotas and retention",
     )
     runtime_bundles: str = Field(
         default=".engine/runtime-bundles",

@@ -15,10 +15,10 @@ Every model ignores unknown keys, so either side can be newer. Endpoints
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from fleetbase.platform import Platform
 from fleetbase.version import Version
@@ -26,6 +26,7 @@ from states.plan import DevicePlan, ReleaseRef, StepName
 
 __all__ = [
     "API_PREFIX",
+    "MAX_INT32",
     "AdoptionReport",
     "CheckinRequest",
     "CheckinResponse",
@@ -33,6 +34,7 @@ __all__ = [
     "EnrollResponse",
     "EventBatch",
     "Heartbeat",
+    "Instant",
     "PerformanceSample",
     "StepEvent",
     "TransactionReport",
@@ -41,6 +43,28 @@ __all__ = [
 API_PREFIX = "/v1"
 
 DeviceId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+#: Largest process id or counter a message may carry (a 32-bit signed column holds it).
+MAX_INT32 = 2**31 - 1
+#: Years an instant in a message may fall in (UTC): a clock far outside is a broken one.
+MIN_YEAR, MAX_YEAR = 1970, 9000
+
+
+def _bounded_instant(value: datetime) -> datetime:
+    """``value`` in UTC (a naive one is taken as UTC), refused outside MIN_YEAR..MAX_YEAR."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError as e:
+        raise ValueError(f"must lie between the years {MIN_YEAR} and {MAX_YEAR} (UTC)") from e
+    if not MIN_YEAR <= utc.year <= MAX_YEAR:
+        raise ValueError(f"must lie between the years {MIN_YEAR} and {MAX_YEAR} (UTC)")
+    return utc
+
+
+#: A point in time as messages carry it: ISO 8601, within MIN_YEAR..MAX_YEAR, kept in UTC.
+Instant = Annotated[datetime, AfterValidator(_bounded_instant)]
 
 
 class _Wire(BaseModel):
@@ -89,9 +113,9 @@ class TransactionReport(_Wire):
     result: str | None = Field(
         default=None, max_length=50, description="committed | rolled_back | failed | refused | noop"
     )
-    attempts: int = Field(default=0, ge=0)
+    attempts: int = Field(default=0, ge=0, le=MAX_INT32)
     detail: str | None = Field(default=None, max_length=2000)
-    finished_at: datetime | None = None
+    finished_at: Instant | None = None
 
 
 class AdoptionReport(_Wire):
@@ -147,10 +171,12 @@ class StepEvent(_Wire):
     """One phase of a device's transaction starting, passing or failing."""
 
     target: Version
-    step: StepName | str = Field(description="a StepName, or rollback_* phases")
+    step: StepName | Annotated[str, Field(max_length=50)] = Field(
+        description="a StepName, or rollback_* phases"
+    )
     status: str = Field(max_length=50, description="started | ok | failed")
     detail: str | None = Field(default=None, max_length=2000)
-    at: datetime
+    at: Instant
 
 
 class EventBatch(_Wire):
@@ -163,5 +189,5 @@ class Heartbeat(_Wire):
     """The agent's last heartbeat as the runtime forwards it (or the server recorded it)."""
 
     version: Version
-    at: datetime
-    pid: int | None = None
+    at: Instant
+    pid: int | None = Field(default=None, ge=0, le=MAX_INT32)

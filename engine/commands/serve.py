@@ -68,6 +68,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="serve only; another replica runs the rollout controller",
     )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close a connection whose request headers take longer (default: engine.yaml "
+        "server_limits.header_timeout, 10)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close an idle keep-alive connection after this long (default: engine.yaml "
+        "server_limits.keep_alive_timeout, 5)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open connections per worker; more are closed at once (default: engine.yaml "
+        "server_limits.max_connections, 1000)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -134,6 +155,11 @@ def _run(args: argparse.Namespace) -> int:
         return _error(str(e))
     settings = built.settings
     try:
+        limits = connection_limits(built.repo.settings.server_limits, args)
+    except ValueError as e:
+        settings.store.close()
+        return _error(str(e))
+    try:
         sock = socket.create_server((args.host, args.port), reuse_port=False)
     except OSError as e:
         settings.store.close()
@@ -163,10 +189,10 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signum, _note_signal)
     try:
         if args.workers == 1:
-            _serve_one(built.app(), sock, url, args.log_level)
+            _serve_one(built.app(), sock, url, args.log_level, limits)
         else:
             os.environ.update(options_to_env(options, built))
-            _serve_many(sock, url, args.workers, args.log_level)
+            _serve_many(sock, url, args.workers, args.log_level, limits)
     finally:
         stop.set()
         if controller_thread is not None:
@@ -220,16 +246,61 @@ def _start_controller(
     return thread
 
 
-def _uvicorn_config(app: Any, log_level: str, **extra: Any) -> Any:
-    import uvicorn
+def connection_limits(configured: Any, args: argparse.Namespace) -> Any:
+    """The connection limits: flags over engine.yaml ``server_limits``; raises ValueError
+    for a value out of range, or when the process may not open enough files for them."""
+    from engine.server._connections import ConnectionLimits
 
-    return uvicorn.Config(
+    header = args.header_timeout
+    keep_alive = args.keep_alive_timeout
+    limits = ConnectionLimits(
+        header_timeout=configured.header_timeout.total_seconds() if header is None else header,
+        keep_alive_timeout=(
+            configured.keep_alive_timeout.total_seconds() if keep_alive is None else keep_alive
+        ),
+        max_connections=(
+            configured.max_connections if args.max_connections is None else args.max_connections
+        ),
+    )
+    if not 0 < limits.header_timeout <= 3600:
+        raise ValueError("--header-timeout must be more than 0 and at most 3600 seconds")
+    if not 0 < limits.keep_alive_timeout <= 3600:
+        raise ValueError("--keep-alive-timeout must be more than 0 and at most 3600 seconds")
+    if not 1 <= limits.max_connections <= 1_000_000:
+        raise ValueError("--max-connections must be between 1 and 1000000")
+    _raise_file_limit(limits.max_connections + _SPARE_FILES)
+    return limits
+
+
+#: Descriptors besides client connections: store, log, artifacts being sent, the listener.
+_SPARE_FILES = 256
+
+
+def _raise_file_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` (up to the hard limit); ValueError when
+    the hard limit is lower, so the connection cap is met before descriptors run out."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ValueError(
+                f"max_connections needs {needed} open files but the limit is {hard} "
+                "(ulimit -n): lower --max-connections or raise the limit"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def _uvicorn_config(app: Any, log_level: str, limits: Any, **extra: Any) -> Any:
+    from engine.server._connections import EngineConfig
+
+    return EngineConfig(
         app,
+        limits=limits,
         access_log=False,
         log_config=None,
         log_level=log_level,
         loop="uvloop",
-        http="httptools",
         lifespan="off",
         # Nothing uses the client's address: no X-Forwarded-* processing per request.
         proxy_headers=False,
@@ -239,7 +310,7 @@ def _uvicorn_config(app: Any, log_level: str, **extra: Any) -> Any:
     )
 
 
-def _serve_one(app: Any, sock: socket.socket, url: str, log_level: str) -> None:
+def _serve_one(app: Any, sock: socket.socket, url: str, log_level: str, limits: Any) -> None:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -249,14 +320,14 @@ def _serve_one(app: Any, sock: socket.socket, url: str, log_level: str) -> None:
                 print(f"engine serve: ready at {url} (dashboard {url}/, API {url}/docs)")
                 sys.stdout.flush()
 
-    _Server(_uvicorn_config(app, log_level)).run(sockets=[sock])
+    _Server(_uvicorn_config(app, log_level, limits)).run(sockets=[sock])
 
 
-def _serve_many(sock: socket.socket, url: str, workers: int, log_level: str) -> None:
+def _serve_many(sock: socket.socket, url: str, workers: int, log_level: str, limits: Any) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = _uvicorn_config(
-        "engine.server.bootstrap:app_from_env", log_level, factory=True, workers=workers
+        "engine.server.bootstrap:app_from_env", log_level, limits, factory=True, workers=workers
     )
     print(f"engine serve: ready at {url} with {workers} workers", flush=True)
     Multiprocess(config, sockets=[sock]).run()

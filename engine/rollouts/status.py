@@ -10,6 +10,7 @@ overridden by a higher-priority rollout, cancelled).
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -133,13 +134,17 @@ class FleetStatus(_Out):
     performance: list[ReleasePerformance] = []  # the agent's CPU and memory per release
 
 
+#: A rollout number: ASCII digits that fit a 63-bit integer ("²" or "①" are names, not numbers).
+_ROLLOUT_ID_RE = re.compile(r"[0-9]{1,18}")
+
+
 def resolve_rollout(conn: Connection, ref: str) -> int:
     """The id of rollout ``ref``: a number, or a name (group@release: the newest such).
 
     Raises RolloutNotFoundError naming what was looked for.
     """
     text = ref.strip().lstrip("#")
-    if text.isdigit():
+    if _ROLLOUT_ID_RE.fullmatch(text):
         found = conn.execute(select(rollouts.c.id).where(rollouts.c.id == int(text))).first()
     else:
         found = conn.execute(

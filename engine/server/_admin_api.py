@@ -27,7 +27,7 @@ from engine.rollouts.errors import DeviceNotFoundError
 from engine.rollouts.forensics import DeviceDetail, RolloutDevicesPage
 from engine.rollouts.performance import release_performance
 from engine.rollouts.status import RolloutStatus
-from engine.server._http import json_response, refuse
+from engine.server._http import DEVICE_RE, json_response, refuse
 from engine.server.approvals import ApprovalError, decide_request, list_requests
 from engine.server.registry import list_devices, revoke_device
 from engine.server.state import ServerState
@@ -52,6 +52,12 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _check_reference(rollout: str) -> None:
+    """404 for a rollout reference no rollout can have (too long, control characters)."""
+    if len(rollout) > 300 or not rollout.isprintable():
+        refuse(404, "no such rollout: give a rollout number or group@release")
 
 
 def router(state: ServerState) -> APIRouter:
@@ -102,6 +108,8 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/devices/{device}/revoke", response_model=None, responses={404: {}})
     async def revoke(device: str) -> Response:
         """Revoke the device's token at once; it cannot enroll again without an operator."""
+        if not DEVICE_RE.match(device):
+            refuse(404, "not a device id: letters, digits and . _ : - only, at most 200")
         with state.store.write() as conn:
             known = revoke_device(conn, device, settings.clock())
         state.tokens.forget(device)
@@ -153,6 +161,7 @@ def router(state: ServerState) -> APIRouter:
     @api.get("/rollouts/{rollout}", response_model=None, responses={404: {}})
     async def rollout(rollout: str) -> Response:
         """One rollout (number or group@release): waves, counts and its devices."""
+        _check_reference(rollout)
         try:
             with state.store.read() as conn:
                 rollout_id = resolve_rollout(conn, rollout)

@@ -11,8 +11,10 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -24,6 +26,7 @@ from engine.instruments import instruments
 from engine.server._checkin import count_checkin
 from engine.server._device_db import (
     insert_events,
+    prune_events,
     read_heartbeat,
     upsert_heartbeat,
 )
@@ -37,6 +40,7 @@ from engine.server._http import (
     refuse,
 )
 from engine.server._outcomes import count_step_events
+from engine.server._quotas import EventQuota
 from engine.server._releases import KeysFile
 from engine.server._throttle import FailureThrottle
 from engine.server.enrollment import EnrollmentRefusedError, admit
@@ -56,6 +60,11 @@ from states.protocol import (
 __all__ = ["router"]
 
 log = logging.getLogger("engine.server")
+
+#: Seconds between two deletions of events past their retention (by arrival time, a batch
+#: at a time: see prune_events).
+_PRUNE_EVERY = 60.0
+_UNAVAILABLE: dict[str, Any] = {"description": "the store is unavailable; see Retry-After"}
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z.+_-]{1,100}\Z")
@@ -100,6 +109,9 @@ def router(state: ServerState) -> APIRouter:
         FailureThrottle(ENROLL_FAILURES_PER_ID, ENROLL_FAILURE_WINDOW),
         FailureThrottle(ENROLL_FAILURES_PER_SOURCE, ENROLL_FAILURE_WINDOW),
     )
+    quota = EventQuota(settings.events_per_minute, settings.events_burst)
+    retention = timedelta(seconds=settings.event_retention_seconds)
+    pruned_at = [time.monotonic() - _PRUNE_EVERY]
 
     @api.post(
         "/v1/enroll",
@@ -223,16 +235,36 @@ def router(state: ServerState) -> APIRouter:
         "/v1/devices/{device}/events",
         status_code=204,
         response_model=None,
-        responses={**_AUTH, **_BODY},
+        responses={
+            **_AUTH,
+            **_BODY,
+            429: {"description": "the device's event quota is used up; see Retry-After"},
+            503: _UNAVAILABLE,
+        },
         openapi_extra=body_spec(EventBatch),
     )
     async def events(device: str, request: Request) -> Response:
-        """Store the device's step events."""
+        """Store the device's step events (within its quota; the oldest beyond the
+        retention are deleted)."""
         tokens.check(request.headers.get("authorization"), _device(device))
         body = await parse_body(request, EventBatch, limit)
+        wait = quota.take(device, len(body.events))
+        if wait:
+            refuse(
+                429,
+                f"device {device!r} posted more step events than its quota "
+                f"({settings.events_per_minute} a minute); try again later",
+                {"Retry-After": EventQuota.retry_after(wait)},
+            )
+        now = clock()
+        cutoff = None
+        if time.monotonic() - pruned_at[0] >= _PRUNE_EVERY:
+            pruned_at[0] = time.monotonic()
+            cutoff = now - retention
         with _stored(device), db.write() as conn:
-            insert_events(conn, sql, device, body.events, clock())
+            insert_events(conn, sql, device, body.events, now)
             count_step_events(conn, sql, device, body.events)
+            prune_events(conn, sql, device, settings.events_kept_per_device, cutoff)
         return Response(status_code=204)
 
     @api.post(

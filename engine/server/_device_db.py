@@ -23,6 +23,7 @@ __all__ = [
     "DeviceSql",
     "insert_events",
     "lookup_token",
+    "prune_events",
     "read_heartbeat",
     "upsert_checkin",
     "upsert_heartbeat",
@@ -122,6 +123,15 @@ class DeviceSql:
             "rss_last = excluded.rss_last, "
             f"rss_max = {greatest}(performance.rss_max, excluded.rss_max), "
             "last_at = excluded.last_at"
+        )
+        self.prune_device_events = (
+            "DELETE FROM events WHERE device = {d} AND id <= (SELECT id FROM events "
+            "WHERE device = {d} ORDER BY id DESC LIMIT 1 OFFSET {k})"
+        ).format(d=mark.format("device"), k=mark.format("keep"))
+        self.prune_old_events = (
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < "
+            + mark.format("cutoff")
+            + f" LIMIT {PRUNE_BATCH})"
         )
         self.read_heartbeat = (
             "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
@@ -251,3 +261,19 @@ def insert_events(
             for e in events
         ],
     )
+
+
+#: Events past their retention deleted at most per call (a short write lock, even on a
+#: table that grew before retention applied).
+PRUNE_BATCH = 5000
+
+
+def prune_events(
+    conn: Connection, sql: DeviceSql, device: str, keep: int, cutoff: datetime | None
+) -> None:
+    """Keep only ``device``'s newest ``keep`` events; with ``cutoff``, also delete up to
+    PRUNE_BATCH events of any device received before it."""
+    driver = _driver(conn)
+    driver.execute(sql.prune_device_events, {"device": device, "keep": keep})
+    if cutoff is not None:
+        driver.execute(sql.prune_old_events, {"cutoff": sql.instant(cutoff)})

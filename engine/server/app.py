@@ -6,13 +6,19 @@ The shared state lives in ``engine.server.state`` and the settings in
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
+from engine.errors import StoreError
 from engine.server import (
     _admin_api,
     _bundles_api,
@@ -25,10 +31,10 @@ from engine.server import (
 )
 from engine.server._checkin import CheckinFastPath, checkin_device
 from engine.server._http import Refusal, error_body
+from engine.server._openapi import complete_openapi
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
 from engine.server.state import ServerState
 from fleetbase.clock import utc_now
-from states.protocol import CheckinRequest, EnrollRequest, EventBatch, Heartbeat
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -39,6 +45,8 @@ __all__ = [
     "create_app",
     "utc_now",
 ]
+
+log = logging.getLogger("engine.server")
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -63,7 +71,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(dashboard.router(state, openapi_url="/openapi.json"))
     app.include_router(_metrics.router(state))
     app.add_exception_handler(Refusal, _refusal)
-    _publish_body_schemas(app)
+    app.add_exception_handler(StoreError, _store_unavailable)
+    app.add_exception_handler(SQLAlchemyError, _store_unavailable)
+    app.add_exception_handler(sqlite3.Error, _store_unavailable)
+    app.add_exception_handler(psycopg.Error, _store_unavailable)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    _publish_openapi(app)
     return app
 
 
@@ -71,6 +84,16 @@ async def _refusal(request: Request, exc: Exception) -> Response:
     """A refusal with a machine-readable code: ``{"detail": ..., "code": ...}``."""
     assert isinstance(exc, Refusal)
     return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _store_unavailable(request: Request, error: Exception) -> Response:
+    """Any route whose store work failed answers 503 with Retry-After, never 500."""
+    log.error("%s %s: the store failed: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {"detail": "the server cannot reach its store; try again later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 class _EngineApp(FastAPI):
@@ -88,9 +111,8 @@ class _EngineApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-def _publish_body_schemas(app: FastAPI) -> None:
-    """Add the request models (read by hand, not by FastAPI) to the OpenAPI components."""
-    models = (CheckinRequest, EnrollRequest, EventBatch, Heartbeat)
+def _publish_openapi(app: FastAPI) -> None:
+    """The OpenAPI document, completed by ``_openapi`` (bodies read by hand, every answer)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -100,13 +122,16 @@ def _publish_body_schemas(app: FastAPI) -> None:
                 summary=app.summary,
                 routes=app.routes,
             )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, definition in body.pop("$defs", {}).items():
-                    components.setdefault(name, definition)
-                components.setdefault(model.__name__, body)
-            app.openapi_schema = schema
+            app.openapi_schema = complete_openapi(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _invalid_request(request: Request, error: Exception) -> Response:
+    """A path or query value FastAPI refused: 422 naming it, in the usual error body."""
+    assert isinstance(error, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:10]
+    )
+    return JSONResponse({"detail": problems or "invalid request"}, status_code=422)

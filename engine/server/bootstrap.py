@@ -88,6 +88,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
     poll = options.poll_interval
     if poll is None:
         poll = repo.settings.poll_interval.total_seconds()
+    limits = repo.settings.server_limits
     known = None
     if not options.allow_unknown_devices:
         known = InventoryDevices(root, frozenset(repo.inventory.devices), load_inventory_devices)
@@ -104,6 +105,10 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         runtime_bundles=root / repo.settings.runtime_bundles,
         install_keys=_install_keys(root, repo),
         public_url=repo.settings.server_url,
+        events_per_minute=limits.events_per_minute,
+        events_burst=limits.events_burst,
+        events_kept_per_device=limits.events_kept_per_device,
+        event_retention_seconds=limits.event_retention.total_seconds(),
     )
     return BuiltServer(settings, admin, enrollment, repo, metrics)
 

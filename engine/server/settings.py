@@ -51,6 +51,11 @@ class ServerSettings:
     install_keys: list[str] = field(default_factory=list)
     public_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: step events per device: posted per minute, at once, kept; and their age limit
+    events_per_minute: int = 120
+    events_burst: int = 300
+    events_kept_per_device: int = 1000
+    event_retention_seconds: float = 30 * 86400.0
 
     @property
     def runtime_bundles_dir(self) -> Path:

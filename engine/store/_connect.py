@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def create_store_engine(url: str) -> Engine:
             directory = Path(database).parent
             try:
                 directory.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(database))
             except OSError as e:
                 raise StoreError(
                     f"cannot open the store {url}: cannot create {directory}: {e.strerror}"
@@ -50,6 +52,13 @@ def create_store_engine(url: str) -> Engine:
         pool_pre_ping=True,
         connect_args={"options": "-c timezone=UTC", "application_name": "engine"},
     )
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite gives its -wal and -shm
+    files the same mode); an existing file is left as it is."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

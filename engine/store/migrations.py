@@ -298,6 +298,11 @@ def _0010_webhook_deliveries(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _0011_events_received_at(conn: Connection) -> None:
+    # engine serve deletes events past their retention by arrival time.
+    conn.exec_driver_sql("CREATE INDEX ix_events_received_at ON events (received_at)")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -314,4 +319,5 @@ MIGRATIONS: list[Migration] = [
     Migration(8, "what a device's runtime adopted", _0008_report_adoption),
     Migration(9, "device keys, replaced tokens, enrollment requests", _0009_enrollment_requests),
     Migration(10, "webhook deliveries (outbox)", _0010_webhook_deliveries),
+    Migration(11, "events by arrival time (retention)", _0011_events_received_at),
 ]

@@ -149,6 +149,7 @@ events = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
     Index("ix_events_device_id", "device", "id"),
+    Index("ix_events_received_at", "received_at"),
 )
 
 #: Signed release manifests recorded by `engine apply`, served to devices by any replica.

@@ -264,7 +264,7 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
             "ms, s, m, h, d or w (e.g. 30s, 10m, 1h30m)",
             "engine.yaml:2:1: server: unknown key 'server'; did you mean 'server_url'? "
             "(allowed: state, server_url, signing_key, trusted_keys, stale_after, "
-            "poll_interval, field_release, runtime_bundles, nats)",
+            "poll_interval, field_release, server_limits, runtime_bundles, nats)",
         ],
     ),
     (

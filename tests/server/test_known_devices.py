@@ -47,3 +47,24 @@ def test_unknown_ids_reread_at_most_every_interval(tmp_path: Path) -> None:
     known = InventoryDevices(tmp_path, frozenset({"a"}), load)
     assert all(f"x{i}" not in known for i in range(100))
     assert calls == []  # the first interval starts at construction
+
+
+def test_unknown_ids_reread_only_when_the_inventory_changed(tmp_path: Path) -> None:
+    """Unknown ids asking for hours re-read nothing until a file under inventory/ changes."""
+    repo = copy_fleet(tmp_path / "fleet")
+    calls: list[Path] = []
+    now = [0.0]
+
+    def load(root: Path) -> frozenset[str]:
+        calls.append(root)
+        return load_inventory_devices(root)
+
+    known = InventoryDevices(repo, load_inventory_devices(repo), load, clock=lambda: now[0])
+    for i in range(500):  # 500 probes, 11 s apart: well past the look interval each time
+        now[0] += 11
+        assert f"stranger-{i}" not in known
+    assert calls == []
+    (repo / "inventory" / "late.yaml").write_text("devices:\n  late-0001: {platform: linux}\n")
+    now[0] += 11
+    assert "late-0001" in known
+    assert len(calls) == 1
