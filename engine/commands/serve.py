@@ -189,7 +189,7 @@ def _uvicorn_config(app: Any, log_level: str, **extra: Any) -> Any:
         log_level=log_level,
         loop="uvloop",
         http="httptools",
-        lifespan="off",
+        lifespan="on",  # shutdown writes the check-ins' buffered reports
         # Nothing uses the client's address: no X-Forwarded-* processing per request.
         proxy_headers=False,
         server_header=False,

@@ -261,7 +261,12 @@ def _offer(
     timings: Timings,
     now: datetime,
 ) -> None:
-    """Give free ``max_parallel`` slots to online pending devices of waves up to ``last_wave``."""
+    """Give free ``max_parallel`` slots to online pending devices of waves up to ``last_wave``.
+
+    The devices offered here are the ones "a wave opened for devices X" names:
+    a nudge (e.g. over NATS) to check in at once belongs after the tick's
+    transaction commits (``RolloutController.tick``), never inside it.
+    """
     slots = policy.max_parallel - _reads.busy_devices(conn, r.id)
     if slots <= 0:
         return

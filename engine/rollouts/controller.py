@@ -42,6 +42,7 @@ from sqlalchemy import Connection
 from engine.rollouts import _reads
 from engine.rollouts._lease import LeaderLock
 from engine.rollouts._tick import TickSettings, tick_rollout
+from engine.rollouts.errors import LeaseLostError
 from engine.rollouts.model import RolloutState, Timings
 from engine.rollouts.webhook import WebhookSender
 from engine.store import Store
@@ -122,10 +123,16 @@ class RolloutController:
             ids = _reads.live_rollout_ids(conn)
         settings = TickSettings(self.timings, self._policy, self._window)
         for rollout_id in ids:
-            with self.store.write() as conn:
-                notices = tick_rollout(conn, rollout_id, settings, now)
-                events = [self._event(conn, rollout_id, s, why) for s, why in notices]
-                nudge = [] if self.nudger is None else _reads.nudge_targets(conn, rollout_id, now)
+            try:
+                with self.lock.write() as conn:  # fenced: refused once another replica leads
+                    notices = tick_rollout(conn, rollout_id, settings, now)
+                    events = [self._event(conn, rollout_id, s, why) for s, why in notices]
+                    nudge = (
+                        [] if self.nudger is None else _reads.nudge_targets(conn, rollout_id, now)
+                    )
+            except LeaseLostError as e:
+                _log.warning("tick stopped: %s", e)
+                return
             if nudge and self.nudger is not None:
                 self.nudger.nudge(nudge, reason="offer", rollout=rollout_id)
             for event in events:

@@ -6,6 +6,7 @@ from engine.errors import EngineError
 
 __all__ = [
     "IllegalTransitionError",
+    "LeaseLostError",
     "RolloutError",
     "RolloutNotFoundError",
     "RolloutStateError",
@@ -26,3 +27,7 @@ class RolloutStateError(RolloutError):
 
 class IllegalTransitionError(RolloutStateError):
     """A state change the transition tables do not allow (a programming mistake)."""
+
+
+class LeaseLostError(RolloutError):
+    """This controller is no longer the leader: its write was refused (fencing)."""

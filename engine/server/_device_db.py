@@ -9,6 +9,7 @@ text, see engine.store._types).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,9 @@ __all__ = [
     "DeviceSql",
     "insert_events",
     "lookup_token",
+    "lookup_tokens",
     "read_heartbeat",
+    "report_params",
     "upsert_checkin",
     "upsert_heartbeat",
 ]
@@ -46,12 +49,14 @@ _HEARTBEAT_COLUMNS = ("device", "version", "at", "pid", "received_at")
 _EVENT_COLUMNS = ("device", "target", "step", "status", "detail", "at", "received_at")
 
 
-def _upsert(table: str, columns: Sequence[str], mark: str) -> str:
+def _upsert(table: str, columns: Sequence[str], mark: str, newer: str | None = None) -> str:
     values = ", ".join(mark.format(c) for c in columns)
     sets = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    # ``newer``: a buffered (write-behind) row never replaces a newer one.
+    guard = f" WHERE {table}.{newer} <= excluded.{newer}" if newer else ""
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
-        f"ON CONFLICT ({columns[0]}) DO UPDATE SET {sets}"
+        f"ON CONFLICT ({columns[0]}) DO UPDATE SET {sets}{guard}"
     )
 
 
@@ -62,7 +67,7 @@ class DeviceSql:
         """Build the statements for ``dialect`` ("sqlite" or "postgresql")."""
         self.sqlite = dialect == "sqlite"
         mark = ":{}" if self.sqlite else "%({})s"
-        self.report = _upsert("reports", _REPORT_COLUMNS, mark)
+        self.report = _upsert("reports", _REPORT_COLUMNS, mark, newer="last_seen")
         self.heartbeat = _upsert("heartbeats", _HEARTBEAT_COLUMNS, mark)
         self.event = (
             f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
@@ -71,6 +76,9 @@ class DeviceSql:
         self.token = "SELECT token_hash, revoked_at FROM devices WHERE device = " + mark.format(
             "device"
         )
+        # Many devices in one statement: a JSON array (SQLite) or an array (psycopg).
+        many = "IN (SELECT value FROM json_each(:devices))" if self.sqlite else "= ANY(%(devices)s)"
+        self.tokens = f"SELECT device, token_hash, revoked_at FROM devices WHERE device {many}"
         self.read_heartbeat = (
             "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
         )
@@ -102,30 +110,43 @@ def lookup_token(conn: Connection, sql: DeviceSql, device: str) -> tuple[str, bo
     return str(row[0]), row[1] is not None
 
 
+def lookup_tokens(
+    conn: Connection, sql: DeviceSql, devices: Sequence[str]
+) -> dict[str, tuple[str, bool]]:
+    """(token sha256, revoked) of each enrolled device among ``devices`` (one query)."""
+    bound: Any = json.dumps(list(devices)) if sql.sqlite else list(devices)
+    rows = _driver(conn).execute(sql.tokens, {"devices": bound}).fetchall()
+    return {str(r[0]): (str(r[1]), r[2] is not None) for r in rows}
+
+
 def upsert_checkin(
     conn: Connection, sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
 ) -> None:
     """Record a check-in as the device's report (one row per device)."""
+    _driver(conn).execute(sql.report, report_params(sql, device, body, now))
+
+
+def report_params(
+    sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
+) -> dict[str, Any]:
+    """The report row a check-in writes, bound for ``sql.report``."""
     tx = body.transaction
     stamp = sql.instant(now)
-    _driver(conn).execute(
-        sql.report,
-        {
-            "device": device,
-            "agent_version": None if body.agent_version is None else str(body.agent_version),
-            "platform": body.platform.value,
-            "last_seen": stamp,
-            "runtime_version": body.runtime_version,
-            "known_good": None if body.known_good is None else str(body.known_good),
-            "last_result": None if tx is None else tx.result,
-            "updated_at": stamp,
-            "tx_target": None if tx is None or tx.target is None else str(tx.target),
-            "tx_phase": None if tx is None else tx.phase,
-            "tx_attempts": None if tx is None else tx.attempts,
-            "tx_detail": None if tx is None else tx.detail,
-            "agent_running": body.agent_running,
-        },
-    )
+    return {
+        "device": device,
+        "agent_version": None if body.agent_version is None else str(body.agent_version),
+        "platform": body.platform.value,
+        "last_seen": stamp,
+        "runtime_version": body.runtime_version,
+        "known_good": None if body.known_good is None else str(body.known_good),
+        "last_result": None if tx is None else tx.result,
+        "updated_at": stamp,
+        "tx_target": None if tx is None or tx.target is None else str(tx.target),
+        "tx_phase": None if tx is None else tx.phase,
+        "tx_attempts": None if tx is None else tx.attempts,
+        "tx_detail": None if tx is None else tx.detail,
+        "agent_running": body.agent_running,
+    }
 
 
 def upsert_heartbeat(

@@ -6,8 +6,11 @@ The shared state lives in ``engine.server.state`` and the settings in
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import Receive, Scope, Send
@@ -40,8 +43,16 @@ __all__ = [
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI application serving ``settings.store`` and the repo at ``settings.repo_root``."""
     state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Shutdown: the buffered (write-behind) reports reach the store.
+        await anyio.to_thread.run_sync(state.close)
+
     app = _EngineApp(
         state,
+        lifespan=lifespan,
         title=settings.title,
         summary="Device, operator and field-compatible APIs of the fleet rollout engine",
         version="1",

@@ -212,6 +212,14 @@ def _0006_invites(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _0007_lease_generation(conn: Connection) -> None:
+    # Fencing the controller's lease: each new holder gets the next generation, and
+    # every controller write checks that it still holds its own.
+    conn.exec_driver_sql(
+        "ALTER TABLE controller_lease ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"
+    )
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -220,4 +228,5 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
     Migration(5, "when a rollout completed", _0005_rollout_completed_at),
     Migration(6, "single-use enrollment codes (invites)", _0006_invites),
+    Migration(7, "controller lease generation (fencing)", _0007_lease_generation),
 ]

@@ -54,6 +54,7 @@ def _client(repo: Path, store: Store, offer: OfferFunction | None = None) -> Tes
         enrollment_secret=SECRET,
         clock=lambda: NOW,
         offer=offer,
+        report_flush_seconds=0,  # reports read back at once (write-behind: test_checkin_db)
     )
     return TestClient(create_app(settings))
 
