@@ -235,33 +235,44 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Check-ins per second and latency of one worker, per backend."""
     wrk = ensure_wrk()
     rows: list[dict[str, Any]] = []
-    for backend in args.backend.split(","):
+    workers = [int(w) for w in str(args.workers).split(",")]
+    backends = args.backend.split(",")
+    for backend, count in [(b, w) for b in backends for w in workers]:
         with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
             base = Path(tmp)
             ctx = _postgres_database() if backend == "postgresql" else contextlib.nullcontext("")
             with ctx as pg:
                 if backend == "postgresql" and pg is None:
                     continue
-                rows.append(_throughput_one(wrk, base, backend, pg or None, args))
+                rows.append(_throughput_one(wrk, base, backend, pg or None, args, count))
     _say("")
-    _say(f"{'backend':<11}{'devices':>8}{'conns':>6}{'req/s':>9}{'p50 ms':>8}{'p90 ms':>8}"
-         f"{'p99 ms':>8}{'non-2xx':>9}{'errors':>7}")  # fmt: skip
+    _say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    _say(f"{'backend':<11}{'workers':>8}{'devices':>8}{'conns':>6}{'req/s':>9}{'p50 ms':>8}"
+         f"{'p90 ms':>8}{'p99 ms':>8}{'non-2xx':>9}{'errors':>7}")  # fmt: skip
     for r in rows:
-        _say(f"{r['backend']:<11}{r['devices']:>8}{r['connections']:>6}{r['rps']:>9.0f}"
+        _say(f"{r['backend']:<11}{r['workers']:>8}{r['devices']:>8}{r['connections']:>6}"
+             f"{r['rps']:>9.0f}"
              f"{r['p50_us'] / 1000:>8.1f}{r['p90_us'] / 1000:>8.1f}{r['p99_us'] / 1000:>8.1f}"
              f"{r['non_2xx']:>9}{r['socket_errors']:>7}")  # fmt: skip
     return rows
 
 
 def _throughput_one(
-    wrk: str, base: Path, backend: str, state: str | None, args: argparse.Namespace
+    wrk: str,
+    base: Path,
+    backend: str,
+    state: str | None,
+    args: argparse.Namespace,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    _say(f"== throughput on {backend}: {args.devices} devices, wrk -t{args.threads} "
-         f"-c{args.connections} -d{args.duration}s")  # fmt: skip
+    _say(f"== throughput on {backend}, {workers} worker(s): {args.devices} devices, "
+         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
+         f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     repo = _bench_repo(base, 1, poll="300s", rollout={"waves": [100]})
     server = ServerProcess(
         repo, base / "server.log", state=state, args=["--allow-unknown-devices",
-                                                      "--log-level", "warning"],
+                                                      "--log-level", "warning",
+                                                      "--workers", str(workers)],
     )  # fmt: skip
     server.start()
     try:
@@ -279,7 +290,8 @@ def _throughput_one(
         )  # fmt: skip
     finally:
         server.stop()
-    result.update(backend=backend, devices=args.devices, connections=args.connections)
+    result.update(backend=backend, devices=args.devices, connections=args.connections,
+                  workers=workers, load=os.getloadavg()[0])  # fmt: skip
     _say(f"{result['rps']:.0f} check-ins/s, p50 {result['p50_us'] / 1000:.1f} ms, "
          f"p99 {result['p99_us'] / 1000:.1f} ms, non-2xx {result['non_2xx']}")  # fmt: skip
     _say(f"command: {result['command']}")
@@ -550,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--connections", type=int, default=50)
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--backend", default="sqlite,postgresql")
+        p.add_argument(
+            "--workers", default="1", help="engine serve --workers per backend, e.g. 1,2"
+        )
     cv.add_argument("--devices", dest="sim_devices", type=int, default=10000)
     both.add_argument("--sim-devices", dest="sim_devices", type=int, default=10000)
     for p in (cv, both):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import StoreError
@@ -110,13 +110,16 @@ class LeaderLock:
                     with self._pg.begin():
                         self._pg.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
             elif self.held:
+                # Expire it now, keeping the row: generations never repeat.
                 with self.store.write() as conn:
                     conn.execute(
-                        delete(controller_lease).where(
+                        update(controller_lease)
+                        .where(
                             controller_lease.c.name == _LEASE,
                             controller_lease.c.owner == self.owner,
                             controller_lease.c.generation == self.generation,
                         )
+                        .values(expires_at=self._wall())
                     )
         except Exception as e:
             _log.warning("releasing the leader lock: %s", e)

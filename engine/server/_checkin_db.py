@@ -150,12 +150,8 @@ class CheckinDatabase:
             self.flush()
         except StoreError as e:
             log.error("reports of %d devices not written at shutdown: %s", len(self._pending), e)
-        for conn in self._conns.values():
-            try:
-                conn.close()
-            except SQLAlchemyError:
-                log.debug("closing a check-in connection failed", exc_info=True)
-        self._conns.clear()
+        for role in list(self._conns):
+            self._drop(role)  # never back to the pool with the check-in session settings
 
     # -- the check-in thread -------------------------------------------------------------
 
@@ -296,6 +292,7 @@ class CheckinDatabase:
         return conn
 
     def _drop(self, role: str) -> None:
+        """Close this role's connection for good (the next use opens a new one)."""
         conn = self._conns.pop(role, None)
         if conn is not None:
             try:
