@@ -72,6 +72,7 @@ class LeaderLock:
 
     def acquire(self) -> bool:
         """Take or keep the lock; True while this owner is leader. Never raises."""
+        was = self.held
         try:
             self.held = self._acquire_pg() if self._postgres else self._acquire_lease()
         except Exception as e:  # SQLAlchemy's, or the store's own errors
@@ -80,6 +81,8 @@ class LeaderLock:
             self.held = False
         if not self.held:
             self.generation = None
+        elif not was:
+            _log.info("%s leads the rollout controller now", self.owner)
         return self.held
 
     @contextmanager
