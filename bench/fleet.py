@@ -458,6 +458,41 @@ def simulate(args: argparse.Namespace) -> None:
     asyncio.run(_Simulator(args).main())
 
 
+def _rollout_figures(url: str, server: ServerProcess) -> dict[str, float]:
+    """Per-device offer -> committed times, apply -> last committed, server RSS, DB size."""
+    import psutil
+    from sqlalchemy import text
+
+    from engine.store import Store
+
+    with Store.open(url, migrate=False) as store, store.read() as conn:
+        rows = conn.execute(text(
+            "SELECT rd.offered_at, rd.finished_at, r.created_at FROM rollout_devices rd "
+            "JOIN rollouts r ON r.id = rd.rollout_id WHERE rd.state = 'succeeded'"
+        )).all()  # fmt: skip
+        if conn.dialect.name == "postgresql":
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+        else:
+            size = Path(url.removeprefix("sqlite:///")).stat().st_size
+
+    def instant(v: Any) -> datetime:
+        return v if isinstance(v, datetime) else datetime.fromisoformat(v)
+
+    spans = sorted((instant(f) - instant(o)).total_seconds() for o, f, _ in rows if o is not None)
+    last = max((instant(f) - instant(c)).total_seconds() for _, f, c in rows) if rows else 0.0
+    rss = 0
+    if server.proc is not None:
+        with contextlib.suppress(psutil.Error):
+            top = psutil.Process(server.proc.pid)
+            rss = sum(p.memory_info().rss for p in [top, *top.children(recursive=True)])
+
+    def pct(q: float) -> float:
+        return spans[min(len(spans) - 1, int(q * len(spans)))] if spans else 0.0
+
+    return {"last_s": last, "p50_s": pct(0.5), "p95_s": pct(0.95),
+            "rss_mb": rss / 2**20, "db_mb": float(size or 0) / 2**20}  # fmt: skip
+
+
 # -- convergence ---------------------------------------------------------------------------------
 
 
@@ -474,15 +509,28 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
     waves = [float(w) for w in args.waves.split(",")]
     rollout = {"waves": waves, "soak": args.soak, "max_parallel": args.max_parallel,
                "max_failure_rate": 0.05, "min_success_rate": 0.95}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="fleet-converge-") as tmp:
+    backend = getattr(args, "converge_backend", "sqlite")
+    workers = int(getattr(args, "converge_workers", 1))
+    with (
+        tempfile.TemporaryDirectory(prefix="fleet-converge-") as tmp,
+        _postgres_database() if backend == "postgresql" else contextlib.nullcontext(None) as pg,
+    ):
         base = Path(tmp)
         _say(f"== converge: {args.devices} simulated devices, waves {args.waves}, soak "
-             f"{args.soak}, max_parallel {args.max_parallel}, poll {args.poll}s")  # fmt: skip
+             f"{args.soak}, max_parallel {args.max_parallel}, poll {args.poll}s, "
+             f"{backend} with {workers} worker(s), load average "
+             f"{os.getloadavg()[0]:.2f}")  # fmt: skip
         t0 = time.perf_counter()
         repo = _bench_repo(base, args.devices, poll=f"{args.poll}s", rollout=rollout)
         _say(f"operator repo with {args.devices} devices in {time.perf_counter() - t0:.1f}s")
-        server = ServerProcess(repo, base / "server.log", args=["--log-level", "warning"])
+        server = ServerProcess(
+            repo,
+            base / "server.log",
+            state=pg,
+            args=["--log-level", "warning", "--workers", str(workers)],
+        )
         server.start()
+        args.state_url = pg or f"sqlite:///{repo.root / '.engine' / 'state.db'}"
         stats = base / "sim-stats.json"
         sim = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "_simulate", "--url", server.url,
@@ -526,7 +574,8 @@ def _converge_run(
     _say(f"all {n} devices enrolled and reported 3.0.0 in {enrolled:.1f}s")
     repo.set_release("3.0.1")
     t_apply = time.perf_counter()
-    applied = repo.engine("apply", "--yes", timeout=600)
+    state_env = {"ENGINE_STATE_URL": args.state_url}
+    applied = repo.engine("apply", "--yes", timeout=600, env=state_env)
     apply_secs = time.perf_counter() - t_apply
     _say(f"engine apply --yes took {apply_secs:.1f}s")
     if applied.stdout.strip():
@@ -543,6 +592,11 @@ def _converge_run(
     _say(f"{n:>8}{args.waves:>14}{args.soak:>6}{args.max_parallel:>8}{args.poll:>7}"
          f"{enrolled:>9.1f}{apply_secs:>8.1f}{total:>11.1f}")  # fmt: skip
     _say(f"simulator requests: {sim_stats.get('stats')}")
+    extra = _rollout_figures(args.state_url, server)
+    _say(f"apply -> last committed {extra['last_s']:.1f}s; per device offer -> committed "
+         f"p50 {extra['p50_s']:.1f}s p95 {extra['p95_s']:.1f}s; server RSS "
+         f"{extra['rss_mb']:.0f} MB; database {extra['db_mb']:.0f} MB; load average "
+         f"{os.getloadavg()[0]:.2f}")  # fmt: skip
     return {"devices": n, "enroll_s": enrolled, "apply_s": apply_secs, "converge_s": total}
 
 
@@ -574,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--poll", type=float, default=10.0)
         p.add_argument("--sim-connections", dest="sim_connections", type=int, default=64)
         p.add_argument("--timeout", type=float, default=900)
+        p.add_argument("--converge-backend", dest="converge_backend", default="sqlite",
+                       choices=["sqlite", "postgresql"])  # fmt: skip
+        p.add_argument("--converge-workers", dest="converge_workers", type=int, default=1)
     sim = sub.add_parser("_simulate", help=argparse.SUPPRESS)
     sim.add_argument("--url", required=True)
     sim.add_argument("--secret", required=True)
