@@ -385,6 +385,8 @@ class _Simulator:
         args = self.args
         device = f"{args.prefix}{index:05d}"
         token = None
+        if args.pre_enrolled:
+            token = _bench_token(args.pre_enrolled, device)
         while token is None and not self.stop.is_set():
             status, data = await self.call(
                 "POST", "/v1/enroll",
@@ -456,6 +458,32 @@ def simulate(args: argparse.Namespace) -> None:
 
         uvloop.install()
     asyncio.run(_Simulator(args).main())
+
+
+def _bench_token(seed: str, device: str) -> str:
+    """The token of a pre-enrolled simulated device."""
+    return f"bench-{seed}-{device}"
+
+
+def _pre_enroll(url: str, count: int, seed: str) -> None:
+    """Enroll ``sim-NNNNN`` devices directly in the store (tokens from ``_bench_token``)."""
+    from sqlalchemy import insert
+
+    from engine.server.credentials import hash_token
+    from engine.store import Store
+    from engine.store.schema import devices
+
+    now = datetime.now(UTC)
+    with Store.open(url, migrate=False) as store:
+        for start in range(0, count, 10_000):
+            rows = [
+                {"device": d, "platform": "linux", "token_hash": hash_token(_bench_token(seed, d)),
+                 "enrolled_at": now, "revoked_at": None, "runtime_version": "sim",
+                 "enrollments": 1}
+                for d in (f"sim-{i:05d}" for i in range(start, min(count, start + 10_000)))
+            ]  # fmt: skip
+            with store.write() as conn:
+                conn.execute(insert(devices), rows)
 
 
 def _rollout_figures(url: str, server: ServerProcess) -> dict[str, float]:
@@ -532,11 +560,18 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
         server.start()
         args.state_url = pg or f"sqlite:///{repo.root / '.engine' / 'state.db'}"
         stats = base / "sim-stats.json"
+        seed = ""
+        if getattr(args, "pre_enroll", False):
+            seed = uuid.uuid4().hex[:12]
+            t0 = time.perf_counter()
+            _pre_enroll(args.state_url, args.devices, seed)
+            _say(f"{args.devices} enrollments written to the store in "
+                 f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
         sim = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "_simulate", "--url", server.url,
              f"--secret={server.enrollment_secret}", "--devices", str(args.devices),
              "--connections", str(args.sim_connections), "--poll", str(args.poll),
-             "--stats", str(stats)],
+             "--stats", str(stats), f"--pre-enrolled={seed}"],
             start_new_session=True,
         )  # fmt: skip
         try:
@@ -631,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--converge-backend", dest="converge_backend", default="sqlite",
                        choices=["sqlite", "postgresql"])  # fmt: skip
         p.add_argument("--converge-workers", dest="converge_workers", type=int, default=1)
+        p.add_argument("--pre-enroll", dest="pre_enroll", action="store_true",
+                       help="write the devices' enrollments into the store before the run "
+                       "(large fleets: enrollment is not what is measured)")  # fmt: skip
     sim = sub.add_parser("_simulate", help=argparse.SUPPRESS)
     sim.add_argument("--url", required=True)
     sim.add_argument("--secret", required=True)
@@ -641,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--apply-min", dest="apply_min", type=float, default=0.2)
     sim.add_argument("--apply-max", dest="apply_max", type=float, default=1.0)
     sim.add_argument("--stats", required=True)
+    sim.add_argument("--pre-enrolled", dest="pre_enrolled", default="")
     args = parser.parse_args(argv)
     if args.cmd == "_simulate":
         simulate(args)
