@@ -169,11 +169,16 @@ class CheckinDatabase:
                 return
 
     def _answer(self, batch: list[CheckinJob]) -> list[_Outcome]:
+        # Whatever fails (SQLAlchemy's errors, the driver's own from the statements sent
+        # to it directly, a timeout), the thread lives on and the batch is answered 503.
         try:
             return self._decide(batch)
-        except (StoreError, SQLAlchemyError) as e:
+        except Exception as e:
             self._drop("checkin")
-            log.error("check-ins of %d devices not stored: %s", len(batch), e)
+            if isinstance(e, StoreError | SQLAlchemyError):
+                log.error("check-ins of %d devices not stored: %s", len(batch), e)
+            else:
+                log.exception("check-ins of %d devices not stored", len(batch))
             refusal = HTTPException(
                 503, "the server cannot reach its store; try again later", _RETRY
             )
@@ -190,12 +195,12 @@ class CheckinDatabase:
             for device in unknown:
                 self._tokens.remember(device, found.get(device))
             for job in batch:
-                row = found.get(job.device) if job.row is MISSING else job.row
-                try:
-                    self._tokens.verify(job.device, job.token, row)
-                except HTTPException as e:
-                    outcomes.append((job, None, e))
-                    continue
+                if job.row is MISSING:  # a cached row was checked on the event loop
+                    try:
+                        self._tokens.verify(job.device, job.token, found.get(job.device))
+                    except HTTPException as e:
+                        outcomes.append((job, None, e))
+                        continue
                 live.append(job)
             if self._offer is None and live:
                 rows = offer_rows(conn, list({job.device: None for job in live}))
@@ -270,7 +275,7 @@ class CheckinDatabase:
         try:
             with _transaction(conn, immediate=True, soft=True):
                 _write_reports(conn, self._sql, list(batch.values()))
-        except (StoreError, SQLAlchemyError) as e:
+        except Exception as e:  # the driver's errors too (statements sent to it directly)
             self._drop("flush")
             with self._pending_lock:  # keep them; a newer report of a device wins
                 for device, p in batch.items():

@@ -34,7 +34,7 @@ PG_CONNECT_TIMEOUT_S = 5
 #: Longest a PostgreSQL statement may run (ms); a check-in's are far shorter.
 PG_STATEMENT_TIMEOUT_MS = 60_000
 #: Longest a check-in's statement may run on PostgreSQL (ms).
-PG_CHECKIN_STATEMENT_TIMEOUT_MS = 5_000
+PG_CHECKIN_STATEMENT_TIMEOUT_MS = 10_000
 #: Connections each process keeps (and may add) in its PostgreSQL pool: the check-in
 #: thread and the report flusher hold one each, the controller one or two, the rest
 #: serve operator and device routes from the thread pool.
