@@ -263,9 +263,8 @@ def _offer(
 ) -> None:
     """Give free ``max_parallel`` slots to online pending devices of waves up to ``last_wave``.
 
-    The devices offered here are the ones "a wave opened for devices X" names:
-    a nudge (e.g. over NATS) to check in at once belongs after the tick's
-    transaction commits (``RolloutController.tick``), never inside it.
+    The devices offered here are the ones the controller nudges (NATS) once the
+    tick's transaction has committed (``RolloutController.tick``), never inside it.
     """
     slots = policy.max_parallel - _reads.busy_devices(conn, r.id)
     if slots <= 0:
