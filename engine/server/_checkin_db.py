@@ -195,7 +195,7 @@ class CheckinDatabase:
             for device in unknown:
                 self._tokens.remember(device, found.get(device))
             for job in batch:
-                if job.row is MISSING:  # a cached row was checked on the event loop
+                if job.row is MISSING:  # else its cached row was checked on the event loop
                     try:
                         self._tokens.verify(job.device, job.token, found.get(job.device))
                     except HTTPException as e:
