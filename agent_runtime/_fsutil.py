@@ -12,8 +12,10 @@ from pathlib import Path
 __all__ = [
     "atomic_write_bytes",
     "copy_durable",
+    "file_system_note",
     "fsync_dir",
     "move_durable",
+    "remove_temporaries",
     "remove_tree",
     "sha256_file",
 ]
@@ -96,6 +98,48 @@ def move_durable(src: Path, dest: Path) -> None:
         copy_durable(src, dest)
         src.unlink()
     fsync_dir(dest.parent)
+
+
+def _device_of(path: Path) -> int | None:
+    """st_dev of ``path`` or of its nearest existing ancestor."""
+    for p in (path, *path.parents):
+        try:
+            return p.stat().st_dev
+        except OSError:
+            continue
+    return None
+
+
+def file_system_note(staging: Path, agent_root: Path) -> str | None:
+    """A note for the log when ``staging`` and ``agent_root`` are on different file systems
+    (a rename between them fails with EXDEV, so swaps copy instead); None when they share one."""
+    a, b = _device_of(staging), _device_of(agent_root)
+    if a is None or b is None or a == b:
+        return None
+    return (
+        f"note: the staging directory {staging} and the agent root {agent_root} are on "
+        "different file systems: each swapped file is copied beside its target and renamed "
+        "in (still atomic per file, but slower than a rename); put state_dir on the agent "
+        "root's file system to avoid the copy"
+    )
+
+
+def remove_temporaries(directory: Path) -> list[str]:
+    """Remove the temporary files (``.<name>.tmp-<pid>``) other processes left in
+    ``directory`` (a killed run's atomic writes); the names removed."""
+    own = f".tmp-{os.getpid()}"
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for e in entries:
+        head, mark, pid = e.name.rpartition(".tmp-")
+        if head.startswith(".") and mark and pid.isdigit() and not e.name.endswith(own):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
+            removed.append(e.name)
+    return removed
 
 
 def remove_tree(path: Path) -> None:

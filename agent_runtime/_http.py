@@ -24,6 +24,7 @@ import select
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from http.client import HTTPConnection, HTTPException, HTTPResponse, HTTPSConnection
 from typing import TYPE_CHECKING
@@ -160,8 +161,14 @@ class Response:
             )
         return data
 
-    def read_all(self, limit: int) -> bytes:
-        """The body, reading at most ``limit + 1`` bytes (so a caller can tell it was larger)."""
+    def read_all(self, limit: int, *, within: float | None = None) -> bytes:
+        """The body, reading at most ``limit + 1`` bytes (so a caller can tell it was larger).
+
+        With ``within`` (seconds) the whole body must arrive in that time: a server
+        dripping bytes slower than that gets TransportError (``timed_out``), not a wait for
+        as long as each byte comes before the read timeout.
+        """
+        deadline = None if within is None else time.monotonic() + within
         parts: list[bytes] = []
         size = 0
         while size <= limit:
@@ -170,6 +177,11 @@ class Response:
                 break
             parts.append(chunk)
             size += len(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                self._abandon()
+                raise TransportError(
+                    f"body not complete within {within:g}s ({size} bytes)", timed_out=True
+                )
         return b"".join(parts)
 
     def close(self) -> None:

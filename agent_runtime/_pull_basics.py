@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ __all__ = [
     "Backoff",
     "EnrollmentProof",
     "TokenFile",
+    "bounded_poll_interval",
     "enrollment_proof",
     "enrollment_secret",
     "poll_delay",
@@ -55,10 +57,24 @@ class Backoff:
         self.failures = 0
 
 
+def bounded_poll_interval(value: float, low: float, high: float) -> tuple[float, str | None]:
+    """The server's poll interval within ``[low, high]`` seconds, and a note saying what was
+    changed when it was not (0 or negative -> low, NaN -> low, infinite or huge -> high)."""
+    if low <= value <= high:  # False for NaN
+        return value, None
+    bounded = high if value > high else low
+    return bounded, (
+        f"the server asked for a poll interval of {value!r} s: using {bounded:g} s "
+        f"(converge.poll_interval_min {low:g} s .. poll_interval_max {high:g} s)"
+    )
+
+
 def poll_delay(poll_interval: float, jitter: float, rng: random.Random) -> float:
     """Seconds until the next check-in: the server's interval plus up to 10 % more (at most
     ``jitter``), so that devices started together drift apart."""
     spread = min(jitter, 0.1 * poll_interval)
+    if not (math.isfinite(poll_interval) and math.isfinite(spread)):
+        raise ValueError(f"poll interval {poll_interval!r} is not a finite number of seconds")
     return max(poll_interval, 0.0) + rng.uniform(0, max(spread, 0.0))
 
 

@@ -13,13 +13,20 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent_runtime._memory import release_memory
 from agent_runtime.config import DEFAULT_CONFIG_PATHS, DeviceConfig, load_config
 from agent_runtime.converge import FilePlanSource, PlanSource, Runtime, exit_code
 from agent_runtime.errors import AgentRuntimeError, ConfigError, PlanError
+
+if TYPE_CHECKING:
+    from agent_runtime.journal import JournalRecord
+    from agent_runtime.phases import Phase
+    from states.protocol import StepEvent
 
 __all__ = ["main"]
 
@@ -64,9 +71,11 @@ def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
     runtime = Runtime(config, out=_err if args.json else _out)
     source = _source(args, config)
     if args.once:
+        events = _collect_events(runtime) if args.json else []
         res = runtime.converge_once(source)
         if args.json:
-            doc = {"result": str(res.result), "detail": res.detail, "status": runtime.status()}
+            doc = {"result": str(res.result), "detail": res.detail, "status": runtime.status(),
+                   "events": [e.model_dump(mode="json") for e in events]}  # fmt: skip
             print(json.dumps(doc), flush=True)
         else:
             _out(f"result: {res.result} — {res.detail}")
@@ -91,6 +100,21 @@ def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
         _out(f"next converge in {delay:.0f}s")
         stop.wait(delay)
     return 0
+
+
+def _collect_events(runtime: Runtime) -> list[StepEvent]:
+    """The step events of ``runtime``'s transactions, as pull mode would send them."""
+    from agent_runtime.step_events import step_event
+
+    events: list[StepEvent] = []
+
+    def on_phase(record: JournalRecord, phase: Phase, status: str, detail: str) -> None:
+        event = step_event(record, phase, status, detail, datetime.now(UTC))
+        if event is not None:
+            events.append(event)
+
+    runtime.executor.fx.on_phase = on_phase
+    return events
 
 
 def _pull(args: argparse.Namespace, config: DeviceConfig) -> int:

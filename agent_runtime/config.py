@@ -75,6 +75,21 @@ class DownloadSettings(_Strict):
     connect_timeout: Duration = timedelta(seconds=10)
     max_manifest_bytes: int = Field(default=1024 * 1024, ge=1024)
     retries: int = Field(default=2, ge=0, description="resumed retries of a failed transfer")
+    min_speed: int = Field(
+        default=1024,
+        ge=0,
+        description="bytes/s: a transfer whose average speed is below this once "
+        "min_speed_grace has passed ends (slow-retrieval attacks); 0 turns the check off",
+    )
+    min_speed_grace: Duration = Field(
+        default=timedelta(seconds=30),
+        description="how long a transfer may run before its average speed is checked",
+    )
+    manifest_timeout: Duration = Field(
+        default=timedelta(seconds=60),
+        description="limit for reading one manifest or signature in full (read under the "
+        "converge lock, before any trust check)",
+    )
 
 
 class ConvergeSettings(_Strict):
@@ -82,6 +97,25 @@ class ConvergeSettings(_Strict):
 
     interval: Duration = timedelta(minutes=5)
     jitter: Duration = timedelta(seconds=30)
+    poll_interval_min: Duration = Field(
+        default=timedelta(seconds=1),
+        description="pull mode: a server asking for a shorter (or no, or NaN) poll interval "
+        "gets this one",
+    )
+    poll_interval_max: Duration = Field(
+        default=timedelta(days=1),
+        description="pull mode: a server asking for a longer (or infinite) poll interval "
+        "gets this one",
+    )
+
+    @model_validator(mode="after")
+    def _poll_bounds(self) -> ConvergeSettings:
+        low, high = self.poll_interval_min, self.poll_interval_max
+        if low <= timedelta(0) or low > high:
+            raise ValueError(
+                f"poll_interval_min ({low}) must be above 0 and at most poll_interval_max ({high})"
+            )
+        return self
 
 
 class DeviceNatsSettings(NatsConnection):

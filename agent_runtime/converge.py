@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_runtime._fsutil import remove_tree
+from agent_runtime._fsutil import file_system_note, remove_temporaries, remove_tree
 from agent_runtime._keystore import KeyStore
 from agent_runtime._lock import exclusive
 from agent_runtime._status import status_document
@@ -94,6 +94,7 @@ class Runtime:
         self.states = StateStore(config.state_dir)
         self.releases = SignedReleases(config, self.keystore, self.states, self.fetcher, self.clock)
         self.out = out
+        self._fs_checked = False
         self.executor = Executor(
             config,
             Effects(
@@ -124,6 +125,11 @@ class Runtime:
         """Recover, then converge to the plan's desired release; never raises AgentRuntimeError
         except PlanError (the plan is unusable) and a lock held by another runtime."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self._fs_checked:
+            self._fs_checked = True
+            note = file_system_note(self.config.staging_dir, self.config.agent_root)
+            if note is not None:
+                self.out(note)
         with exclusive(self.config.state_dir / "lock"):
             try:
                 recovered = self._recover()
@@ -194,6 +200,7 @@ class Runtime:
     # -- recovery -----------------------------------------------------------------------
 
     def _recover(self) -> _Recovered | None:
+        remove_temporaries(self.config.state_dir)  # atomic writes a killed run left
         record = self.journal.load()
         if record is None or not record.is_open:
             self._sweep_staging(None)

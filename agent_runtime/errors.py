@@ -13,6 +13,7 @@ __all__ = [
     "HealthCheckError",
     "JournalError",
     "LayoutError",
+    "LinkRefusedError",
     "ManifestError",
     "NoPlanOfferedError",
     "PlanError",
@@ -22,6 +23,7 @@ __all__ = [
     "ServerUnavailableError",
     "ServiceError",
     "SignatureInvalidError",
+    "SlowRetrievalError",
     "StateError",
     "TransportError",
 ]
@@ -62,6 +64,10 @@ class LayoutError(AgentRuntimeError):
     """The agent root cannot be changed as the layout requires."""
 
 
+class LinkRefusedError(LayoutError):
+    """A symbolic link inside the agent root lies on a path the runtime would change."""
+
+
 class FaultInjectedError(AgentRuntimeError):
     """A test fault point (AGENT_RUNTIME_FAULT) made a step fail."""
 
@@ -75,6 +81,11 @@ class DownloadError(AgentRuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SlowRetrievalError(DownloadError):
+    """A transfer stayed below the minimum average speed (slow-retrieval attack, or a link
+    too slow to finish in bounded time)."""
 
 
 class TransportError(AgentRuntimeError):

@@ -10,6 +10,8 @@ Points: ``before:<PHASE>`` (journal saved, effect not started), ``after:<PHASE>`
 (effect done, next journal not yet saved), ``swap.file:<n>`` (in-place swap:
 the n-th file, counted from 1, has just been renamed in; versioned: n=1 after
 the release directory is in place, before the pointer flips),
+``rollback.file:<n>`` (in-place rollback: the n-th touched file's copy from the
+backup is written beside it, not yet renamed in),
 ``download.chunk:<n>`` (after the n-th chunk of a download was written),
 ``process.spawned`` (process service manager: the agent was spawned, its pid
 file not yet written).

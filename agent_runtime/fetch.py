@@ -1,7 +1,10 @@
 """Fetching manifests and artifacts: http(s) with Range resume, or local paths.
 
-Every transfer is capped at the size the signed manifest declares and ends
-when no byte arrives for ``stall_timeout``. Transport problems raise
+Every transfer is capped at the size the signed manifest declares, ends
+when no byte arrives for ``stall_timeout``, and ends when its average speed
+is below ``min_speed`` once ``min_speed_grace`` has passed (a server dripping
+a byte at a time cannot keep it alive: ``SlowRetrievalError``). Manifests and
+signatures must arrive whole within ``manifest_timeout``. Transport problems raise
 ``DownloadError`` (with the HTTP status when there was one); content that
 does not match the manifest raises ``ArtifactMismatchError`` and its partial
 file is removed.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -19,7 +23,12 @@ from typing import IO, TYPE_CHECKING
 from agent_runtime import faults
 from agent_runtime._fsutil import fsync_dir
 from agent_runtime.config import DownloadSettings
-from agent_runtime.errors import ArtifactMismatchError, DownloadError, TransportError
+from agent_runtime.errors import (
+    ArtifactMismatchError,
+    DownloadError,
+    SlowRetrievalError,
+    TransportError,
+)
 
 if TYPE_CHECKING:  # the HTTP client (http.client, ssl) is imported on first use
     from agent_runtime._http import HttpClient
@@ -35,6 +44,35 @@ Progress = Callable[[int, int], None]
 def is_url(location: str) -> bool:
     """True for http:// and https:// locations."""
     return location.startswith(("http://", "https://"))
+
+
+class _Pace:
+    """The average speed of one transfer, checked against the configured minimum."""
+
+    def __init__(
+        self, location: str, settings: DownloadSettings, limit: float | None = None
+    ) -> None:
+        self.location = location
+        self.min_speed = settings.min_speed
+        self.grace = settings.min_speed_grace.total_seconds()
+        self.limit = limit
+        self.started = time.monotonic()
+        self.received = 0
+
+    def add(self, n: int) -> None:
+        """Count ``n`` bytes received; SlowRetrievalError when the transfer is too slow."""
+        self.received += n
+        elapsed = time.monotonic() - self.started
+        if self.limit is not None and elapsed > self.limit:
+            raise SlowRetrievalError(
+                f"{self.location}: slow retrieval: not complete after {elapsed:.1f}s "
+                f"({self.received} bytes; download.manifest_timeout is {self.limit:g}s)"
+            )
+        if self.min_speed and elapsed > self.grace and self.received < self.min_speed * elapsed:
+            raise SlowRetrievalError(
+                f"{self.location}: slow retrieval: {self.received} bytes in {elapsed:.1f}s, "
+                f"below the minimum average of {self.min_speed} bytes/s (download.min_speed)"
+            )
 
 
 class _RestartError(Exception):
@@ -79,11 +117,21 @@ class Fetcher:
             except OSError as e:
                 raise DownloadError(f"{location}: cannot read: {e.strerror or e}") from e
         else:
+            pace = _Pace(location, self.settings, self.settings.manifest_timeout.total_seconds())
             try:
                 with self.client.request("GET", location, headers=self.headers) as resp:
                     if resp.status != 200:
                         raise DownloadError(f"{location}: HTTP {resp.status}", status=resp.status)
-                    data = resp.read_all(limit)
+                    parts: list[bytes] = []
+                    received = 0
+                    while received <= limit:
+                        chunk = resp.read(min(64 * 1024, limit + 1 - received))
+                        if not chunk:
+                            break
+                        parts.append(chunk)
+                        received += len(chunk)
+                        pace.add(len(chunk))
+                    data = b"".join(parts)
             except TransportError as e:
                 raise DownloadError(f"{location}: {_describe(e)}") from e
         if len(data) > limit:
@@ -202,7 +250,13 @@ class Fetcher:
                         raise DownloadError(f"{location}: {_describe(e)}") from e
 
                 self._copy(
-                    read, out, span=(offset, size), location=location, part=part, progress=progress
+                    read,
+                    out,
+                    span=(offset, size),
+                    location=location,
+                    part=part,
+                    progress=progress,
+                    pace=_Pace(location, self.settings),
                 )
 
     def _copy(
@@ -214,6 +268,7 @@ class Fetcher:
         location: str,
         part: Path,
         progress: Progress | None,
+        pace: _Pace | None = None,
     ) -> None:
         done, size = span
         n = 0
@@ -228,6 +283,8 @@ class Fetcher:
             done += len(chunk)
             self.bytes_transferred += len(chunk)
             n += 1
+            if pace is not None:
+                pace.add(len(chunk))
             if progress is not None:
                 progress(done, size)
             faults.hit(f"download.chunk:{n}")

@@ -38,7 +38,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent_runtime._memory import release_memory
-from agent_runtime._pull_basics import SECRET_ENV, Backoff, TokenFile, poll_delay
+from agent_runtime._pull_basics import (
+    SECRET_ENV,
+    Backoff,
+    TokenFile,
+    bounded_poll_interval,
+    poll_delay,
+)
 from agent_runtime._pull_senders import EventSender, HeartbeatForwarder
 from agent_runtime.config import DeviceConfig
 from agent_runtime.converge import ConvergeResult, DesiredRelease, Runtime, exit_code
@@ -57,10 +63,12 @@ from agent_runtime.errors import (
 from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
 from agent_runtime.nats_link import BusHealth, NatsLink
-from agent_runtime.phases import STEP_OF_PHASE, Phase
+from agent_runtime.perf import AgentSampler
+from agent_runtime.phases import Phase
 from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
+from agent_runtime.step_events import step_event
 from fleetbase.version import Version
 from states.keyring import KEYS_PATH
 from states.plan import ReleaseRef
@@ -69,7 +77,6 @@ from states.protocol import (
     CheckinRequest,
     CheckinResponse,
     Heartbeat,
-    StepEvent,
     TransactionReport,
 )
 
@@ -175,6 +182,7 @@ class PullLoop:
             lambda: self.token,
             out=self.out,
         )
+        self.sampler = AgentSampler(self.heartbeat_paths)
         probe_client = ServerClient(self.settings.url, config.device, timeout=timeout)
 
         def server_record() -> Heartbeat | None:
@@ -286,7 +294,7 @@ class PullLoop:
             return self.token
         answer = enroll(self.config, self.client, self.tokens)
         self.token = answer.token
-        self.poll_interval = answer.poll_interval
+        self._take_poll_interval(answer.poll_interval)
         self.out(f"enrolled {self.config.device} with {self.settings.url}")
         return answer.token
 
@@ -312,7 +320,7 @@ class PullLoop:
         """Send this device's report; remember the server's poll interval."""
         self.client.token = self.token
         answer = self.client.checkin(self.report())
-        self.poll_interval = answer.poll_interval
+        self._take_poll_interval(answer.poll_interval)
         self.checkins += 1
         return answer
 
@@ -330,6 +338,7 @@ class PullLoop:
             runtime_version=runtime_version(),
             agent_running=running,
             transaction=self.transaction,
+            performance=self.sampler.sample(),
             adoption=None
             if state.adoption is None
             else AdoptionReport(
@@ -384,19 +393,19 @@ class PullLoop:
         self.runtime.executor.fx.on_phase = self._on_phase
 
     def _on_phase(self, record: JournalRecord, phase: Phase, status: str, detail: str) -> None:
-        if phase in (Phase.IDLE, Phase.DONE, Phase.ROLLED_BACK, Phase.FAILED):
-            return
-        known = STEP_OF_PHASE.get(phase)
-        step = known.value if known is not None else phase.value.lower()
-        self.events.add(
-            StepEvent(
-                target=record.target,
-                step=step,
-                status=status,
-                detail=detail[:2000] or None,
-                at=datetime.now(UTC),
-            )
+        event = step_event(record, phase, status, detail, datetime.now(UTC))
+        if event is not None:
+            self.events.add(event)
+
+    def _take_poll_interval(self, seconds: float) -> None:
+        """Keep the server's poll interval, bounded by the config (logged when it was not)."""
+        c = self.config.converge
+        bounded, note = bounded_poll_interval(
+            seconds, c.poll_interval_min.total_seconds(), c.poll_interval_max.total_seconds()
         )
+        if note is not None and bounded != self.poll_interval:
+            self.out(note)
+        self.poll_interval = bounded
 
     def _next_poll(self) -> float:
         base = self.poll_interval

@@ -187,7 +187,7 @@ class ServerClient:
             with self.http.request(method, url, headers=headers, body=data) as resp:
                 answer = _Answer(
                     method, url, resp.status, resp.headers.get("Retry-After"),
-                    resp.read_all(MAX_RESPONSE_BYTES),
+                    resp.read_all(MAX_RESPONSE_BYTES, within=self.timeout),
                 )  # fmt: skip
         except TransportError as e:
             if e.timed_out:

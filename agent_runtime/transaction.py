@@ -145,6 +145,7 @@ class Executor:
             self.fx.out(detail)
             return Outcome(Phase.FAILED, Result.FAILED, detail, gave_up=True)
         start = RECOVERY_START[record.phase]
+        self._clear_temporaries(ctx)
         self.fx.out(
             f"recovering transaction {record.txid}: open in {record.phase}, resuming at {start}"
         )
@@ -187,6 +188,7 @@ class Executor:
             phase = nxt
         record.phase = phase
         self.fx.journal.save(record, clock.now())
+        self._clear_temporaries(ctx)
         remove_tree(ctx.staging)  # the journal is closed: nothing needs the transaction files
         result = {
             Phase.DONE: Result.COMMITTED,
@@ -197,6 +199,13 @@ class Executor:
         if phase is Phase.DONE:
             detail = f"{ctx.spec.target} committed"
         return Outcome(phase, result, detail, timings)
+
+    def _clear_temporaries(self, ctx: TxContext) -> None:
+        """Remove what killed runs left beside the agent's files; a failure is only told."""
+        try:
+            self.fx.layout.clear_temporaries(ctx.swap_plan)
+        except Exception as e:  # leftovers are retried at the next recovery or close
+            self.fx.out(f"  (temporary files not removed: {type(e).__name__}: {e})")
 
     def _tell(self, record: JournalRecord, phase: Phase, status: str, detail: str) -> None:
         """Report a phase to the observer, if any; an observer's failure changes nothing."""

@@ -7,10 +7,12 @@ of an idle periodic `agent-runtime converge` process: after a no-op round
 (no HTTP) and after a 3.0.1 -> 3.0.2 update downloaded over HTTP. Then, unless
 ``--no-pull``, the resident memory of a pull-mode runtime against a real
 `engine serve` on 127.0.0.1 (``tests/harness``), idle between
-check-ins before and after a rollout it installed over HTTP. Usage::
+check-ins before and after a rollout it installed over HTTP (the runtime samples the
+agent's CPU and memory at every check-in; the count of samples the server kept is
+printed with them). Usage::
 
     .venv/bin/python bench/runtime.py [--pad-mb 50] [--layout in_place|versioned|both]
-        [--no-pull]
+        [--no-pull | --pull-only] [--state-on /dev/shm]
 
 Targets: download + verify + backup + swap < 1 s; no-op < 0.3 s; idle RSS < 50 MB.
 """
@@ -22,6 +24,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -104,9 +107,14 @@ def _plan(path: Path, repo: Path, desired: str, current: str | None, url: str | 
     path.write_text(plan.model_dump_json())
 
 
+#: ``--state-on DIR``: state directories (and so staging) under DIR, e.g. another file system.
+STATE_ON: list[Path] = []
+
+
 def _device(dev: Path, pinned: str, layout: str) -> tuple[Path, Path]:
     """A device directory with its config; (config, plan file path)."""
     dev.mkdir()
+    state = STATE_ON[0] / dev.name / "state" if STATE_ON else dev / "state"
     config = dev / "device.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -114,7 +122,7 @@ def _device(dev: Path, pinned: str, layout: str) -> tuple[Path, Path]:
                 "device": DEVICE,
                 "platform": "linux",
                 "agent_root": str(dev / "agent"),
-                "state_dir": str(dev / "state"),
+                "state_dir": str(state),
                 "layout": layout,
                 "trusted_keys": [pinned],
                 "env": {"HEARTBEAT_INTERVAL": "0.2", "PYTHONDONTWRITEBYTECODE": "1"},
@@ -288,6 +296,15 @@ def _tls_front(pki: Pki, backend_port: int) -> Iterator[str]:
         listener.close()
 
 
+def _samples(repo: Path) -> float:
+    """How many performance samples the server stored: proof that the runtimes sampled."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(repo / ".engine" / "state.db")) as db:
+        (count,) = db.execute("SELECT coalesce(sum(samples), 0) FROM performance").fetchone()
+    return float(count)
+
+
 def _bench_pull(base: Path) -> dict[str, float]:
     """RSS of pull-mode runtimes against a real `engine serve`, one over HTTP and one over
     https (a TLS terminator in front, the system CA directory plus a test CA): idle before
@@ -336,6 +353,7 @@ def _bench_pull(base: Path) -> dict[str, float]:
                 proc = fleet.device(name).proc
                 assert proc is not None
                 figures[f"idle RSS, pull over {kind}, after update (MB)"] = _rss_mb(proc.pid, 6)
+            figures["performance samples the server kept (count)"] = _samples(fleet.repo.root)
     finally:
         fleet.stop()
         for k, v in saved.items():
@@ -352,7 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pad-mb", type=int, default=50)
     parser.add_argument("--layout", choices=["in_place", "versioned", "both"], default="both")
     parser.add_argument("--no-pull", action="store_true", help="skip the pull-mode figures")
+    parser.add_argument("--pull-only", action="store_true", help="only the pull-mode figures")
+    parser.add_argument(
+        "--state-on",
+        type=Path,
+        help="keep state_dir (staging) under this directory, e.g. /dev/shm: another file "
+        "system than the agent root, so every swapped file is copied (EXDEV)",
+    )
     args = parser.parse_args(argv)
+    if args.pull_only:
+        with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
+            for name, value in _bench_pull(Path(tmp)).items():
+                print(f"{name:<46}{value:>12.3f}")
+        return 0
+    if args.state_on is not None:
+        STATE_ON.append(Path(tempfile.mkdtemp(prefix="bench-state-", dir=args.state_on)))
     layouts = ["in_place", "versioned"] if args.layout == "both" else [args.layout]
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         base = Path(tmp)
@@ -367,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                    for lay in layouts}  # fmt: skip
         https = _bench_https(base, repo, public_key_text(key.public_key()))
         pull = {} if args.no_pull else _bench_pull(base)
+    for d in STATE_ON:
+        shutil.rmtree(d, ignore_errors=True)
     names = list(next(iter(results.values())))
     print(f"agent-runtime benchmark: 3.0.0 -> 3.0.1, agent padded by {args.pad_mb} MiB, "
           "HTTP on 127.0.0.1")  # fmt: skip

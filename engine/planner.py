@@ -296,7 +296,7 @@ def plan_fleet(
                 id=rid,
                 group=label,
                 release=release,
-                policy=policy.model_dump(mode="json"),
+                policy=policy.model_dump(mode="json", exclude_none=True),
                 maintenance_window=window.model_dump(mode="json") if window else None,
                 waves=[
                     WavePlan.model_construct(

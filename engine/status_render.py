@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from engine.rollouts.performance import ReleasePerformance
     from engine.rollouts.status import RolloutStatus
 
 __all__ = ["render_rollouts"]
@@ -45,9 +46,12 @@ def _bar(done: int, total: int) -> ProgressBar:
 
 
 def render_rollouts(
-    statuses: Sequence[RolloutStatus], versions: dict[str, int] | None
+    statuses: Sequence[RolloutStatus],
+    versions: dict[str, int] | None,
+    performance: Sequence[ReleasePerformance] = (),
 ) -> RenderableType:
-    """Rich tables of rollouts and, when given, the fleet's versions."""
+    """Rich tables of rollouts and, when given, the fleet's versions and the agent's cost
+    per release."""
     parts: list[RenderableType] = []
     for status in statuses:
         style = _STATE_STYLE.get(status.state.value, "")
@@ -97,4 +101,36 @@ def render_rollouts(
         for version, count in versions.items():
             vt.add_row(version, str(count))
         parts.append(vt)
+    if performance:
+        parts.append(render_performance(performance))
     return Group(*parts)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.1f} MB"
+
+
+def render_performance(rows: Sequence[ReleasePerformance]) -> Table:
+    """The agent's CPU and memory per release, and the change against the release before."""
+    t = Table(title="Agent cost by release (median / p95 over devices)", title_justify="left")
+    for name in ("release", "devices", "CPU %", "RSS", "vs previous (same devices)"):
+        t.add_column(name, justify="right" if name in ("devices", "CPU %", "RSS") else "left")
+    for r in rows:
+        change = "-"
+        if r.previous is not None and r.same_devices:
+            change = (
+                f"{r.previous}, {r.same_devices} devices: CPU {_num(r.cpu_change, '+.0%')}, "
+                f"RSS {_num(r.rss_change, '+.0%')}"
+            )
+        t.add_row(
+            r.release,
+            str(r.devices),
+            f"{_num(r.cpu_percent_median, '.1f')} / {_num(r.cpu_percent_p95, '.1f')}",
+            f"{_mb(r.rss_bytes_median)} / {_mb(r.rss_bytes_p95)}",
+            change,
+        )
+    return t

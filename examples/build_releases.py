@@ -57,6 +57,13 @@ CATALOGUE = {
         Release("3.0.1", 2, "good", "good release", ("3.0.0",)),
         Release("3.0.2", 3, "exit_at_start", "broken: exits with code 3", ("3.0.1", "3.0.0")),
         Release("3.0.3", 4, "no_heartbeat", "broken: never heartbeats", ("3.0.1", "3.0.0")),
+        Release(
+            "3.0.4",
+            5,
+            "leak_memory",
+            "works and heartbeats, but leaks 2 MiB of memory per heartbeat",
+            ("3.0.1", "3.0.0"),
+        ),
     )
 }
 

@@ -1,4 +1,4 @@
-"""The quickstart: a whole rollout story on this machine, in under a minute when it is idle.
+"""The quickstart: a whole rollout story on this machine, in about two minutes.
 
 Starts `engine serve` on SQLite and a small fleet of real device runtimes in a
 temporary directory (each running the example agent 3.0.0), rolls out the
@@ -6,10 +6,14 @@ good release 3.0.1 to the canaries and, once they completed and soaked, to
 the fleet in waves; then the broken 3.0.2: the canaries fail and roll back to
 3.0.1 on their own, the canary rollout halts, and the fleet's rollout, which
 waits for it (``after: [canary]``), halts without touching a single device.
-Prints what happened and cleans up (also on Ctrl-C). Uses only the product's
-commands (``examples/demo_fleet.py``): `engine keygen`, `engine release sign`,
-`engine serve`, `engine plan`, `engine apply`, `engine status`, the operator
-API, and `agent-runtime converge`.
+Last 3.0.4, which works and heartbeats but leaks memory: the canaries take it,
+their runtimes' samples show the agent's memory growing past the groups'
+``max_rss_increase: 25%``, the canary rollout halts on memory during its soak
+(with the figures), its devices go back to 3.0.1, and the fleet's rollout
+halts again without touching a device. Prints what happened and cleans up
+(also on Ctrl-C). Uses only the product's commands (``examples/demo_fleet.py``):
+`engine keygen`, `engine release sign`, `engine serve`, `engine plan`,
+`engine apply`, `engine status`, the operator API, and `agent-runtime converge`.
 
 Usage: ``scripts/demo [--devices N] [--keep]`` (or ``python examples/demo.py``).
 """
@@ -35,6 +39,8 @@ if str(_REPO) not in sys.path:  # run as a script: make the project's packages i
 from examples.demo_fleet import DemoFleet, demo_devices, wait_until  # noqa: E402
 
 SOAK = "5s"
+#: The canary's soak for 3.0.4: its devices' memory is watched until it ends.
+LEAK_SOAK = "1m"
 
 
 def demo_groups(release: str) -> dict[str, Any]:
@@ -46,14 +52,15 @@ def demo_groups(release: str) -> dict[str, Any]:
             "priority": 100,
             "agent": {"release": release},
             "rollout": {"waves": [100], "max_parallel": 5, "soak": SOAK,
-                        "max_failure_rate": 0.0},
+                        "max_failure_rate": 0.0, "max_rss_increase": "25%"},
         },
         "fleet": {
             "description": "every store device",
             "match": {"site": "demo"},
             "agent": {"release": release},
             "rollout": {"waves": [10, 50, 100], "max_parallel": 5, "soak": SOAK,
-                        "max_failure_rate": 0.1, "after": ["canary"]},
+                        "max_failure_rate": 0.1, "after": ["canary"],
+                        "max_rss_increase": "25%"},
         },
     }  # fmt: skip
 
@@ -89,9 +96,9 @@ class Demo:
         n = len(f.devices)
         self.title(f"1. A fleet of {n} devices on this machine")
         self.say(f"operator repo {f.repo}: {len(self.canaries)} canaries (tag internal), "
-                 f"{n - len(self.canaries)} store devices; releases 3.0.0 to 3.0.3")  # fmt: skip
+                 f"{n - len(self.canaries)} store devices; releases 3.0.0 to 3.0.4")  # fmt: skip
         f.create_repo()
-        self.say("signed releases 3.0.0, 3.0.1, 3.0.2, 3.0.3 with a new key "
+        self.say("signed releases 3.0.0, 3.0.1, 3.0.2, 3.0.3, 3.0.4 with a new key "
                  "(`engine keygen`, `engine release sign`)")  # fmt: skip
         f.start_server()
         self.say(f"engine serve is up at {f.url} (SQLite store, log {f.server_log})")
@@ -133,6 +140,20 @@ class Demo:
         self.title("4. What happened")
         self.narrate(tried)
         self.title("engine status")
+        self.engine("status")
+
+        self.title("5. Roll out 3.0.4 (it works and heartbeats, but leaks memory); "
+                   "max_rss_increase 25%")  # fmt: skip
+        f.set_release("3.0.4")
+        f.set_rollout("canary", soak=LEAK_SOAK)
+        self.say(f"inventory: both groups want 3.0.4; the canary soaks {LEAK_SOAK}, long enough "
+                 "for a leak to show")  # fmt: skip
+        self.engine("apply", "--yes", "--wait")
+        took = self.took("canary@3.0.4") | self.took("fleet@3.0.4")
+        wait_until("the devices that took 3.0.4 to run 3.0.1 again",
+                   lambda: self.running("3.0.1") >= took, timeout=120)  # fmt: skip
+        self.narrate_leak(took)
+        self.title("engine status (the agent's cost per release is at the end)")
         self.engine("status")
 
     def running(self, version: str) -> set[str]:
@@ -213,6 +234,21 @@ class Demo:
         print(f"fleet versions now: {self._versions_line()}", flush=True)
         if tried - set(self.canaries):
             raise RuntimeError(f"fleet devices tried 3.0.2: {sorted(tried - set(self.canaries))}")
+
+    def narrate_leak(self, took: set[str]) -> None:
+        """Why the 3.0.4 rollouts halted, in numbers, and where the devices are now."""
+        for name in ("canary@3.0.4", "fleet@3.0.4"):
+            r = self.fleet.rollout(name)
+            print(f"rollout {name}: {r['state']} — {r.get('reason') or ''}", flush=True)
+        for d in self.fleet.rollout("canary@3.0.4")["devices"]:
+            if d["attempts"] > 0:
+                why = d.get("reason") or "went back with the halt"
+                print(f"  {d['device']}: {d['state']} — {why}", flush=True)
+        print(f"{len(took)} devices took 3.0.4; all of them run 3.0.1 again and heartbeat.",
+              flush=True)  # fmt: skip
+        print(f"fleet versions now: {self._versions_line()}", flush=True)
+        if took - set(self.canaries):
+            raise RuntimeError(f"fleet devices took 3.0.4: {sorted(took - set(self.canaries))}")
 
 
 def main(argv: list[str] | None = None) -> int:

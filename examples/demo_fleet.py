@@ -36,7 +36,7 @@ import psutil
 import yaml
 
 EXAMPLE_FLEET = Path(__file__).resolve().parent / "fleet"
-RELEASES = ("3.0.0", "3.0.1", "3.0.2", "3.0.3")
+RELEASES = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
 PLATFORMS = ("linux", "windows", "macos")
 
 __all__ = ["DemoFleet", "Device", "demo_devices", "wait_until"]
@@ -178,6 +178,13 @@ class DemoFleet:
         doc = yaml.safe_load(path.read_text())
         for group in doc["groups"].values():
             group["agent"]["release"] = version
+        path.write_text(yaml.safe_dump(doc))
+
+    def set_rollout(self, group: str, **values: Any) -> None:
+        """Change keys of one group's rollout policy in the inventory."""
+        path = self.repo / "inventory" / "fleet.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["groups"][group]["rollout"].update(values)
         path.write_text(yaml.safe_dump(doc))
 
     def start_server(self, timeout: float = 60) -> None:

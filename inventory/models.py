@@ -11,7 +11,14 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from fleetbase.duration import Duration
 from fleetbase.platform import Platform
@@ -157,6 +164,25 @@ class OnFailure(StrEnum):
     PAUSE = "pause"  # stop handing out the release; an operator decides
 
 
+def _increase(value: Any) -> Any:
+    """``"25%"`` as 0.25; a plain number is already a fraction (0.25), like the rates."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.endswith("%"):
+            raise ValueError(f"{value!r} is not an increase: write a percentage such as '25%'")
+        try:
+            return float(text[:-1]) / 100
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an increase: write a percentage such as '25%'"
+            ) from None
+    return value
+
+
+#: A relative increase, written ``25%`` (or 0.25); more than 0.
+Increase = Annotated[float, BeforeValidator(_increase), Field(gt=0, le=1000)]
+
+
 class RolloutPolicy(_Strict):
     """How fast a release moves through a group, and when it stops itself."""
 
@@ -173,6 +199,16 @@ class RolloutPolicy(_Strict):
         default_factory=list,
         description="groups whose rollout of the same release must complete and soak "
         "before this group's first wave opens (e.g. [canary])",
+    )
+    max_cpu_increase: Increase | None = Field(
+        default=None,
+        description="fail a device whose agent uses this much more CPU than on its previous "
+        "release (e.g. '25%'); it rolls back and counts against max_failure_rate",
+    )
+    max_rss_increase: Increase | None = Field(
+        default=None,
+        description="fail a device whose agent's resident memory grew this much over its "
+        "previous release's (e.g. '25%'); it rolls back and counts against max_failure_rate",
     )
 
     @field_validator("after")

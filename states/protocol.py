@@ -33,6 +33,7 @@ __all__ = [
     "EnrollResponse",
     "EventBatch",
     "Heartbeat",
+    "PerformanceSample",
     "StepEvent",
     "TransactionReport",
 ]
@@ -92,6 +93,22 @@ class AdoptionReport(_Wire):
     detail: str | None = Field(default=None, max_length=2000)
 
 
+class PerformanceSample(_Wire):
+    """What the running agent's process costs, sampled by the runtime at a check-in.
+
+    ``cpu_percent`` is its CPU use since the previous sample of the same process
+    (100 = one core; None for a process's first sample); ``rss_bytes`` its
+    resident memory now. Absent from runtimes that do not sample (and ignored
+    by servers that do not keep them).
+    """
+
+    version: Version = Field(description="the release the sampled process runs (its heartbeat)")
+    pid: int = Field(ge=0)
+    cpu_percent: float | None = Field(default=None, ge=0, le=100_000)
+    rss_bytes: int = Field(ge=0)
+    at: datetime
+
+
 class CheckinRequest(_Wire):
     """A device's periodic report: what is installed and how its last transaction went."""
 
@@ -102,6 +119,7 @@ class CheckinRequest(_Wire):
     agent_running: bool | None = None
     transaction: TransactionReport | None = None
     adoption: AdoptionReport | None = None
+    performance: PerformanceSample | None = None
 
 
 class CheckinResponse(_Wire):

@@ -73,6 +73,11 @@ class Layout(Protocol):
         """Make the previous release active again, exactly as it was (idempotent)."""
         ...
 
+    def clear_temporaries(self, plan: SwapPlan) -> None:
+        """Remove every temporary file a killed run of this transaction may have left in the
+        agent root (on recovery and when the journal closes)."""
+        ...
+
     def finish(self, plan: SwapPlan, keep: set[Version], cutoff: datetime) -> None:
         """After commit: drop leftovers, prune backups older than ``cutoff`` not in ``keep``."""
         ...

@@ -5,6 +5,13 @@ Backup copies every path the swap will touch to ``backup/<old version>/``
 files in one by one; before each rename the path is recorded in the journal,
 so rollback restores exactly the touched paths: from the backup when they
 existed before, by deleting them when they did not.
+
+Every file operation in the agent root goes through ``agent_runtime._nofollow``:
+no symbolic link inside the root is followed (the agent's user may plant one),
+and a staged file on another file system is copied beside its target and
+renamed in. Copies are written as ``.<name>.tmp-<pid>`` first; what a killed
+run left is removed by ``clear_temporaries`` (on recovery and when the journal
+closes) and by the rollback.
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent_runtime import faults
-from agent_runtime._fsutil import atomic_write_bytes, copy_durable, fsync_dir, remove_tree
+from agent_runtime._fsutil import atomic_write_bytes, fsync_dir, remove_tree
+from agent_runtime._nofollow import Entry, RootDir, check_no_links
 from agent_runtime.errors import LayoutError
 from agent_runtime.layouts.base import RecordTouch, SwapPlan
 from fleetbase.version import Version
@@ -81,21 +90,31 @@ class InPlaceLayout:
         return sorted(paths)
 
     def backup(self, plan: SwapPlan) -> None:
-        """Copy every path the swap may touch to ``backup/<old>/`` with an index, atomically."""
+        """Copy every path the swap may touch to ``backup/<old>/`` with an index, atomically.
+
+        Raises LinkRefusedError when ``backup`` or any touched path is a symbolic link:
+        refused before the swap, so nothing in the agent root has changed.
+        """
+        check_no_links(self.root, BACKUP_DIR)
         final = self.backup_dir(plan.old)
         parent = final.parent
         tmp = parent / f".{final.name}.tmp-{plan.txid}"
         remove_tree(tmp)
+        tmp.mkdir(parents=True)
         present: dict[str, int] = {}
         absent: list[str] = []
+        agent_root, copies = RootDir(self.root), RootDir(tmp)
         for rel in self._touched(plan):
-            src = self.root / rel
-            if src.is_file():
-                mode = src.stat().st_mode & 0o7777
-                copy_durable(src, tmp / "files" / rel, mode=mode)
-                present[rel] = mode
-            else:
-                absent.append(rel)
+            with agent_root.entry(rel) as src:
+                if src is None or not src.is_file():
+                    absent.append(rel)
+                    continue
+                fd = src.open_read()
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            with copies.entry(f"files/{rel}", create=True) as dest:
+                assert dest is not None
+                dest.copy_from(fd, mode)
+            present[rel] = mode
         index = {
             "txid": plan.txid,
             "version": None if plan.old is None else str(plan.old),
@@ -105,7 +124,7 @@ class InPlaceLayout:
         }
         atomic_write_bytes(tmp / "index.json", json.dumps(index, indent=1).encode())
         fsync_dir(tmp)
-        if final.exists():
+        if final.exists() or final.is_symlink():
             aside = parent / f".{final.name}.old-{plan.txid}"
             remove_tree(aside)
             os.replace(final, aside)
@@ -127,14 +146,18 @@ class InPlaceLayout:
             )
         return index
 
-    def _put_aside(self, target: Path) -> None:
-        aside = target.with_name(target.name + ASIDE_SUFFIX)
-        with contextlib.suppress(FileNotFoundError):
-            aside.unlink()
-        os.replace(target, aside)
+    @staticmethod
+    def _put_aside(target: Entry) -> None:
+        aside = target.name + ASIDE_SUFFIX
+        target.unlink(aside)
+        target.rename(aside)
 
     def swap(self, plan: SwapPlan, record: RecordTouch) -> None:
-        """Rename the staged files in one by one; remove files the new release drops."""
+        """Rename the staged files in one by one; remove files the new release drops.
+
+        Staged files on another file system than the agent root are copied beside
+        their target and renamed in. No symbolic link inside the agent root is followed.
+        """
         new_paths = {e.path for e in plan.new_files}
         removed = (
             []
@@ -143,56 +166,84 @@ class InPlaceLayout:
         )
         ops: list[tuple[str, FileEntry | None]] = [(e.path, e) for e in plan.new_files]
         ops += [(p, None) for p in removed]
+        root = RootDir(self.root)
         for n, (rel, entry) in enumerate(ops, start=1):
             record(rel)
-            target = self.root / rel
-            if entry is not None:
-                staged = plan.staged(entry)
-                if os.name == "posix":
-                    os.chmod(staged, entry.mode)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if self.rename_aside and target.exists():
-                    self._put_aside(target)
-                os.replace(staged, target)
-            elif target.exists():
-                if self.rename_aside:
-                    self._put_aside(target)
-                else:
-                    target.unlink()
-            fsync_dir(target.parent)
+            with root.entry(rel, create=entry is not None) as target:
+                if target is not None:
+                    present = target.lstat() is not None
+                    if entry is not None:
+                        staged = plan.staged(entry)
+                        if os.name == "posix":
+                            os.chmod(staged, entry.mode)
+                        if self.rename_aside and present:
+                            self._put_aside(target)
+                        target.replace_with(staged)
+                    elif present:
+                        if self.rename_aside:
+                            self._put_aside(target)
+                        else:
+                            target.unlink()
+                    target.sync()
             faults.hit(f"swap.file:{n}")
 
     def rollback(self, plan: SwapPlan, touched: Sequence[str]) -> None:
-        """Restore every touched path from the backup (or remove it if it did not exist)."""
+        """Restore every touched path from the backup (or remove it if it did not exist);
+        temporary copies a killed earlier attempt left are removed first."""
         if not touched:
             return
         index = self._index(plan)
         present = index.get("present")
         if not isinstance(present, dict):
             raise LayoutError("backup index has no 'present' mapping")
-        files = self.backup_dir(plan.old) / "files"
-        for rel in touched:
-            target = self.root / rel
-            if rel in present:
-                if self.rename_aside and target.exists():
-                    self._put_aside(target)
-                copy_durable(files / rel, target, mode=int(present[rel]))
-            else:
-                with contextlib.suppress(FileNotFoundError):
+        root, files = RootDir(self.root), RootDir(self.backup_dir(plan.old) / "files")
+        for n, rel in enumerate(touched, start=1):
+            with root.entry(rel, create=rel in present) as target:
+                if target is None:
+                    continue
+                for name in target.temporaries():
+                    target.unlink(name)
+                if rel in present:
+                    if self.rename_aside and target.lstat() is not None:
+                        self._put_aside(target)
+                    with files.entry(rel) as copy:
+                        if copy is None:
+                            raise LayoutError(f"{self.backup_dir(plan.old)}: {rel} is missing")
+                        fd = copy.open_read()
+                    target.copy_from(
+                        fd, int(present[rel]), before_rename=_fault(f"rollback.file:{n}")
+                    )
+                else:
                     target.unlink()
-                fsync_dir(target.parent)
+                    target.sync()
+
+    def clear_temporaries(self, plan: SwapPlan) -> None:
+        """Remove temporary copies (``.<name>.tmp-<pid>``) that killed runs left beside the
+        paths this transaction touches, and its interrupted backup directories."""
+        root = RootDir(self.root)
+        for rel in self._touched(plan):
+            with root.entry(rel) as target:
+                if target is not None:
+                    for name in target.temporaries():
+                        target.unlink(name)
+        if _is_dir(self.root / BACKUP_DIR):
+            name = self.backup_dir(plan.old).name
+            for left in (f".{name}.tmp-{plan.txid}", f".{name}.old-{plan.txid}"):
+                remove_tree(self.root / BACKUP_DIR / left)
 
     def _drop_aside(self, plan: SwapPlan) -> None:
+        root = RootDir(self.root)
         for rel in self._touched(plan):
-            with contextlib.suppress(OSError):  # Windows: may still be locked; next time then
-                (self.root / (rel + ASIDE_SUFFIX)).unlink()
+            with contextlib.suppress(OSError), root.entry(rel) as target:
+                if target is not None:  # Windows: may still be locked; next time then
+                    target.unlink(target.name + ASIDE_SUFFIX)
 
     def finish(self, plan: SwapPlan, keep: set[Version], cutoff: datetime) -> None:
         """Remove ``.old`` files and backups older than ``cutoff`` whose version is not kept."""
         self._drop_aside(plan)
         keep_names = {_backup_name(v) for v in keep}
         base = self.root / BACKUP_DIR
-        if not base.is_dir():
+        if not _is_dir(base):  # absent, or a link the runtime does not follow
             return
         for d in base.iterdir():
             if d.name.startswith("."):
@@ -212,3 +263,15 @@ class InPlaceLayout:
     def discard(self, plan: SwapPlan) -> None:
         """After a rollback: remove ``.old`` files left by the rename-aside swap."""
         self._drop_aside(plan)
+
+
+def _is_dir(path: Path) -> bool:
+    """True for a real directory (a symbolic link to one is not)."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _fault(point: str) -> Callable[[], None]:
+    return lambda: faults.hit(point)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from agent_runtime import faults
 from agent_runtime._fsutil import atomic_write_bytes, fsync_dir, move_durable, remove_tree
+from agent_runtime._nofollow import RootDir, check_no_links
 from agent_runtime.errors import LayoutError
 from agent_runtime.layouts.base import RecordTouch, SwapPlan
 from fleetbase.version import Version, VersionError
@@ -107,8 +108,14 @@ class VersionedLayout:
     def _tmp(self, plan: SwapPlan) -> Path:
         return self.releases / f".{plan.new}.tmp-{plan.txid}"
 
+    def _check_links(self, plan: SwapPlan) -> None:
+        """LinkRefusedError when ``releases`` or the target's directory is a symbolic link."""
+        check_no_links(self.root, f"{RELEASES_DIR}/{plan.new}")
+
     def backup(self, plan: SwapPlan) -> None:
-        """Nothing to copy: check that the installed release's directory is intact."""
+        """Nothing to copy: check that the installed release's directory is intact (and that
+        no symbolic link stands where the swap will write)."""
+        self._check_links(plan)
         old_dir = self.releases / str(plan.old)
         if plan.old is not None and self.current_version() is not None and not old_dir.is_dir():
             raise LayoutError(
@@ -118,6 +125,7 @@ class VersionedLayout:
 
     def swap(self, plan: SwapPlan, record: RecordTouch) -> None:
         """Move the staged files into ``releases/<new>``, then flip the pointer."""
+        self._check_links(plan)
         record(f"{RELEASES_DIR}/{plan.new}")
         tmp = self._tmp(plan)
         remove_tree(tmp)
@@ -150,6 +158,15 @@ class VersionedLayout:
         remove_tree(self._tmp(plan))
         if self.releases.is_dir():
             fsync_dir(self.releases)
+
+    def clear_temporaries(self, plan: SwapPlan) -> None:
+        """Remove pointer temporaries (``.current.tmp-<pid>``) killed runs left in the root."""
+        root = RootDir(self.root)
+        for name in (SYMLINK, POINTER_FILE):
+            with root.entry(name) as pointer:
+                assert pointer is not None
+                for left in pointer.temporaries():
+                    pointer.unlink(left)
 
     def finish(self, plan: SwapPlan, keep: set[Version], cutoff: datetime) -> None:
         """Drop a replaced copy; prune release directories older than ``cutoff`` not kept."""

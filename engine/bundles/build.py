@@ -47,6 +47,8 @@ PROJECT = "fleet-rollout"
 #: What the wheel is built from: pyproject's metadata and the packages it lists.
 _SOURCE_FILES = ("pyproject.toml", "README.md")
 _SOURCE_PACKAGES = ("fleetbase", "states", "inventory", "engine", "agent_runtime")
+#: Under the copied tree: what the runtime's wheel leaves out.
+_DASHBOARD_VENDOR = Path("engine/server/dashboard/static/vendor")
 #: Lines of pip's output quoted when it fails.
 _PIP_TAIL = 12
 
@@ -164,6 +166,9 @@ def _runtime_requirement(options: BuildOptions, tmp: Path, progress: Progress) -
             copy / package,
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )
+    # The dashboard's vendored assets (3 MB of Swagger UI and ReDoc) serve no purpose on a
+    # device, which never runs engine serve: left out of the runtime's wheel.
+    shutil.rmtree(copy / _DASHBOARD_VENDOR, ignore_errors=True)
     wheels = tmp / "wheel"
     _pip(
         ["wheel", "--no-deps", "--wheel-dir", str(wheels), str(copy)],

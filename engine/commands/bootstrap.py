@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.commands._args import add_store_options
 from engine.errors import EngineError
+from fleetbase.duration import parse_duration
 from inventory.errors import InventoryError
 
 if TYPE_CHECKING:
@@ -24,89 +25,120 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "bootstrap",
         help="install the runtime over SSH on Linux/macOS devices that have none yet",
         description="Connect to each selected device with inventory ssh settings (host keys "
-        "checked against known_hosts), upload the bootstrap script and the runtime bundle, "
-        "and run the script offline. Devices whose report names a runtime are skipped. "
-        "Exit 1 when any host failed. See docs/ssh.md.",
+        "checked against known_hosts), issue it a single-use invite code, upload the "
+        "installer GET /install/<platform> serves and the runtime bundle, and run the "
+        "installer offline. Devices whose report names a runtime are skipped. Exit 1 when "
+        "any host failed. See docs/ssh.md.",
     )
-    p.add_argument("-C", dest="directory", type=Path, default=Path("."), metavar="DIR")
+    add_store_options(p)
     p.add_argument("--group", metavar="G", help="only devices of this group")
     p.add_argument("--device", action="append", metavar="D", help="only this device (repeatable)")
     p.add_argument("--forks", type=int, default=10, metavar="N", help="hosts at once (10)")
     p.add_argument("--accept-new", action="store_true", help="record unknown host keys")
     p.add_argument("--known-hosts", type=Path, metavar="FILE", help="known_hosts for every host")
-    p.add_argument("--script", type=Path, metavar="FILE", required=True,
-                   help="the bootstrap script (as served at GET /install/<platform>)")  # fmt: skip
+    p.add_argument("--server", metavar="URL",
+                   help="engine serve as devices reach it (default: server_url)")  # fmt: skip
+    p.add_argument("--invite-ttl", default="1h", metavar="DURATION",
+                   help="how long each device's invite code works (default 1h)")  # fmt: skip
+    p.add_argument("--service", choices=["systemd", "launchd", "none"],
+                   help="the runtime's OS service (default: what the host runs)")  # fmt: skip
+    p.add_argument("--agent-service", choices=["systemd", "launchd", "process"],
+                   help="how the runtime restarts the agent (default: the OS's)")  # fmt: skip
+    p.add_argument("--prefix", metavar="DIR",
+                   help="the runtime's venv on the host, config and state under it "
+                   "({device} is replaced; default the platform's standard place)")  # fmt: skip
+    p.add_argument("--script", type=Path, metavar="FILE",
+                   help="run this installer instead of the one engine serve hands out "
+                   "(e.g. a reviewed copy of GET /install/<platform>)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="also hosts that report a runtime")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    p.add_argument("--state", metavar="URL", help="store URL (default as for engine plan)")
     p.set_defaults(func=run)
 
 
-def _invite(root: Path) -> Callable[[str], str]:
-    """The enrollment code issuer for each device.
-
-    Seam: until single-use invite codes (`engine devices invite`) are in the store,
-    every device gets the fleet's enrollment secret.
-    """
-    from engine.server.credentials import (
-        ENROLLMENT_SECRET_FILE,
-        ENV_ENROLLMENT_SECRET,
-        load_credential,
-    )
-
-    secret = load_credential(root, ENV_ENROLLMENT_SECRET, ENROLLMENT_SECRET_FILE, create=False)
-    return lambda _device: secret.value
+def _installer_args(args: argparse.Namespace, server: str) -> tuple[str, ...]:
+    out = ["--server", server]
+    for option, value in (("--service", args.service), ("--agent-service", args.agent_service),
+                          ("--prefix", args.prefix)):  # fmt: skip
+        if value is not None:
+            out += [option, value]
+    return tuple(out)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `engine bootstrap`; 0 when every selected host succeeded."""
-    from engine.server.errors import CredentialError
-    from engine.ssh.bootstrap import BootstrapOptions, bootstrap_hosts, render_results
+    from engine.install.render import installer_script, pinned_keys
+    from engine.service.repo import load_repo, open_store
+    from engine.ssh.bootstrap import BootstrapOptions, bootstrap_hosts, issue_codes, render_results
     from engine.ssh.targets import ssh_targets
-    from engine.store import Store, resolve_state_url
     from fleetbase.platform import Platform
-    from inventory.loader import load_operator_repo
     from inventory.membership import groups_of
 
     root = args.directory.resolve()
     try:
-        repo = load_operator_repo(root)
+        ttl = parse_duration(args.invite_ttl)
+    except ValueError as e:
+        print(f"engine bootstrap: --invite-ttl: {e}", file=sys.stderr)
+        return 1
+    try:
+        repo = load_repo(root)
         inv = repo.inventory
         if args.group is not None and args.group not in inv.groups:
             raise EngineError(f"no group {args.group!r} in the inventory")
         for d in args.device or []:
             if d not in inv.devices:
                 raise EngineError(f"no device {d!r} in the inventory")
+        server = args.server or repo.settings.server_url
+        if not server:
+            raise EngineError(
+                "devices enroll with engine serve: pass --server URL or set server_url in "
+                "engine.yaml"
+            )
+        try:
+            keys = pinned_keys(root, repo.settings.trusted_keys)
+        except ValueError as e:
+            raise EngineError(str(e)) from e
+        if not keys:
+            raise EngineError(
+                "engine.yaml names no trusted_keys: no runtime bundle would be trusted; add "
+                "the public files of the bundle and release signing keys there"
+            )
+        unix = (Platform.LINUX, Platform.MACOS)
+        if args.script is not None:
+            if not args.script.is_file():
+                raise EngineError(f"{args.script}: no such installer script")
+            scripts = dict.fromkeys(unix, args.script.read_text(encoding="utf-8"))
+        else:
+            scripts = {p: installer_script(server, keys, p) for p in unix}
         chosen = [
             d
             for d, dev in sorted(inv.devices.items())
-            if dev.platform in (Platform.LINUX, Platform.MACOS)
+            if dev.platform in unix
             and (args.group is None or args.group in groups_of(inv, d))
             and (not args.device or d in args.device)
         ]
         targets, _ = ssh_targets(repo, chosen, known_hosts=args.known_hosts)
-        if not args.force:
-            url = resolve_state_url(root, args.state, repo.settings.state)
-            with Store.open(url) as store:
+        with open_store(repo, args.state) as store:
+            if not args.force:
                 reports = store.load_reports()
-            targets = {
-                d: t
-                for d, t in targets.items()
-                if d not in reports or not reports[d].runtime_version
-            }
-        if not args.script.is_file():
-            raise EngineError(f"{args.script}: no such bootstrap script")
+                targets = {
+                    d: t
+                    for d, t in targets.items()
+                    if d not in reports or not reports[d].runtime_version
+                }
+            codes = issue_codes(store, sorted(targets), ttl)
         options = BootstrapOptions(
-            script=args.script,
-            bundles_dir=root / ".engine" / "runtime-bundles",
-            invite=_invite(root),
+            script=scripts.__getitem__,
+            bundles_dir=root / repo.settings.runtime_bundles,
+            trusted_keys=keys,
+            invite=codes.__getitem__,
             accept_new=args.accept_new,
+            extra_args=_installer_args(args, server),
         )
     except InventoryError as e:
         print(f"engine bootstrap: the operator repo {root} has problems:", file=sys.stderr)
         print(e.render(), file=sys.stderr)
         return 1
-    except (EngineError, CredentialError) as e:
+    except EngineError as e:
         print(f"engine bootstrap: {e}", file=sys.stderr)
         return 1
     if not targets:

@@ -1,10 +1,11 @@
-"""`engine devices enroll|invite|list|revoke`: the device registry, directly in the store.
+"""`engine devices enroll|invite|list|show|revoke`: the device registry, directly in the store.
 
 ``enroll DEVICE --platform P`` registers a device and prints its new token
 once (for provisioning a device without the fleet secret, or to readmit a
 revoked one); ``invite DEVICE`` prints a single-use enrollment code for the
 device's installer (stored hashed, with an expiry); ``revoke DEVICE`` makes
-its token stop working; ``list`` shows every device. These work with the
+its token stop working; ``list`` shows every device; ``show DEVICE`` its report,
+heartbeat, transaction, rollouts and event timeline. These work with the
 server down; a running server notices a revocation made here within its token
 cache time (5 s).
 """
@@ -29,7 +30,7 @@ EXIT_ERROR = 1
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `devices` subcommand with `enroll`, `invite`, `list` and `revoke`."""
+    """Add the `devices` subcommand with `enroll`, `invite`, `list`, `show` and `revoke`."""
     parser = subparsers.add_parser(
         "devices",
         help="enroll, list or revoke devices of engine serve",
@@ -76,6 +77,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     lst.add_argument("--json", action="store_true", help="print one JSON list on stdout")
     add_store_options(lst)
     lst.set_defaults(func=run_list)
+
+    show = actions.add_parser(
+        "show",
+        help="show a device's report, heartbeat, transaction, rollouts and event timeline",
+        description="Show what the store knows about DEVICE: its last report and heartbeat, "
+        "its current or last update transaction, its state in each rollout (and why), and "
+        "the timeline of its step events with each step's detail, newest first.",
+    )
+    show.add_argument("device", metavar="DEVICE")
+    show.add_argument("--json", action="store_true", help="print one JSON document")
+    add_store_options(show)
+    show.set_defaults(func=run_show)
 
     revoke = actions.add_parser(
         "revoke",
@@ -159,6 +172,26 @@ def run_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_show(args: argparse.Namespace) -> int:
+    """Print one device's state and its event timeline."""
+    from rich.console import Console
+
+    from engine.forensics_render import render_device
+    from engine.service.forensics import read_device
+
+    try:
+        store = _open(args)
+        with store:
+            detail = read_device(store, args.device)
+    except EngineError as e:
+        return _error(str(e))
+    if args.json:
+        print(detail.model_dump_json(indent=2))
+        return EXIT_OK
+    Console(highlight=False).print(render_device(detail))
+    return EXIT_OK
+
+
 def run_list(args: argparse.Namespace) -> int:
     """Print every enrolled or reporting device."""
     from engine.server.registry import list_devices
@@ -176,10 +209,16 @@ def run_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no devices")
         return EXIT_OK
-    header = f"{'DEVICE':30} {'PLATFORM':8} {'VERSION':10} {'LAST CHECK-IN':26} STATE"
+    header = (
+        f"{'DEVICE':30} {'PLATFORM':8} {'VERSION':10} {'ADOPTED':10} {'LAST CHECK-IN':26} STATE"
+    )
     print(header)
     for d in rows:
         state = "revoked" if d.revoked_at else ("enrolled" if d.enrolled else "not enrolled")
         seen = d.last_seen.isoformat(timespec="seconds") if d.last_seen else "-"
-        print(f"{d.device:30} {d.platform or '-':8} {d.agent_version or '-':10} {seen:26} {state}")
+        adopted = d.adopted() or "-"
+        print(
+            f"{d.device:30} {d.platform or '-':8} {d.agent_version or '-':10} {adopted:10} "
+            f"{seen:26} {state}"
+        )
     return EXIT_OK

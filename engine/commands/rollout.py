@@ -40,12 +40,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run `engine rollout ACTION ID`; 0 when done, 1 when refused."""
-    from engine.rollouts import abort_rollout, pause_rollout, resolve_rollout, resume_rollout
+    from engine.rollouts import RolloutAction, act_on_rollout, resolve_rollout
     from engine.store import Store
 
-    action = {"pause": pause_rollout, "resume": resume_rollout, "abort": abort_rollout}[
-        args.rollout_action
-    ]
+    action = RolloutAction(args.rollout_action)
     try:
         by = getpass.getuser()
     except (KeyError, OSError):
@@ -53,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Store.open(state_url(args.directory, args.state)) as store, store.write() as conn:
             rollout_id = resolve_rollout(conn, args.rollout)
-            action(conn, rollout_id, datetime.now(UTC), by=by)
+            act_on_rollout(conn, rollout_id, action, datetime.now(UTC), by=by)
     except EngineError as e:
         print(f"engine rollout {args.rollout_action}: {e}", file=sys.stderr)
         return EXIT_ERROR

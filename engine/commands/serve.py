@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 
 ENV_WEBHOOK_SECRET = "ENGINE_WEBHOOK_SECRET"
+#: prometheus_client's multiprocess directory (``--workers`` > 1); see _metrics_dir.
+ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger("engine.server")
 
@@ -74,11 +78,46 @@ def _error(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    if args.workers < 1:
+        return _error("--workers must be at least 1")
+    try:
+        metrics_dir = _metrics_dir(args.workers)
+    except OSError as e:
+        return _error(f"cannot prepare ${ENV_MULTIPROC_DIR}: {e}")
+    try:
+        return _run(args)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir(workers: int) -> Path | None:
+    """Set up prometheus_client's multiprocess mode for ``workers`` > 1, before it is imported.
+
+    Every process (workers and this one, which runs the controller) writes its
+    counters to files in ``$PROMETHEUS_MULTIPROC_DIR``, and ``/metrics`` sums
+    them. An operator's directory is used, emptied of the last run's files;
+    else a temporary one is made: the directory this returns, removed at exit.
+    """
+    if workers == 1:
+        os.environ.pop(ENV_MULTIPROC_DIR, None)
+        return None
+    given = os.environ.get(ENV_MULTIPROC_DIR)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    made = Path(tempfile.mkdtemp(prefix="engine-metrics-"))
+    os.environ[ENV_MULTIPROC_DIR] = str(made)
+    return made
+
+
+def _run(args: argparse.Namespace) -> int:
     from engine.server.bootstrap import ServeOptions, build_server, options_to_env, setup_logging
 
     setup_logging(args.log_level)
-    if args.workers < 1:
-        return _error("--workers must be at least 1")
     options = ServeOptions(
         root=str(Path(args.directory).absolute()),
         state=args.state,
@@ -116,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine serve: store {settings.store.display_url}", flush=True)
     print(f"engine serve: admin token in {built.admin.origin}", flush=True)
     print(f"engine serve: enrollment secret in {built.enrollment.origin}", flush=True)
+    print(f"engine serve: metrics token in {built.metrics.origin}", flush=True)
     # uvicorn handles SIGTERM/SIGINT itself, then raises the signal again once it
     # has shut down: these handlers take it so that the cleanup below still runs.
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Filled in by the server (engine/server/_install_api.py); never a secret.
+# Filled in by engine/install/render.py (served or pushed over SSH); never a secret.
 SERVER_URL = ""
 PINNED_KEYS: list[str] = []
 PLATFORM = ""
@@ -461,7 +461,12 @@ def parse_args(argv: list[str] | None, host: Host) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="install.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", required=True, help="this device's id in the inventory")
-    p.add_argument("--code", help="the invite code from `engine devices invite DEVICE`")
+    code = p.add_mutually_exclusive_group()
+    code.add_argument("--code", help="the invite code from `engine devices invite DEVICE`")
+    code.add_argument(
+        "--code-file",
+        help="a file holding the invite code (read, then deleted: keeps it out of `ps`)",
+    )
     p.add_argument("--server", default=SERVER_URL, help=f"engine server URL (default {SERVER_URL})")
     p.add_argument("--agent-root", help="where the agent's files are (default: the field's)")
     p.add_argument(
@@ -482,7 +487,15 @@ def parse_args(argv: list[str] | None, host: Host) -> argparse.Namespace:
     p.add_argument("--pinned-key", action="append", help="trust this key (default: the server's)")
     p.add_argument("--uninstall", action="store_true", help="remove the runtime, keep the agent")
     p.add_argument("--json", action="store_true", help="print one JSON result document")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.code_file:
+        try:
+            with open(args.code_file, encoding="utf-8") as f:
+                args.code = f.read().strip()
+            os.unlink(args.code_file)
+        except OSError as e:
+            p.error(f"--code-file {args.code_file}: {e.strerror or e}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,13 @@ from engine.rollouts.controller import RolloutController, TickEvent
 from engine.rollouts.errors import RolloutError, RolloutNotFoundError, RolloutStateError
 from engine.rollouts.model import DeviceState, RolloutState, Timings
 from engine.rollouts.offers import Offer, offer_for_device, release_ref, server_release_ref
-from engine.rollouts.ops import abort_rollout, pause_rollout, resume_rollout
+from engine.rollouts.ops import (
+    RolloutAction,
+    abort_rollout,
+    act_on_rollout,
+    pause_rollout,
+    resume_rollout,
+)
 from engine.rollouts.record import ApplyResult, RecordedRollout, record_rollouts
 from engine.rollouts.status import (
     FleetStatus,
@@ -29,6 +35,7 @@ __all__ = [
     "FleetStatus",
     "Offer",
     "RecordedRollout",
+    "RolloutAction",
     "RolloutController",
     "RolloutError",
     "RolloutNotFoundError",
@@ -40,6 +47,7 @@ __all__ = [
     "WaveStatus",
     "WebhookSender",
     "abort_rollout",
+    "act_on_rollout",
     "fleet_status",
     "fleet_versions",
     "in_window",

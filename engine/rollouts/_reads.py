@@ -5,16 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, or_, select
 
 from engine.rollouts.model import LIVE_ROLLOUT_STATES, DeviceState, RolloutState
-from engine.rollouts.policy import DeviceObservation, WaveStateCount
-from engine.store.schema import heartbeats, releases, reports, rollout_devices, rollouts
+from engine.rollouts.policy import DeviceObservation, Usage, WaveStateCount
+from engine.store.schema import (
+    heartbeats,
+    performance,
+    releases,
+    reports,
+    rollout_devices,
+    rollouts,
+)
 
 __all__ = [
     "GateRow",
     "JudgedDevice",
+    "WatchedDevice",
     "busy_devices",
     "devices_to_judge",
     "gate_rows",
@@ -22,8 +31,10 @@ __all__ = [
     "live_rollout_ids",
     "nudge_targets",
     "offer_candidates",
+    "regression",
     "release_recorded",
     "rolled_out_devices",
+    "watched_devices",
     "wave_state_counts",
 ]
 
@@ -243,3 +254,88 @@ def offer_candidates(
         .limit(limit)
     )
     return [(str(d), v if rv is not None else None) for d, v, rv in rows]
+
+
+@dataclass(frozen=True)
+class WatchedDevice:
+    """A device on the release whose agent's cost is compared with its previous release's."""
+
+    device: str
+    state: DeviceState  # in_progress or succeeded
+    from_version: str
+    before: Usage | None
+    after: Usage | None
+
+
+def _usage(version: str, row: Sequence[Any], *, latest: bool) -> Usage | None:
+    """A ``performance`` row's figures (None: no samples): the latest RSS for the release
+    judged, the mean for the one before."""
+    samples, cpu_samples, cpu_sum, rss_sum, rss_last = row
+    if not samples:
+        return None
+    return Usage(
+        version=version,
+        samples=int(samples),
+        cpu_percent=float(cpu_sum) / int(cpu_samples) if cpu_samples else None,
+        rss_bytes=float(rss_last) if latest else float(rss_sum) / int(samples),
+    )
+
+
+def watched_devices(
+    conn: Connection, rollout_id: int, release: str, since: datetime
+) -> list[WatchedDevice]:
+    """Devices of the rollout that took ``release`` and finished after ``since`` (or are
+    still updating), with their agent's usage on the release and on the one before."""
+    rd = rollout_devices
+    new = performance.alias("new")
+    old = performance.alias("old")
+    columns = ("samples", "cpu_samples", "cpu_sum", "rss_sum", "rss_last")
+    rows = conn.execute(
+        select(
+            rd.c.device,
+            rd.c.state,
+            rd.c.from_version,
+            *[new.c[c] for c in columns],
+            *[old.c[c] for c in columns],
+        )
+        .select_from(
+            rd.join(new, and_(new.c.device == rd.c.device, new.c.version == release)).outerjoin(
+                old, and_(old.c.device == rd.c.device, old.c.version == rd.c.from_version)
+            )
+        )
+        .where(
+            rd.c.rollout_id == rollout_id,
+            rd.c.from_version.is_not(None),
+            rd.c.attempts > 0,
+            or_(
+                rd.c.state == DeviceState.IN_PROGRESS.value,
+                and_(rd.c.state == DeviceState.SUCCEEDED.value, rd.c.finished_at > since),
+            ),
+        )
+    ).all()
+    return [
+        WatchedDevice(
+            device=row[0],
+            state=DeviceState(row[1]),
+            from_version=row[2],
+            after=_usage(release, row[3:8], latest=True),
+            before=_usage(row[2], row[8:13], latest=False),
+        )
+        for row in rows
+    ]
+
+
+def regression(conn: Connection, rollout_id: int, wave: int) -> tuple[str, str] | None:
+    """(device, reason) of a device of ``wave`` failed by the performance policy, or None."""
+    rd = rollout_devices
+    row = conn.execute(
+        select(rd.c.device, rd.c.reason)
+        .where(
+            rd.c.rollout_id == rollout_id,
+            rd.c.wave == wave,
+            rd.c.state == DeviceState.REGRESSED.value,
+        )
+        .order_by(rd.c.finished_at, rd.c.device)
+        .limit(1)
+    ).first()
+    return None if row is None else (str(row.device), str(row.reason or ""))

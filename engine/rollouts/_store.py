@@ -121,6 +121,8 @@ def move_rollout(
         values["finished_at"] = now
     if to is RolloutState.COMPLETED:
         values["completed_at"] = now
+    elif to is RolloutState.HALTED:
+        values["completed_at"] = None  # halted during its soak: it no longer counts as completed
     done = conn.execute(
         update(rollouts)
         .where(rollouts.c.id == rollout_id, rollouts.c.state == state.value)

@@ -10,22 +10,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
+from engine.instruments import instruments
 from engine.rollouts import _reads, _store
 from engine.rollouts._store import RolloutRow
 from engine.rollouts.model import LIVE_ROLLOUT_STATES, DeviceState, RolloutState, Timings
 from engine.rollouts.policy import (
     GateOutcome,
     GateView,
+    Trip,
     WaveStep,
     choose_offers,
     count_waves,
     gate_soaked_at,
     judge_device,
     judge_gates,
+    judge_performance,
     retry_after,
     rollback_version,
     tripped,
@@ -43,6 +46,11 @@ _log = logging.getLogger("engine.rollouts.controller")
 
 #: A rollout state the operator is told about (webhook), with its reason.
 Notice = tuple[RolloutState, str]
+
+#: Rollouts whose devices' CPU and memory are compared with their previous release's.
+_WATCHED = frozenset({RolloutState.ACTIVE, RolloutState.PAUSED, RolloutState.COMPLETED})
+#: Devices are watched at least this long after they took the release, even without soak.
+PERFORMANCE_WATCH = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ def tick_rollout(
     policy = settings.policy(r.policy)
     state = r.state
     _judge(conn, r, timings, now)
+    if state in _WATCHED and (policy.max_cpu_increase or policy.max_rss_increase):
+        _watch_performance(conn, r, policy, now)
     _store.move_devices(
         conn,
         [rollout_id],
@@ -80,19 +90,26 @@ def tick_rollout(
         offered_at=None,
     )
     notices: list[Notice] = []
-    if state is RolloutState.ACTIVE:
+    if state is RolloutState.ACTIVE or _soaking(r, policy, now):
         counts = _reads.wave_state_counts(conn, rollout_id, r.resumed_at)
         trip = tripped(count_waves(counts, len(policy.waves)), r.current_wave, policy)
+        found = None if trip is None else _reads.regression(conn, rollout_id, trip.wave)
+        if trip is not None and found is not None:
+            trip = Trip(trip.wave, f"{trip.reason}; {found[0]}: {found[1]}")
+        if state is RolloutState.COMPLETED and found is None:
+            trip = None  # a completed rollout halts only on a performance failure
         if trip is not None:
             event = (
-                RolloutEvent.PAUSE if policy.on_failure is OnFailure.PAUSE else RolloutEvent.HALT
+                RolloutEvent.PAUSE
+                if policy.on_failure is OnFailure.PAUSE and state is RolloutState.ACTIVE
+                else RolloutEvent.HALT
             )
             state = _store.move_rollout(conn, rollout_id, state, event, reason=trip.reason, now=now)
             if state is RolloutState.HALTED:
                 _plan_rollbacks(conn, r, now)
             _store.unoffer_devices(conn, rollout_id, now)
             notices.append((state, trip.reason))
-        else:
+        elif state is RolloutState.ACTIVE:
             rd = rollout_devices
             _store.move_devices(
                 conn,
@@ -247,6 +264,55 @@ def _plan_rollbacks(conn: Connection, r: RolloutRow, now: datetime) -> None:
             target=target,
             now=now,
         )
+
+
+def _soaking(r: RolloutRow, policy: RolloutPolicy, now: datetime) -> bool:
+    """A completed rollout within its soak: its devices' CPU and memory are still watched,
+    and a performance failure that crosses max_failure_rate halts it (a waiting
+    ``after`` rollout then halts too)."""
+    done = r.finished_at
+    return (
+        r.state is RolloutState.COMPLETED
+        and bool(policy.max_cpu_increase or policy.max_rss_increase)
+        and done is not None
+        and now < done + policy.soak
+    )
+
+
+# -- performance impact -------------------------------------------------------------------
+
+
+def _watch_performance(
+    conn: Connection, r: RolloutRow, policy: RolloutPolicy, now: datetime
+) -> None:
+    """Fail devices whose agent's CPU or memory on the release exceeds the policy's limits
+    over their previous release: they go back to it (their check-ins get a rollback plan)
+    and count against the failure rate. Watched from taking the release until its soak
+    (at least ``PERFORMANCE_WATCH``) ends."""
+    since = now - max(policy.soak, PERFORMANCE_WATCH)
+    for d in _reads.watched_devices(conn, r.id, r.release, since):
+        found = judge_performance(d.before, d.after, policy)
+        if found is None:
+            continue
+        back = d.from_version
+        if _reads.release_recorded(conn, back):
+            reason = f"{found.reason}; back to {back}"
+        else:
+            reason = f"{found.reason}; no manifest of {back} recorded to roll back to"
+        _store.move_device(
+            conn,
+            r.id,
+            d.device,
+            d.state,
+            DeviceEvent.REGRESS,
+            now=now,
+            reason=reason,
+            rollback_to=back,
+            finished_at=now,
+            retry_at=None,
+        )
+        instruments().performance_failures.labels(r.release, found.resource).inc()
+        _log.info("rollout %s: %s failed: %s", r.name, d.device, reason)
 
 
 # -- slots and waves ----------------------------------------------------------------------

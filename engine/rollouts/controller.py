@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
+from engine.instruments import instruments
 from engine.rollouts import _reads
 from engine.rollouts._lease import LeaderLock
 from engine.rollouts._tick import TickSettings, tick_rollout
@@ -118,6 +119,10 @@ class RolloutController:
         self.events = []
         if not self.lock.acquire():
             return
+        with instruments().tick_duration.time():
+            self._tick_rollouts()
+
+    def _tick_rollouts(self) -> None:
         now = self.clock()
         with self.store.read() as conn:
             ids = _reads.live_rollout_ids(conn)

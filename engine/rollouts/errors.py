@@ -5,6 +5,7 @@ from __future__ import annotations
 from engine.errors import EngineError
 
 __all__ = [
+    "DeviceNotFoundError",
     "IllegalTransitionError",
     "LeaseLostError",
     "RolloutError",
@@ -27,6 +28,10 @@ class RolloutStateError(RolloutError):
 
 class IllegalTransitionError(RolloutStateError):
     """A state change the transition tables do not allow (a programming mistake)."""
+
+
+class DeviceNotFoundError(RolloutError):
+    """No device has the id given (never enrolled, reported or rolled out to)."""
 
 
 class LeaseLostError(RolloutError):

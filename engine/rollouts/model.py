@@ -57,6 +57,9 @@ class DeviceState(StrEnum):
     SUCCEEDED = "succeeded"  # runs the release and heartbeats (or already did at apply)
     FAILED = "failed"  # the attempt failed; retried at retry_at while attempts remain
     TIMED_OUT = "timed_out"  # went silent after taking the plan; counts as failed
+    #: runs the release but its agent's CPU or memory grew past max_cpu/rss_increase:
+    #: counts as failed, and its check-ins get a rollback plan until it is back
+    REGRESSED = "regressed"
     ROLLBACK = "rollback"  # the rollout halted: its next check-in gets a rollback plan
     ROLLING_BACK = "rolling_back"  # took the rollback plan
     ROLLED_BACK = "rolled_back"  # back on its previous release
@@ -72,6 +75,7 @@ TERMINAL_DEVICE_STATES = frozenset(
         DeviceState.SUCCEEDED,
         DeviceState.FAILED,
         DeviceState.TIMED_OUT,
+        DeviceState.REGRESSED,
         DeviceState.ROLLED_BACK,
         DeviceState.ROLLBACK_FAILED,
         DeviceState.EXCLUDED,
@@ -96,7 +100,7 @@ OPEN_DEVICE_STATES = frozenset(
 )
 
 #: States that count against a wave's failure rate.
-FAILED_STATES = frozenset({DeviceState.FAILED, DeviceState.TIMED_OUT})
+FAILED_STATES = frozenset({DeviceState.FAILED, DeviceState.TIMED_OUT, DeviceState.REGRESSED})
 
 #: States that do not count in a wave's size.
 NOT_COUNTED_STATES = frozenset(

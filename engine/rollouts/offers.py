@@ -49,6 +49,7 @@ _WANTED = [
     DeviceState.OFFERED.value,
     DeviceState.IN_PROGRESS.value,
     DeviceState.ROLLBACK.value,
+    DeviceState.REGRESSED.value,
 ]
 _LIVE = [
     RolloutState.ACTIVE.value,
@@ -359,6 +360,9 @@ def decide_offer(
       failure (a lost answer must not strand it);
     - a rollback to the release it came from when its rollout halted, also
       only inside the window (a ``take`` too);
+    - a rollback to the release it came from when the performance policy failed
+      it (``regressed``), at every check-in inside the window until it reports
+      that release (like an update in progress, a lost answer must not strand it);
     - nothing otherwise: pinned and excluded devices, paused, aborted and
       superseded rollouts, closed windows. When the device is in several
       live rollouts, the one of the highest group priority (then the newest)
@@ -425,4 +429,18 @@ def decide_offer(
             device, row=row, info=info, current=current, action=Action.ROLLBACK, reason=reason
         )
         return Decision(Offer(plan, info.ref), take)
+    if state == DeviceState.REGRESSED.value:
+        if row.rollback_to is None or not in_window(_window(row.maintenance_window), now):
+            return _NOTHING
+        info = _release(conn, row.rollback_to)
+        if info is None or (current is not None and current == info.ref.version):
+            return _NOTHING
+        reason = (
+            f"rollout {row.name}: {row.release} exceeded the performance policy: "
+            f"back to {info.ref.version}"
+        )
+        plan = _plan(
+            device, row=row, info=info, current=current, action=Action.ROLLBACK, reason=reason
+        )
+        return Decision(Offer(plan, info.ref))
     return _NOTHING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Connection
 
@@ -12,7 +13,7 @@ from engine.rollouts.errors import RolloutNotFoundError, RolloutStateError
 from engine.rollouts.model import RolloutState
 from engine.rollouts.transitions import ROLLOUT_TRANSITIONS, RolloutEvent
 
-__all__ = ["abort_rollout", "pause_rollout", "resume_rollout"]
+__all__ = ["RolloutAction", "abort_rollout", "act_on_rollout", "pause_rollout", "resume_rollout"]
 
 
 def _rollout(conn: Connection, rollout_id: int) -> RolloutRow:
@@ -95,3 +96,23 @@ def abort_rollout(
             "only a waiting, active, paused or halted one aborts"
         )
     end_rollouts(conn, [rollout_id], RolloutEvent.ABORT, f"aborted by {by}", now)
+
+
+class RolloutAction(StrEnum):
+    """What an operator can do to a rollout."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+
+
+def act_on_rollout(
+    conn: Connection, rollout_id: int, action: RolloutAction, now: datetime, *, by: str
+) -> None:
+    """Pause, resume or abort the rollout; raises what that action raises."""
+    function = {
+        RolloutAction.PAUSE: pause_rollout,
+        RolloutAction.RESUME: resume_rollout,
+        RolloutAction.ABORT: abort_rollout,
+    }[action]
+    function(conn, rollout_id, now, by=by)

@@ -6,6 +6,8 @@
 - :func:`wave_step`: does the current wave hold its goal, soak, open the next, complete?
 - :func:`judge_gates`: may a waiting rollout (``rollout.after``) open its first wave?
 - :func:`choose_offers`: which pending devices get the free slots.
+- :func:`judge_performance`: did a device's agent get slower or bigger than
+  ``max_cpu_increase`` / ``max_rss_increase`` allow?
 
 The controller reads typed rows from ``_store``, asks these functions, and
 writes the answers through the transition tables. docs/rollouts.md has the rules.
@@ -32,12 +34,17 @@ from inventory.models import RolloutPolicy
 
 __all__ = [
     "FAILURE_RESULTS",
+    "MIN_CPU_POINTS",
+    "MIN_PERFORMANCE_SAMPLES",
+    "MIN_RSS_BYTES",
     "SUCCESS_RESULTS",
     "DeviceObservation",
     "GateDecision",
     "GateOutcome",
     "GateView",
+    "Regression",
     "Trip",
+    "Usage",
     "Verdict",
     "WaveCounts",
     "WaveDecision",
@@ -48,9 +55,11 @@ __all__ = [
     "gate_soaked_at",
     "judge_device",
     "judge_gates",
+    "judge_performance",
     "parse_version",
     "retry_after",
     "rollback_version",
+    "shown_reason",
     "tripped",
     "wave_step",
 ]
@@ -380,3 +389,104 @@ def choose_offers(
         chosen.append((device, DeviceEvent.OFFER))
         slots -= 1
     return chosen
+
+
+# -- what a device's reason says now -----------------------------------------------------------
+
+_RETRY_SUFFIX = "; retry at "
+
+
+def shown_reason(
+    reason: str | None,
+    *,
+    retry_at: datetime | None,
+    rollout: RolloutState,
+    now: datetime,
+) -> str | None:
+    """A device's stored reason as true now: a promised retry the rollout will not make is said so.
+
+    The reason is written when the attempt fails ("…; retry at 05:27"); the
+    rollout may halt, pause or end afterwards, and the retry time may pass.
+    """
+    if reason is None or _RETRY_SUFFIX not in reason:
+        return reason
+    head = reason[: reason.rindex(_RETRY_SUFFIX)]
+    if rollout is RolloutState.ACTIVE:
+        if retry_at is not None and retry_at <= now:
+            return f"{head}; retry due (offered when the device is seen and a slot is free)"
+        return reason
+    if rollout is RolloutState.PAUSED:
+        return f"{head}; retry held: the rollout is paused"
+    return f"{head}; not retried: the rollout is {rollout.value}"
+
+
+# -- performance impact (max_cpu_increase, max_rss_increase) ------------------------------
+
+#: Samples of the new release needed before it is judged (the first ones show a fresh start).
+MIN_PERFORMANCE_SAMPLES = 3
+#: CPU changes smaller than this many percentage points are noise, whatever the ratio.
+MIN_CPU_POINTS = 2.0
+#: Memory growth smaller than this is noise, whatever the ratio (4 MiB).
+MIN_RSS_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The agent's cost on one device under one release, from the runtime's samples."""
+
+    version: str
+    samples: int
+    cpu_percent: float | None  # mean over the samples with a CPU figure
+    rss_bytes: float  # mean (the release before) or latest (the release judged)
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A device failed by the performance policy: which resource, and why in numbers."""
+
+    resource: str  # cpu | rss
+    reason: str
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:.1f} MB"
+
+
+def judge_performance(
+    before: Usage | None, after: Usage | None, policy: RolloutPolicy
+) -> Regression | None:
+    """Whether the agent's cost on the new release (``after``) exceeds the policy's limits
+    over the release the device came from (``before``); None while it does not, or
+    cannot be told yet.
+
+    Memory compares the latest RSS with the previous release's mean (a leak
+    shows in the latest figure); CPU compares means. The new release needs
+    ``MIN_PERFORMANCE_SAMPLES`` samples, and changes below ``MIN_CPU_POINTS``
+    percentage points or ``MIN_RSS_BYTES`` never fail a device.
+    """
+    if before is None or after is None or before.samples == 0:
+        return None
+    if after.samples < MIN_PERFORMANCE_SAMPLES:
+        return None
+    limit = policy.max_rss_increase
+    if limit is not None and before.rss_bytes > 0:
+        grew = after.rss_bytes - before.rss_bytes
+        ratio = after.rss_bytes / before.rss_bytes - 1
+        if grew >= MIN_RSS_BYTES and ratio > limit:
+            return Regression(
+                "rss",
+                f"memory {_mb(after.rss_bytes)} on {after.version} vs {_mb(before.rss_bytes)} "
+                f"on {before.version} (+{ratio:.0%}), above max_rss_increase {limit:.0%}",
+            )
+    limit = policy.max_cpu_increase
+    if limit is not None and before.cpu_percent is not None and after.cpu_percent is not None:
+        points = after.cpu_percent - before.cpu_percent
+        base = max(before.cpu_percent, 0.01)
+        ratio = after.cpu_percent / base - 1
+        if points >= MIN_CPU_POINTS and ratio > limit:
+            return Regression(
+                "cpu",
+                f"CPU {after.cpu_percent:.1f}% on {after.version} vs {before.cpu_percent:.1f}% "
+                f"on {before.version} (+{ratio:.0%}), above max_cpu_increase {limit:.0%}",
+            )
+    return None

@@ -14,16 +14,18 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, func, select
 
 from engine.rollouts.errors import RolloutNotFoundError
 from engine.rollouts.model import DeviceState, RolloutState, Timings
+from engine.rollouts.performance import ReleasePerformance, release_performance
 from engine.rollouts.windows import in_window
 from engine.store.schema import reports, rollout_devices, rollouts
 from inventory.models import MaintenanceWindow
 
 __all__ = [
     "BUCKETS",
+    "BUCKET_OF",
     "DeviceStatus",
     "FleetStatus",
     "RolloutStatus",
@@ -39,7 +41,8 @@ __all__ = [
 #: Count buckets, in display order.
 BUCKETS = ("pending", "in_progress", "succeeded", "failed", "rolled_back", "offline", "excluded")
 
-_BUCKET_OF: dict[str, str] = {
+#: The bucket of each device state.
+BUCKET_OF: dict[str, str] = {
     DeviceState.PENDING.value: "pending",
     DeviceState.OFFERED.value: "pending",
     DeviceState.IN_PROGRESS.value: "in_progress",
@@ -48,6 +51,7 @@ _BUCKET_OF: dict[str, str] = {
     DeviceState.SUCCEEDED.value: "succeeded",
     DeviceState.FAILED.value: "failed",
     DeviceState.TIMED_OUT.value: "failed",
+    DeviceState.REGRESSED.value: "failed",
     DeviceState.ROLLBACK_FAILED.value: "failed",
     DeviceState.ROLLED_BACK.value: "rolled_back",
     DeviceState.EXCLUDED.value: "excluded",
@@ -126,6 +130,7 @@ class FleetStatus(_Out):
     rollouts: list[RolloutStatus]
     versions: dict[str, int]
     devices_reporting: int
+    performance: list[ReleasePerformance] = []  # the agent's CPU and memory per release
 
 
 def resolve_rollout(conn: Connection, ref: str) -> int:
@@ -175,26 +180,28 @@ def rollout_status(
         window_data = json.loads(r.maintenance_window) if r.maintenance_window else None
         window = MaintenanceWindow.model_validate(window_data) if window_data else None
         percents: list[float] = [float(p) for p in policy.get("waves", [100])]
-        offline = case(
-            (
-                rd.c.state.in_(waiting)
-                & (reports.c.last_seen.is_(None) | (reports.c.last_seen < offline_before)),
-                1,
-            ),
-            else_=0,
-        )
-        rows = conn.execute(
-            select(rd.c.wave, rd.c.state, offline.label("offline"), func.count())
-            .select_from(rd.outerjoin(reports, reports.c.device == rd.c.device))
-            .where(rd.c.rollout_id == r.id)
-            .group_by(rd.c.wave, rd.c.state, offline)
-        ).all()
         counts = [dict.fromkeys(BUCKETS, 0) for _ in percents]
-        for wave, state, is_offline, count in rows:
-            if not 0 <= wave < len(counts):
-                continue
-            bucket = "offline" if is_offline else _BUCKET_OF.get(state, "excluded")
-            counts[wave][bucket] += int(count)
+        # counted from the index alone; only waiting devices need their report (offline)
+        for wave, state, count in conn.execute(
+            select(rd.c.wave, rd.c.state, func.count())
+            .where(rd.c.rollout_id == r.id)
+            .group_by(rd.c.wave, rd.c.state)
+        ):
+            if 0 <= wave < len(counts):
+                counts[wave][BUCKET_OF.get(state, "excluded")] += int(count)
+        for wave, count in conn.execute(
+            select(rd.c.wave, func.count())
+            .select_from(rd.outerjoin(reports, reports.c.device == rd.c.device))
+            .where(
+                rd.c.rollout_id == r.id,
+                rd.c.state.in_(waiting),
+                reports.c.last_seen.is_(None) | (reports.c.last_seen < offline_before),
+            )
+            .group_by(rd.c.wave)
+        ):
+            if 0 <= wave < len(counts):
+                counts[wave]["pending"] -= int(count)
+                counts[wave]["offline"] += int(count)
         totals = dict.fromkeys(BUCKETS, 0)
         # a rollout gated by rollout.after has no wave open until its gates complete
         started = r.wave_opened_at is not None or not r.after_ids
@@ -297,8 +304,10 @@ def fleet_status(
     now: datetime,
     rollout_id: int | None = None,
     timings: Timings | None = None,
+    performance: bool = False,
 ) -> FleetStatus:
-    """Rollouts (one, or the newest) with wave counts, plus the fleet's versions."""
+    """Rollouts (one, or the newest) with wave counts, plus the fleet's versions and, with
+    ``performance``, the agent's cost per release (reads every device's samples)."""
     if rollout_id is not None:
         exists = conn.execute(select(rollouts.c.id).where(rollouts.c.id == rollout_id)).first()
         if exists is None:
@@ -309,4 +318,5 @@ def fleet_status(
         rollouts=rollout_status(conn, now=now, rollout_id=rollout_id, timings=timings),
         versions=versions,
         devices_reporting=sum(versions.values()),
+        performance=release_performance(conn) if performance else [],
     )

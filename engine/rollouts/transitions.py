@@ -58,6 +58,7 @@ class DeviceEvent(StrEnum):
     FAIL = "fail"  # it reported a failed transaction
     TIME_OUT = "time_out"  # no outcome within update_timeout of taking the plan
     RETRY = "retry"  # its retry time came
+    REGRESS = "regress"  # its agent's CPU or memory grew past the policy's limit
     ROLL_BACK = "roll_back"  # the rollout halted and it runs the release: send it back
     NO_ROLLBACK = "no_rollback"  # it should go back, but the old release is not recorded
     CANCEL = "cancel"  # the rollout was aborted or superseded
@@ -93,6 +94,7 @@ ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
     (R.PAUSED, E.SUPERSEDE): R.SUPERSEDED,
     (R.HALTED, E.ABORT): R.ABORTED,
     (R.HALTED, E.SUPERSEDE): R.SUPERSEDED,
+    (R.COMPLETED, E.HALT): R.HALTED,  # a performance failure during its soak
     (R.COMPLETED, E.SUPERSEDE): R.SUPERSEDED,
 }
 
@@ -110,15 +112,18 @@ DEVICE_TRANSITIONS: dict[tuple[DeviceState, DeviceEvent], DeviceState] = {
     (D.IN_PROGRESS, V.TIME_OUT): D.TIMED_OUT,
     (D.IN_PROGRESS, V.ROLL_BACK): D.ROLLBACK,  # succeeded after the rollout halted
     (D.IN_PROGRESS, V.NO_ROLLBACK): D.ROLLBACK_FAILED,
+    (D.IN_PROGRESS, V.REGRESS): D.REGRESSED,
     (D.IN_PROGRESS, V.CANCEL): D.CANCELLED,
     (D.IN_PROGRESS, V.OVERRIDE): D.OVERRIDDEN,
     (D.SUCCEEDED, V.ROLL_BACK): D.ROLLBACK,
     (D.SUCCEEDED, V.NO_ROLLBACK): D.ROLLBACK_FAILED,
+    (D.SUCCEEDED, V.REGRESS): D.REGRESSED,
     (D.SUCCEEDED, V.OVERRIDE): D.OVERRIDDEN,
     (D.FAILED, V.RETRY): D.PENDING,
     (D.FAILED, V.OVERRIDE): D.OVERRIDDEN,
     (D.TIMED_OUT, V.RETRY): D.PENDING,
     (D.TIMED_OUT, V.OVERRIDE): D.OVERRIDDEN,
+    (D.REGRESSED, V.OVERRIDE): D.OVERRIDDEN,
     (D.ROLLBACK, V.TAKE): D.ROLLING_BACK,
     (D.ROLLBACK, V.CANCEL): D.CANCELLED,
     (D.ROLLBACK, V.OVERRIDE): D.OVERRIDDEN,

@@ -7,31 +7,35 @@ import hmac
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from engine.rollouts import (
+    DeviceState,
+    RolloutAction,
     RolloutNotFoundError,
     RolloutStateError,
-    abort_rollout,
+    act_on_rollout,
     fleet_status,
-    pause_rollout,
     resolve_rollout,
-    resume_rollout,
     rollout_devices_status,
     rollout_status,
 )
+from engine.rollouts.errors import DeviceNotFoundError
+from engine.rollouts.forensics import DeviceDetail, RolloutDevicesPage
+from engine.rollouts.performance import release_performance
+from engine.rollouts.status import RolloutStatus
 from engine.server._http import json_response, refuse
 from engine.server.registry import list_devices, revoke_device
 from engine.server.state import ServerState
+from engine.service.forensics import read_device, read_rollout_devices
 
 __all__ = ["router"]
 
 log = logging.getLogger("engine.server")
 
-_ACTIONS = {"pause": pause_rollout, "resume": resume_rollout, "abort": abort_rollout}
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token (.engine/admin.token)")
 
@@ -80,6 +84,20 @@ def router(state: ServerState) -> APIRouter:
             rows = list_devices(conn)
         return json_response([d.as_json(now, settings.online_seconds) for d in rows])
 
+    @api.get(
+        "/devices/{device}",
+        response_model=DeviceDetail,
+        responses={404: {"description": "no such device"}},
+    )
+    async def device(device: str) -> DeviceDetail:
+        """One device: report, heartbeat, transaction, rollouts and its step-event timeline."""
+        try:
+            return read_device(
+                state.store, device, now=settings.clock(), online_within=settings.online_seconds
+            )
+        except DeviceNotFoundError as e:
+            refuse(404, str(e))
+
     @api.post("/devices/{device}/revoke", response_model=None, responses={404: {}})
     async def revoke(device: str) -> Response:
         """Revoke the device's token at once; it cannot enroll again without an operator."""
@@ -111,28 +129,63 @@ def router(state: ServerState) -> APIRouter:
         body["devices"] = _jsonable(devices)
         return json_response(body)
 
+    @api.get(
+        "/rollouts/{rollout}/devices",
+        response_model=RolloutDevicesPage,
+        responses={404: {"description": "no such rollout"}},
+    )
+    async def rollout_devices(
+        rollout: str,
+        device_state: Annotated[
+            list[DeviceState] | None,
+            Query(alias="state", description="only devices in these states (repeatable)"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    ) -> RolloutDevicesPage:
+        """A page of the rollout's devices by state, each with its reason and last step."""
+        try:
+            return read_rollout_devices(
+                state.store,
+                rollout,
+                states=device_state or (),
+                limit=limit,
+                offset=offset,
+                now=settings.clock(),
+            )
+        except RolloutNotFoundError as e:
+            refuse(404, str(e))
+
     @api.post(
         "/rollouts/{rollout}/{action}",
-        response_model=None,
-        responses={404: {}, 409: {"description": "the rollout's state does not allow it"}},
+        response_model=RolloutStatus,
+        responses={
+            404: {"description": "no such rollout"},
+            409: {"description": "the rollout's state does not allow it"},
+        },
     )
-    async def act(rollout: str, action: str) -> Response:
-        """Pause, resume or abort a rollout (action: pause | resume | abort)."""
-        function = _ACTIONS.get(action)
-        if function is None:
-            refuse(404, f"unknown action {action[:40]!r}: use pause, resume or abort")
+    async def act(rollout: str, action: RolloutAction) -> RolloutStatus:
+        """Pause, resume or abort a rollout."""
         now = settings.clock()
         try:
             with state.store.write() as conn:
                 rollout_id = resolve_rollout(conn, rollout)
-                function(conn, rollout_id, now, by="operator API")
+                act_on_rollout(conn, rollout_id, action, now, by="operator API")
                 found = rollout_status(conn, now=now, rollout_id=rollout_id)
         except RolloutNotFoundError as e:
             refuse(404, str(e))
         except RolloutStateError as e:
             refuse(409, str(e))
-        log.info("rollout %s: %s by the operator API", rollout, action)
-        return json_response(_jsonable(found[0]))
+        log.info("rollout %s: %s by the operator API", rollout, action.value)
+        return found[0]
+
+    @api.get("/performance", response_model=None)
+    def performance() -> Response:
+        """The agent's CPU % and memory per release (median and p95 over devices) and the
+        change against the release before on the same devices."""
+        with state.store.read() as conn:
+            rows = release_performance(conn)
+        return json_response({"releases": _jsonable(rows)})
 
     @api.get("/status", response_model=None)
     async def status() -> Response:

@@ -25,13 +25,14 @@ from fastapi import HTTPException
 from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
+from engine.instruments import instruments
 from engine.server._auth import MISSING, DeviceTokens, bearer
 from engine.server._checkin_db import CheckinDatabase, CheckinJob
 from engine.server._http import DEVICE_RE, refuse, validation_message
 from states.protocol import CheckinRequest
 from states.report import Report
 
-__all__ = ["CheckinFastPath", "Checkins", "checkin_device"]
+__all__ = ["CheckinFastPath", "Checkins", "checkin_device", "count_checkin"]
 
 log = logging.getLogger("engine.server")
 
@@ -96,6 +97,11 @@ class Checkins:
         )
 
 
+def count_checkin(status: int) -> None:
+    """Count one check-in answered with HTTP ``status`` (``engine_checkins_total``)."""
+    instruments().checkins.labels(str(status)).inc()
+
+
 _PREFIX = "/v1/devices/"
 _SUFFIX = "/checkin"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -154,6 +160,7 @@ class CheckinFastPath:
         except Exception:
             log.exception("check-in of %s failed", device)
             status, content = 500, b'{"detail":"internal server error"}'
+        count_checkin(status)
         await send(
             {
                 "type": "http.response.start",

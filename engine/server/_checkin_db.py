@@ -42,9 +42,15 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import StoreError
+from engine.instruments import store_failed
 from engine.rollouts.offers import Decision, Offer, decide_offer, offer_rows
 from engine.server._auth import MISSING, DeviceTokens, Missing
-from engine.server._device_db import DeviceSql, lookup_tokens, report_params
+from engine.server._device_db import (
+    DeviceSql,
+    lookup_tokens,
+    performance_params,
+    report_params,
+)
 from engine.server.settings import OfferFunction
 from engine.store import Store
 from engine.store._connect import _IMMEDIATE, checkin_session
@@ -105,6 +111,8 @@ class CheckinDatabase:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._pending: dict[str, dict[str, Any]] = {}
+        #: performance samples add up (never "newest wins"): every one is written
+        self._samples: list[dict[str, Any]] = []
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -175,6 +183,7 @@ class CheckinDatabase:
             return self._decide(batch)
         except Exception as e:
             self._drop("checkin")
+            store_failed("device_write")
             if isinstance(e, StoreError | SQLAlchemyError):
                 log.error("check-ins of %d devices not stored: %s", len(batch), e)
             else:
@@ -234,6 +243,7 @@ class CheckinDatabase:
         with _transaction(conn, immediate=True):
             done = [(item, item[1].take is None or item[1].take.apply(conn)) for item in taking]
             _write_reports(conn, self._sql, [_params(self._sql, j) for j, _ in taking])
+            _write_samples(conn, self._sql, _samples(self._sql, [j for j, _ in taking]))
         return done
 
     def _custom(self, live: list[CheckinJob]) -> list[_Outcome]:
@@ -243,6 +253,7 @@ class CheckinDatabase:
         outcomes: list[_Outcome] = []
         with _transaction(conn, immediate=True):
             _write_reports(conn, self._sql, [_params(self._sql, j) for j in live])
+            _write_samples(conn, self._sql, _samples(self._sql, live))
             for job in live:
                 outcomes.append((job, self._offer(conn, job.device, job.report, job.now), None))
         return outcomes
@@ -253,9 +264,11 @@ class CheckinDatabase:
         if not jobs:
             return
         params = [(job.device, _params(self._sql, job)) for job in jobs]
+        samples = _samples(self._sql, jobs)
         with self._pending_lock:
             for device, p in params:
                 self._pending[device] = p
+            self._samples.extend(samples)
 
     def _flush_loop(self) -> None:
         while not self._closing.wait(self._flush_seconds):
@@ -270,16 +283,19 @@ class CheckinDatabase:
     def _flush(self, conn: Connection) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, {}
-        if not batch:
+            samples, self._samples = self._samples, []
+        if not batch and not samples:
             return
         try:
             with _transaction(conn, immediate=True, soft=True):
                 _write_reports(conn, self._sql, list(batch.values()))
+                _write_samples(conn, self._sql, samples)
         except Exception as e:  # the driver's errors too (statements sent to it directly)
             self._drop("flush")
             with self._pending_lock:  # keep them; a newer report of a device wins
                 for device, p in batch.items():
                     self._pending.setdefault(device, p)
+                self._samples[:0] = samples
             raise StoreError(f"{self._store.display_url} failed: {e}") from e
 
     # -- connections ---------------------------------------------------------------------
@@ -323,6 +339,18 @@ def _transaction(conn: Connection, *, immediate: bool, soft: bool = False) -> It
 
 def _params(sql: DeviceSql, job: CheckinJob) -> dict[str, Any]:
     return report_params(sql, job.device, job.request, job.now)
+
+
+def _samples(sql: DeviceSql, jobs: Sequence[CheckinJob]) -> list[dict[str, Any]]:
+    found = (performance_params(sql, j.device, j.request, j.now) for j in jobs)
+    return [p for p in found if p is not None]
+
+
+def _write_samples(conn: Connection, sql: DeviceSql, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.cursor().executemany(sql.performance, rows)
 
 
 def _write_reports(conn: Connection, sql: DeviceSql, rows: list[dict[str, Any]]) -> None:

@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from engine.errors import StoreError
+from engine.instruments import instruments
+from engine.server._checkin import count_checkin
 from engine.server._device_db import (
     insert_events,
     read_heartbeat,
@@ -34,6 +36,7 @@ from engine.server._http import (
     read_body,
     refuse,
 )
+from engine.server._outcomes import count_step_events
 from engine.server._releases import KeysFile
 from engine.server.invites import InviteError, redeem_invite
 from engine.server.registry import DeviceRevokedError, enroll_device, get_device
@@ -101,6 +104,17 @@ def router(state: ServerState) -> APIRouter:
     async def enroll(request: Request) -> Response:
         """Trade the device's invite code (or the fleet's enrollment secret) for a new device
         token (replacing any old one)."""
+        try:
+            answer = await _enroll(request)
+        except HTTPException as e:
+            enrollments.labels(str(e.status_code)).inc()
+            raise
+        enrollments.labels("enrolled").inc()
+        return Response(answer.model_dump_json(), media_type="application/json")
+
+    enrollments = instruments().enrollments
+
+    async def _enroll(request: Request) -> EnrollResponse:
         body = await parse_body(request, EnrollRequest, limit)
         if body.enrollment_secret is not None and not hmac.compare_digest(
             body.enrollment_secret.encode(), settings.enrollment_secret.encode()
@@ -126,10 +140,9 @@ def router(state: ServerState) -> APIRouter:
             log.warning("enrollment of %s refused: %s", body.device, e)
             refuse(403, str(e))
         tokens.forget(body.device)
-        answer = EnrollResponse(
+        return EnrollResponse(
             device=body.device, token=enrollment.token, poll_interval=state.poll_interval()
         )
-        return Response(answer.model_dump_json(), media_type="application/json")
 
     @api.post(
         "/v1/devices/{device}/checkin",
@@ -141,7 +154,12 @@ def router(state: ServerState) -> APIRouter:
         """Record the device's report; answer its plan (or none) and the next poll interval."""
         _device(device)
         body = await read_body(request, limit)
-        content = await checkins.handle(device, request.headers.get("authorization"), body)
+        try:
+            content = await checkins.handle(device, request.headers.get("authorization"), body)
+        except HTTPException as e:
+            count_checkin(e.status_code)
+            raise
+        count_checkin(200)
         return Response(content, media_type="application/json")
 
     @api.post(
@@ -159,6 +177,7 @@ def router(state: ServerState) -> APIRouter:
         def store_events() -> None:
             with _stored(device), store.write() as conn:
                 insert_events(conn, sql, device, body.events, clock())
+                count_step_events(conn, sql, device, body.events)
 
         await anyio.to_thread.run_sync(store_events)
         return Response(status_code=204)

@@ -24,6 +24,7 @@ __all__ = [
     "insert_events",
     "lookup_token",
     "lookup_tokens",
+    "performance_params",
     "read_heartbeat",
     "report_params",
     "upsert_checkin",
@@ -44,14 +45,33 @@ _REPORT_COLUMNS = (
     "tx_attempts",
     "tx_detail",
     "agent_running",
+    "adoption",
+    "adopted_version",
+    "adoption_detail",
 )
+#: Report columns a check-in without them leaves as they were: an adoption is said once
+#: and stays what the device adopted.
+_KEPT_COLUMNS = frozenset({"adoption", "adopted_version", "adoption_detail"})
 _HEARTBEAT_COLUMNS = ("device", "version", "at", "pid", "received_at")
 _EVENT_COLUMNS = ("device", "target", "step", "status", "detail", "at", "received_at")
 
 
-def _upsert(table: str, columns: Sequence[str], mark: str, newer: str | None = None) -> str:
+def _upsert(
+    table: str,
+    columns: Sequence[str],
+    mark: str,
+    kept: frozenset[str] = frozenset(),
+    newer: str | None = None,
+) -> str:
+    # ``kept`` columns change only when the first of them is given (all of them at once).
     values = ", ".join(mark.format(c) for c in columns)
-    sets = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    key = next((c for c in columns if c in kept), "")
+    sets = ", ".join(
+        f"{c} = CASE WHEN excluded.{key} IS NULL THEN {table}.{c} ELSE excluded.{c} END"
+        if c in kept
+        else f"{c} = excluded.{c}"
+        for c in columns[1:]
+    )
     # ``newer``: a buffered (write-behind) row never replaces a newer one.
     guard = f" WHERE {table}.{newer} <= excluded.{newer}" if newer else ""
     return (
@@ -67,7 +87,7 @@ class DeviceSql:
         """Build the statements for ``dialect`` ("sqlite" or "postgresql")."""
         self.sqlite = dialect == "sqlite"
         mark = ":{}" if self.sqlite else "%({})s"
-        self.report = _upsert("reports", _REPORT_COLUMNS, mark, newer="last_seen")
+        self.report = _upsert("reports", _REPORT_COLUMNS, mark, _KEPT_COLUMNS, "last_seen")
         self.heartbeat = _upsert("heartbeats", _HEARTBEAT_COLUMNS, mark)
         self.event = (
             f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
@@ -75,6 +95,41 @@ class DeviceSql:
         )
         self.token = "SELECT token_hash, revoked_at FROM devices WHERE device = " + mark.format(
             "device"
+        )
+        self.download_started = (
+            "SELECT max(at) FROM events WHERE device = "
+            + mark.format("device")
+            + " AND target = "
+            + mark.format("target")
+            + " AND step = 'download' AND status = 'started'"
+        )
+        greatest = "max" if self.sqlite else "greatest"
+        self.performance = (
+            "INSERT INTO performance (device, version, samples, cpu_samples, cpu_sum, rss_sum, "
+            "rss_last, rss_max, first_at, last_at) VALUES ("
+            + ", ".join(
+                mark.format(c)
+                for c in (
+                    "device",
+                    "version",
+                    "one",
+                    "cpu_one",
+                    "cpu",
+                    "rss",
+                    "rss",
+                    "rss",
+                    "at",
+                    "at",
+                )
+            )
+            + ") ON CONFLICT (device, version) DO UPDATE SET "
+            "samples = performance.samples + 1, "
+            "cpu_samples = performance.cpu_samples + excluded.cpu_samples, "
+            "cpu_sum = performance.cpu_sum + excluded.cpu_sum, "
+            "rss_sum = performance.rss_sum + excluded.rss_sum, "
+            "rss_last = excluded.rss_last, "
+            f"rss_max = {greatest}(performance.rss_max, excluded.rss_max), "
+            "last_at = excluded.last_at"
         )
         # Many devices in one statement: a JSON array (SQLite) or an array (psycopg).
         many = "IN (SELECT value FROM json_each(:devices))" if self.sqlite else "= ANY(%(devices)s)"
@@ -122,8 +177,11 @@ def lookup_tokens(
 def upsert_checkin(
     conn: Connection, sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
 ) -> None:
-    """Record a check-in as the device's report (one row per device)."""
+    """Record a check-in as the device's report (one row per device) and its performance sample."""
     _driver(conn).execute(sql.report, report_params(sql, device, body, now))
+    sample = performance_params(sql, device, body, now)
+    if sample is not None:
+        _driver(conn).execute(sql.performance, sample)
 
 
 def report_params(
@@ -131,6 +189,7 @@ def report_params(
 ) -> dict[str, Any]:
     """The report row a check-in writes, bound for ``sql.report``."""
     tx = body.transaction
+    adopted = body.adoption
     stamp = sql.instant(now)
     return {
         "device": device,
@@ -146,6 +205,30 @@ def report_params(
         "tx_attempts": None if tx is None else tx.attempts,
         "tx_detail": None if tx is None else tx.detail,
         "agent_running": body.agent_running,
+        "adoption": None if adopted is None else adopted.status,
+        "adopted_version": None
+        if adopted is None or adopted.version is None
+        else str(adopted.version),
+        "adoption_detail": None if adopted is None else adopted.detail,
+    }
+
+
+def performance_params(
+    sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
+) -> dict[str, Any] | None:
+    """The performance sample a check-in adds (bound for ``sql.performance``), or None."""
+    perf = body.performance
+    if perf is None:
+        return None
+    cpu = perf.cpu_percent
+    return {
+        "device": device,
+        "version": str(perf.version),
+        "one": 1,
+        "cpu_one": 0 if cpu is None else 1,
+        "cpu": 0.0 if cpu is None else cpu,
+        "rss": perf.rss_bytes,
+        "at": sql.instant(now),
     }
 
 

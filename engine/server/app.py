@@ -18,10 +18,12 @@ from starlette.types import Receive, Scope, Send
 from engine.server import (
     _admin_api,
     _bundles_api,
-    _dashboard,
     _device_api,
     _field_api,
+    _health,
     _install_api,
+    _metrics,
+    dashboard,
 )
 from engine.server._checkin import CheckinFastPath, checkin_device
 from engine.server.settings import MAX_BODY_BYTES, Offer, OfferFunction, ServerSettings
@@ -56,7 +58,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         title=settings.title,
         summary="Device, operator and field-compatible APIs of the fleet rollout engine",
         version="1",
-        docs_url="/docs",
+        docs_url=None,  # served by engine.server.dashboard from local assets
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -65,8 +67,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(_admin_api.router(state))
     app.include_router(_field_api.router(state))
     app.include_router(_bundles_api.router(state))
-    app.include_router(_dashboard.router(state))
+    app.include_router(_health.router(state))
     app.include_router(_install_api.router(state))
+    app.include_router(dashboard.router(state, openapi_url="/openapi.json"))
+    app.include_router(_metrics.router(state))
     _publish_body_schemas(app)
     return app
 

@@ -25,6 +25,8 @@ from engine.server.credentials import (
     ENROLLMENT_SECRET_FILE,
     ENV_ADMIN_TOKEN,
     ENV_ENROLLMENT_SECRET,
+    ENV_METRICS_TOKEN,
+    METRICS_TOKEN_FILE,
     Credential,
     load_credential,
 )
@@ -68,6 +70,7 @@ class BuiltServer:
     admin: Credential
     enrollment: Credential
     repo: OperatorRepo
+    metrics: Credential
 
     def app(self) -> FastAPI:
         """The ASGI application."""
@@ -84,6 +87,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
     url = store_url(repo, options.state)
     admin = load_credential(root, ENV_ADMIN_TOKEN, ADMIN_TOKEN_FILE)
     enrollment = load_credential(root, ENV_ENROLLMENT_SECRET, ENROLLMENT_SECRET_FILE)
+    metrics = load_credential(root, ENV_METRICS_TOKEN, METRICS_TOKEN_FILE)
     store = Store.open(url, migrate=migrate)
     poll = options.poll_interval
     if poll is None:
@@ -96,6 +100,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         repo_root=root,
         admin_token=admin.value,
         enrollment_secret=enrollment.value,
+        metrics_token=metrics.value,
         known_devices=known,
         poll_interval=poll,
         field_release=repo.settings.field_release,
@@ -105,7 +110,7 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         public_url=repo.settings.server_url,
         report_flush_seconds=report_flush_from_env(),
     )
-    return BuiltServer(settings, admin, enrollment, repo)
+    return BuiltServer(settings, admin, enrollment, repo, metrics)
 
 
 def report_flush_from_env() -> float:
@@ -123,7 +128,7 @@ def report_flush_from_env() -> float:
 
 
 def _install_keys(root: Path, repo: OperatorRepo) -> list[str]:
-    from engine.server._install_api import pinned_keys
+    from engine.install.render import pinned_keys
 
     try:
         return pinned_keys(root, repo.settings.trusted_keys)
@@ -137,6 +142,7 @@ def options_to_env(options: ServeOptions, built: BuiltServer) -> dict[str, str]:
         ENV_SERVE_OPTIONS: json.dumps(asdict(options)),
         ENV_ADMIN_TOKEN: built.admin.value,
         ENV_ENROLLMENT_SECRET: built.enrollment.value,
+        ENV_METRICS_TOKEN: built.metrics.value,
     }
 
 

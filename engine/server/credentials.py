@@ -1,9 +1,10 @@
-"""The server's two shared credentials: the admin token and the fleet enrollment secret.
+"""The server's shared credentials: the admin token, the fleet enrollment secret, and the
+read-only metrics token (``GET /metrics`` only).
 
 Each comes from an environment variable when set (``ENGINE_ADMIN_TOKEN``,
-``ENGINE_ENROLLMENT_SECRET``), else from a file under ``<repo>/.engine/``
-that the first ``engine serve`` generates (mode 0600). Replicas behind a load
-balancer must share both values: set the variables, or share the files.
+``ENGINE_ENROLLMENT_SECRET``, ``ENGINE_METRICS_TOKEN``), else from a file under
+``<repo>/.engine/`` that the first ``engine serve`` generates (mode 0600). Replicas
+behind a load balancer must share the values: set the variables, or share the files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ __all__ = [
     "ENROLLMENT_SECRET_FILE",
     "ENV_ADMIN_TOKEN",
     "ENV_ENROLLMENT_SECRET",
+    "ENV_METRICS_TOKEN",
+    "METRICS_TOKEN_FILE",
     "Credential",
     "hash_token",
     "load_credential",
@@ -29,8 +32,10 @@ __all__ = [
 
 ENV_ADMIN_TOKEN = "ENGINE_ADMIN_TOKEN"
 ENV_ENROLLMENT_SECRET = "ENGINE_ENROLLMENT_SECRET"
+ENV_METRICS_TOKEN = "ENGINE_METRICS_TOKEN"
 ADMIN_TOKEN_FILE = Path(".engine") / "admin.token"
 ENROLLMENT_SECRET_FILE = Path(".engine") / "enrollment.secret"
+METRICS_TOKEN_FILE = Path(".engine") / "metrics.token"
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,15 @@ class DeviceSummary:
     tx_target: str | None
     heartbeat_version: str | None
     heartbeat_at: datetime | None
+    adoption: str | None = None  # known | unknown | empty: how the runtime took the agent over
+    adopted_version: str | None = None
+    adoption_detail: str | None = None
+
+    def adopted(self) -> str | None:
+        """What the runtime adopted, in a word: the release matched or ``unknown``/``empty``."""
+        if self.adoption == "known" and self.adopted_version:
+            return self.adopted_version
+        return self.adoption
 
     def as_json(self, now: datetime, online_within: float) -> dict[str, Any]:
         """A JSON-ready dict with ``online``: seen within ``online_within`` seconds of ``now``."""
@@ -96,6 +105,13 @@ class DeviceSummary:
             "transaction_target": self.tx_target,
             "heartbeat_version": self.heartbeat_version,
             "heartbeat_at": _iso(self.heartbeat_at),
+            "adoption": None
+            if self.adoption is None
+            else {
+                "status": self.adoption,
+                "version": self.adopted_version,
+                "detail": self.adoption_detail,
+            },
             "online": online,
         }
 
@@ -219,6 +235,9 @@ def list_devices(conn: Connection) -> list[DeviceSummary]:
                 tx_target=r.tx_target if r is not None else None,
                 heartbeat_version=h.version if h is not None else None,
                 heartbeat_at=h.at if h is not None else None,
+                adoption=r.adoption if r is not None else None,
+                adopted_version=r.adopted_version if r is not None else None,
+                adoption_detail=r.adoption_detail if r is not None else None,
             )
         )
     return out

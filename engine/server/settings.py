@@ -34,6 +34,8 @@ class ServerSettings:
     repo_root: Path
     admin_token: str
     enrollment_secret: str
+    #: the read-only token GET /metrics also accepts (None: the admin token only)
+    metrics_token: str | None = None
     known_devices: Container[str] | None = None
     poll_interval: float = 60.0
     poll_jitter: float = 0.1

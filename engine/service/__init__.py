@@ -11,9 +11,13 @@ and print nothing.
 - ``engine.service.apply``: refuse a stale saved plan, count what moves,
   record the rollouts, follow them.
 - ``engine.service.status``: the fleet's rollouts and versions.
+- ``engine.service.forensics``: one device (report, heartbeat, event timeline)
+  and a rollout's devices by state with their last step.
+- ``engine.service.forensics``: one device (report, heartbeat, timeline) and a
+  rollout's devices with their last step.
 
 Import the submodule you need: this package imports none of them, so that a
 command pays only for what it uses (the CLI loads every command at start-up).
 """
 
-__all__ = ["apply", "plan", "repo", "status"]
+__all__ = ["apply", "forensics", "plan", "repo", "status"]

@@ -14,7 +14,8 @@ __all__ = ["read_status"]
 def read_status(
     store: Store, *, rollout: str | None = None, now: datetime | None = None
 ) -> FleetStatus:
-    """Every rollout (or only ``rollout``: a number or group@release) and the fleet's versions.
+    """Every rollout (or only ``rollout``: a number or group@release), the fleet's versions and
+    the agent's CPU and memory per release.
 
     Raises RolloutNotFoundError for an unknown ``rollout`` and StoreError when
     the store cannot be read.
@@ -22,4 +23,4 @@ def read_status(
     when = now if now is not None else utc_now()
     with store.read() as conn:
         rollout_id = resolve_rollout(conn, rollout) if rollout else None
-        return fleet_status(conn, now=when, rollout_id=rollout_id)
+        return fleet_status(conn, now=when, rollout_id=rollout_id, performance=True)

@@ -18,9 +18,19 @@ from pydantic import ValidationError
 
 from engine.ssh.errors import SshError
 from fleetbase.platform import Platform
-from states.protocol import CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse
+from states.protocol import (
+    CheckinRequest,
+    CheckinResponse,
+    EnrollRequest,
+    EnrollResponse,
+    EventBatch,
+    StepEvent,
+)
 
-__all__ = ["DeviceApiClient", "DeviceApiError"]
+__all__ = ["EVENT_BATCH", "DeviceApiClient", "DeviceApiError"]
+
+#: Events per request: the protocol's limit (``EventBatch.events``).
+EVENT_BATCH = 100
 
 
 class DeviceApiError(SshError):
@@ -72,29 +82,42 @@ class DeviceApiClient:
             f.write(token)
         return token
 
-    def checkin(self, device: str, request: CheckinRequest) -> CheckinResponse:
-        """Send ``request`` as ``device``'s check-in (enrolling first if needed); the answer."""
-        path = self._token_file(device)
-        token = path.read_text().strip() if path.is_file() else None
+    def _post(self, device: str, platform: Platform, path: str, body: str) -> requests.Response:
+        """POST ``body`` to a device endpoint with its token (enrolling first if needed, and
+        again once when the server forgot the token)."""
+        file = self._token_file(device)
+        token = file.read_text().strip() if file.is_file() else None
         for attempt in (1, 2):
             if token is None:
-                token = self._enroll(device, request.platform)
+                token = self._enroll(device, platform)
             resp = self._request(
-                "POST",
-                f"/v1/devices/{device}/checkin",
-                data=request.model_dump_json(),
-                headers={"Authorization": f"Bearer {token}"},
+                "POST", path, data=body, headers={"Authorization": f"Bearer {token}"}
             )
             if resp.status_code == 401 and attempt == 1:
                 token = None  # the server forgot the token: enroll again
                 continue
-            if resp.status_code != 200:
-                raise DeviceApiError(f"{device}: check-in refused: {_detail(resp)}")
-            try:
-                return CheckinResponse.model_validate_json(resp.content)
-            except ValidationError as e:
-                raise DeviceApiError(f"{device}: the check-in answer is not understood: {e}") from e
+            return resp
         raise AssertionError("unreachable")
+
+    def checkin(self, device: str, request: CheckinRequest) -> CheckinResponse:
+        """Send ``request`` as ``device``'s check-in (enrolling first if needed); the answer."""
+        resp = self._post(device, request.platform, f"/v1/devices/{device}/checkin",
+                          request.model_dump_json())  # fmt: skip
+        if resp.status_code != 200:
+            raise DeviceApiError(f"{device}: check-in refused: {_detail(resp)}")
+        try:
+            return CheckinResponse.model_validate_json(resp.content)
+        except ValidationError as e:
+            raise DeviceApiError(f"{device}: the check-in answer is not understood: {e}") from e
+
+    def post_events(self, device: str, platform: Platform, events: list[StepEvent]) -> None:
+        """Send ``device``'s step events, as pull-mode runtimes send theirs (batches of 100)."""
+        for start in range(0, len(events), EVENT_BATCH):
+            batch = EventBatch(events=events[start : start + EVENT_BATCH])
+            resp = self._post(device, platform, f"/v1/devices/{device}/events",
+                              batch.model_dump_json())  # fmt: skip
+            if resp.status_code not in (200, 204):
+                raise DeviceApiError(f"{device}: step events refused: {_detail(resp)}")
 
     def download(self, path: str, dest: Path, sha256: str | None = None) -> Path:
         """The server file at ``path`` (e.g. /v1/artifacts/<sha256>), cached at ``dest``."""

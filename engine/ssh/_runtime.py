@@ -2,23 +2,26 @@
 
 When ``<runtime_dir>/venv/bin/agent-runtime`` is missing, the runtime bundle
 for the host's target (``<platform>-<arch>-py<X.Y>``, as `engine runtime
-bundle` writes it under ``.engine/runtime-bundles/``) is checked against its
-``bundle.json``, uploaded, and installed offline with pip (``--no-index``).
-Devices on one host share the venv; one install per host runs at a time.
+bundle` writes it under engine.yaml's ``runtime_bundles``) is verified as a
+device would verify it (``states.bundle.verify_bundle``: ``bundle.json.sig``
+by a trusted key, then exactly the listed wheels, byte for byte), uploaded,
+and installed offline with pip (``--no-index``). A bundle that fails the
+check is refused before anything reaches the host. Devices on one host share
+the venv; one install per host runs at a time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from pathlib import Path
 
-from engine.ssh.errors import SshError
+from engine.ssh.errors import RemoteCommandError, SshError
 from engine.ssh.session import SshSession
 from engine.ssh.targets import SshTarget
+from states.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, BundleManifest, verify_bundle
+from states.signing import SignatureError, raw_trusted_keys
 
-__all__ = ["RuntimeInstaller", "remote_target"]
+__all__ = ["RuntimeInstaller", "checked_bundle", "remote_target"]
 
 #: Seconds an offline pip install of the runtime may take on a host.
 INSTALL_TIMEOUT = 600.0
@@ -42,9 +45,11 @@ def remote_target(session: SshSession) -> str:
 class RuntimeInstaller:
     """Finds or installs the runtime on a host; bundles come from ``bundles_dir``."""
 
-    def __init__(self, bundles_dir: Path) -> None:
-        """Install from the bundles under ``bundles_dir`` when a host has no runtime."""
+    def __init__(self, bundles_dir: Path, trusted_keys: list[str]) -> None:
+        """Install from the bundles under ``bundles_dir``, signed by one of ``trusted_keys``
+        (``ed25519:<base64>``), when a host has no runtime."""
         self.bundles_dir = bundles_dir
+        self.trusted_keys = trusted_keys
         self._locks: dict[tuple[str, int, str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -73,39 +78,41 @@ class RuntimeInstaller:
     def _install(self, session: SshSession, root: str) -> None:
         name = remote_target(session)
         bundle = self.bundles_dir / name
-        files = _checked_files(bundle, name)
+        manifest = checked_bundle(bundle, name, self.trusted_keys)
         remote = f"{root}/bundle"
         session.makedirs(remote)
-        for path in files:
-            session.upload(path, f"{remote}/{path.name}")
+        for entry in manifest.files:
+            session.upload(bundle / entry.name, f"{remote}/{entry.name}")
         venv = f"{root}/venv"
-        session.check(["python3", "-m", "venv", venv], timeout=INSTALL_TIMEOUT)
-        session.check(
-            [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--no-index",
-             "--find-links", remote, "fleet-rollout"],
-            timeout=INSTALL_TIMEOUT,
-        )  # fmt: skip
+        try:
+            session.check(["python3", "-m", "venv", venv], timeout=INSTALL_TIMEOUT)
+            session.check(
+                [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--no-index",
+                 "--find-links", remote, f"fleet-rollout=={manifest.runtime_version}"],
+                timeout=INSTALL_TIMEOUT,
+            )  # fmt: skip
+        except RemoteCommandError:
+            session.run(["rm", "-rf", venv], timeout=INSTALL_TIMEOUT)  # no half-made venv
+            raise
 
 
-def _checked_files(bundle: Path, name: str) -> list[Path]:
-    """The bundle's files after checking each one's sha256 and size against bundle.json."""
-    try:
-        doc = json.loads((bundle / "bundle.json").read_text())
-        listed = [(str(f["name"]), str(f["sha256"]), int(f["size"])) for f in doc["files"]]
-    except FileNotFoundError as e:
+def checked_bundle(bundle: Path, name: str, trusted_keys: list[str]) -> BundleManifest:
+    """The manifest of the bundle of target ``name`` at ``bundle`` once it is verified;
+    SshError saying what is wrong (missing, unsigned, another key, a file changed)."""
+    if not (bundle / MANIFEST_NAME).is_file():
         raise SshError(
             f"the host has no runtime and there is no runtime bundle for {name} in "
             f"{bundle.parent}: build one with `engine runtime bundle --target {name}`"
-        ) from e
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SshError(f"{bundle}/bundle.json is not a runtime bundle manifest: {e}") from e
-    out: list[Path] = []
-    for file_name, sha256, size in listed:
-        path = bundle / file_name
-        if "/" in file_name or not path.is_file():
-            raise SshError(f"runtime bundle {bundle}: {file_name} is missing")
-        data = path.read_bytes()
-        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-            raise SshError(f"runtime bundle {bundle}: {file_name} does not match bundle.json")
-        out.append(path)
-    return out
+        )
+    if not trusted_keys:
+        raise SshError(
+            f"runtime bundle {bundle}: no trusted keys to check {SIGNATURE_NAME} with "
+            "(engine.yaml trusted_keys)"
+        )
+    try:
+        manifest = verify_bundle(bundle, raw_trusted_keys(trusted_keys))
+    except (BundleError, SignatureError) as e:
+        raise SshError(f"runtime bundle refused: {e}") from e
+    if manifest.target != name:
+        raise SshError(f"runtime bundle {bundle}: bundle.json is for {manifest.target}, not {name}")
+    return manifest

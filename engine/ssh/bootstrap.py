@@ -1,9 +1,11 @@
 """`engine bootstrap`: install the runtime on Linux and macOS hosts over SSH, in parallel.
 
-Per host: connect (host key checked), detect the host's bundle target, issue
-an enrollment code, upload the bootstrap script and the runtime bundle over
-sftp, run the script offline (``--bundle-dir``) with ``--json`` and read its
-result. ``run_bootstrap`` is that upload-and-run step in one place.
+Per host: connect (host key checked), detect the host's bundle target, upload
+the installer (the script ``GET /install/<platform>`` serves, rendered by
+``engine.install.render``) and the runtime bundle over sftp, run it offline
+(``--bundle-dir``) with the device's single-use invite code and ``--json``,
+and read its result. ``run_bootstrap`` is that upload-and-run step in one
+place; ``issue_codes`` issues the invite codes in the store.
 """
 
 from __future__ import annotations
@@ -12,15 +14,28 @@ import json
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from engine.ssh._runtime import remote_target
+from engine.server.invites import issue_invite
+from engine.ssh._runtime import checked_bundle, remote_target
 from engine.ssh.errors import RemoteCommandError, SshError
 from engine.ssh.session import SshSession
 from engine.ssh.targets import SshTarget
+from engine.store import Store
+from fleetbase.clock import utc_now
+from fleetbase.platform import Platform
+from states.bundle import MANIFEST_NAME, SIGNATURE_NAME
 
-__all__ = ["BootstrapOptions", "HostResult", "bootstrap_hosts", "render_results", "run_bootstrap"]
+__all__ = [
+    "BootstrapOptions",
+    "HostResult",
+    "bootstrap_hosts",
+    "issue_codes",
+    "render_results",
+    "run_bootstrap",
+]
 
 #: Seconds the bootstrap script may take on a host (venv, pip install offline, enroll).
 BOOTSTRAP_TIMEOUT = 600.0
@@ -28,15 +43,28 @@ BOOTSTRAP_TIMEOUT = 600.0
 
 @dataclass(frozen=True)
 class BootstrapOptions:
-    """What every host gets: the script, the bundles, how codes are issued, limits."""
+    """What every host gets: the installer, the bundles, its invite code, limits.
 
-    script: Path
+    ``extra_args`` go to the installer after the standard ones, ``{device}``
+    replaced by the device id (e.g. ``--prefix``, ``--service none``).
+    """
+
+    script: Callable[[Platform], str]  # the installer's source for a platform
     bundles_dir: Path
+    trusted_keys: list[str]  # the bundle's signature is checked here before it is sent
     invite: Callable[[str], str]  # device id -> single-use enrollment code
     accept_new: bool = False
     connect_timeout: float = 10.0
     run_timeout: float = BOOTSTRAP_TIMEOUT
     extra_args: tuple[str, ...] = ()
+
+
+def issue_codes(store: Store, devices: Iterable[str], ttl: timedelta) -> dict[str, str]:
+    """A fresh single-use invite code for each device (one transaction; each replaces the
+    device's earlier code), as `engine devices invite` issues them."""
+    now = utc_now()
+    with store.write() as conn:
+        return {d: issue_invite(conn, d, ttl, now).code for d in devices}
 
 
 @dataclass(frozen=True)
@@ -54,39 +82,53 @@ class HostResult:
 def run_bootstrap(
     session: SshSession, target: SshTarget, options: BootstrapOptions, code: str
 ) -> dict[str, Any]:
-    """Upload the script and the host's runtime bundle, run the script offline; its JSON result.
+    """Upload the installer and the host's runtime bundle, run it offline; its JSON result.
 
     RemoteCommandError when the script fails or prints no JSON document.
     """
-    bundle = options.bundles_dir / remote_target(session)
-    if not (bundle / "bundle.json").is_file():
-        raise SshError(
-            f"no runtime bundle {bundle.name} in {options.bundles_dir}: build it with "
-            f"`engine runtime bundle --target {bundle.name}`"
-        )
+    name = remote_target(session)
+    bundle = options.bundles_dir / name
+    manifest = checked_bundle(bundle, name, options.trusted_keys)
     work = session.path(f"{target.runtime_dir}/bootstrap")
     session.makedirs(f"{work}/bundle")
-    session.upload(options.script, f"{work}/install.py", mode=0o700)
-    for path in sorted(bundle.iterdir()):
-        if path.is_file():
-            session.upload(path, f"{work}/bundle/{path.name}")
-    argv = ["python3", f"{work}/install.py", "--device", target.device, "--code", code,
+    session.write(f"{work}/install.py", options.script(target.platform).encode(), mode=0o700)
+    for small in (MANIFEST_NAME, SIGNATURE_NAME):  # always sent: a same-size edit is possible
+        session.write(f"{work}/bundle/{small}", (bundle / small).read_bytes())
+    for entry in manifest.files:
+        session.upload(bundle / entry.name, f"{work}/bundle/{entry.name}")
+    # The code goes in a private file the script reads and deletes, not on its command
+    # line, where any local user could read it with ps.
+    session.write(f"{work}/invite.code", code.encode() + b"\n", mode=0o600)
+    argv = ["python3", f"{work}/install.py", "--device", target.device,
+            "--code-file", f"{work}/invite.code",
             "--agent-root", target.agent_root, "--bundle-dir", f"{work}/bundle", "--json",
-            *options.extra_args]  # fmt: skip
+            *(a.replace("{device}", target.device) for a in options.extra_args)]  # fmt: skip
     res = session.run(argv, timeout=options.run_timeout)
-    try:
-        doc = json.loads(res.stdout.strip().splitlines()[-1])
-        if not isinstance(doc, dict):
-            raise TypeError("not an object")
-    except (IndexError, ValueError, TypeError) as e:
+    doc = _result_document(res.stdout)
+    if doc is None:
         last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
         raise RemoteCommandError(
-            f"{session.endpoint}: the bootstrap script exited with {res.exit_status}: {last}"
-        ) from e
+            f"{session.endpoint}: the bootstrap script exited with {res.exit_status} "
+            f"without a JSON result: {last}"
+        )
     if res.exit_status != 0:
         why = doc.get("error") or doc.get("detail") or f"exit status {res.exit_status}"
         raise RemoteCommandError(f"{session.endpoint}: bootstrap failed: {why}")
     return doc
+
+
+def _result_document(stdout: str) -> dict[str, Any] | None:
+    """The installer's ``--json`` result: the whole output (it is indented), else its last
+    line (anything printed before it); None when neither is a JSON object."""
+    text = stdout.strip()
+    for candidate in (text, text.splitlines()[-1] if text else ""):
+        try:
+            doc = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return None
 
 
 def _one(target: SshTarget, options: BootstrapOptions) -> HostResult:
@@ -100,8 +142,21 @@ def _one(target: SshTarget, options: BootstrapOptions) -> HostResult:
         return HostResult(target.device, host, False, e.kind, str(e))
     except OSError as e:
         return HostResult(target.device, host, False, "failed", f"{host}: file transfer: {e}")
-    detail = str(doc.get("detail") or doc.get("result") or "bootstrapped")
-    return HostResult(target.device, host, True, "ok", detail, doc)
+    return HostResult(target.device, host, True, "ok", _summary(doc), doc)
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    """One line from the installer's result: what changed and what the agent was found to be."""
+    if doc.get("detail"):
+        return str(doc["detail"])
+    changed = doc.get("changed")
+    n = len(changed) if isinstance(changed, list) else 0
+    parts = [f"{n} change{'s' if n != 1 else ''}" if n else "nothing to change"]
+    adoption = doc.get("adoption")
+    if isinstance(adoption, dict) and adoption.get("status"):
+        found = " ".join(str(adoption[k]) for k in ("status", "version") if adoption.get(k))
+        parts.append(f"agent {found}")
+    return "; ".join(parts)
 
 
 def bootstrap_hosts(

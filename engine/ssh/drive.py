@@ -70,7 +70,7 @@ def make_relay(
         DeviceApiClient(url, secret, state / "tokens"),
         trusted_keys=keys,
         cache_dir=state / "cache",
-        installer=RuntimeInstaller(repo.root / ".engine" / "runtime-bundles"),
+        installer=RuntimeInstaller(repo.root / repo.settings.runtime_bundles, keys),
         accept_new=accept_new,
     )
 

@@ -5,7 +5,8 @@ One *round* for a device: connect, make sure a runtime is on the host (see
 ``agent-runtime status --json``, and check in as the device with what it says.
 When `engine serve` answers with a plan, upload the release's signed manifest
 and files and a one-device plan, run ``agent-runtime converge --once --plan
-FILE --json``, and check in again with the result. The controller (waves,
+FILE --json``, post the step events it printed (as a pull-mode runtime posts
+them) and check in again with the result. The controller (waves,
 gates, halts, rollback plans) sees these devices exactly as it sees
 pull-mode runtimes; docs/adr/0007-ssh-transport.md explains why.
 """
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from engine.ssh._device_client import DeviceApiClient
+from engine.ssh._device_client import DeviceApiClient, DeviceApiError
 from engine.ssh._runtime import RuntimeInstaller
 from engine.ssh.errors import RemoteCommandError, SshError
 from engine.ssh.session import SshSession
@@ -31,7 +32,7 @@ from engine.ssh.targets import SshTarget
 from fleetbase.version import Version
 from states.manifest import ReleaseManifest
 from states.plan import InventoryRef, Plan, ReleaseRef, StateRef
-from states.protocol import CheckinRequest, CheckinResponse, TransactionReport
+from states.protocol import CheckinRequest, CheckinResponse, StepEvent, TransactionReport
 
 __all__ = ["AgentlessRelay", "RoundResult"]
 
@@ -39,6 +40,7 @@ __all__ = ["AgentlessRelay", "RoundResult"]
 CONVERGE_TIMEOUT = 600.0
 #: Seconds for a quick remote command (status, mkdir).
 COMMAND_TIMEOUT = 60.0
+_EVENTS = TypeAdapter(list[StepEvent])
 
 
 @dataclass(frozen=True)
@@ -135,11 +137,24 @@ class AgentlessRelay:
                 f"{session.endpoint}: agent-runtime converge exited with {res.exit_status} "
                 f"without a result: {last}"
             ) from e
+        lost = self._send_events(target, doc.get("events"))
         self.api.checkin(target.device, _report(target, after))
         ok = result in ("committed", "noop")
         action = f"{answer.plan.action.value} {answer.plan.desired}"
-        return RoundResult(target.device, ok, f"{action}: {result} — {detail}",
+        return RoundResult(target.device, ok, f"{action}: {result} — {detail}{lost}",
                            "ok" if ok else "failed", converged=True)  # fmt: skip
+
+    def _send_events(self, target: SshTarget, raw: object) -> str:
+        """Post the converge's step events for the device (best effort, as pull mode does);
+        a note for the round's summary when they could not be sent."""
+        try:
+            events = _EVENTS.validate_python(raw or [])
+            self.api.post_events(target.device, target.platform, events)
+        except ValidationError as e:
+            return f" (step events not understood: {e.error_count()} errors)"
+        except DeviceApiError as e:
+            return f" (step events not recorded: {e})"
+        return ""
 
     def _config(self, target: SshTarget, home: _Remote) -> str:
         extra = dict(target.runtime_config)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Float,
@@ -212,7 +213,39 @@ def _0006_invites(conn: Connection) -> None:
     md.create_all(conn)
 
 
-def _0007_lease_generation(conn: Connection) -> None:
+def _0007_performance(conn: Connection) -> None:
+    # The agent's CPU and memory per device and release (performance-impact tracking).
+    md = MetaData()
+    Table(
+        "performance",
+        md,
+        Column("device", String(200), primary_key=True),
+        Column("version", String(100), primary_key=True),
+        Column("samples", Integer, nullable=False),
+        Column("cpu_samples", Integer, nullable=False),
+        Column("cpu_sum", Float, nullable=False),
+        Column("rss_sum", Float, nullable=False),
+        Column("rss_last", BigInteger, nullable=False),
+        Column("rss_max", BigInteger, nullable=False),
+        Column("first_at", UTCDateTime(), nullable=False),
+        Column("last_at", UTCDateTime(), nullable=False),
+    )
+    md.create_all(conn)
+    # GET /metrics counts devices per version and online state from this index alone.
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_reports_version_seen ON reports (agent_version, last_seen)"
+    )
+
+
+def _0008_report_adoption(conn: Connection) -> None:
+    # How a device's runtime took over the agent it found (CheckinRequest.adoption): known
+    # (the release its files are), unknown (files backed up) or empty; kept across check-ins.
+    for column in ("adoption VARCHAR(20)", "adopted_version VARCHAR(100)",
+                   "adoption_detail VARCHAR(2000)"):  # fmt: skip
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+
+
+def _0009_lease_generation(conn: Connection) -> None:
     # Fencing the controller's lease: each new holder gets the next generation, and
     # every controller write checks that it still holds its own.
     conn.exec_driver_sql(
@@ -228,5 +261,11 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "rollouts waiting for other rollouts (rollout.after)", _0004_rollout_after),
     Migration(5, "when a rollout completed", _0005_rollout_completed_at),
     Migration(6, "single-use enrollment codes (invites)", _0006_invites),
-    Migration(7, "controller lease generation (fencing)", _0007_lease_generation),
+    Migration(
+        7,
+        "the agent's CPU and memory per device and release; reports by version and last seen",
+        _0007_performance,
+    ),
+    Migration(8, "what a device's runtime adopted", _0008_report_adoption),
+    Migration(9, "controller lease generation (fencing)", _0009_lease_generation),
 ]

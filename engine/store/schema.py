@@ -8,6 +8,7 @@ databases to the same shape (tests/store checks that both agree).
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -30,6 +31,7 @@ __all__ = [
     "heartbeats",
     "invites",
     "metadata",
+    "performance",
     "releases",
     "reports",
     "rollout_devices",
@@ -57,7 +59,14 @@ reports = Table(
     Column("tx_attempts", Integer, nullable=True),
     Column("tx_detail", String(2000), nullable=True),
     Column("agent_running", Boolean, nullable=True),
+    # How the runtime took over the agent it found (migration 8): known | unknown | empty,
+    # the release matched, and what it said (e.g. where unknown files were backed up).
+    Column("adoption", String(20), nullable=True),
+    Column("adopted_version", String(100), nullable=True),
+    Column("adoption_detail", String(2000), nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
+    # /metrics counts devices per version and online state from this index alone.
+    Index("ix_reports_version_seen", "agent_version", "last_seen"),
 )
 
 #: Enrolled devices and the sha256 of their token (engine serve; migration 2).
@@ -179,6 +188,23 @@ rollout_devices = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_rollout_devices_device_state", "device", "state"),
     Index("ix_rollout_devices_rollout_state", "rollout_id", "state", "wave", "position"),
+)
+
+#: The agent's CPU and memory per device and release, summed from the samples its runtime
+#: sends with check-ins (states.protocol.PerformanceSample); see docs/metrics.md.
+performance = Table(
+    "performance",
+    metadata,
+    Column("device", String(200), primary_key=True),
+    Column("version", String(100), primary_key=True),
+    Column("samples", Integer, nullable=False),
+    Column("cpu_samples", Integer, nullable=False),  # samples with a CPU figure
+    Column("cpu_sum", Float, nullable=False),  # percent
+    Column("rss_sum", Float, nullable=False),  # bytes
+    Column("rss_last", BigInteger, nullable=False),
+    Column("rss_max", BigInteger, nullable=False),
+    Column("first_at", UTCDateTime(), nullable=False),
+    Column("last_at", UTCDateTime(), nullable=False),
 )
 
 #: The rollout controller's leader lease on SQLite (PostgreSQL uses an advisory lock).

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import StoreError
+from engine.instruments import store_failed
 from engine.store import _reports
 from engine.store._connect import create_store_engine, write_connection
 from engine.store._migrate import check_schema, migrate, schema_version
@@ -73,6 +74,7 @@ class Store:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
         except SQLAlchemyError as e:
+            store_failed("read")
             raise StoreError(f"reading {self.display_url} failed: {_reason(e)}") from e
 
     @contextmanager
@@ -82,6 +84,7 @@ class Store:
             with write_connection(self.engine) as conn:
                 yield conn
         except SQLAlchemyError as e:
+            store_failed("write")
             raise StoreError(f"writing {self.display_url} failed: {_reason(e)}") from e
 
     def upsert_reports(self, reports: Iterable[Report]) -> int:

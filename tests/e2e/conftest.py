@@ -59,7 +59,8 @@ class StoreView:
     """Read the server's store directly (the server may be down)."""
 
     def __init__(self, fleet: Fleet) -> None:
-        self.url = f"sqlite:///{fleet.repo.root / '.engine' / 'state.db'}"
+        default = f"sqlite:///{fleet.repo.root / '.engine' / 'state.db'}"
+        self.url = fleet.server.state or default
 
     def _rows(self, query: Any) -> list[Any]:
         with Store.open(self.url, migrate=False) as store, store.read() as conn:

@@ -235,6 +235,9 @@ class FakeLayout:
         self.faults.hit("rollback", LayoutError)
         self._replace(self.backups.get(plan.old, {}))
 
+    def clear_temporaries(self, plan: SwapPlan) -> None:
+        """Nothing: this layout writes no temporary files."""
+
     def finish(self, plan: SwapPlan, keep: set[Version], cutoff: datetime) -> None:
         """Drop backups of versions not in ``keep`` (point ``finish``)."""
         self.calls.append("finish")

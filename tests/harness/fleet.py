@@ -43,6 +43,7 @@ class Fleet:
         state: str | None = None,
         engine_settings: dict[str, Any] | None = None,
         out: Callable[[str], None] = lambda _line: None,
+        server_args: Sequence[str] = (),
     ) -> None:
         self.base = base
         self.engine_settings = engine_settings
@@ -51,7 +52,9 @@ class Fleet:
         self.specs = list(specs)
         self.groups = groups
         self.poll_interval = poll_interval
-        self.server = ServerProcess(self.repo, base / "server.log", env=server_env, state=state)
+        self.server = ServerProcess(
+            self.repo, base / "server.log", env=server_env, state=state, args=server_args
+        )
         timings = timings or DeviceTimings()
         self.devices = {
             s.id: RuntimeDevice(s, base / "devices" / s.id, layout(i), timings)

@@ -40,9 +40,11 @@ class HttpRepo:
     root: Path
     port: int = 0
     #: path suffix → behaviour: "stall" (send half, then hang), "extra" (append bytes),
-    #: "truncate" (send half and close), "ignore_range" (always 200)
+    #: "truncate" (send half and close), "ignore_range" (always 200), "drip" (one byte
+    #: every ``drip_every`` seconds: never stalls, never finishes in reasonable time)
     faults: dict[str, str] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    drip_every: float = 0.05
 
     @property
     def url(self) -> str:
@@ -82,6 +84,13 @@ def _handler(repo: HttpRepo, release: threading.Event) -> type[BaseHTTPRequestHa
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             try:
+                if fault == "drip":
+                    for i in range(len(body)):
+                        if release.wait(repo.drip_every):
+                            return
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                    return
                 if fault in ("stall", "truncate"):
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()

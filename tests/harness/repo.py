@@ -20,7 +20,7 @@ from tests.harness.procs import REPO_ROOT, child_env
 __all__ = ["EXAMPLE_FLEET", "RELEASES", "DeviceSpec", "OperatorRepo"]
 
 EXAMPLE_FLEET = REPO_ROOT / "examples" / "fleet"
-RELEASES = ("3.0.0", "3.0.1", "3.0.2", "3.0.3")
+RELEASES = ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
 
 
 @dataclass(frozen=True)

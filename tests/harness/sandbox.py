@@ -275,6 +275,32 @@ class Sandbox:
             out[rel] = "link:" + os.readlink(p) if p.is_symlink() else _sha(p)
         return out
 
+    def stray_files(self) -> list[str]:
+        """Entries of the agent root that belong to no published release and are not the
+        runtime's (backups, pointer) or the agent's (heartbeat) own: leftovers of a run."""
+        release_paths = {rel for pub in self.published.values() for rel in pub.files}
+        stray: list[str] = []
+        if self.layout == "versioned":
+            for p in sorted(self.root.iterdir()):
+                if p.name not in ("releases", "current", "current.txt"):
+                    stray.append(p.name)
+            releases = self.root / "releases"
+            if releases.is_dir():
+                stray += [f"releases/{p.name}" for p in releases.iterdir() if p.name[0] == "."]
+            return sorted(stray)
+        for p in sorted(self.root.rglob("*")):
+            rel = p.relative_to(self.root).as_posix()
+            if (
+                p.is_dir()
+                or rel.split("/")[0] == "backup"
+                or "__pycache__" in rel.split("/")
+                or p.name.startswith(("heartbeat.json", ".heartbeat.json"))
+            ):
+                continue
+            if rel not in release_paths:
+                stray.append(rel)
+        return stray
+
     def installed_release(self) -> str:
         """The one published release the active files match exactly; AssertionError otherwise."""
         active = self.active_dir()

@@ -27,7 +27,10 @@ def pull_config(sb: Sandbox, url: str, **server: Any) -> None:
         "backoff_cap": "0.4s",
     }
     settings.update(server)
-    sb.write_config(server=settings, converge={"interval": "0.2s", "jitter": "0.05s"})
+    sb.write_config(
+        server=settings,
+        converge={"interval": "0.2s", "jitter": "0.05s", "poll_interval_min": "0.05s"},
+    )
 
 
 def offer(stub: StubServer, sb: Sandbox, version: str, current: str | None) -> dict[str, Any]:

@@ -134,3 +134,41 @@ def test_absolute_resolves_server_paths_only() -> None:
     client = ServerClient("http://127.0.0.1:9/", "dev-1")
     assert client.absolute("/v1/artifacts/") == "http://127.0.0.1:9/v1/artifacts/"
     assert client.absolute("https://cdn.example/a") == "https://cdn.example/a"
+
+
+def test_check_in_answer_dripped_a_byte_at_a_time_is_unavailable() -> None:
+    """A server dripping its check-in answer (each byte well within the timeout) is ended
+    once the whole answer has not arrived within ``timeout``: the converge lock is freed."""
+    import threading
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.harness.http import http_server
+
+    done = threading.Event()
+    body = b'{"plan": null, "poll_interval": 30}' + b" " * 200
+
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(len(body)):
+                if done.wait(0.05):
+                    return
+                try:
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+    try:
+        with http_server(Drip) as port:
+            client = ServerClient(f"http://127.0.0.1:{port}", "dev-1", token="t", timeout=0.5)
+            with pytest.raises(ServerUnavailableError, match=r"no answer within 0\.5s"):
+                client.checkin(REPORT)
+    finally:
+        done.set()

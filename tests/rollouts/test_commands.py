@@ -86,7 +86,7 @@ def test_apply_saved_plan_records_rollouts_and_status_json(
     assert _rollout_count(repo) == 1
     assert main(["status", "-C", str(repo), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"generated_at", "rollouts", "versions", "devices_reporting"}
+    assert set(doc) == {"generated_at", "rollouts", "versions", "devices_reporting", "performance"}
     assert doc["versions"] == {"3.0.0": 6}
     (rollout,) = doc["rollouts"]
     assert (rollout["id"], rollout["name"], rollout["state"]) == (1, "prod@3.0.1", "active")

@@ -23,6 +23,7 @@ from engine.rollouts.policy import (
     judge_gates,
     retry_after,
     rollback_version,
+    shown_reason,
     tripped,
     wave_step,
 )
@@ -516,3 +517,47 @@ def test_choose_offers(
 ) -> None:
     """Free slots go to pending devices in order; one already on the release just succeeds."""
     assert choose_offers(candidates, TARGET, slots) == expected
+
+
+_FAILED_REASON = "attempt 1: the device reported rolled_back; retry at 2026-11-27T10:05:00Z"
+
+
+@pytest.mark.parametrize(
+    ("rollout", "now", "expected"),
+    [
+        (RolloutState.ACTIVE, T0, _FAILED_REASON),
+        (
+            RolloutState.ACTIVE,
+            T0 + 10 * MIN,
+            "attempt 1: the device reported rolled_back; retry due (offered when the device is "
+            "seen and a slot is free)",
+        ),
+        (
+            RolloutState.PAUSED,
+            T0,
+            "attempt 1: the device reported rolled_back; retry held: the rollout is paused",
+        ),
+        (
+            RolloutState.HALTED,
+            T0,
+            "attempt 1: the device reported rolled_back; not retried: the rollout is halted",
+        ),
+        (
+            RolloutState.ABORTED,
+            T0 + 10 * MIN,
+            "attempt 1: the device reported rolled_back; not retried: the rollout is aborted",
+        ),
+    ],
+)
+def test_shown_reason_never_promises_a_retry_that_will_not_come(
+    rollout: RolloutState, now: datetime, expected: str
+) -> None:
+    """A stored "retry at" reason is rewritten for the rollout's state and the clock."""
+    retry_at = T0 + 5 * MIN
+    assert shown_reason(_FAILED_REASON, retry_at=retry_at, rollout=rollout, now=now) == expected
+
+
+def test_shown_reason_leaves_other_reasons_alone() -> None:
+    """Reasons without a retry promise (or none) are shown as stored."""
+    for reason in (None, "pinned to 3.0.0", "attempt 3: no outcome; no retries left"):
+        assert shown_reason(reason, retry_at=None, rollout=RolloutState.HALTED, now=T0) == reason

@@ -150,7 +150,7 @@ def test_a_stale_rollout_state_is_refused(store: Store) -> None:
 
 def test_lookup_names_the_allowed_events() -> None:
     """The error for an illegal move lists what the state allows (or that it is final)."""
-    with pytest.raises(IllegalTransitionError, match="allowed: supersede"):
+    with pytest.raises(IllegalTransitionError, match="allowed: halt, supersede"):
         next_rollout_state(RolloutState.COMPLETED, RolloutEvent.RESUME)
     with pytest.raises(IllegalTransitionError, match="allowed: override"):
         next_device_state(DeviceState.ROLLED_BACK, DeviceEvent.RETRY)

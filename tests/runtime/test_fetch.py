@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent_runtime.config import DownloadSettings
-from agent_runtime.errors import ArtifactMismatchError, DownloadError
+from agent_runtime.errors import ArtifactMismatchError, DownloadError, SlowRetrievalError
 from agent_runtime.fetch import Fetcher
 from tests.harness.http import serve
 
@@ -84,3 +84,45 @@ def test_local_path_and_wrong_hash(repo: Path, tmp_path: Path) -> None:
             str(repo / "blob"), tmp_path / "l2", size=len(DATA), sha256="0" * 64
         )
     assert list(tmp_path.glob("l2*")) == []
+
+
+SLOW = DownloadSettings(
+    stall_timeout=timedelta(seconds=2),
+    retries=0,
+    min_speed=1000,
+    min_speed_grace=timedelta(seconds=0.3),
+    manifest_timeout=timedelta(seconds=60),
+)
+
+
+def test_dripping_artifact_ends_as_slow_retrieval(repo: Path, tmp_path: Path) -> None:
+    """A server dripping a byte at a time (each read within the stall timeout) is ended by
+    the minimum average speed, and the partial file is kept for a resume."""
+    dest = tmp_path / "blob"
+    with serve(repo, {"blob": "drip"}) as http, pytest.raises(SlowRetrievalError) as err:
+        Fetcher(SLOW).fetch(f"{http.url}/blob", dest, size=len(DATA), sha256=SHA)
+    assert "below the minimum average of 1000 bytes/s" in str(err.value)
+    assert not dest.exists()
+
+
+def test_dripping_manifest_ends_as_slow_retrieval(repo: Path) -> None:
+    """A manifest dripped a byte at a time is refused by the minimum average speed too."""
+    with serve(repo, {"blob": "drip"}) as http, pytest.raises(SlowRetrievalError, match="slow"):
+        Fetcher(SLOW).read_small(f"{http.url}/blob", 2 * len(DATA))
+
+
+def test_manifest_must_arrive_within_the_manifest_timeout(repo: Path) -> None:
+    """With the speed check off, a manifest still has to arrive whole within its timeout."""
+    settings = SLOW.model_copy(update={"min_speed": 0, "manifest_timeout": timedelta(seconds=0.3)})
+    with serve(repo, {"blob": "drip"}) as http, pytest.raises(SlowRetrievalError) as err:
+        Fetcher(settings).read_small(f"{http.url}/blob", 2 * len(DATA))
+    assert "manifest_timeout" in str(err.value)
+
+
+def test_fast_transfer_passes_the_speed_check(repo: Path, tmp_path: Path) -> None:
+    """A normal download with the speed check on completes (the check refuses only slow ones)."""
+    dest = tmp_path / "blob"
+    settings = SLOW.model_copy(update={"min_speed_grace": timedelta(0)})
+    with serve(repo) as http:
+        Fetcher(settings).fetch(f"{http.url}/blob", dest, size=len(DATA), sha256=SHA)
+    assert dest.read_bytes() == DATA

@@ -181,3 +181,14 @@ def test_broken_engine_yaml_is_reported(tmp_path: Path) -> None:
     run = _engine("runtime", "bundle", "-C", str(tmp_path))
     assert run.returncode == 1
     assert "engine.yaml:1" in run.stderr and "signing_kye" in run.stderr
+
+
+def test_runtime_wheel_leaves_the_dashboard_assets_out(runtime_bundle: RuntimeBundle) -> None:
+    """The runtime's own wheel in the bundle carries the runtime's code but not the
+    dashboard's vendored Swagger UI / ReDoc assets (megabytes no device uses)."""
+    import zipfile
+
+    [wheel] = runtime_bundle.directory.glob("fleet_rollout-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "agent_runtime/pull.py" in names and "engine/cli.py" in names
+    assert not [n for n in names if "dashboard/static/vendor" in n]

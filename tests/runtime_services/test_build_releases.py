@@ -43,7 +43,7 @@ def test_two_builds_are_byte_identical(tmp_path: Path) -> None:
     assert build("--out", str(tmp_path / "b")).returncode == 0
     a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
     assert a == b
-    assert len([p for p in a if p.startswith("releases/")]) == 4
+    assert len([p for p in a if p.startswith("releases/")]) == 5
 
 
 def test_committed_example_fleet_is_current(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_committed_example_fleet_is_current(tmp_path: Path) -> None:
     fresh = tree(tmp_path)
     committed = tree(COMMITTED)
     assert {path: committed.get(path) for path in fresh} == fresh
-    built = tuple(f"artifacts/{v}/" for v in ("3.0.0", "3.0.1", "3.0.2", "3.0.3"))
+    built = tuple(f"artifacts/{v}/" for v in ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4"))
     assert {p for p in committed if p.startswith(built)} == {
         p for p in fresh if p.startswith(built)
     }
@@ -61,7 +61,7 @@ def test_committed_example_fleet_is_current(tmp_path: Path) -> None:
 def test_manifest_hashes_and_sizes_match_artifacts(tmp_path: Path) -> None:
     """Every file entry's sha256 and size match the artifact its source names."""
     assert build("--out", str(tmp_path)).returncode == 0
-    for version in ("3.0.0", "3.0.1", "3.0.2", "3.0.3"):
+    for version in ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4"):
         _, manifest = load_manifest(tmp_path / "releases" / f"{version}.yaml")
         assert str(manifest.version) == version
         assert manifest.health_check is not None
@@ -80,11 +80,12 @@ def test_releases_differ_in_version_and_behaviour(tmp_path: Path) -> None:
     assert 'VERSION = "3.0.2"' in (art / "3.0.2/linux/core/version.py").read_text()
     assert 'BEHAVIOUR = "exit_at_start"' in (art / "3.0.2/macos/core/behaviour.py").read_text()
     assert 'BEHAVIOUR = "no_heartbeat"' in (art / "3.0.3/windows/core/behaviour.py").read_text()
+    assert 'BEHAVIOUR = "leak_memory"' in (art / "3.0.4/linux/core/behaviour.py").read_text()
     serials = [
         yaml.safe_load((tmp_path / "releases" / f"{v}.yaml").read_text())["serial"]
-        for v in ("3.0.0", "3.0.1", "3.0.2", "3.0.3")
+        for v in ("3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4")
     ]
-    assert serials == [1, 2, 3, 4]
+    assert serials == [1, 2, 3, 4, 5]
 
 
 def test_sign_and_pad_options(tmp_path: Path) -> None:

@@ -310,7 +310,8 @@ def test_admin_rollout_pause_resume_abort(repo: Path, store: Store) -> None:
     assert resumed.status_code == 200 and resumed.json()["state"] == "active"
     assert aborted.status_code == 200 and aborted.json()["state"] == "aborted"
     assert again.status_code == 409 and "aborted" in again.json()["detail"]
-    assert unknown.status_code == 404 and bad_action.status_code == 404
+    assert unknown.status_code == 404 and bad_action.status_code == 422
+    assert "pause" in bad_action.text and "abort" in bad_action.text
     assert detail["state"] == "aborted" and detail["devices"] == []
 
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from engine.store import Store
-from engine.store.schema import rollout_devices, rollouts
+from engine.store.schema import events, rollout_devices, rollouts
 from engine.waves import assign_waves
 from tests.harness.sshd import Sshd
 from tests.ssh.fleet import SshFleet
@@ -39,12 +39,23 @@ def _rows(fleet: SshFleet, name: str) -> tuple[str, dict[str, tuple[int, str]]]:
         return str(r.state), {d.device: (int(d.wave), str(d.state)) for d in devs}
 
 
+def _steps(fleet: SshFleet) -> dict[str, set[tuple[str, str, str]]]:
+    """Each device's step events in the store: (target, step, status)."""
+    url = f"sqlite:///{fleet.repo.root / '.engine' / 'state.db'}"
+    out: dict[str, set[tuple[str, str, str]]] = {d: set() for d in IDS}
+    with Store.open(url, migrate=False) as store, store.read() as conn:
+        for e in conn.execute(select(events)):
+            out[e.device].add((e.target, e.step, e.status))
+    return out
+
+
 def test_ssh_rollout_in_two_waves_then_broken_release_halts_and_rolls_back(
     fleet: SshFleet,
 ) -> None:
     """3.0.0 is installed on three agentless SSH devices from nothing, 3.0.1 commits on all
     three in two waves, and the broken 3.0.2 halts after the first wave with that device
-    back on 3.0.1 and the others never touched."""
+    back on 3.0.1 and the others never touched; each step is recorded as a step event, as
+    for pull-mode devices."""
     done = fleet.apply()
     assert done.returncode == 0, done.stdout + done.stderr
     assert {d: fleet.state(d)["installed"] for d in IDS} == dict.fromkeys(IDS, "3.0.0")
@@ -58,6 +69,9 @@ def test_ssh_rollout_in_two_waves_then_broken_release_halts_and_rolls_back(
     assert {s for _, s in devices.values()} == {"succeeded"}
     for d in IDS:
         assert fleet.state(d)["installed"] == "3.0.1"
+        assert {("3.0.1", s, "ok") for s in ("download", "verify", "swap", "commit")} <= (
+            _steps(fleet)[d]
+        )
 
     waves = assign_waves("fleet", [(d, True) for d in IDS], [1, 100])
     canary = [d for d, w in waves.items() if w == 0]
@@ -73,4 +87,8 @@ def test_ssh_rollout_in_two_waves_then_broken_release_halts_and_rolls_back(
         s = fleet.state(d)
         assert s["installed"] == "3.0.1", (d, s)
     assert fleet.state(canary[0])["last_result"] == "rolled_back"
+    steps = _steps(fleet)
+    assert ("3.0.2", "confirm_heartbeat", "failed") in steps[canary[0]], steps[canary[0]]
+    assert any(s.startswith("rollback") for t, s, _ in steps[canary[0]] if t == "3.0.2")
+    assert all(t != "3.0.2" for d in IDS if d != canary[0] for t, _, _ in steps[d])
     assert "fleet@3.0.2: halted" in done.stdout

@@ -16,6 +16,9 @@ from core.version import VERSION
 
 #: Exit code of a release that is broken at start (3.0.2 in the example fleet).
 EXIT_BROKEN = 3
+#: What a leaking release (3.0.4) keeps per heartbeat, and where it stops growing.
+LEAK_BYTES = 2 * 1024 * 1024
+LEAK_LIMIT = 256 * 1024 * 1024
 
 
 def heartbeat_interval() -> float:
@@ -40,11 +43,14 @@ def main() -> int:
     bus = NatsHeartbeat.from_env()
     where = f"{path}" if bus is None else f"{path} and NATS {bus.subject}"
     print(f"agent {VERSION} started, pid {os.getpid()}, heartbeat {where}", flush=True)
+    leaked: list[bytes] = []
     while not stop.is_set():
         if BEHAVIOUR != "no_heartbeat":
             write_heartbeat(path, VERSION)
             if bus is not None:
                 bus.send(VERSION)
+        if BEHAVIOUR == "leak_memory" and len(leaked) * LEAK_BYTES < LEAK_LIMIT:
+            leaked.append(bytes([len(leaked) % 251]) * LEAK_BYTES)  # filled: resident
         stop.wait(interval)
     if bus is not None:
         bus.close()

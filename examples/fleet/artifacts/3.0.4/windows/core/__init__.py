@@ -1,0 +1,1 @@
+"""The example agent's modules (the field layout keeps them under core/)."""
