@@ -235,33 +235,44 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Check-ins per second and latency of one worker, per backend."""
     wrk = ensure_wrk()
     rows: list[dict[str, Any]] = []
-    for backend in args.backend.split(","):
+    workers = [int(w) for w in str(args.workers).split(",")]
+    backends = args.backend.split(",")
+    for backend, count in [(b, w) for b in backends for w in workers]:
         with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
             base = Path(tmp)
             ctx = _postgres_database() if backend == "postgresql" else contextlib.nullcontext("")
             with ctx as pg:
                 if backend == "postgresql" and pg is None:
                     continue
-                rows.append(_throughput_one(wrk, base, backend, pg or None, args))
+                rows.append(_throughput_one(wrk, base, backend, pg or None, args, count))
     _say("")
-    _say(f"{'backend':<11}{'devices':>8}{'conns':>6}{'req/s':>9}{'p50 ms':>8}{'p90 ms':>8}"
-         f"{'p99 ms':>8}{'non-2xx':>9}{'errors':>7}")  # fmt: skip
+    _say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    _say(f"{'backend':<11}{'workers':>8}{'devices':>8}{'conns':>6}{'req/s':>9}{'p50 ms':>8}"
+         f"{'p90 ms':>8}{'p99 ms':>8}{'non-2xx':>9}{'errors':>7}")  # fmt: skip
     for r in rows:
-        _say(f"{r['backend']:<11}{r['devices']:>8}{r['connections']:>6}{r['rps']:>9.0f}"
+        _say(f"{r['backend']:<11}{r['workers']:>8}{r['devices']:>8}{r['connections']:>6}"
+             f"{r['rps']:>9.0f}"
              f"{r['p50_us'] / 1000:>8.1f}{r['p90_us'] / 1000:>8.1f}{r['p99_us'] / 1000:>8.1f}"
              f"{r['non_2xx']:>9}{r['socket_errors']:>7}")  # fmt: skip
     return rows
 
 
 def _throughput_one(
-    wrk: str, base: Path, backend: str, state: str | None, args: argparse.Namespace
+    wrk: str,
+    base: Path,
+    backend: str,
+    state: str | None,
+    args: argparse.Namespace,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    _say(f"== throughput on {backend}: {args.devices} devices, wrk -t{args.threads} "
-         f"-c{args.connections} -d{args.duration}s")  # fmt: skip
+    _say(f"== throughput on {backend}, {workers} worker(s): {args.devices} devices, "
+         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
+         f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     repo = _bench_repo(base, 1, poll="300s", rollout={"waves": [100]})
     server = ServerProcess(
         repo, base / "server.log", state=state, args=["--allow-unknown-devices",
-                                                      "--log-level", "warning"],
+                                                      "--log-level", "warning",
+                                                      "--workers", str(workers)],
     )  # fmt: skip
     server.start()
     try:
@@ -279,7 +290,8 @@ def _throughput_one(
         )  # fmt: skip
     finally:
         server.stop()
-    result.update(backend=backend, devices=args.devices, connections=args.connections)
+    result.update(backend=backend, devices=args.devices, connections=args.connections,
+                  workers=workers, load=os.getloadavg()[0])  # fmt: skip
     _say(f"{result['rps']:.0f} check-ins/s, p50 {result['p50_us'] / 1000:.1f} ms, "
          f"p99 {result['p99_us'] / 1000:.1f} ms, non-2xx {result['non_2xx']}")  # fmt: skip
     _say(f"command: {result['command']}")
@@ -373,6 +385,8 @@ class _Simulator:
         args = self.args
         device = f"{args.prefix}{index:05d}"
         token = None
+        if args.pre_enrolled:
+            token = _bench_token(args.pre_enrolled, device)
         while token is None and not self.stop.is_set():
             status, data = await self.call(
                 "POST", "/v1/enroll",
@@ -448,15 +462,81 @@ def simulate(args: argparse.Namespace) -> None:
     asyncio.run(_Simulator(args).main())
 
 
+def _stored_versions(url: str) -> dict[str, int]:
+    """How many stored reports name each agent version."""
+    from sqlalchemy import text
+
+    from engine.store import Store
+
+    with Store.open(url, migrate=False) as store, store.read() as conn:
+        rows = conn.execute(
+            text("SELECT agent_version, count(*) FROM reports GROUP BY agent_version")
+        ).all()
+    return {str(v): int(c) for v, c in rows if v is not None}
+
+
+def _bench_token(seed: str, device: str) -> str:
+    """The token of a pre-enrolled simulated device."""
+    return f"bench-{seed}-{device}"
+
+
+def _pre_enroll(url: str, count: int, seed: str) -> None:
+    """Enroll ``sim-NNNNN`` devices directly in the store (tokens from ``_bench_token``)."""
+    from sqlalchemy import insert
+
+    from engine.server.credentials import hash_token
+    from engine.store import Store
+    from engine.store.schema import devices
+
+    now = datetime.now(UTC)
+    with Store.open(url, migrate=False) as store:
+        for start in range(0, count, 10_000):
+            rows = [
+                {"device": d, "platform": "linux", "token_hash": hash_token(_bench_token(seed, d)),
+                 "enrolled_at": now, "revoked_at": None, "runtime_version": "sim",
+                 "enrollments": 1}
+                for d in (f"sim-{i:05d}" for i in range(start, min(count, start + 10_000)))
+            ]  # fmt: skip
+            with store.write() as conn:
+                conn.execute(insert(devices), rows)
+
+
+def _rollout_figures(url: str, server: ServerProcess) -> dict[str, float]:
+    """Per-device offer -> committed times, apply -> last committed, server RSS, DB size."""
+    import psutil
+    from sqlalchemy import text
+
+    from engine.store import Store
+
+    with Store.open(url, migrate=False) as store, store.read() as conn:
+        rows = conn.execute(text(
+            "SELECT rd.offered_at, rd.finished_at, r.created_at FROM rollout_devices rd "
+            "JOIN rollouts r ON r.id = rd.rollout_id WHERE rd.state = 'succeeded'"
+        )).all()  # fmt: skip
+        if conn.dialect.name == "postgresql":
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+        else:
+            size = Path(url.removeprefix("sqlite:///")).stat().st_size
+
+    def instant(v: Any) -> datetime:
+        return v if isinstance(v, datetime) else datetime.fromisoformat(v)
+
+    spans = sorted((instant(f) - instant(o)).total_seconds() for o, f, _ in rows if o is not None)
+    last = max((instant(f) - instant(c)).total_seconds() for _, f, c in rows) if rows else 0.0
+    rss = 0
+    if server.proc is not None:
+        with contextlib.suppress(psutil.Error):
+            top = psutil.Process(server.proc.pid)
+            rss = sum(p.memory_info().rss for p in [top, *top.children(recursive=True)])
+
+    def pct(q: float) -> float:
+        return spans[min(len(spans) - 1, int(q * len(spans)))] if spans else 0.0
+
+    return {"last_s": last, "p50_s": pct(0.5), "p95_s": pct(0.95),
+            "rss_mb": rss / 2**20, "db_mb": float(size or 0) / 2**20}  # fmt: skip
+
+
 # -- convergence ---------------------------------------------------------------------------------
-
-
-def _status(server: ServerProcess) -> dict[str, Any]:
-    try:
-        r = server.admin("GET", "/v1/admin/status")
-    except requests.RequestException:
-        return {}
-    return dict(r.json()) if r.status_code == 200 else {}
 
 
 def converge(args: argparse.Namespace) -> dict[str, Any]:
@@ -464,21 +544,41 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
     waves = [float(w) for w in args.waves.split(",")]
     rollout = {"waves": waves, "soak": args.soak, "max_parallel": args.max_parallel,
                "max_failure_rate": 0.05, "min_success_rate": 0.95}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="fleet-converge-") as tmp:
+    backend = getattr(args, "converge_backend", "sqlite")
+    workers = int(getattr(args, "converge_workers", 1))
+    with (
+        tempfile.TemporaryDirectory(prefix="fleet-converge-") as tmp,
+        _postgres_database() if backend == "postgresql" else contextlib.nullcontext(None) as pg,
+    ):
         base = Path(tmp)
         _say(f"== converge: {args.devices} simulated devices, waves {args.waves}, soak "
-             f"{args.soak}, max_parallel {args.max_parallel}, poll {args.poll}s")  # fmt: skip
+             f"{args.soak}, max_parallel {args.max_parallel}, poll {args.poll}s, "
+             f"{backend} with {workers} worker(s), load average "
+             f"{os.getloadavg()[0]:.2f}")  # fmt: skip
         t0 = time.perf_counter()
         repo = _bench_repo(base, args.devices, poll=f"{args.poll}s", rollout=rollout)
         _say(f"operator repo with {args.devices} devices in {time.perf_counter() - t0:.1f}s")
-        server = ServerProcess(repo, base / "server.log", args=["--log-level", "warning"])
+        server = ServerProcess(
+            repo,
+            base / "server.log",
+            state=pg,
+            args=["--log-level", "warning", "--workers", str(workers)],
+        )
         server.start()
+        args.state_url = pg or f"sqlite:///{repo.root / '.engine' / 'state.db'}"
         stats = base / "sim-stats.json"
+        seed = ""
+        if getattr(args, "pre_enroll", False):
+            seed = uuid.uuid4().hex[:12]
+            t0 = time.perf_counter()
+            _pre_enroll(args.state_url, args.devices, seed)
+            _say(f"{args.devices} enrollments written to the store in "
+                 f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
         sim = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "_simulate", "--url", server.url,
              f"--secret={server.enrollment_secret}", "--devices", str(args.devices),
              "--connections", str(args.sim_connections), "--poll", str(args.poll),
-             "--stats", str(stats)],
+             "--stats", str(stats), f"--pre-enrolled={seed}"],
             start_new_session=True,
         )  # fmt: skip
         try:
@@ -504,7 +604,8 @@ def _converge_run(
     def versions() -> dict[str, int]:
         if sim.poll() is not None:
             raise SystemExit(f"the simulator exited with {sim.returncode}")
-        return dict(_status(server).get("versions") or {})
+        # From the store: a saturated server must not make the bench's own view time out.
+        return _stored_versions(args.state_url)
 
     def progress(v: Callable[[], dict[str, int]] = versions) -> str:
         return ", ".join(f"{k}: {c}" for k, c in sorted(v().items())) or "nothing yet"
@@ -516,7 +617,8 @@ def _converge_run(
     _say(f"all {n} devices enrolled and reported 3.0.0 in {enrolled:.1f}s")
     repo.set_release("3.0.1")
     t_apply = time.perf_counter()
-    applied = repo.engine("apply", "--yes", timeout=600)
+    state_env = {"ENGINE_STATE_URL": args.state_url}
+    applied = repo.engine("apply", "--yes", timeout=600, env=state_env)
     apply_secs = time.perf_counter() - t_apply
     _say(f"engine apply --yes took {apply_secs:.1f}s")
     if applied.stdout.strip():
@@ -533,6 +635,11 @@ def _converge_run(
     _say(f"{n:>8}{args.waves:>14}{args.soak:>6}{args.max_parallel:>8}{args.poll:>7}"
          f"{enrolled:>9.1f}{apply_secs:>8.1f}{total:>11.1f}")  # fmt: skip
     _say(f"simulator requests: {sim_stats.get('stats')}")
+    extra = _rollout_figures(args.state_url, server)
+    _say(f"apply -> last committed {extra['last_s']:.1f}s; per device offer -> committed "
+         f"p50 {extra['p50_s']:.1f}s p95 {extra['p95_s']:.1f}s; server RSS "
+         f"{extra['rss_mb']:.0f} MB; database {extra['db_mb']:.0f} MB; load average "
+         f"{os.getloadavg()[0]:.2f}")  # fmt: skip
     return {"devices": n, "enroll_s": enrolled, "apply_s": apply_secs, "converge_s": total}
 
 
@@ -552,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--connections", type=int, default=50)
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--backend", default="sqlite,postgresql")
+        p.add_argument(
+            "--workers", default="1", help="engine serve --workers per backend, e.g. 1,2"
+        )
     cv.add_argument("--devices", dest="sim_devices", type=int, default=10000)
     both.add_argument("--sim-devices", dest="sim_devices", type=int, default=10000)
     for p in (cv, both):
@@ -561,6 +671,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--poll", type=float, default=10.0)
         p.add_argument("--sim-connections", dest="sim_connections", type=int, default=64)
         p.add_argument("--timeout", type=float, default=900)
+        p.add_argument("--converge-backend", dest="converge_backend", default="sqlite",
+                       choices=["sqlite", "postgresql"])  # fmt: skip
+        p.add_argument("--converge-workers", dest="converge_workers", type=int, default=1)
+        p.add_argument("--pre-enroll", dest="pre_enroll", action="store_true",
+                       help="write the devices' enrollments into the store before the run "
+                       "(large fleets: enrollment is not what is measured)")  # fmt: skip
     sim = sub.add_parser("_simulate", help=argparse.SUPPRESS)
     sim.add_argument("--url", required=True)
     sim.add_argument("--secret", required=True)
@@ -571,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--apply-min", dest="apply_min", type=float, default=0.2)
     sim.add_argument("--apply-max", dest="apply_max", type=float, default=1.0)
     sim.add_argument("--stats", required=True)
+    sim.add_argument("--pre-enrolled", dest="pre_enrolled", default="")
     args = parser.parse_args(argv)
     if args.cmd == "_simulate":
         simulate(args)

@@ -301,7 +301,7 @@ def _uvicorn_config(app: Any, log_level: str, limits: Any, **extra: Any) -> Any:
         log_config=None,
         log_level=log_level,
         loop="uvloop",
-        lifespan="off",
+        lifespan="on",  # shutdown writes the check-ins' buffered reports
         # Nothing uses the client's address: no X-Forwarded-* processing per request.
         proxy_headers=False,
         server_header=False,

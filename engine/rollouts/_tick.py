@@ -374,7 +374,11 @@ def _offer(
     timings: Timings,
     now: datetime,
 ) -> None:
-    """Give free ``max_parallel`` slots to online pending devices of waves up to ``last_wave``."""
+    """Give free ``max_parallel`` slots to online pending devices of waves up to ``last_wave``.
+
+    The devices offered here are the ones the controller nudges (NATS) once the
+    tick's transaction has committed (``RolloutController.tick``), never inside it.
+    """
     slots = policy.max_parallel - _reads.busy_devices(conn, r.id)
     if slots <= 0:
         return

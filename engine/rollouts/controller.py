@@ -45,6 +45,7 @@ from engine.instruments import instruments
 from engine.rollouts import _reads
 from engine.rollouts._lease import LeaderLock
 from engine.rollouts._tick import TickSettings, tick_rollout
+from engine.rollouts.errors import LeaseLostError
 from engine.rollouts.model import RolloutState, Timings
 from engine.rollouts.webhook import WebhookOutbox
 from engine.store import Store
@@ -134,14 +135,20 @@ class RolloutController:
         settings = TickSettings(self.timings, self._policy, self._window)
         for rollout_id in ids:
             failed: list[tuple[str, str]] = []
-            with self.store.write() as conn:
-                notices = tick_rollout(conn, rollout_id, settings, now, failed=failed)
-                events = [self._event(conn, rollout_id, s, why) for s, why in notices]
-                events += [self._failed(conn, rollout_id, d, why) for d, why in failed]
-                if self.webhook is not None:
-                    for event in events:
-                        self.webhook.record(conn, event.event, event.payload)
-                nudge = [] if self.nudger is None else _reads.nudge_targets(conn, rollout_id, now)
+            try:
+                with self.lock.write() as conn:  # fenced: refused once another replica leads
+                    notices = tick_rollout(conn, rollout_id, settings, now, failed=failed)
+                    events = [self._event(conn, rollout_id, s, why) for s, why in notices]
+                    events += [self._failed(conn, rollout_id, d, why) for d, why in failed]
+                    if self.webhook is not None:
+                        for event in events:
+                            self.webhook.record(conn, event.event, event.payload)
+                    nudge = (
+                        [] if self.nudger is None else _reads.nudge_targets(conn, rollout_id, now)
+                    )
+            except LeaseLostError as e:
+                _log.warning("tick stopped: %s", e)
+                return
             if nudge and self.nudger is not None:
                 self.nudger.nudge(nudge, reason="offer", rollout=rollout_id)
             for event in events:

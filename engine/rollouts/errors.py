@@ -7,6 +7,7 @@ from engine.errors import EngineError
 __all__ = [
     "DeviceNotFoundError",
     "IllegalTransitionError",
+    "LeaseLostError",
     "RolloutError",
     "RolloutNotFoundError",
     "RolloutStateError",
@@ -31,3 +32,7 @@ class IllegalTransitionError(RolloutStateError):
 
 class DeviceNotFoundError(RolloutError):
     """No device has the id given (never enrolled, reported or rolled out to)."""
+
+
+class LeaseLostError(RolloutError):
+    """This controller is no longer the leader: its write was refused (fencing)."""

@@ -1,8 +1,10 @@
 """What a device gets when it checks in: its plan and where its release is, or nothing.
 
-``offer_for_device`` is on the check-in hot path: one indexed query for the
-device's open rollout rows, and one conditional UPDATE when it hands out a
-plan. Release references, parsed policies and windows are cached in memory.
+On the check-in hot path: ``offer_rows`` reads the open rollout rows of a
+batch of devices in one query, ``decide_offer`` decides each device's answer
+from them, and a ``Take`` (one conditional UPDATE) moves the device's row when
+it hands out a plan; ``offer_for_device`` does all three for one device.
+Release references, parsed policies and windows are cached in memory.
 Outcomes (succeeded, failed, rolled back) are judged by the controller's tick
 from the stored reports and heartbeats, not here (see docs/rollouts.md).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -31,9 +34,13 @@ from states.plan import Action, DevicePlan, ReleaseRef, Step
 from states.report import Report
 
 __all__ = [
+    "Decision",
     "Offer",
+    "Take",
     "clear_caches",
+    "decide_offer",
     "offer_for_device",
+    "offer_rows",
     "release_ref",
     "server_release_ref",
 ]
@@ -217,6 +224,7 @@ class _Sql:
     """
 
     select: str
+    select_many: str
     take: str
     take_rollback: str
     sqlite: bool
@@ -234,15 +242,18 @@ class _Sql:
     def build(sqlite: bool) -> _Sql:
         """Statements with ``?`` (SQLite) or ``%s`` (psycopg) placeholders."""
         p = "?" if sqlite else "%s"
+        columns = (
+            "SELECT rd.rollout_id, rd.state, rd.wave, rd.rollback_to, rd.platform, "
+            "rd.started_at, r.name, r.group_name, r.release, r.release_sha256, r.state, "
+            "r.priority, r.maintenance_window"
+        )
+        where = f"AND rd.state IN ({_STATES}) AND r.state IN ({_ROLLOUT_STATES})"
+        joined = "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id"
+        # Many devices in one statement: a JSON array (SQLite) or an array (psycopg).
+        many = "IN (SELECT value FROM json_each(?))" if sqlite else "= ANY(%s)"
         return _Sql(
-            select=(
-                "SELECT rd.rollout_id, rd.state, rd.wave, rd.rollback_to, rd.platform, "
-                "rd.started_at, r.name, r.group_name, r.release, r.release_sha256, r.state, "
-                "r.priority, r.maintenance_window "
-                "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id "
-                f"WHERE rd.device = {p} AND rd.state IN ({_STATES}) "
-                f"AND r.state IN ({_ROLLOUT_STATES})"
-            ),
+            select=f"{columns} {joined} WHERE rd.device = {p} {where}",
+            select_many=f"{columns}, rd.device {joined} WHERE rd.device {many} {where}",
             take=(
                 f"UPDATE rollout_devices SET state = '{_TAKE[1].value}', "
                 f"started_at = {p}, attempts = attempts + 1, from_version = {p}, "
@@ -271,8 +282,71 @@ class _Sql:
 _SQL: dict[str, _Sql] = {}
 
 
+def offer_rows(conn: Connection, devices: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """Each device's open rollout rows (one query for all of ``devices``), by device id.
+
+    A device without open rows is absent. Runs in a read transaction: the
+    decision made from these rows is applied by a conditional UPDATE (``Take``).
+    """
+    sql = _Sql.of(conn)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    if len(devices) == 1:
+        rows = raw.execute(sql.select, (devices[0],)).fetchall()
+        return {devices[0]: rows} if rows else {}
+    if sql.sqlite:
+        found = raw.execute(sql.select_many, (json.dumps(list(devices)),)).fetchall()
+    else:
+        found = raw.execute(sql.select_many, (list(devices),)).fetchall()
+    by_device: dict[str, list[tuple[Any, ...]]] = {}
+    for row in found:
+        by_device.setdefault(row[-1], []).append(row[:-1])
+    return by_device
+
+
+@dataclass(frozen=True)
+class Take:
+    """A device taking its offer: one conditional UPDATE that must change exactly one row.
+
+    A rollout state transition: committed durably before the device is answered.
+    """
+
+    statement: str
+    params: tuple[Any, ...]
+
+    def apply(self, conn: Connection) -> bool:
+        """Run the UPDATE in ``conn``'s write transaction; False when the row moved meanwhile."""
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        return bool(raw.execute(self.statement, self.params).rowcount == 1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a check-in gets: an offer, valid only once ``take`` (if any) changed its row."""
+
+    offer: Offer | None
+    take: Take | None = None
+
+
+_NOTHING = Decision(None)
+
+
 def offer_for_device(conn: Connection, device: str, report: Report, now: datetime) -> Offer | None:
-    """The plan to hand ``device`` at this check-in, or None.
+    """The plan to hand ``device`` at this check-in, or None (see ``decide_offer``).
+
+    Reads and takes in the caller's (write) transaction.
+    """
+    decision = decide_offer(conn, device, offer_rows(conn, [device]).get(device, []), report, now)
+    if decision.take is not None and not decision.take.apply(conn):
+        return None  # another replica handed it out, or the controller took it back
+    return decision.offer
+
+
+def decide_offer(
+    conn: Connection, device: str, rows: Sequence[tuple[Any, ...]], report: Report, now: datetime
+) -> Decision:
+    """The plan to hand ``device`` at this check-in given its open rollout ``rows``.
 
     ``report`` is what the device just said (already stored or not) and ``now``
     the server's time, which must be the time the report is stored with. A
@@ -281,11 +355,11 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
     - its update when the controller offered it (its wave is open and a
       ``max_parallel`` slot is free), its rollout is active or completed, and
       its group's maintenance window is open at ``now``; the device's row
-      moves from offered to in_progress in the caller's transaction;
+      moves from offered to in_progress (the decision's ``take``);
     - the same plan again while it is in progress and has not reported a
       failure (a lost answer must not strand it);
     - a rollback to the release it came from when its rollout halted, also
-      only inside the window;
+      only inside the window (a ``take`` too);
     - a rollback to the release it came from when the performance policy failed
       it (``regressed``), at every check-in inside the window until it reports
       that release (like an update in progress, a lost answer must not strand it);
@@ -293,79 +367,74 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
       superseded rollouts, closed windows. When the device is in several
       live rollouts, the one of the highest group priority (then the newest)
       decides.
+
+    ``conn`` is only read (release rows, cached).
     """
+    if not rows:
+        return _NOTHING
     sql = _Sql.of(conn)
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    found = raw.execute(sql.select, (device,)).fetchall()
-    if not found:
-        return None
-    row = _OfferRow(*max(found, key=lambda r: (r[11], r[0])))
+    row = _OfferRow(*max(rows, key=lambda r: (r[11], r[0])))
     state = row.state
     rollout_state = row.rollout_state
     current = report.agent_version
     if state == DeviceState.OFFERED.value:
         if rollout_state not in _OFFERING:
-            return None
+            return _NOTHING
         if not in_window(_window(row.maintenance_window), now):
-            return None
+            return _NOTHING
         info = _release(conn, row.release, row.release_sha256)
         if info is None:
-            return None
+            return _NOTHING
         desired = info.ref.version
         if current is not None and current == desired:
-            return None  # already there: the controller marks it succeeded
+            return _NOTHING  # already there: the controller marks it succeeded
         stamp = sql.stamp(now)
-        taken = raw.execute(
+        take = Take(
             sql.take,
             (stamp, None if current is None else str(current), stamp, row.rollout_id, device),
         )
-        if taken.rowcount != 1:
-            return None  # another replica handed it out, or the controller took it back
         action = _action(current, desired)
         reason = f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
         plan = _plan(device, row=row, info=info, current=current, action=action, reason=reason)
-        return Offer(plan, info.ref)
+        return Decision(Offer(plan, info.ref), take)
     if state == DeviceState.IN_PROGRESS.value:
         if rollout_state not in (*_OFFERING, RolloutState.PAUSED.value):
-            return None
+            return _NOTHING
         started = sql.instant(row.started_at)
         finished = started is None or report.last_seen > started
         if report.last_result in FAILURE_RESULTS and finished:
-            return None  # it failed; the controller decides on a retry
+            return _NOTHING  # it failed; the controller decides on a retry
         info = _release(conn, row.release, row.release_sha256)
         if info is None:
-            return None
+            return _NOTHING
         desired = info.ref.version
         if current is not None and current == desired:
-            return None  # installed; the controller waits for its heartbeat
+            return _NOTHING  # installed; the controller waits for its heartbeat
         action = _action(current, desired)
         reason = f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
         plan = _plan(device, row=row, info=info, current=current, action=action, reason=reason)
-        return Offer(plan, info.ref)
+        return Decision(Offer(plan, info.ref))
     if state == DeviceState.ROLLBACK.value:
         if rollout_state != RolloutState.HALTED.value or row.rollback_to is None:
-            return None
+            return _NOTHING
         if not in_window(_window(row.maintenance_window), now):
-            return None
+            return _NOTHING
         info = _release(conn, row.rollback_to)
         if info is None:
-            return None
+            return _NOTHING
         stamp = sql.stamp(now)
-        taken = raw.execute(sql.take_rollback, (stamp, stamp, row.rollout_id, device))
-        if taken.rowcount != 1:
-            return None
+        take = Take(sql.take_rollback, (stamp, stamp, row.rollout_id, device))
         reason = f"rollout {row.name} halted: back to {info.ref.version}"
         plan = _plan(
             device, row=row, info=info, current=current, action=Action.ROLLBACK, reason=reason
         )
-        return Offer(plan, info.ref)
+        return Decision(Offer(plan, info.ref), take)
     if state == DeviceState.REGRESSED.value:
         if row.rollback_to is None or not in_window(_window(row.maintenance_window), now):
-            return None
+            return _NOTHING
         info = _release(conn, row.rollback_to)
         if info is None or (current is not None and current == info.ref.version):
-            return None
+            return _NOTHING
         reason = (
             f"rollout {row.name}: {row.release} exceeded the performance policy: "
             f"back to {info.ref.version}"
@@ -373,5 +442,5 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
         plan = _plan(
             device, row=row, info=info, current=current, action=Action.ROLLBACK, reason=reason
         )
-        return Offer(plan, info.ref)
-    return None
+        return Decision(Offer(plan, info.ref))
+    return _NOTHING

@@ -10,6 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
+import anyio.to_thread
+
 from engine.errors import StoreError
 from engine.server._http import refuse
 from engine.server.credentials import hash_token
@@ -96,6 +98,15 @@ class DeviceTokens:
                 log.error("token of %s not checked: %s", device, e)
                 refuse(503, "the server cannot reach its store; try again later", _RETRY)
             self.remember(device, row)
+        self.verify(device, token, row)
+
+    async def check_async(self, authorization: str | None, device: str) -> None:
+        """``check`` without blocking the event loop: a cache miss is looked up in a thread."""
+        token = bearer(authorization)
+        row = self.cached(device)
+        if row is MISSING:
+            await anyio.to_thread.run_sync(self.check, authorization, device)
+            return
         self.verify(device, token, row)
 
     def cached(self, device: str) -> TokenRow | Missing | None:

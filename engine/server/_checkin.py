@@ -1,101 +1,40 @@
 """The check-in, the server's hot path: every device, every poll interval.
 
 ``Checkins.handle`` does the whole exchange on bytes: token check (cached),
-body validation, one write transaction (report upsert and the rollout
-controller's offer), the answer serialised with orjson. ``CheckinFastPath``
+body validation, then the database work queued to the worker's check-in
+thread (``engine.server._checkin_db``: token lookup, the rollout offer, the
+report written behind), the answer serialised with orjson. ``CheckinFastPath``
 is an ASGI middleware that routes ``POST /v1/devices/{id}/checkin`` straight
 to it, skipping the framework's routing and dependency machinery (measured:
 about a third of the CPU per check-in); the FastAPI route with the same
 handler stays for the OpenAPI document and any request the fast path passes on.
 
-Device writes use one connection kept open for the event loop's thread:
-handlers run one at a time on that thread and never await inside a
-transaction, so one connection serves them all without the pool's checkout
-and reset-on-return per request.
+Nothing here touches the database on the event loop: a slow or locked store
+delays check-ins, never the other requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 
 import orjson
 from fastapi import HTTPException
 from pydantic import ValidationError
-from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Message, Receive, Scope, Send
 
-from engine.errors import StoreError
-from engine.instruments import instruments, store_failed
+from engine.instruments import instruments
 from engine.server._auth import MISSING, DeviceTokens, bearer
-from engine.server._device_db import DeviceSql, lookup_token, upsert_checkin
+from engine.server._checkin_db import CheckinDatabase, CheckinJob
 from engine.server._http import DEVICE_RE, error_body, refuse, validation_message
-from engine.server.settings import OfferFunction
-from engine.store import Store
-from engine.store._connect import _IMMEDIATE
 from states.protocol import CheckinRequest
 from states.report import Report
 
-__all__ = ["CheckinFastPath", "Checkins", "LoopConnection", "checkin_device", "count_checkin"]
+__all__ = ["CheckinFastPath", "Checkins", "checkin_device", "count_checkin"]
 
 log = logging.getLogger("engine.server")
-
-#: Seconds a device is asked to wait when the store is unavailable.
-RETRY_AFTER_SECONDS = 5
-
-
-class LoopConnection:
-    """A store connection kept open for the event loop's thread (device writes)."""
-
-    def __init__(self, store: Store) -> None:
-        """Connect lazily to ``store``."""
-        self._store = store
-        self._conn: Connection | None = None
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction on the kept connection; StoreError when the store fails."""
-        with self._transaction(immediate=True) as conn:
-            yield conn
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read transaction on the kept connection; StoreError when the store fails."""
-        with self._transaction(immediate=False) as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self, *, immediate: bool) -> Iterator[Connection]:
-        conn = self._conn
-        try:
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self._conn = self._store.engine.connect()
-                if conn.dialect.name == "postgresql":
-                    # Device reports are soft state, sent again at the next poll:
-                    # a crash may lose the last few hundred ms of them, but commits
-                    # no longer wait for the disk with the event loop stalled.
-                    conn.exec_driver_sql("SET synchronous_commit = off")
-                    conn.commit()
-            # SQLite: BEGIN IMMEDIATE for writes (see engine.store._connect).
-            conn.execution_options(**{_IMMEDIATE: immediate})
-            with conn.begin():
-                yield conn
-        except SQLAlchemyError as e:
-            self.close()
-            store_failed("device_write" if immediate else "device_read")
-            raise StoreError(f"{self._store.display_url} failed: {e}") from e
-
-    def close(self) -> None:
-        """Close the kept connection (the next write opens a new one)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except SQLAlchemyError:
-                log.debug("closing a broken store connection failed", exc_info=True)
 
 
 class Checkins:
@@ -104,24 +43,20 @@ class Checkins:
     def __init__(
         self,
         *,
-        sql: DeviceSql,
         tokens: DeviceTokens,
-        offer: OfferFunction,
         clock: Callable[[], datetime],
         max_body_bytes: int,
-        db: LoopConnection,
+        db: CheckinDatabase,
         poll_interval: Callable[[], float],
     ) -> None:
-        """Answer with the server's statements, token cache, offer function and clock."""
-        self.sql = sql
+        """Answer with the server's token cache, check-in database and clock."""
         self.tokens = tokens
-        self.offer = offer
         self.clock = clock
         self.limit = max_body_bytes
         self.db = db
         self.poll_interval = poll_interval
 
-    def handle(self, device: str, authorization: str | None, body: bytes) -> bytes:
+    async def handle(self, device: str, authorization: str | None, body: bytes) -> bytes:
         """The JSON answer to a check-in; raises HTTPException (4xx, 503) refusing it.
 
         A refused check-in changes nothing.
@@ -145,23 +80,10 @@ class Checkins:
             known_good=request.known_good,
             last_result=None if tx is None else tx.result,
         )
-        try:
-            with self.db.write() as conn:
-                if row is MISSING:
-                    # One transaction for the token check and the writes; a
-                    # refusal raised here rolls it back, so nothing is written.
-                    found = lookup_token(conn, self.sql, device)
-                    self.tokens.remember(device, found)
-                    self.tokens.verify(device, token, found)
-                upsert_checkin(conn, self.sql, device, request, now)
-                offer = self.offer(conn, device, report, now)
-        except StoreError as e:
-            log.error("check-in of %s not stored: %s", device, e)
-            refuse(
-                503,
-                "the server cannot reach its store; try again later",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+        job = CheckinJob(
+            device, token, row, request, report, now, asyncio.get_running_loop().create_future()
+        )
+        offer = await self.db.checkin(job)
         interval = self.poll_interval()
         if offer is None:
             return b'{"plan":null,"release":null,"poll_interval":%.3f}' % interval
@@ -228,7 +150,7 @@ class CheckinFastPath:
             if not DEVICE_RE.match(device):
                 refuse(404, "not a device id: letters, digits and . _ : - only, at most 200")
             body = await _read(receive, limit)
-            content = self.checkins.handle(device, authorization, body)
+            content = await self.checkins.handle(device, authorization, body)
         except HTTPException as e:
             status = e.status_code
             content = orjson.dumps(error_body(e))

@@ -1,8 +1,8 @@
 """The device API (``states.protocol``): enrollment, check-in, events, heartbeats, releases.
 
-The check-in is the hot path: handlers are ``async`` and do their short
-SQLite/PostgreSQL work inline (no thread-pool hop), bodies are parsed by
-pydantic from bytes, answers are serialised with orjson.
+The check-in is the hot path (engine.server._checkin): its database work runs
+in batches on the worker's check-in thread. The other device routes do theirs
+in the thread pool: nothing here blocks the event loop on the store.
 """
 
 from __future__ import annotations
@@ -103,7 +103,6 @@ def router(state: ServerState) -> APIRouter:
     tokens = state.tokens
     clock = settings.clock
     limit = settings.max_body_bytes
-    db = state.loop_db
     checkins = state.checkins
     throttles = (
         FailureThrottle(ENROLL_FAILURES_PER_ID, ENROLL_FAILURE_WINDOW),
@@ -224,7 +223,7 @@ def router(state: ServerState) -> APIRouter:
         _device(device)
         body = await read_body(request, limit)
         try:
-            content = checkins.handle(device, request.headers.get("authorization"), body)
+            content = await checkins.handle(device, request.headers.get("authorization"), body)
         except HTTPException as e:
             count_checkin(e.status_code)
             raise
@@ -246,7 +245,7 @@ def router(state: ServerState) -> APIRouter:
     async def events(device: str, request: Request) -> Response:
         """Store the device's step events (within its quota; the oldest beyond the
         retention are deleted)."""
-        tokens.check(request.headers.get("authorization"), _device(device))
+        await tokens.check_async(request.headers.get("authorization"), _device(device))
         body = await parse_body(request, EventBatch, limit)
         wait = quota.take(device, len(body.events))
         if wait:
@@ -261,10 +260,14 @@ def router(state: ServerState) -> APIRouter:
         if time.monotonic() - pruned_at[0] >= _PRUNE_EVERY:
             pruned_at[0] = time.monotonic()
             cutoff = now - retention
-        with _stored(device), db.write() as conn:
-            insert_events(conn, sql, device, body.events, now)
-            count_step_events(conn, sql, device, body.events)
-            prune_events(conn, sql, device, settings.events_kept_per_device, cutoff)
+
+        def store_events() -> None:
+            with _stored(device), store.write() as conn:
+                insert_events(conn, sql, device, body.events, now)
+                count_step_events(conn, sql, device, body.events)
+                prune_events(conn, sql, device, settings.events_kept_per_device, cutoff)
+
+        await anyio.to_thread.run_sync(store_events)
         return Response(status_code=204)
 
     @api.post(
@@ -276,10 +279,14 @@ def router(state: ServerState) -> APIRouter:
     )
     async def post_heartbeat(device: str, request: Request) -> Response:
         """Keep the agent's heartbeat as the device's latest."""
-        tokens.check(request.headers.get("authorization"), _device(device))
+        await tokens.check_async(request.headers.get("authorization"), _device(device))
         body = await parse_body(request, Heartbeat, limit)
-        with _stored(device), db.write() as conn:
-            upsert_heartbeat(conn, sql, device, body, clock())
+
+        def store_heartbeat() -> None:
+            with _stored(device), store.write() as conn:
+                upsert_heartbeat(conn, sql, device, body, clock())
+
+        await anyio.to_thread.run_sync(store_heartbeat)
         return Response(status_code=204)
 
     @api.get(
@@ -289,9 +296,13 @@ def router(state: ServerState) -> APIRouter:
     )
     async def get_heartbeat(device: str, request: Request) -> Response:
         """The server's record of the device's latest heartbeat."""
-        tokens.check(request.headers.get("authorization"), _device(device))
-        with store.read() as conn:
-            beat = read_heartbeat(conn, sql, device)
+        await tokens.check_async(request.headers.get("authorization"), _device(device))
+
+        def read_beat() -> Heartbeat | None:
+            with _stored(device), store.read() as conn:
+                return read_heartbeat(conn, sql, device)
+
+        beat = await anyio.to_thread.run_sync(read_beat)
         if beat is None:
             refuse(404, f"no heartbeat recorded for device {device!r}")
         return Response(beat.model_dump_json(), media_type="application/json")

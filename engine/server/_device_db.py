@@ -9,6 +9,7 @@ text, see engine.store._types).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +24,11 @@ __all__ = [
     "DeviceSql",
     "insert_events",
     "lookup_token",
+    "lookup_tokens",
+    "performance_params",
     "prune_events",
     "read_heartbeat",
+    "report_params",
     "upsert_checkin",
     "upsert_heartbeat",
 ]
@@ -55,7 +59,11 @@ _EVENT_COLUMNS = ("device", "target", "step", "status", "detail", "at", "receive
 
 
 def _upsert(
-    table: str, columns: Sequence[str], mark: str, kept: frozenset[str] = frozenset()
+    table: str,
+    columns: Sequence[str],
+    mark: str,
+    kept: frozenset[str] = frozenset(),
+    newer: str | None = None,
 ) -> str:
     # ``kept`` columns change only when the first of them is given (all of them at once).
     values = ", ".join(mark.format(c) for c in columns)
@@ -66,9 +74,11 @@ def _upsert(
         else f"{c} = excluded.{c}"
         for c in columns[1:]
     )
+    # ``newer``: a buffered (write-behind) row never replaces a newer one.
+    guard = f" WHERE {table}.{newer} <= excluded.{newer}" if newer else ""
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
-        f"ON CONFLICT ({columns[0]}) DO UPDATE SET {sets}"
+        f"ON CONFLICT ({columns[0]}) DO UPDATE SET {sets}{guard}"
     )
 
 
@@ -79,7 +89,7 @@ class DeviceSql:
         """Build the statements for ``dialect`` ("sqlite" or "postgresql")."""
         self.sqlite = dialect == "sqlite"
         mark = ":{}" if self.sqlite else "%({})s"
-        self.report = _upsert("reports", _REPORT_COLUMNS, mark, _KEPT_COLUMNS)
+        self.report = _upsert("reports", _REPORT_COLUMNS, mark, _KEPT_COLUMNS, "last_seen")
         self.heartbeat = _upsert("heartbeats", _HEARTBEAT_COLUMNS, mark)
         self.event = (
             f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
@@ -133,6 +143,12 @@ class DeviceSql:
             + mark.format("cutoff")
             + f" LIMIT {PRUNE_BATCH})"
         )
+        # Many devices in one statement: a JSON array (SQLite) or an array (psycopg).
+        many = "IN (SELECT value FROM json_each(:devices))" if self.sqlite else "= ANY(%(devices)s)"
+        self.tokens = (
+            "SELECT device, token_hash, revoked_at, replaced_hash, replaced_at, replaced_how "
+            f"FROM devices WHERE device {many}"
+        )
         self.read_heartbeat = (
             "SELECT version, at, pid FROM heartbeats WHERE device = " + mark.format("device")
         )
@@ -159,8 +175,18 @@ def _driver(conn: Connection) -> Any:
 def lookup_token(conn: Connection, sql: DeviceSql, device: str) -> TokenRow | None:
     """The credential row of ``device``, or None when it never enrolled."""
     row = _driver(conn).execute(sql.token, {"device": device}).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _token_row(sql, row)
+
+
+def lookup_tokens(conn: Connection, sql: DeviceSql, devices: Sequence[str]) -> dict[str, TokenRow]:
+    """The credential of each enrolled device among ``devices`` (one query)."""
+    bound: Any = json.dumps(list(devices)) if sql.sqlite else list(devices)
+    rows = _driver(conn).execute(sql.tokens, {"devices": bound}).fetchall()
+    return {str(r[0]): _token_row(sql, r[1:]) for r in rows}
+
+
+def _token_row(sql: DeviceSql, row: Sequence[Any]) -> TokenRow:
+    """(token_hash, revoked_at, replaced_hash, replaced_at, replaced_how) as a TokenRow."""
     replaced = None
     if row[2] is not None:
         when = "" if row[3] is None else f"at {sql.read_instant(row[3]).isoformat()} "
@@ -171,48 +197,59 @@ def lookup_token(conn: Connection, sql: DeviceSql, device: str) -> TokenRow | No
 def upsert_checkin(
     conn: Connection, sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
 ) -> None:
-    """Record a check-in as the device's report (one row per device)."""
+    """Record a check-in as the device's report (one row per device) and its performance sample."""
+    _driver(conn).execute(sql.report, report_params(sql, device, body, now))
+    sample = performance_params(sql, device, body, now)
+    if sample is not None:
+        _driver(conn).execute(sql.performance, sample)
+
+
+def report_params(
+    sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
+) -> dict[str, Any]:
+    """The report row a check-in writes, bound for ``sql.report``."""
     tx = body.transaction
     adopted = body.adoption
     stamp = sql.instant(now)
-    _driver(conn).execute(
-        sql.report,
-        {
-            "device": device,
-            "agent_version": None if body.agent_version is None else str(body.agent_version),
-            "platform": body.platform.value,
-            "last_seen": stamp,
-            "runtime_version": body.runtime_version,
-            "known_good": None if body.known_good is None else str(body.known_good),
-            "last_result": None if tx is None else tx.result,
-            "updated_at": stamp,
-            "tx_target": None if tx is None or tx.target is None else str(tx.target),
-            "tx_phase": None if tx is None else tx.phase,
-            "tx_attempts": None if tx is None else tx.attempts,
-            "tx_detail": None if tx is None else tx.detail,
-            "agent_running": body.agent_running,
-            "adoption": None if adopted is None else adopted.status,
-            "adopted_version": None
-            if adopted is None or adopted.version is None
-            else str(adopted.version),
-            "adoption_detail": None if adopted is None else adopted.detail,
-        },
-    )
+    return {
+        "device": device,
+        "agent_version": None if body.agent_version is None else str(body.agent_version),
+        "platform": body.platform.value,
+        "last_seen": stamp,
+        "runtime_version": body.runtime_version,
+        "known_good": None if body.known_good is None else str(body.known_good),
+        "last_result": None if tx is None else tx.result,
+        "updated_at": stamp,
+        "tx_target": None if tx is None or tx.target is None else str(tx.target),
+        "tx_phase": None if tx is None else tx.phase,
+        "tx_attempts": None if tx is None else tx.attempts,
+        "tx_detail": None if tx is None else tx.detail,
+        "agent_running": body.agent_running,
+        "adoption": None if adopted is None else adopted.status,
+        "adopted_version": None
+        if adopted is None or adopted.version is None
+        else str(adopted.version),
+        "adoption_detail": None if adopted is None else adopted.detail,
+    }
+
+
+def performance_params(
+    sql: DeviceSql, device: str, body: CheckinRequest, now: datetime
+) -> dict[str, Any] | None:
+    """The performance sample a check-in adds (bound for ``sql.performance``), or None."""
     perf = body.performance
-    if perf is not None:
-        cpu = perf.cpu_percent
-        _driver(conn).execute(
-            sql.performance,
-            {
-                "device": device,
-                "version": str(perf.version),
-                "one": 1,
-                "cpu_one": 0 if cpu is None else 1,
-                "cpu": 0.0 if cpu is None else cpu,
-                "rss": perf.rss_bytes,
-                "at": stamp,
-            },
-        )
+    if perf is None:
+        return None
+    cpu = perf.cpu_percent
+    return {
+        "device": device,
+        "version": str(perf.version),
+        "one": 1,
+        "cpu_one": 0 if cpu is None else 1,
+        "cpu": 0.0 if cpu is None else cpu,
+        "rss": perf.rss_bytes,
+        "at": sql.instant(now),
+    }
 
 
 def upsert_heartbeat(

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,8 +55,16 @@ log = logging.getLogger("engine.server")
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI application serving ``settings.store`` and the repo at ``settings.repo_root``."""
     state = ServerState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Shutdown: the buffered (write-behind) reports reach the store.
+        await anyio.to_thread.run_sync(state.close)
+
     app = _EngineApp(
         state,
+        lifespan=lifespan,
         title=settings.title,
         summary="Device, operator and field-compatible APIs of the fleet rollout engine",
         version="1",

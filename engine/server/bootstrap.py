@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from engine.server._checkin_db import REPORT_FLUSH_SECONDS
 from engine.server._known import InventoryDevices, load_inventory_devices
 from engine.server.app import create_app
 from engine.server.clock import clock_from_env
@@ -29,7 +30,7 @@ from engine.server.credentials import (
     Credential,
     load_credential,
 )
-from engine.server.errors import CredentialError
+from engine.server.errors import CredentialError, ServerError
 from engine.server.settings import ServerSettings
 from engine.service.repo import load_repo, store_url
 from engine.store import Store
@@ -41,10 +42,13 @@ __all__ = [
     "ServeOptions",
     "app_from_env",
     "build_server",
+    "report_flush_from_env",
     "setup_logging",
 ]
 
 ENV_SERVE_OPTIONS = "ENGINE_SERVE_OPTIONS"
+#: Seconds device reports are buffered before being written (0: written at once).
+ENV_REPORT_FLUSH = "ENGINE_REPORT_FLUSH_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,23 @@ def build_server(options: ServeOptions, *, migrate: bool = True) -> BuiltServer:
         events_burst=limits.events_burst,
         events_kept_per_device=limits.events_kept_per_device,
         event_retention_seconds=limits.event_retention.total_seconds(),
+        report_flush_seconds=report_flush_from_env(),
     )
     return BuiltServer(settings, admin, enrollment, repo, metrics)
+
+
+def report_flush_from_env() -> float:
+    """``$ENGINE_REPORT_FLUSH_SECONDS`` (default 0.2); ServerError unless 0 to 3600."""
+    raw = os.environ.get(ENV_REPORT_FLUSH)
+    if raw is None or not raw.strip():
+        return REPORT_FLUSH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ServerError(f"{ENV_REPORT_FLUSH}={raw!r}: expected seconds from 0 to 3600")
+    return value
 
 
 def _install_keys(root: Path, repo: OperatorRepo) -> list[str]:

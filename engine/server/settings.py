@@ -43,6 +43,8 @@ class ServerSettings:
     clock: Callable[[], datetime] = utc_now
     max_body_bytes: int = MAX_BODY_BYTES
     token_cache_seconds: float = 5.0
+    #: write-behind window of device reports (engine.server._checkin_db); 0: none
+    report_flush_seconds: float = 0.2
     online_after: float | None = None
     offer: OfferFunction | None = None
     title: str = "engine serve"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import random
 
-from engine.rollouts.offers import offer_for_device
 from engine.server._auth import DeviceTokens, TokenRow
-from engine.server._checkin import Checkins, LoopConnection
+from engine.server._checkin import Checkins
+from engine.server._checkin_db import CheckinDatabase
 from engine.server._device_db import DeviceSql, lookup_token
 from engine.server._releases import ArtifactIndex, ReleaseSource, read_releases_table
-from engine.server.settings import OfferFunction, ServerSettings
+from engine.server.settings import ServerSettings
 
 __all__ = ["ServerState"]
 
@@ -26,19 +26,22 @@ class ServerState:
         self.settings = settings
         self.store = settings.store
         self.sql = DeviceSql(settings.store.engine.dialect.name)
-        self.offer: OfferFunction = settings.offer or offer_for_device
         self.tokens = DeviceTokens(self._lookup_token, settings.token_cache_seconds)
         self.releases = ReleaseSource(settings.repo_root, self._read_releases)
         self.artifacts = ArtifactIndex(settings.repo_root / "artifacts", self.releases)
-        self.loop_db = LoopConnection(settings.store)
+        self.checkin_db = CheckinDatabase(
+            settings.store,
+            self.sql,
+            self.tokens,
+            offer=settings.offer,
+            flush_seconds=settings.report_flush_seconds,
+        )
         self._random = random.Random()
         self.checkins = Checkins(
-            sql=self.sql,
             tokens=self.tokens,
-            offer=self.offer,
             clock=settings.clock,
             max_body_bytes=settings.max_body_bytes,
-            db=self.loop_db,
+            db=self.checkin_db,
             poll_interval=self.poll_interval,
         )
 
@@ -47,8 +50,12 @@ class ServerState:
         s = self.settings
         return round(s.poll_interval * (1 + s.poll_jitter * (2 * self._random.random() - 1)), 3)
 
+    def close(self) -> None:
+        """Write the buffered reports and stop the check-in threads (server shutdown)."""
+        self.checkin_db.close()
+
     def _lookup_token(self, device: str) -> TokenRow | None:
-        with self.loop_db.read() as conn:
+        with self.store.read() as conn:
             return lookup_token(conn, self.sql, device)
 
     def _read_releases(self, version: str | None) -> list[tuple[str, int, bytes, bytes | None]]:

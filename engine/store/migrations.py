@@ -303,6 +303,14 @@ def _0011_events_received_at(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_events_received_at ON events (received_at)")
 
 
+def _0012_lease_generation(conn: Connection) -> None:
+    # Fencing the controller's lease: each new holder gets the next generation, and
+    # every controller write checks that it still holds its own.
+    conn.exec_driver_sql(
+        "ALTER TABLE controller_lease ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"
+    )
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -320,4 +328,5 @@ MIGRATIONS: list[Migration] = [
     Migration(9, "device keys, replaced tokens, enrollment requests", _0009_enrollment_requests),
     Migration(10, "webhook deliveries (outbox)", _0010_webhook_deliveries),
     Migration(11, "events by arrival time (retention)", _0011_events_received_at),
+    Migration(12, "controller lease generation (fencing)", _0012_lease_generation),
 ]

@@ -245,6 +245,7 @@ controller_lease = Table(
     Column("owner", String(100), nullable=False),
     Column("acquired_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+    Column("generation", Integer(), nullable=False, default=0),
 )
 
 #: Webhook notifications, written in the transaction of the change they announce and

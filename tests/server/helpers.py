@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 
 from engine.store import Store
+from tests.harness import wait_until
 
 TABLES = ("devices", "reports", "heartbeats", "events")
 
@@ -32,6 +33,18 @@ def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
         return {
             t: sorted(tuple(r) for r in conn.execute(text(f"SELECT * FROM {t}"))) for t in TABLES
         }
+
+
+def stored_reports(url: str, count: int = 1) -> list[tuple[Any, ...]]:
+    """The reports table once it holds ``count`` rows (check-ins write reports behind)."""
+    rows: list[tuple[Any, ...]] = []
+
+    def enough() -> bool:
+        rows[:] = snapshot(url)["reports"]
+        return len(rows) >= count
+
+    wait_until(f"{count} stored reports", enough, timeout=30, interval=0.05)
+    return rows
 
 
 def bearer(token: str) -> dict[str, str]:

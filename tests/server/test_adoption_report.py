@@ -47,7 +47,9 @@ def _listed(repo: Path, store_url: str) -> str:
 def test_adoption_is_recorded_kept_and_replaced(fleet: Path, store_url: str) -> None:
     """`unknown` with the backup's place is shown as sent; a check-in without an adoption
     keeps it; a later `known 3.0.1` replaces it (version and all)."""
-    with running_server(fleet, store_url) as server:
+    # Reports written before each answer (no write-behind): read back at once.
+    at_once = {"ENGINE_REPORT_FLUSH_SECONDS": "0"}
+    with running_server(fleet, store_url, env=at_once) as server:
         token = server.enroll(DEVICE)
         _checkin(server, token, None)
         assert _shown(server) is None and _listed(fleet, store_url) == "-"

@@ -54,6 +54,7 @@ def _client(repo: Path, store: Store, offer: OfferFunction | None = None) -> Tes
         enrollment_secret=SECRET,
         clock=lambda: NOW,
         offer=offer,
+        report_flush_seconds=0,  # reports read back at once (write-behind: test_checkin_db)
     )
     return TestClient(create_app(settings))
 
@@ -329,3 +330,23 @@ def test_online_window_follows_the_clock(repo: Path, store: Store) -> None:
     with TestClient(create_app(later)) as c:
         (device,) = c.get("/v1/admin/devices", headers=bearer(ADMIN)).json()
     assert device["online"] is False
+
+
+def test_checkin_thread_survives_any_failure(repo: Path, store: Store) -> None:
+    """A check-in whose database work fails with a foreign error is answered 503 with
+    Retry-After; the check-in thread lives on and answers the next one."""
+    token = _token(store)
+    calls: list[str] = []
+
+    def offer(conn: Connection, device: str, report: Report, now: datetime) -> Offer | None:
+        calls.append(device)
+        if len(calls) == 1:
+            raise KeyError("not a store error")
+        return None
+
+    with _client(repo, store, offer) as c:
+        first = c.post(f"/v1/devices/{DEVICE}/checkin", json=CHECKIN, headers=bearer(token))
+        second = c.post(f"/v1/devices/{DEVICE}/checkin", json=CHECKIN, headers=bearer(token))
+    assert first.status_code == 503 and first.headers["retry-after"] == "5", first.text
+    assert second.status_code == 200 and second.json()["plan"] is None
+    assert calls == [DEVICE, DEVICE]

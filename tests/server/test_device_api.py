@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from tests.server.conftest import ServerHandle
-from tests.server.helpers import CHECKIN, bearer, snapshot, sqlite_url
+from tests.server.helpers import CHECKIN, bearer, snapshot, sqlite_url, stored_reports
 
 A = "berlin-pos-0001"
 B = "hamburg-srv-0002"
@@ -109,7 +109,7 @@ def test_checkin_round_trip_stores_the_report(server: ServerHandle) -> None:
     body = r.json()
     assert body["plan"] is None and body["release"] is None
     assert 54 <= body["poll_interval"] <= 66  # 60 s +- 10 %
-    (report,) = snapshot(sqlite_url(server.repo))["reports"]
+    (report,) = stored_reports(sqlite_url(server.repo))
     assert report[:3] == (A, "3.0.0", "linux")
     assert "committed" in report and "3.0.1" in report  # last_result, tx_target
 
@@ -241,6 +241,7 @@ def test_truncated_body_stores_nothing(server: ServerHandle) -> None:
     # A complete check-in afterwards is stored: the server noticed the first one ended.
     with server.client() as c:
         assert c.post(f"/v1/devices/{A}/checkin", json=CHECKIN, headers=bearer(token)).is_success
+    stored_reports(url)
     after = snapshot(url)
     assert before["reports"] == [] and len(after["reports"]) == 1
     assert after["events"] == before["events"]

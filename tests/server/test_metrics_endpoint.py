@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from engine.store import Store
 from engine.store.schema import performance
+from tests.harness import wait_until
 from tests.server.conftest import REPO_ROOT, ServerHandle
-from tests.server.helpers import CHECKIN, bearer, sqlite_url
+from tests.server.helpers import CHECKIN, bearer, sqlite_url, stored_reports
 
 A = "berlin-pos-0001"
 DASHBOARD = REPO_ROOT / "examples" / "grafana" / "engine-dashboard.json"
@@ -58,6 +60,7 @@ def test_refusals_and_enrollments_are_counted_by_status(server: ServerHandle) ->
         assert ok.status_code == 200
         bad = {"device": A, "platform": "linux", "enrollment_secret": "wrong"}
         assert c.post("/v1/enroll", json=bad).status_code == 401
+    stored_reports(sqlite_url(server.repo))  # reports are written behind (ADR 0016)
     m = scrape(server, server.admin_token)
     assert m["engine_checkins_total"] == {(("status", "200"),): 1.0, (("status", "401"),): 1.0}
     assert m["engine_enrollments_total"] == {
@@ -84,8 +87,14 @@ def test_performance_samples_are_kept_per_device_and_release(server: ServerHandl
             }  # fmt: skip
             assert c.post(f"/v1/devices/{A}/checkin", json=body, headers=bearer(token)).is_success
         assert c.post(f"/v1/devices/{A}/checkin", json=CHECKIN, headers=bearer(token)).is_success
-    with Store.open(sqlite_url(server.repo), migrate=False) as store, store.read() as conn:
-        rows = conn.execute(select(performance)).all()
+    rows: list[Any] = []
+
+    def stored() -> bool:  # samples are written behind, with the reports (ADR 0016)
+        with Store.open(sqlite_url(server.repo), migrate=False) as store, store.read() as conn:
+            rows[:] = conn.execute(select(performance)).all()
+        return bool(rows) and rows[0].samples == 3
+
+    wait_until("the performance samples stored", stored, timeout=30, interval=0.05)
     assert len(rows) == 1
     row = rows[0]
     assert (row.device, row.version, row.samples, row.cpu_samples) == (A, "3.0.0", 3, 2)

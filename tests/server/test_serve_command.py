@@ -17,6 +17,7 @@ import pytest
 
 from engine.server.clock import FileClock
 from engine.server.errors import ServerError
+from tests.harness import wait_until
 from tests.server.conftest import copy_fleet, running_server
 from tests.server.helpers import CHECKIN, bearer, snapshot, sqlite_url
 
@@ -51,6 +52,11 @@ def test_checkin_path_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
             beat = {"version": "3.0.1", "at": "2026-11-27T10:00:00Z"}
             assert c.post(f"/v1/devices/{DEVICE}/heartbeat", json=beat).status_code == 204
             got = c.get(f"/v1/devices/{DEVICE}/heartbeat").json()
+            wait_until(
+                "the second report stored",
+                lambda: any("3.0.1" in r for r in snapshot(postgres_url)["reports"]),
+                timeout=30,
+            )
             before = snapshot(postgres_url)
             refused = c.post("/v1/devices/hamburg-srv-0002/checkin", json=CHECKIN)
         assert snapshot(postgres_url) == before
