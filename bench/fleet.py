@@ -447,7 +447,10 @@ class _Simulator:
             loop.add_signal_handler(sig, self.stop.set)
         for _ in range(self.args.connections):
             self.pool.put_nowait(_Conn(self.host, self.port))
-        tasks = [asyncio.create_task(self.device(i)) for i in range(self.args.devices)]
+        first = self.args.first
+        tasks = [
+            asyncio.create_task(self.device(i)) for i in range(first, first + self.args.devices)
+        ]
         reporter = asyncio.create_task(self.report())
         await self.stop.wait()
         await asyncio.gather(*tasks, reporter, return_exceptions=True)
@@ -566,7 +569,6 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
         )
         server.start()
         args.state_url = pg or f"sqlite:///{repo.root / '.engine' / 'state.db'}"
-        stats = base / "sim-stats.json"
         seed = ""
         if getattr(args, "pre_enroll", False):
             seed = uuid.uuid4().hex[:12]
@@ -574,21 +576,37 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
             _pre_enroll(args.state_url, args.devices, seed)
             _say(f"{args.devices} enrollments written to the store in "
                  f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
-        sim = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "_simulate", "--url", server.url,
-             f"--secret={server.enrollment_secret}", "--devices", str(args.devices),
-             "--connections", str(args.sim_connections), "--poll", str(args.poll),
-             "--stats", str(stats), f"--pre-enrolled={seed}"],
-            start_new_session=True,
-        )  # fmt: skip
+        procs = max(1, int(getattr(args, "sim_processes", 1)))
+        sims: list[subprocess.Popen[bytes]] = []
+        stats_files: list[Path] = []
+        share, extra = divmod(args.devices, procs)
+        first = 0
+        for k in range(procs):
+            count = share + (1 if k < extra else 0)
+            stats_file = base / f"sim-stats-{k}.json"
+            stats_files.append(stats_file)
+            sims.append(
+                subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "_simulate",
+                     "--url", server.url, f"--secret={server.enrollment_secret}",
+                     "--devices", str(count), "--first", str(first),
+                     "--connections", str(max(8, args.sim_connections // procs)),
+                     "--poll", str(args.poll), "--stats", str(stats_file),
+                     f"--pre-enrolled={seed}"],
+                    start_new_session=True,
+                )
+            )  # fmt: skip
+            first += count
         try:
-            return _converge_run(args, repo, server, sim, stats)
+            return _converge_run(args, repo, server, sims, stats_files)
         finally:
-            sim.send_signal(signal.SIGTERM)
-            try:
-                sim.wait(30)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+            for sim in sims:
+                sim.send_signal(signal.SIGTERM)
+            for sim in sims:
+                try:
+                    sim.wait(30)
+                except subprocess.TimeoutExpired:
+                    sim.kill()
             server.stop()
 
 
@@ -596,14 +614,15 @@ def _converge_run(
     args: argparse.Namespace,
     repo: OperatorRepo,
     server: ServerProcess,
-    sim: subprocess.Popen[bytes],
-    stats: Path,
+    sims: list[subprocess.Popen[bytes]],
+    stats_files: list[Path],
 ) -> dict[str, Any]:
     n = args.devices
 
     def versions() -> dict[str, int]:
-        if sim.poll() is not None:
-            raise SystemExit(f"the simulator exited with {sim.returncode}")
+        for sim in sims:
+            if sim.poll() is not None:
+                raise SystemExit(f"a simulator exited with {sim.returncode}")
         # From the store: a saturated server must not make the bench's own view time out.
         return _stored_versions(args.state_url)
 
@@ -626,15 +645,16 @@ def _converge_run(
     wait_until(f"{n} devices to run 3.0.1", lambda: versions().get("3.0.1") == n,
                timeout=args.timeout, interval=1, progress=progress, out=_say, every=5)  # fmt: skip
     total = time.perf_counter() - t_apply
-    sim_stats: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        sim_stats = json.loads(stats.read_text())
+    requests: Counter[str] = Counter()
+    for stats_file in stats_files:
+        with contextlib.suppress(OSError, ValueError):
+            requests.update(json.loads(stats_file.read_text()).get("stats") or {})
     _say("")
     _say(f"{'devices':>8}{'waves':>14}{'soak':>6}{'max_par':>8}{'poll s':>7}"
          f"{'enroll s':>9}{'apply s':>8}{'converge s':>11}")  # fmt: skip
     _say(f"{n:>8}{args.waves:>14}{args.soak:>6}{args.max_parallel:>8}{args.poll:>7}"
          f"{enrolled:>9.1f}{apply_secs:>8.1f}{total:>11.1f}")  # fmt: skip
-    _say(f"simulator requests: {sim_stats.get('stats')}")
+    _say(f"simulator requests ({len(sims)} processes): {dict(requests)}")
     extra = _rollout_figures(args.state_url, server)
     _say(f"apply -> last committed {extra['last_s']:.1f}s; per device offer -> committed "
          f"p50 {extra['p50_s']:.1f}s p95 {extra['p95_s']:.1f}s; server RSS "
@@ -674,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--converge-backend", dest="converge_backend", default="sqlite",
                        choices=["sqlite", "postgresql"])  # fmt: skip
         p.add_argument("--converge-workers", dest="converge_workers", type=int, default=1)
+        p.add_argument("--sim-processes", dest="sim_processes", type=int, default=1,
+                       help="simulator processes sharing the devices (one is CPU-bound "
+                       "beyond some 30,000 devices)")  # fmt: skip
         p.add_argument("--pre-enroll", dest="pre_enroll", action="store_true",
                        help="write the devices' enrollments into the store before the run "
                        "(large fleets: enrollment is not what is measured)")  # fmt: skip
@@ -681,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--url", required=True)
     sim.add_argument("--secret", required=True)
     sim.add_argument("--devices", type=int, required=True)
+    sim.add_argument("--first", type=int, default=0, help="index of this process's first device")
     sim.add_argument("--connections", type=int, default=64)
     sim.add_argument("--poll", type=float, default=10.0)
     sim.add_argument("--prefix", default="sim-")
