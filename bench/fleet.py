@@ -80,15 +80,23 @@ def _say(line: str) -> None:
 # -- operator repos ----------------------------------------------------------------------------
 
 
-def _bench_repo(base: Path, devices: int, *, poll: str, rollout: dict[str, Any]) -> OperatorRepo:
-    """An operator repo with ``devices`` linux devices ``sim-NNNNN`` in one group on 3.0.0."""
+def _bench_repo(
+    base: Path,
+    devices: int,
+    *,
+    poll: str,
+    rollout: dict[str, Any],
+    nats: dict[str, Any] | None = None,
+) -> OperatorRepo:
+    """An operator repo with ``devices`` linux devices ``sim-NNNNN`` in one group on 3.0.0
+    (with engine.yaml ``nats`` when given)."""
     from tests.harness import DeviceSpec
 
     repo = OperatorRepo(base / "fleet")
     specs = [DeviceSpec(f"sim-{i:05d}", "linux") for i in range(devices)]
     groups = {"fleet": {"match": {"site": "demo"}, "agent": {"release": "3.0.0"},
                         "rollout": rollout}}  # fmt: skip
-    repo.create(specs, groups, poll_interval=poll)
+    repo.create(specs, groups, poll_interval=poll, settings={"nats": nats} if nats else None)
     return repo
 
 
@@ -361,6 +369,7 @@ class _Simulator:
         self.versions: Counter[str] = Counter()
         self.stop = asyncio.Event()
         self.pool: asyncio.Queue[_Conn] = asyncio.Queue()
+        self.wake: dict[str, asyncio.Event] = {}  # device -> set by a NATS nudge
 
     async def call(
         self, method: str, path: str, payload: Any, token: str | None
@@ -400,6 +409,7 @@ class _Simulator:
                 await asyncio.sleep(random.uniform(0.5, 2.0))
         version = "3.0.0"
         self.versions[version] += 1
+        wake = self.wake.setdefault(device, asyncio.Event())
         tx: dict[str, Any] | None = None
         await asyncio.sleep(random.uniform(0, args.poll))
         while not self.stop.is_set():
@@ -431,7 +441,8 @@ class _Simulator:
                           "attempts": 1, "finished_at": now}  # fmt: skip
                     continue  # report at once
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), delay)
+                await asyncio.wait_for(wake.wait(), delay)
+            wake.clear()
 
     async def report(self) -> None:
         while not self.stop.is_set():
@@ -441,10 +452,29 @@ class _Simulator:
                     "versions": {k: v for k, v in self.versions.items() if v}}  # fmt: skip
             Path(self.args.stats).write_text(json.dumps(line))
 
+    async def listen(self) -> None:
+        """Wake a device when its nudge arrives (a random share of the nudge's spread later)."""
+        import nats
+
+        nc = await nats.connect(self.args.nats, connect_timeout=5)
+        loop = asyncio.get_running_loop()
+
+        async def on_nudge(msg: Any) -> None:
+            self.stats["nudges"] += 1
+            event = self.wake.get(msg.subject.rsplit(".", 1)[-1])
+            if event is not None:
+                spread = float(json.loads(msg.data).get("spread") or 0)
+                loop.call_later(random.uniform(0, spread), event.set)
+
+        await nc.subscribe(f"{self.args.nudge_prefix}.*", cb=on_nudge)
+        await self.stop.wait()
+        await nc.close()
+
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        listener = asyncio.create_task(self.listen()) if self.args.nats else None
         for _ in range(self.args.connections):
             self.pool.put_nowait(_Conn(self.host, self.port))
         first = self.args.first
@@ -453,7 +483,11 @@ class _Simulator:
         ]
         reporter = asyncio.create_task(self.report())
         await self.stop.wait()
+        for event in self.wake.values():
+            event.set()
         await asyncio.gather(*tasks, reporter, return_exceptions=True)
+        if listener is not None:
+            await asyncio.gather(listener, return_exceptions=True)
 
 
 def simulate(args: argparse.Namespace) -> None:
@@ -556,10 +590,17 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
         base = Path(tmp)
         _say(f"== converge: {args.devices} simulated devices, waves {args.waves}, soak "
              f"{args.soak}, max_parallel {args.max_parallel}, poll {args.poll}s, "
-             f"{backend} with {workers} worker(s), load average "
+             f"{backend} with {workers} worker(s), nudges "
+             f"{'over ' + args.nats if getattr(args, 'nats', '') else 'off'}, load average "
              f"{os.getloadavg()[0]:.2f}")  # fmt: skip
         t0 = time.perf_counter()
-        repo = _bench_repo(base, args.devices, poll=f"{args.poll}s", rollout=rollout)
+        nats_url = getattr(args, "nats", "") or ""
+        nudge_prefix = f"benchnudge{uuid.uuid4().hex[:8]}"
+        nats = None
+        if nats_url:
+            nats = {"url": nats_url, "nudge_subject": f"{nudge_prefix}.{{device}}",
+                    "nudge_spread": args.nudge_spread, "heartbeats": False}  # fmt: skip
+        repo = _bench_repo(base, args.devices, poll=f"{args.poll}s", rollout=rollout, nats=nats)
         _say(f"operator repo with {args.devices} devices in {time.perf_counter() - t0:.1f}s")
         server = ServerProcess(
             repo,
@@ -592,7 +633,8 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
                      "--devices", str(count), "--first", str(first),
                      "--connections", str(max(8, args.sim_connections // procs)),
                      "--poll", str(args.poll), "--stats", str(stats_file),
-                     f"--pre-enrolled={seed}"],
+                     f"--pre-enrolled={seed}", f"--nats={nats_url}",
+                     f"--nudge-prefix={nudge_prefix}"],
                     start_new_session=True,
                 )
             )  # fmt: skip
@@ -694,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--converge-backend", dest="converge_backend", default="sqlite",
                        choices=["sqlite", "postgresql"])  # fmt: skip
         p.add_argument("--converge-workers", dest="converge_workers", type=int, default=1)
+        p.add_argument("--nats", default="", help="NATS URL: the engine nudges offered devices")
+        p.add_argument("--nudge-spread", dest="nudge_spread", default="1s")
         p.add_argument("--sim-processes", dest="sim_processes", type=int, default=1,
                        help="simulator processes sharing the devices (one is CPU-bound "
                        "beyond some 30,000 devices)")  # fmt: skip
@@ -712,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--apply-max", dest="apply_max", type=float, default=1.0)
     sim.add_argument("--stats", required=True)
     sim.add_argument("--pre-enrolled", dest="pre_enrolled", default="")
+    sim.add_argument("--nats", default="", help="NATS URL: wake devices on their nudges")
+    sim.add_argument("--nudge-prefix", dest="nudge_prefix", default="")
     args = parser.parse_args(argv)
     if args.cmd == "_simulate":
         simulate(args)
