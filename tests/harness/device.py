@@ -195,6 +195,11 @@ class RuntimeDevice:
             return False
         return age <= max_age and beat.get("pid") == self.agent_pid()
 
+    def runs(self, version: str) -> bool:
+        """True when the runtime records ``version`` as installed and its agent heartbeats it
+        (the agent's heartbeat comes first: the runtime commits after confirming it)."""
+        return self.installed() == version and self.heartbeating(version)
+
     def log_text(self) -> str:
         """The runtime's output so far."""
         try:

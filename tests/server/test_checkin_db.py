@@ -29,7 +29,7 @@ B = "hamburg-srv-0002"
 
 def test_locked_sqlite_stalls_no_request(tmp_path: Path) -> None:
     """While another connection holds SQLite's write lock, a bogus-token check-in is refused
-    (403, not 503 after a busy wait), a good check-in and /healthz are answered."""
+    (401, not 503 after a busy wait), a good check-in and /healthz are answered."""
     repo = copy_fleet(tmp_path / "fleet")
     with running_server(repo) as server:
         good = server.enroll(A, "linux")
@@ -51,7 +51,7 @@ def test_locked_sqlite_stalls_no_request(tmp_path: Path) -> None:
         finally:
             holder.rollback()
             holder.close()
-        assert [r.status_code for r in answers] == [403, 200, 200], [r.text for r in answers]
+        assert [r.status_code for r in answers] == [401, 200, 200], [r.text for r in answers]
         assert answers[1].json()["plan"] is None
         # The report was kept while the store was locked and is written once it is free.
         (report,) = stored_reports(sqlite_url(repo))
