@@ -1,4 +1,4 @@
-"""The quickstart: a whole rollout story on this machine, in about two minutes.
+"""The quickstart: a whole rollout story on this machine, in about a minute.
 
 Starts `engine serve` on SQLite and a small fleet of real device runtimes in a
 temporary directory (each running the example agent 3.0.0), rolls out the
