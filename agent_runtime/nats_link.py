@@ -20,7 +20,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from agent_runtime.config import DeviceNatsSettings
 from agent_runtime.effects import Clock, HealthProbe, HealthResult
-from fleetbase.aio import StoppedError, unless_stopped
+from fleetbase.aio import attempt_until_stopped
 from fleetbase.duration import format_duration
 from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
@@ -150,7 +150,9 @@ class NatsLink:
                 reconnect_time_wait=RETRY_SECONDS,
                 error_cb=self._on_error,
             )
-            nc = await self._until_stopped(connecting)
+            nc = await attempt_until_stopped(
+                connecting, self._stopping, on_failure=self._connect_failed, pause=RETRY_SECONDS
+            )
             if nc is None:
                 continue
             try:
@@ -166,23 +168,12 @@ class NatsLink:
                 with contextlib.suppress(Exception):
                     await nc.close()
 
-    async def _until_stopped(self, connecting: Awaitable[Any]) -> Any:
-        """The connection once ``connecting`` succeeds; None when stopped first, or when it
-        failed (said once, tried again after a pause)."""
-        assert self._stopping is not None
-        try:
-            return await unless_stopped(connecting, self._stopping)
-        except StoppedError:
-            return None
-        except Exception as e:
-            self._say("connect", f"cannot connect to NATS at {self.settings.url}: {e}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), RETRY_SECONDS)
-            return None
+    def _connect_failed(self, error: Exception) -> None:
+        self._say("connect", f"cannot connect to NATS at {self.settings.url}: {error}")
 
     async def _on_error(self, error: Exception) -> None:
         if not self.connected.is_set():
-            self._say("connect", f"cannot connect to NATS at {self.settings.url}: {error}")
+            self._connect_failed(error)
         else:
             self._say("error", f"NATS: {error}")
 

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,7 +33,7 @@ from sqlalchemy import Connection, select
 from engine.server._device_db import DeviceSql, upsert_heartbeat
 from engine.store import Store
 from engine.store.schema import devices, heartbeats
-from fleetbase.aio import StoppedError, unless_stopped
+from fleetbase.aio import attempt_until_stopped
 from inventory.models import EngineNatsSettings
 from states.nats import BusHeartbeat, Nudge, device_subject
 from states.protocol import Heartbeat
@@ -157,7 +157,9 @@ class NatsBridge:
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
             )
-            nc = await self._until_stopped(connecting)
+            nc = await attempt_until_stopped(
+                connecting, self._stopping, on_failure=self._connect_failed, pause=RETRY_SECONDS
+            )
             if nc is None:
                 continue
             self._said.discard("connect")
@@ -283,23 +285,12 @@ class NatsBridge:
 
     # -- callbacks and logging ---------------------------------------------------------------
 
-    async def _until_stopped(self, connecting: Awaitable[Any]) -> Any:
-        """The connection once ``connecting`` succeeds; None when stopped first, or when it
-        failed (said once, tried again after a pause)."""
-        assert self._stopping is not None
-        try:
-            return await unless_stopped(connecting, self._stopping)
-        except StoppedError:
-            return None
-        except Exception as e:
-            self._say("connect", f"cannot connect to NATS at {self.settings.url}: {e}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), RETRY_SECONDS)
-            return None
+    def _connect_failed(self, error: Exception) -> None:
+        self._say("connect", f"cannot connect to NATS at {self.settings.url}: {error}")
 
     async def _on_error(self, error: Exception) -> None:
         if not self.connected.is_set() and self._nc is None:
-            self._say("connect", f"cannot connect to NATS at {self.settings.url}: {error}")
+            self._connect_failed(error)
         else:
             self._say("error", f"NATS: {error!r}")
 
