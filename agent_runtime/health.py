@@ -36,9 +36,15 @@ from urllib.parse import urlsplit
 
 from agent_runtime.effects import Clock, HealthResult, ServiceManager
 from agent_runtime.errors import HealthCheckError, TransportError
+from agent_runtime.heartbeat_judge import (
+    Source,
+    judge_heartbeat,
+    poll_until_healthy,
+    same_version,
+)
 from agent_runtime.services.process import ProcessExit
 from fleetbase.duration import format_duration
-from fleetbase.version import Version, VersionError
+from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
 
 __all__ = ["ExitReporter", "Health", "read_heartbeat"]
@@ -87,11 +93,8 @@ def _names_version(body: str, version: str) -> bool:
     return re.search(pattern, body) is not None
 
 
-def _same_version(found: str, expected: Version) -> bool:
-    try:
-        return Version.parse(found) == expected
-    except VersionError:
-        return False
+#: How the heartbeat file's details name it.
+FILE = Source(heartbeat="heartbeat", last="last heartbeat")
 
 
 class Health:
@@ -151,21 +154,9 @@ class Health:
     def _poll(
         self, check: HealthCheck, clock: Clock, once: Callable[[], HealthResult]
     ) -> HealthResult:
-        timeout = check.timeout.total_seconds()
-        start = clock.monotonic()
-        while True:
-            result = once()
-            if result.healthy:
-                return result
-            elapsed = clock.monotonic() - start
-            exited = self._exited()
-            if exited is not None:
-                return HealthResult(False, f"{exited} after {elapsed:.1f}s; {result.detail}")
-            if elapsed >= timeout:
-                return HealthResult(
-                    False, f"{result.detail} after {format_duration(check.timeout)}"
-                )
-            clock.sleep(min(self.poll_interval, max(timeout - elapsed, 0.0)))
+        return poll_until_healthy(
+            check.timeout, clock, once, poll_interval=self.poll_interval, exited=self._exited
+        )
 
     def _wait_stable(self, check: HealthCheck, clock: Clock) -> HealthResult:
         timeout = check.timeout.total_seconds()
@@ -208,19 +199,12 @@ class Health:
             return HealthResult(False, f"no heartbeat file {path}")
         except (OSError, ValueError) as e:
             return HealthResult(False, f"heartbeat file {path} is unreadable: {e}")
-        if not _same_version(version, expected):
-            return HealthResult(False, f"heartbeat says {version}, expected {expected}")
-        if when <= since:
-            return HealthResult(
-                False, f"last heartbeat at {when.isoformat()} is from before the restart "
-                f"at {since.isoformat()}",
-            )  # fmt: skip
-        age = clock.now() - when
-        if age > check.max_age:
-            return HealthResult(
-                False, f"last heartbeat is {age.total_seconds():.1f}s old "
-                f"(max_age {format_duration(check.max_age)})",
-            )  # fmt: skip
+        wrong = judge_heartbeat(
+            FILE, version, when, expected=expected, since=since, now=clock.now(),
+            max_age=check.max_age,
+        )  # fmt: skip
+        if wrong is not None:
+            return HealthResult(False, wrong)
         return HealthResult(True, f"heartbeat from {expected} at {when.isoformat()}")
 
     def _http_once(self, url: str, expected: Version) -> HealthResult:
@@ -238,7 +222,7 @@ class Health:
         except ValueError:
             data = None
         if isinstance(data, dict) and isinstance(data.get("version"), str):
-            if _same_version(data["version"], expected):
+            if same_version(data["version"], expected):
                 return HealthResult(True, f"GET {url} reports version {expected}")
             return HealthResult(
                 False, f"GET {url} reports version {data['version']}, expected {expected}"

@@ -28,8 +28,8 @@ from pydantic import ValidationError
 
 from agent_runtime.config import DeviceNatsSettings
 from agent_runtime.effects import Clock, HealthProbe, HealthResult
+from agent_runtime.heartbeat_judge import Source, judge_heartbeat, poll_until_healthy
 from fleetbase.aio import attempt_until_stopped
-from fleetbase.duration import format_duration
 from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
 from states.nats import BusHeartbeat, Nudge, device_subject
@@ -223,18 +223,12 @@ class BusHealth:
         link = self.link
         if link is None:
             return HealthResult(False, NO_LINK)
-        timeout = check.timeout.total_seconds()
-        start = clock.monotonic()
-        while True:
-            result = self._once(link, check, expected, since, clock)
-            if result.healthy:
-                return result
-            elapsed = clock.monotonic() - start
-            if elapsed >= timeout:
-                return HealthResult(
-                    False, f"{result.detail} after {format_duration(check.timeout)}"
-                )
-            clock.sleep(min(self.poll_interval, max(timeout - elapsed, 0.0)))
+        return poll_until_healthy(
+            check.timeout,
+            clock,
+            lambda: self._once(link, check, expected, since, clock),
+            poll_interval=self.poll_interval,
+        )
 
     def _once(
         self,
@@ -251,18 +245,12 @@ class BusHealth:
         if seen is None:
             return HealthResult(False, f"no heartbeat on {subject}")
         beat, _arrived = seen
-        if beat.version != expected:
-            return HealthResult(False, f"heartbeat on {subject} says {beat.version}")
         at = beat.at if beat.at.tzinfo is not None else beat.at.replace(tzinfo=UTC)
-        if at <= since:
-            return HealthResult(
-                False, f"last heartbeat on {subject} at {at.isoformat()} is from before "
-                f"the restart at {since.isoformat()}",
-            )  # fmt: skip
-        age = clock.now() - at
-        if age > check.max_age:
-            return HealthResult(
-                False, f"last heartbeat on {subject} is {age.total_seconds():.1f}s old "
-                f"(max_age {format_duration(check.max_age)})",
-            )  # fmt: skip
+        bus = Source(heartbeat=f"heartbeat on {subject}", last=f"last heartbeat on {subject}")
+        wrong = judge_heartbeat(
+            bus, beat.version, at, expected=expected, since=since, now=clock.now(),
+            max_age=check.max_age,
+        )  # fmt: skip
+        if wrong is not None:
+            return HealthResult(False, wrong)
         return HealthResult(True, f"heartbeat from {expected} on {subject} at {at.isoformat()}")

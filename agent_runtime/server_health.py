@@ -8,12 +8,15 @@ from datetime import datetime
 from agent_runtime.effects import Clock, HealthProbe, HealthResult, ServiceManager
 from agent_runtime.errors import ServerError
 from agent_runtime.health import ExitReporter
-from fleetbase.duration import format_duration
+from agent_runtime.heartbeat_judge import Source, judge_heartbeat, poll_until_healthy
 from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
 from states.protocol import Heartbeat
 
 __all__ = ["ServerHealth"]
+
+#: How the server's heartbeat record is named in details.
+SERVER = Source(heartbeat="the server's last heartbeat", last="the server's last heartbeat")
 
 
 # -- the server health check kind -----------------------------------------------------------
@@ -45,24 +48,20 @@ class ServerHealth:
         within ``max_age``, or ``check.timeout`` passes."""
         if check.kind is not HealthCheckKind.SERVER:
             return self.local.wait_healthy(check, expected, since, clock)
-        timeout = check.timeout.total_seconds()
-        start = clock.monotonic()
-        while True:
-            result = self._once(check, expected, since, clock)
-            if result.healthy:
-                return result
-            elapsed = clock.monotonic() - start
-            if isinstance(self.service, ExitReporter) and not self.service.is_running():
-                ended = self.service.last_exit()
-                if ended is not None:
-                    return HealthResult(
-                        False, f"process {ended.describe()} after {elapsed:.1f}s; {result.detail}"
-                    )
-            if elapsed >= timeout:
-                return HealthResult(
-                    False, f"{result.detail} after {format_duration(check.timeout)}"
-                )
-            clock.sleep(min(self.poll_interval, max(timeout - elapsed, 0.0)))
+        return poll_until_healthy(
+            check.timeout,
+            clock,
+            lambda: self._once(check, expected, since, clock),
+            poll_interval=self.poll_interval,
+            exited=self._exited,
+        )
+
+    def _exited(self) -> str | None:
+        if isinstance(self.service, ExitReporter) and not self.service.is_running():
+            ended = self.service.last_exit()
+            if ended is not None:
+                return f"process {ended.describe()}"
+        return None
 
     def _once(
         self, check: HealthCheck, expected: Version, since: datetime, clock: Clock
@@ -75,19 +74,12 @@ class ServerHealth:
             return HealthResult(False, f"cannot read the server's heartbeat record: {e}")
         if beat is None:
             return HealthResult(False, "the server has no heartbeat of this device")
-        if beat.version != expected:
-            return HealthResult(False, f"the server's last heartbeat says {beat.version}")
-        if beat.at <= since:
-            return HealthResult(
-                False, f"the server's last heartbeat ({beat.at.isoformat()}) is from before "
-                f"the restart at {since.isoformat()}",
-            )  # fmt: skip
-        age = clock.now() - beat.at
-        if age > check.max_age:
-            return HealthResult(
-                False, f"the server's last heartbeat is {age.total_seconds():.1f}s old "
-                f"(max_age {format_duration(check.max_age)})",
-            )  # fmt: skip
+        wrong = judge_heartbeat(
+            SERVER, beat.version, beat.at, expected=expected, since=since, now=clock.now(),
+            max_age=check.max_age,
+        )  # fmt: skip
+        if wrong is not None:
+            return HealthResult(False, wrong)
         return HealthResult(
             True, f"server recorded a heartbeat of {expected} at {beat.at.isoformat()}"
         )
