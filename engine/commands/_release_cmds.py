@@ -1,4 +1,4 @@
-"""`engine release new` and `engine release list` (added to `engine release` by ``keys``)."""
+"""`engine release new`, `list` and `promote` (added to `engine release` by ``keys``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from engine.commands._promote_cmd import add_promote_command
 from engine.errors import EngineError
 from inventory.errors import InventoryError
 
@@ -15,7 +16,7 @@ __all__ = ["add_release_commands"]
 
 
 def add_release_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``new`` and ``list`` to the ``engine release`` actions."""
+    """Add ``new``, ``list`` and ``promote`` to the ``engine release`` actions."""
     new_p = actions.add_parser(
         "new",
         help="make a release from an agent build: copy, hash, write the manifest, sign",
@@ -65,6 +66,7 @@ def add_release_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
     list_p.add_argument("-C", dest="directory", type=Path, default=Path(), metavar="DIR")
     list_p.add_argument("--json", action="store_true", help="print one JSON document")
     list_p.set_defaults(func=_list)
+    add_promote_command(actions)
 
 
 def _refuse(action: str, message: object) -> int:
@@ -155,6 +157,7 @@ def _list(args: argparse.Namespace) -> int:
                 "signatures": r.signatures,
                 "groups": r.groups,
                 "pinned": r.pinned,
+                "channel": r.channel,
             }
             for r in rows
         ]
@@ -163,7 +166,7 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no releases under releases/: make one with `engine release new VERSION --from DIR`")
         return 0
-    header = ("VERSION", "SERIAL", "EXPIRES", "PLATFORMS", "FILES", "SIGNED", "USED BY")
+    header = ("VERSION", "CHANNEL", "SERIAL", "EXPIRES", "PLATFORMS", "FILES", "SIGNED", "USED BY")
     table = [header]
     for r in rows:
         used = ", ".join(r.groups)
@@ -173,6 +176,7 @@ def _list(args: argparse.Namespace) -> int:
         table.append(
             (
                 r.version,
+                r.channel or "-",
                 str(r.serial),
                 r.expires.strftime("%Y-%m-%d"),
                 ",".join(r.platforms),
