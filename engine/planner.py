@@ -238,7 +238,7 @@ def plan_fleet(
             info = (agent.release if agent else None, label, f"group {group_name}", None)
             resolution = resolutions.get(group_name) if group_name is not None else None
             if agent is not None and resolution is not None:
-                why = f"group {group_name}, {resolution.describe()}"
+                why = f"group {group_name}, {resolution.why()}"
                 info = (resolution.release, label, why, resolution.channel)
             group_info[group_name] = info
         group_release, label, why, channel = info

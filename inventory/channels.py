@@ -10,6 +10,7 @@ more stable one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleetbase.version import Version, VersionError
 from inventory.errors import Problem
-from inventory.models import ChannelName
+from inventory.models import CHANNEL_PATTERN
 from inventory.sources import SourceFile, problems_from_validation_error, suggest
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
 
 CHANNELS_FILE = "channels.yaml"
 DEFAULT_CHANNELS = ("stable", "beta", "alpha")
+_NAME = re.compile(CHANNEL_PATTERN)
 
 
 class ChannelsFile(BaseModel):
@@ -40,7 +42,7 @@ class ChannelsFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="Release channels")
 
-    channels: list[ChannelName] = Field(
+    channels: list[str] = Field(
         default_factory=lambda: list(DEFAULT_CHANNELS),
         min_length=1,
         description="channel names, most stable first (default: stable, beta, alpha)",
@@ -55,6 +57,11 @@ class ChannelsFile(BaseModel):
     def _once_each(cls, names: list[str]) -> list[str]:
         seen: set[str] = set()
         for name in names:
+            if not _NAME.fullmatch(name):
+                raise ValueError(
+                    f"channel name {name!r}: use lower-case letters, digits, '.', '_' and '-' "
+                    "(e.g. stable, beta, nightly)"
+                )
             if name in seen:
                 raise ValueError(f"channel {name!r} is listed twice")
             seen.add(name)
@@ -79,6 +86,14 @@ class Resolution:
         if self.on != self.channel:
             return f"{text} or more stable; {self.release} is on {self.on})"
         return f"{text} or more stable)"
+
+    def why(self) -> str:
+        """The reason given in a device's plan, e.g. ``channel beta: newest on beta or more
+        stable`` (the release itself is the plan's ``desired``)."""
+        if not self.more_stable:
+            return f"channel {self.channel}: its newest release"
+        text = f"channel {self.channel}: newest on {self.channel} or more stable"
+        return text if self.on == self.channel else f"{text}, from {self.on}"
 
 
 @dataclass(frozen=True)

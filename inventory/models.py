@@ -31,6 +31,7 @@ from states.nats import (
 )
 
 __all__ = [
+    "CHANNEL_PATTERN",
     "AgentSpec",
     "ChannelName",
     "Device",
@@ -155,8 +156,10 @@ class Device(_Strict):
     ssh: SshSettings | None = None
 
 
-#: A release channel's name (channels.yaml): lower-case letters, digits, '.', '_' and '-'.
-ChannelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+#: What a release channel's name looks like: lower-case letters, digits, '.', '_' and '-'.
+CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+#: A release channel's name (channels.yaml).
+ChannelName = Annotated[str, Field(pattern=CHANNEL_PATTERN)]
 
 
 class AgentSpec(_Strict):
