@@ -56,6 +56,11 @@ def add_release_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
         help="a release devices may go back to; repeat (default: the previous release)",
     )
     new_p.add_argument("--notes", help="a line about the release")
+    new_p.add_argument(
+        "--channel",
+        metavar="CHANNEL",
+        help="put the release on this channel in channels.yaml (as `engine release promote`)",
+    )
     new_p.add_argument("--key", type=Path, metavar="KEYFILE", help="sign with this key")
     new_p.add_argument("--json", action="store_true", help="print one JSON document")
     new_p.set_defaults(func=_new)
@@ -92,6 +97,13 @@ def _new(args: argparse.Namespace) -> int:
         timeout = parse_duration(args.health_timeout) if args.health_timeout else None
     except ValueError as e:
         return _refuse("new", e)
+    from engine.service.promote import PromoteError, check_channel, promote
+
+    try:
+        if args.channel is not None:
+            check_channel(args.directory.resolve(), args.channel)
+    except PromoteError as e:
+        return _refuse("new", e)
     try:
         health = parse_health(args.health, timeout) if args.health else None
         with spinner(f"hashing and copying {args.build} …", enabled=not args.json):
@@ -103,6 +115,12 @@ def _new(args: argparse.Namespace) -> int:
             )  # fmt: skip
     except (ReleaseError, EngineError, OSError) as e:
         return _refuse("new", e)
+    channel_error: str | None = None
+    if args.channel is not None:
+        try:
+            promote(args.directory.resolve(), made.version, args.channel)
+        except PromoteError as e:
+            channel_error = f"release {made.version} was made but not put on {args.channel}: {e}"
     if args.json:
         doc = {
             "version": str(made.version),
@@ -115,9 +133,10 @@ def _new(args: argparse.Namespace) -> int:
             "rollback_to": [str(v) for v in made.rollback_to],
             "signature": str(made.signature) if made.signature else None,
             "key_ids": list(made.key_ids),
+            "channel": args.channel if channel_error is None else None,
         }
         print(json.dumps(doc, indent=2))
-        return 0
+        return 0 if channel_error is None else _refuse("new", channel_error)
     platforms = ", ".join(p.value for p in made.platforms)
     print(
         f"release {made.version} (serial {made.serial}): {made.files} files, {made.size} bytes, "
@@ -132,6 +151,10 @@ def _new(args: argparse.Namespace) -> int:
             f"  unsigned: no signing key configured; sign with "
             f"`engine release sign {made.manifest}` before `engine apply`"
         )
+    if channel_error is not None:
+        return _refuse("new", channel_error)
+    if args.channel is not None:
+        print(f"  channel   {args.channel} (channels.yaml: review and commit it with the release)")
     return 0
 
 

@@ -20,11 +20,18 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from engine.errors import EngineError
 from fleetbase.version import Version, VersionError
-from inventory.channels import CHANNELS_FILE
-from inventory.errors import InventoryError
+from inventory.channels import CHANNELS_FILE, load_channels
+from inventory.errors import InventoryError, Problem
 from inventory.loader import OperatorRepo, load_operator_repo
 
-__all__ = ["GroupMove", "PromoteError", "Promotion", "promote", "set_release_channel"]
+__all__ = [
+    "GroupMove",
+    "PromoteError",
+    "Promotion",
+    "check_channel",
+    "promote",
+    "set_release_channel",
+]
 
 
 class PromoteError(EngineError):
@@ -161,6 +168,17 @@ def _moves(before: OperatorRepo, after: OperatorRepo) -> list[GroupMove]:
         if now is not None and now.release != then.release:
             found.append(GroupMove(name, then.channel, then.release, now.release))
     return found
+
+
+def check_channel(root: Path, channel: str) -> None:
+    """Raise PromoteError unless ``channel`` is one of ROOT's channels (channels.yaml, or
+    the default ones), without loading the rest of the repo."""
+    problems: list[Problem] = []
+    channels, _ = load_channels(root, [], problems)
+    if any(p.key_path == "channels" or p.key_path.startswith("channels[") for p in problems):
+        raise PromoteError(f"{CHANNELS_FILE} has problems:\n{InventoryError(problems).render()}")
+    if channel not in channels.order:
+        raise PromoteError(f"unknown channel {channel!r}; channels are {channels.known()}")
 
 
 def promote(root: Path, version: Version, channel: str, *, force: bool = False) -> Promotion:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetbase.version import Version
 from inventory.channels import Channels, Resolution
@@ -260,3 +262,37 @@ def test_channels_schema_is_printed() -> None:
     schema = schema_for("channels")
     assert set(schema["properties"]) == {"channels", "releases"}
     assert schema["additionalProperties"] is False
+
+
+_CHANNEL_ORDER = ("stable", "beta", "alpha")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.tuples(st.integers(0, 3), st.integers(0, 3), st.sampled_from(["", "-beta.1", "-rc.2"])),
+        st.sampled_from([*_CHANNEL_ORDER, None]),
+        max_size=12,
+    )
+)
+def test_resolution_is_the_newest_eligible_and_less_stable_never_resolves_older(
+    drawn: dict[tuple[int, int, str], str | None],
+) -> None:
+    """For any catalogue: a channel resolves to the newest release on it or a more stable
+    channel, and a less stable channel never resolves to an older release."""
+    versions = {V(f"3.{a}.{b}{pre}"): ch for (a, b, pre), ch in drawn.items()}
+    channels = Channels(of={v: ch for v, ch in versions.items() if ch is not None})
+    previous: Version | None = None
+    for rank, channel in enumerate(_CHANNEL_ORDER):
+        eligible = [
+            v for v, ch in versions.items() if ch is not None and _CHANNEL_ORDER.index(ch) <= rank
+        ]
+        found = channels.resolve(channel, versions)
+        if not eligible:
+            assert found is None
+            continue
+        assert found is not None and found.release == max(eligible)
+        assert channels.rank(found.on) <= rank
+        if previous is not None:
+            assert found.release >= previous
+        previous = found.release

@@ -179,3 +179,38 @@ def test_set_release_channel_refuses_a_list() -> None:
     """A file that is not a mapping is for the operator to fix."""
     with pytest.raises(PromoteError, match="must be a mapping"):
         set_release_channel("- stable\n", Version("3.1.0"), "beta")
+
+
+def _build(tmp_path: Path) -> Path:
+    build = tmp_path / "build"
+    (build / "core").mkdir(parents=True)
+    (build / "nats_agent.py").write_text("print('agent')\n")
+    (build / "core" / "agent.py").write_text("VERSION = '3.1.0'\n")
+    return build
+
+
+def test_release_new_with_channel_puts_the_new_release_on_it(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`release new 3.1.0 --channel beta`: the manifest, and one line in channels.yaml."""
+    build = _build(tmp_path)
+    assert main(["release", "new", "3.1.0", "--from", str(build), "-C", str(repo), "--channel",
+                 "beta"]) == 0  # fmt: skip
+    assert "  channel   beta (channels.yaml" in capsys.readouterr().out
+    assert _channels(repo).endswith('  "3.0.1": beta    # good on the canaries\n'
+                                    '  "3.1.0": beta\n\n# end of file\n')  # fmt: skip
+    early = load_operator_repo(repo).inventory.groups["early"].agent
+    assert early is not None and early.release == Version("3.1.0")
+
+
+def test_release_new_refuses_an_unknown_channel_before_making_anything(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown --channel is refused first: no manifest, no artifacts, channels.yaml as was."""
+    build = _build(tmp_path)
+    assert main(["release", "new", "3.1.0", "--from", str(build), "-C", str(repo), "--channel",
+                 "nightly"]) == 1  # fmt: skip
+    assert "unknown channel 'nightly'; channels are stable, beta, alpha" in capsys.readouterr().err
+    assert not (repo / "releases" / "3.1.0.yaml").exists()
+    assert not (repo / "artifacts" / "3.1.0").exists()
+    assert _channels(repo) == CHANNELS
