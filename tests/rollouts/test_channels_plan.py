@@ -13,6 +13,7 @@ import pytest
 from engine.cli import main
 from engine.store import Store
 from fleetbase.version import Version
+from inventory.loader import load_engine_settings
 from states.plan import Action, Plan
 from states.report import Report
 from tests.rollouts.fleet import EXAMPLE_RELEASES, linux_devices, write_repo
@@ -32,8 +33,9 @@ def _report(device: str, version: str) -> Report:
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """srv-0000..1 follow beta, srv-0002..4 stable (srv-0004 pinned to 3.0.1); all on 3.0.0."""
+def repo(tmp_path: Path, store_url: str) -> Path:
+    """srv-0000..1 follow beta, srv-0002..4 stable (srv-0004 pinned to 3.0.1); all on 3.0.0;
+    the store is SQLite or PostgreSQL (engine.yaml state)."""
     devices = linux_devices("srv", 5)
     devices["srv-0004"]["pin"] = "3.0.1"
     groups: dict[str, dict[str, Any]] = {
@@ -46,7 +48,9 @@ def repo(tmp_path: Path) -> Path:
     }
     root = write_repo(tmp_path / "repo", devices, groups, versions=("3.0.0", "3.0.1"))
     (root / "channels.yaml").write_text(CHANNELS)
-    with Store.open(f"sqlite:///{root / '.engine' / 'state.db'}") as store:
+    with (root / "engine.yaml").open("a") as f:
+        f.write(f"state: {store_url}\n")
+    with Store.open(store_url) as store:
         store.upsert_reports([_report(f"srv-{i:04d}", "3.0.0") for i in range(5)])
     return root
 
@@ -127,7 +131,9 @@ def test_a_saved_plan_stays_bound_to_what_it_resolved(
         "the operator repo changed since the plan was made: channels.yaml changed, "
         "releases/3.0.4.yaml was added"
     ) in err
-    with Store.open(f"sqlite:///{repo / '.engine' / 'state.db'}") as store, store.read() as conn:
+    url = load_engine_settings(repo).state
+    assert url is not None
+    with Store.open(url) as store, store.read() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM rollouts").scalar_one() == 0
     fresh = _plan(repo, capsys)
     assert {r.id for r in fresh.rollouts} >= {"early@3.0.4", "prod@3.0.0"}
