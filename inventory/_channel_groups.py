@@ -32,8 +32,8 @@ def resolve_channel_groups(
 
     An unknown channel, or a channel with no release on it or a more stable
     one, is a problem at the group's ``agent.channel``. ``channels_valid``
-    False (channels.yaml has problems of its own) skips "no release" so that
-    one mistake does not cause follow-on errors.
+    False (channels.yaml has problems of its own) skips both, so that one
+    mistake does not cause follow-on errors.
     """
     available = list(releases)
     resolved: dict[str, Group] = {}
@@ -46,6 +46,9 @@ def resolve_channel_groups(
         path = ("groups", name, "agent", "channel")
         source = origin.group[name]
         if agent.channel not in channels.order:
+            if not channels_valid:  # the channel list itself failed to load
+                resolved[name] = group
+                continue
             problems.append(
                 source.problem(
                     path,

@@ -257,6 +257,15 @@ def test_channel_mistakes_name_file_line_and_key(
     assert _problems(_repo(make_repo, **overrides)) == expected
 
 
+def test_a_broken_channels_yaml_causes_no_follow_on_errors(make_repo: RepoMaker) -> None:
+    """A bad channel list is one problem; groups following its channels are not blamed."""
+    channels = CHANNELS.replace("[stable, beta, alpha]", "[stable, Beta, alpha]")
+    assert _problems(_repo(make_repo, channels_yaml=channels)) == [
+        "channels.yaml:2:11: channels: channel name 'Beta': use lower-case letters, digits, "
+        "'.', '_' and '-' (e.g. stable, beta, nightly)"
+    ]
+
+
 def test_channels_schema_is_printed() -> None:
     """`engine schema --kind channels` describes channels.yaml."""
     schema = schema_for("channels")
