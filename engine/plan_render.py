@@ -165,6 +165,8 @@ def render_plan(
             counts[d.action.value] = counts.get(d.action.value, 0) + 1
         after = f"  after {', '.join(rollout.after)}" if rollout.after else ""
         lines.append(f"{style.bold(rollout.id)}{after}  ({_policy_text(rollout)})")
+        if rollout.resolution:
+            lines.append(f"  {rollout.resolution}")
         lines.append(f"  {_phrase(counts)}")
         for wave in rollout.waves:
             noun = "device" if wave.devices == 1 else "devices"

@@ -19,6 +19,7 @@ from engine.waves import wave_indices
 from fleetbase.duration import format_duration
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from inventory.channels import Resolution
 from inventory.models import Inventory, RolloutPolicy
 from states.manifest import HealthCheckKind
 from states.plan import (
@@ -64,6 +65,8 @@ class RepoView(Protocol):
     def releases(self) -> Mapping[Version, ReleaseView]: ...
     @property
     def digest(self) -> str: ...
+    @property
+    def resolutions(self) -> Mapping[str, Resolution]: ...
 
 
 _DEVICE_PLAN_FIELDS = frozenset(DevicePlan.model_fields)
@@ -217,7 +220,8 @@ def plan_fleet(
     steps = _Steps(releases, {k: v.manifest for k, v in release_refs.items()})
 
     # Pass 1: decide every device. A record is the future DevicePlan's field dict.
-    group_info: dict[str | None, tuple[Version | None, str, str]] = {}
+    group_info: dict[str | None, tuple[Version | None, str, str, str | None]] = {}
+    resolutions = repo.resolutions
     records: _Records = []
     unmanaged: list[str] = []
     bucket_of: dict[tuple[str, str], _Records] = {}
@@ -231,14 +235,19 @@ def plan_fleet(
             group = groups.get(group_name) if group_name is not None else None
             agent = group.agent if group is not None else None
             label = group_name if group_name is not None else PINNED_ROLLOUT_GROUP
-            info = (agent.release if agent else None, label, f"group {group_name}")
+            info = (agent.release if agent else None, label, f"group {group_name}", None)
+            resolution = resolutions.get(group_name) if group_name is not None else None
+            if agent is not None and resolution is not None:
+                why = f"group {group_name}, {resolution.why()}"
+                info = (resolution.release, label, why, resolution.channel)
             group_info[group_name] = info
-        group_release, label, why = info
+        group_release, label, why, channel = info
         pin = device.pin
         against: str | None = None
         if pin is not None:
             desired = pin
             why = f"pin {pin}"
+            channel = None
             if group_release is not None and group_release != pin:
                 against = f"pinned to {pin}; group {group_name} wants {group_release}"
         elif group_release is not None:
@@ -260,6 +269,7 @@ def plan_fleet(
             "wave": None,
             "rollout": None,
             "steps": steps.steps(desired, device.platform, current) if is_changing else [],
+            "channel": channel,
         }
         records.append((record, is_changing))
         if action is not _PINNED:
@@ -291,6 +301,9 @@ def plan_fleet(
         if only_device is not None and all(r["device"] != only_device for r, _ in bucket):
             continue
         window = group.maintenance_window if group is not None else None
+        agent = group.agent if group is not None else None
+        followed = agent.channel if agent is not None and agent.release == release else None
+        resolution = resolutions.get(label) if followed is not None else None
         rollouts.append(
             RolloutPlan.model_construct(
                 id=rid,
@@ -305,6 +318,8 @@ def plan_fleet(
                     for i, pct in enumerate(policy.waves)
                 ],
                 after=list(policy.after),
+                channel=followed,
+                resolution=resolution.describe() if resolution is not None else None,
             )
         )
 

@@ -98,6 +98,7 @@ def check_references(
                 )
         if (
             group.agent is not None
+            and group.agent.release is not None  # None: a channel that did not resolve
             and group.agent.release not in releases
             and str(group.agent.release) not in unloadable_releases
         ):

@@ -123,6 +123,8 @@ def check_gate_groups(
             if gate is None or gate.agent is None or gate_name == name:
                 continue  # check_after reports these
             path = ("groups", name, "rollout", "after", i)
+            if gate.agent.release is None or group.agent.release is None:
+                continue  # a channel that did not resolve, reported already
             if gate.agent.release < group.agent.release:
                 problems.append(
                     origin.group[name].problem(
@@ -167,7 +169,7 @@ def check_platforms(
     for device_id, group_name in assignment.items():
         group = inventory.groups[group_name]
         device = inventory.devices[device_id]
-        if group.agent is None or device.pin is not None:
+        if group.agent is None or group.agent.release is None or device.pin is not None:
             continue
         loaded = releases.get(group.agent.release)
         if loaded is None or device.platform in loaded.manifest.platforms:
@@ -180,14 +182,17 @@ def check_platforms(
         missing.setdefault((group_name, device.platform), []).append(device_id)
     for (group_name, platform), devices in sorted(missing.items()):
         group = inventory.groups[group_name]
-        assert group.agent is not None
+        assert group.agent is not None and group.agent.release is not None
         release = group.agent.release
+        channel = group.agent.channel
+        key = "release" if channel is None else "channel"
+        via = "" if channel is None else f" (channel {channel})"
         covered = ", ".join(sorted(p.value for p in releases[release].manifest.platforms))
         n = len(devices)
         problems.append(
             origin.group[group_name].problem(
-                ("groups", group_name, "agent", "release"),
-                f"release {release} has no artifact for {platform.value}, but {n} of the "
+                ("groups", group_name, "agent", key),
+                f"release {release}{via} has no artifact for {platform.value}, but {n} of the "
                 f"group's devices run{'s' if n == 1 else ''} "
                 f"{platform.value} (e.g. {sorted(devices)[0]}): add {platform.value} files "
                 f"to releases/{release}.yaml, or limit the group with "

@@ -1,4 +1,4 @@
-"""Load the operator repo: engine.yaml, inventory/*.yaml(.j2), releases/*.yaml.
+"""Load the operator repo: engine.yaml, inventory/*.yaml(.j2), releases/*.yaml, channels.yaml.
 
 ``load_operator_repo`` reads every file, validates it, checks the references
 between files (group members, releases, pins, overlapping groups) and either
@@ -22,9 +22,11 @@ from pydantic import ValidationError
 
 from fleetbase.gcpause import gc_paused
 from fleetbase.version import Version
+from inventory._channel_groups import resolve_channel_groups
 from inventory._checks import check_after, check_references, conflict_problems, merge_files
 from inventory._rollout_checks import check_gate_groups, check_platforms, empty_group_warnings
 from inventory.catalog import LoadedRelease, load_release_catalog
+from inventory.channels import Channels, Resolution, load_channels
 from inventory.errors import InventoryError, Problem
 from inventory.membership import Assignment, assign_groups
 from inventory.models import EngineSettings, Inventory, InventoryFile
@@ -58,6 +60,10 @@ class OperatorRepo:
     file_digests: dict[str, str] = field(default_factory=dict)
     #: things that load but look wrong (a group matching no device), file:line each
     warnings: tuple[Problem, ...] = ()
+    #: the channels (channels.yaml) and the channel of each release
+    channels: Channels = field(default_factory=Channels)
+    #: how each group that follows a channel was resolved, by group name
+    resolutions: dict[str, Resolution] = field(default_factory=dict)
 
 
 def load_operator_repo(root: Path) -> OperatorRepo:
@@ -145,6 +151,16 @@ def _load(root: Path) -> OperatorRepo:
             )
         )
 
+    before = len(problems)
+    channels, channels_source = load_channels(
+        root, catalog.releases, problems, unloadable=catalog.failed
+    )
+    if channels_source is not None:
+        sources.append(channels_source)
+    groups, resolutions = resolve_channel_groups(
+        groups, origin, channels, catalog.releases, problems, channels_valid=len(problems) == before
+    )
+
     inventory = Inventory.model_construct(devices=devices, groups=groups)
     # A file that failed to load must not cause follow-on errors ("not a device",
     # "no such release") about what it would have defined.
@@ -176,6 +192,8 @@ def _load(root: Path) -> OperatorRepo:
         files=tuple(sorted((s.rel for s in sources), key=lambda p: p.as_posix())),
         file_digests={s.rel.as_posix(): hashlib.sha256(s.data).hexdigest() for s in sources},
         warnings=tuple(sorted(warnings, key=Problem.sort_key)),
+        channels=channels,
+        resolutions=resolutions,
     )
 
 

@@ -133,12 +133,28 @@ def group_members(inventory: Inventory) -> dict[str, set[str]]:
     return {name: _members(inventory, index, g) for name, g in inventory.groups.items()}
 
 
+def _follows_channel(group: Group) -> bool:
+    return group.agent is not None and group.agent.channel is not None
+
+
+def _agent_text(group: Group) -> str:
+    agent = group.agent
+    if agent is None:
+        return "release None"
+    if agent.channel is not None:
+        return f"channel {agent.channel} ({agent.release})"
+    return f"release {agent.release}"
+
+
 def _differences(a: Group, b: Group) -> tuple[str, ...]:
     out = []
     if a.agent != b.agent:
-        release_a = a.agent.release if a.agent else None
-        release_b = b.agent.release if b.agent else None
-        out.append(f"release {release_a} vs {release_b}")
+        if _follows_channel(a) or _follows_channel(b):
+            out.append(f"{_agent_text(a)} vs {_agent_text(b)}")
+        else:
+            release_a = a.agent.release if a.agent else None
+            release_b = b.agent.release if b.agent else None
+            out.append(f"release {release_a} vs {release_b}")
     if a.rollout != b.rollout:
         out.append("rollout policy")
     if a.maintenance_window != b.maintenance_window:

@@ -31,7 +31,9 @@ from states.nats import (
 )
 
 __all__ = [
+    "CHANNEL_PATTERN",
     "AgentSpec",
+    "ChannelName",
     "Device",
     "EngineSettings",
     "FailurePolicy",
@@ -154,10 +156,34 @@ class Device(_Strict):
     ssh: SshSettings | None = None
 
 
-class AgentSpec(_Strict):
-    """Which agent release a group should run."""
+#: What a release channel's name looks like: lower-case letters, digits, '.', '_' and '-'.
+CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+#: A release channel's name (channels.yaml).
+ChannelName = Annotated[str, Field(pattern=CHANNEL_PATTERN)]
 
-    release: Version
+
+class AgentSpec(_Strict):
+    """Which agent release a group should run: one ``release``, or the newest on a ``channel``.
+
+    The loader resolves a ``channel`` to its release (``inventory.channels``), so
+    after loading ``release`` is set on every group's agent; ``channel`` then
+    says where it came from.
+    """
+
+    release: Version | None = Field(default=None, description="the exact release to run")
+    channel: ChannelName | None = Field(
+        default=None,
+        description="follow this channel (channels.yaml): run the newest release on it "
+        "or on a more stable channel",
+    )
+
+    @model_validator(mode="after")
+    def _release_or_channel(self) -> AgentSpec:
+        if (self.release is None) == (self.channel is None):
+            raise ValueError(
+                "give exactly one of 'release' (a version) or 'channel' (e.g. stable, beta)"
+            )
+        return self
 
 
 class OnFailure(StrEnum):

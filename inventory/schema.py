@@ -1,4 +1,4 @@
-"""JSON Schema of the operator repo's YAML files (inventory, release manifests, engine.yaml)."""
+"""JSON Schema of the operator repo's YAML files (inventory, releases, engine.yaml, channels)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from inventory.channels import ChannelsFile
 from inventory.loader import InventoryFile
 from inventory.models import EngineSettings
 from states.manifest import ReleaseManifest
@@ -17,12 +18,13 @@ KINDS: dict[str, type[BaseModel]] = {
     "inventory": InventoryFile,
     "release": ReleaseManifest,
     "engine": EngineSettings,
+    "channels": ChannelsFile,
 }
 
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def schema_for(kind: str) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of one kind of file: inventory, release or engine."""
+    """JSON Schema (draft 2020-12) of one kind of file: inventory, release, engine, channels."""
     schema = KINDS[kind].model_json_schema(mode="validation")
     return {"$schema": _DIALECT, **schema}

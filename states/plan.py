@@ -108,6 +108,8 @@ class DevicePlan(_Wire):
     wave: int | None = None
     rollout: str | None = None
     steps: list[Step] = Field(default_factory=list)
+    #: the channel ``desired`` was resolved from (the group follows it), else None
+    channel: str | None = None
 
 
 class WavePlan(_Wire):
@@ -130,6 +132,11 @@ class RolloutPlan(_Wire):
     waves: list[WavePlan]
     #: groups whose rollout of the same release must complete first (rollout.after)
     after: list[str] = Field(default_factory=list)
+    #: the channel the group follows (``release`` is what it resolved to), else None
+    channel: str | None = None
+    #: why the channel resolved to ``release``, e.g.
+    #: "channel beta -> 3.1.0-beta.2 (newest on beta or more stable)"
+    resolution: str | None = None
 
 
 class InventoryRef(_Wire):

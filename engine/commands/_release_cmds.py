@@ -1,4 +1,4 @@
-"""`engine release new` and `engine release list` (added to `engine release` by ``keys``)."""
+"""`engine release new`, `list` and `promote` (added to `engine release` by ``keys``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from engine.commands._promote_cmd import add_promote_command
 from engine.errors import EngineError
 from inventory.errors import InventoryError
 
@@ -15,7 +16,7 @@ __all__ = ["add_release_commands"]
 
 
 def add_release_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``new`` and ``list`` to the ``engine release`` actions."""
+    """Add ``new``, ``list`` and ``promote`` to the ``engine release`` actions."""
     new_p = actions.add_parser(
         "new",
         help="make a release from an agent build: copy, hash, write the manifest, sign",
@@ -55,6 +56,11 @@ def add_release_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
         help="a release devices may go back to; repeat (default: the previous release)",
     )
     new_p.add_argument("--notes", help="a line about the release")
+    new_p.add_argument(
+        "--channel",
+        metavar="CHANNEL",
+        help="put the release on this channel in channels.yaml (as `engine release promote`)",
+    )
     new_p.add_argument("--key", type=Path, metavar="KEYFILE", help="sign with this key")
     new_p.add_argument("--json", action="store_true", help="print one JSON document")
     new_p.set_defaults(func=_new)
@@ -65,6 +71,7 @@ def add_release_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
     list_p.add_argument("-C", dest="directory", type=Path, default=Path(), metavar="DIR")
     list_p.add_argument("--json", action="store_true", help="print one JSON document")
     list_p.set_defaults(func=_list)
+    add_promote_command(actions)
 
 
 def _refuse(action: str, message: object) -> int:
@@ -90,6 +97,13 @@ def _new(args: argparse.Namespace) -> int:
         timeout = parse_duration(args.health_timeout) if args.health_timeout else None
     except ValueError as e:
         return _refuse("new", e)
+    from engine.service.promote import PromoteError, check_channel, promote
+
+    try:
+        if args.channel is not None:
+            check_channel(args.directory.resolve(), args.channel)
+    except PromoteError as e:
+        return _refuse("new", e)
     try:
         health = parse_health(args.health, timeout) if args.health else None
         with spinner(f"hashing and copying {args.build} …", enabled=not args.json):
@@ -101,6 +115,12 @@ def _new(args: argparse.Namespace) -> int:
             )  # fmt: skip
     except (ReleaseError, EngineError, OSError) as e:
         return _refuse("new", e)
+    channel_error: str | None = None
+    if args.channel is not None:
+        try:
+            promote(args.directory.resolve(), made.version, args.channel)
+        except PromoteError as e:
+            channel_error = f"release {made.version} was made but not put on {args.channel}: {e}"
     if args.json:
         doc = {
             "version": str(made.version),
@@ -113,9 +133,10 @@ def _new(args: argparse.Namespace) -> int:
             "rollback_to": [str(v) for v in made.rollback_to],
             "signature": str(made.signature) if made.signature else None,
             "key_ids": list(made.key_ids),
+            "channel": args.channel if channel_error is None else None,
         }
         print(json.dumps(doc, indent=2))
-        return 0
+        return 0 if channel_error is None else _refuse("new", channel_error)
     platforms = ", ".join(p.value for p in made.platforms)
     print(
         f"release {made.version} (serial {made.serial}): {made.files} files, {made.size} bytes, "
@@ -130,6 +151,10 @@ def _new(args: argparse.Namespace) -> int:
             f"  unsigned: no signing key configured; sign with "
             f"`engine release sign {made.manifest}` before `engine apply`"
         )
+    if channel_error is not None:
+        return _refuse("new", channel_error)
+    if args.channel is not None:
+        print(f"  channel   {args.channel} (channels.yaml: review and commit it with the release)")
     return 0
 
 
@@ -155,6 +180,7 @@ def _list(args: argparse.Namespace) -> int:
                 "signatures": r.signatures,
                 "groups": r.groups,
                 "pinned": r.pinned,
+                "channel": r.channel,
             }
             for r in rows
         ]
@@ -163,7 +189,7 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no releases under releases/: make one with `engine release new VERSION --from DIR`")
         return 0
-    header = ("VERSION", "SERIAL", "EXPIRES", "PLATFORMS", "FILES", "SIGNED", "USED BY")
+    header = ("VERSION", "CHANNEL", "SERIAL", "EXPIRES", "PLATFORMS", "FILES", "SIGNED", "USED BY")
     table = [header]
     for r in rows:
         used = ", ".join(r.groups)
@@ -173,6 +199,7 @@ def _list(args: argparse.Namespace) -> int:
         table.append(
             (
                 r.version,
+                r.channel or "-",
                 str(r.serial),
                 r.expires.strftime("%Y-%m-%d"),
                 ",".join(r.platforms),

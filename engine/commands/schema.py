@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "schema",
         help="print the JSON Schema of the YAML files (for editors)",
-        description="Print the JSON Schema of inventory files (default), release manifests "
-        "or engine.yaml, e.g. for the YAML language server's yaml.schemas setting.",
+        description="Print the JSON Schema of inventory files (default), release manifests, "
+        "engine.yaml or channels.yaml, e.g. for the YAML language server's yaml.schemas setting.",
     )
     p.add_argument(
         "--kind",

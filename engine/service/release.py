@@ -317,8 +317,10 @@ class ReleaseRow:
     platforms: list[str]
     files: int
     signatures: int  # entries in releases/VERSION.yaml.sig (0: unsigned)
-    groups: list[str] = field(default_factory=list)  # groups whose agent.release it is
+    #: groups whose agent.release it is (a channel's groups: what their channel resolved to)
+    groups: list[str] = field(default_factory=list)
     pinned: int = 0  # devices pinned to it
+    channel: str | None = None  # its channel in channels.yaml
 
 
 def _signature_count(loaded: LoadedRelease) -> int:
@@ -354,6 +356,7 @@ def list_releases(repo: OperatorRepo) -> list[ReleaseRow]:
                 signatures=_signature_count(loaded),
                 groups=groups,
                 pinned=pinned,
+                channel=repo.channels.channel_of(version),
             )
         )
     return rows

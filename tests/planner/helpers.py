@@ -10,6 +10,7 @@ from typing import Any
 
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from inventory.channels import Resolution
 from inventory.models import Inventory
 from states.manifest import ReleaseManifest
 from states.report import Report
@@ -37,6 +38,7 @@ class FakeRepo:
     root: Path = ROOT
     digest: str = "d" * 64
     extra: dict[str, Any] = field(default_factory=dict)
+    resolutions: dict[str, Resolution] = field(default_factory=dict)
 
 
 def make_release(

@@ -24,6 +24,7 @@ def _copy_example(tmp_path: Path) -> Path:
     root = tmp_path / "fleet"
     root.mkdir()
     shutil.copy(EXAMPLE / "engine.yaml", root / "engine.yaml")
+    shutil.copy(EXAMPLE / "channels.yaml", root / "channels.yaml")
     shutil.copytree(EXAMPLE / "inventory", root / "inventory")
     shutil.copytree(EXAMPLE / "releases", root / "releases")
     shutil.copytree(EXAMPLE / "artifacts", root / "artifacts")

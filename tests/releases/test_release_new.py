@@ -158,6 +158,7 @@ def test_release_list_shows_serials_signatures_and_groups(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
         "VERSION",
+        "CHANNEL",
         "SERIAL",
         "EXPIRES",
         "PLATFORMS",
@@ -168,6 +169,7 @@ def test_release_list_shows_serials_signatures_and_groups(
     ]
     assert lines[1].split() == [
         "3.0.1",
+        "-",
         "2",
         "2036-01-01",
         "linux,macos,windows",
@@ -178,6 +180,7 @@ def test_release_list_shows_serials_signatures_and_groups(
     ]
     assert lines[2].split() == [
         "3.0.0",
+        "-",
         "1",
         "2036-01-01",
         "linux,macos,windows",
