@@ -311,6 +311,14 @@ def _0012_lease_generation(conn: Connection) -> None:
     )
 
 
+def _0016_requires(conn: Connection) -> None:
+    # Release requirements (requires:): the facts devices report to check them against,
+    # and the runtime version a device of a rollout waits for before it is offered.
+    for column in ("python_version VARCHAR(100)", "os_version VARCHAR(100)", "components TEXT"):
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+    conn.exec_driver_sql("ALTER TABLE rollout_devices ADD COLUMN requires_runtime VARCHAR(200)")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -329,4 +337,5 @@ MIGRATIONS: list[Migration] = [
     Migration(10, "webhook deliveries (outbox)", _0010_webhook_deliveries),
     Migration(11, "events by arrival time (retention)", _0011_events_received_at),
     Migration(12, "controller lease generation (fencing)", _0012_lease_generation),
+    Migration(13, "release requirements: device facts, runtime waits", _0016_requires),
 ]
