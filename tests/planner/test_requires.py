@@ -175,6 +175,10 @@ def test_plan_output_and_saved_plan() -> None:
     assert plan.summary["blocked"] == 1
     assert plan.summary["update"] == 1
     text = render_plan(plan, colour=False, verbose=True)
+    assert text.startswith(
+        "Plan: 1 to update, 0 to install, 0 to roll back, 0 unchanged, 0 pinned, "
+        "1 blocked (1 waiting for their runtime); 0 unmanaged."
+    )
     assert "needs runtime >=0.2.0, has 0.1.0" in text
     data = json.loads(plan_json(plan))
     by_device = {d["device"]: d for d in data["devices"]}
