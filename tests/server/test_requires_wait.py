@@ -123,6 +123,19 @@ def test_too_old_runtime_waits_in_the_rollout_until_it_reports_a_newer_one(
         fresh = _Device(server, "fresh-01", "0.2.0", **FACTS)
         old = _Device(server, "old-01", "0.1.0", **FACTS)
         silent = _Device(server, "silent-01", "0.2.0")
+        # Facts are bounded: too many components, or a name outside the pattern, are refused.
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            for bad, field in (
+                ({"components": {f"c{i}": "1" for i in range(33)}}, "components"),
+                ({"components": {"OpenSSL": "3.0"}}, "components.OpenSSL"),
+                ({"python_version": "3" * 101}, "python_version"),
+            ):
+                r = c.post(
+                    "/v1/devices/fresh-01/checkin",
+                    json={**fresh.body, **bad},
+                    headers=bearer(fresh.token),
+                )
+                assert r.status_code == 422 and field in r.text, r.text
         for d in (fresh, old, silent):
             assert d.checkin()["plan"] is None
         wait_until("reports stored", lambda: len(_stored(store_url)) == 3, timeout=30)
