@@ -278,10 +278,14 @@ def offer_candidates(
         .order_by(rd.c.wave, rd.c.position)
     )
     rows = list(conn.execute(query.where(rd.c.requires_runtime.is_(None)).limit(limit)))
-    # Waiting devices are read apart so that many of them cannot fill ``limit``.
-    waiting = conn.execute(query.where(rd.c.requires_runtime.is_not(None)))
-    met = [w for w in waiting if runtime_satisfies(w.requires_runtime, w.runtime_version)]
-    if met:
+    # Waiting devices are read apart so that many of them cannot fill ``limit``, and only
+    # in rollouts of a release with a runtime requirement (the others have none).
+    requirement = conn.execute(
+        select(rollouts.c.requires_runtime).where(rollouts.c.id == rollout_id)
+    ).scalar()
+    if requirement is not None:
+        waiting = conn.execute(query.where(rd.c.requires_runtime.is_not(None)))
+        met = [w for w in waiting if runtime_satisfies(w.requires_runtime, w.runtime_version)]
         rows = sorted([*rows, *met], key=lambda r: (r.wave, r.position))[:limit]
     return [(str(r.device), None if r.runtime_version is None else r.agent_version) for r in rows]
 

@@ -355,6 +355,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 created_at=now,
                 updated_at=now,
                 finished_at=None,
+                requires_runtime=runtime_requirement,
             )
             .returning(rollouts.c.id)
         ).scalar_one()

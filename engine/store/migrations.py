@@ -321,7 +321,8 @@ def _0016_requires(conn: Connection) -> None:
     # and the runtime version a device of a rollout waits for before it is offered.
     for column in ("python_version VARCHAR(100)", "os_version VARCHAR(100)", "components TEXT"):
         conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
-    conn.exec_driver_sql("ALTER TABLE rollout_devices ADD COLUMN requires_runtime VARCHAR(200)")
+    for table in ("rollouts", "rollout_devices"):
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN requires_runtime VARCHAR(200)")
 
 
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.

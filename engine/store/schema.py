@@ -198,6 +198,8 @@ rollouts = Table(
     Column("after_names", Text, nullable=True),
     # When the rollout completed (migration 5); kept when it is superseded later.
     Column("completed_at", UTCDateTime(), nullable=True),
+    # The release's requires: runtime (migration 16): some devices may wait for it.
+    Column("requires_runtime", String(200), nullable=True),
     Index("ix_rollouts_group_state", "group_name", "state"),
     Index("ix_rollouts_state", "state"),
 )
