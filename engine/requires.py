@@ -143,23 +143,31 @@ class RequirementsCheck:
 
     def __init__(self, releases: Mapping[Version, ReleaseView]) -> None:
         self.releases = releases
+        self._requires: dict[str, Requirements | None] = {}  # by the desired version's text
         self._found: dict[tuple[object, ...], Unmet | None] = {}
 
     def check(self, desired: Version, platform: Platform, report: Report) -> Unmet | None:
         """What the device of ``report`` lacks for ``desired``, or None (also for a release
         without requirements or without a manifest)."""
-        release = self.releases.get(desired)
-        requires = None if release is None else release.manifest.requires
+        text = desired.text
+        if text in self._requires:
+            requires = self._requires[text]
+        else:
+            release = self.releases.get(desired)
+            requires = self._requires[text] = None if release is None else release.manifest.requires
         if requires is None:
             return None
         components = report.components
+        # Only the components the release names matter (a lookup or two, not a sort).
         key = (
-            desired.text,
-            platform.value,
+            text,
+            id(platform),  # Enum.__hash__ is Python code; the identity is enough here
             report.runtime_version,
             report.python_version,
             report.os_version,
-            None if components is None else tuple(sorted(components.items())),
+            None
+            if components is None
+            else tuple([components.get(name) for name in requires.components]),
         )
         if key in self._found:
             return self._found[key]
