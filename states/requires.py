@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from fleetbase.platform import Platform
 
@@ -52,8 +52,23 @@ def check_specifier(text: str) -> str:
     return text
 
 
+def _not_a_number(value: object) -> object:
+    """Refuse what YAML read as a number (``python: 3.11``), saying how to write it."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f"YAML read {value!r} as a number, not a requirement; write it in quotes with "
+            f"an operator, e.g. '>={value}'"
+        )
+    return value
+
+
 #: A version specifier, validated (``check_specifier``).
-SpecifierText = Annotated[str, Field(max_length=200), AfterValidator(check_specifier)]
+SpecifierText = Annotated[
+    str,
+    BeforeValidator(_not_a_number),
+    Field(max_length=200),
+    AfterValidator(check_specifier),
+]
 ComponentName = Annotated[str, Field(pattern=COMPONENT_NAME_PATTERN)]
 #: A version as a device reports it (free text, compared by the engine).
 FactVersion = Annotated[str, Field(min_length=1, max_length=100)]

@@ -351,6 +351,14 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         ],
     ),
     (
+        "requirement that YAML reads as a number",
+        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, extra="requires:\n  python: 3.11\n")},
+        [
+            "releases/3.0.2.yaml:9:11: requires.python: YAML read 3.11 as a number, not a "
+            "requirement; write it in quotes with an operator, e.g. '>=3.11'"
+        ],
+    ),
+    (
         "requirement for an unknown platform",
         {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, extra="requires:\n  os: {bsd: '>=1'}\n")},
         [
