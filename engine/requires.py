@@ -116,7 +116,7 @@ def unmet_requirements(requires: Requirements, platform: Platform, report: Repor
             reasons.append(found)
     os_spec = requires.os.get(platform)
     if os_spec is not None:
-        found = _check(f"{platform.value}", os_spec, report.os_version, "its os version")
+        found = _check(platform.value, os_spec, report.os_version, "its os version")
         if found is not None:
             reasons.append(found)
     reported: Mapping[str, str] = report.components or {}
