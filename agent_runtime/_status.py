@@ -7,6 +7,7 @@ from typing import Any
 from agent_runtime.config import DeviceConfig
 from agent_runtime.effects import ServiceManager
 from agent_runtime.errors import JournalError
+from agent_runtime.facts import facts
 from agent_runtime.journal import JournalStore
 from agent_runtime.state import StateStore
 
@@ -18,6 +19,7 @@ def status_document(
 ) -> dict[str, Any]:
     """Installed / known-good versions, the journal and the last result, as plain data."""
     state = states.load()
+    found = facts(config.platform)
     try:
         record = journal_store.load()
     except JournalError as e:
@@ -51,4 +53,10 @@ def status_document(
         "last_run": None if state.last_run is None else state.last_run.isoformat(),
         "agent_running": service.is_running(),
         "journal": journal,
+        # what releases' requires: is checked against (the engine's SSH push reports them)
+        "facts": {
+            "python_version": found.python_version,
+            "os_version": found.os_version,
+            "components": dict(found.components),
+        },
     }

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent_runtime._memory import release_memory
 from agent_runtime.config import DEFAULT_CONFIG_PATHS, DeviceConfig, load_config
@@ -151,10 +151,18 @@ def _status(args: argparse.Namespace, config: DeviceConfig) -> int:
         ("journal", journal),
         ("last result", f"{status['last_result'] or 'none'} {status['last_detail']}".strip()),
         ("attempts", attempts),
+        ("facts", _facts_line(status["facts"])),
     ]
     for key, value in rows:
         print(f"{key + ':':<13}{value}")
     return 0
+
+
+def _facts_line(found: dict[str, Any]) -> str:
+    """``python 3.11.7, os 6.1.0-18-amd64, openssl 3.0.19``: what requires: is checked against."""
+    parts = [f"python {found['python_version']}", f"os {found['os_version'] or 'unknown'}"]
+    parts += [f"{name} {version}" for name, version in found["components"].items()]
+    return ", ".join(parts)
 
 
 def _rollback(args: argparse.Namespace, config: DeviceConfig) -> int:

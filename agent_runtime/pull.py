@@ -60,6 +60,7 @@ from agent_runtime.errors import (
     ServerUnavailableError,
     StateError,
 )
+from agent_runtime.facts import facts
 from agent_runtime.health import Health
 from agent_runtime.journal import JournalRecord
 from agent_runtime.nats_link import BusHealth, NatsLink
@@ -343,11 +344,15 @@ class PullLoop:
             running: bool | None = self.service.is_running()
         except AgentRuntimeError:
             running = None
+        found = facts(self.config.platform)
         return CheckinRequest(
             platform=self.config.platform,
             agent_version=state.installed,
             known_good=state.known_good,
             runtime_version=runtime_version(),
+            python_version=found.python_version,
+            os_version=found.os_version,
+            components=found.components,
             agent_running=running,
             transaction=self.transaction,
             performance=self.sampler.sample(),

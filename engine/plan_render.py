@@ -75,8 +75,11 @@ def _phrase(counts: Mapping[str, int], *, all_zero: str = "no devices") -> str:
 def summary_line(plan: Plan) -> str:
     """``Plan: 12 to update, 3 to install, ...; 3 unmanaged.`` from the plan's summary."""
     counts = plan.summary
+    # Blocked devices that join their rollout and wait for a newer runtime (requires:).
+    waiting = sum(1 for d in plan.devices if d.awaits_runtime is not None)
     parts = [
         f"{counts.get(key, 0)} {words}"
+        + (f" ({waiting} waiting for their runtime)" if key == "blocked" and waiting else "")
         for key, words in _PHRASES
         if key != "adopt" or counts.get(key, 0)  # shown only where there are field installs
     ]

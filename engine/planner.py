@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine._plan_decide import Decider, ReleaseView
+from engine.requires import RequirementsCheck
 from engine.steps import describe_steps, format_size
 from engine.waves import wave_indices
 from fleetbase.duration import format_duration
@@ -215,6 +216,7 @@ def plan_fleet(
     groups = inventory.groups
     releases = repo.releases
     decider = Decider(releases, now - stale_after)
+    requirements = RequirementsCheck(releases)
     root = repo.root
     release_refs = {str(v): _release_ref(loaded, root) for v, loaded in releases.items()}
     steps = _Steps(releases, {k: v.manifest for k, v in release_refs.items()})
@@ -257,6 +259,12 @@ def plan_fleet(
             continue
         report = report_of(device_id)
         action, reason, is_changing = decider.decide(device, report, desired, why, against)
+        awaits_runtime: str | None = None
+        if is_changing and report is not None:
+            unmet = requirements.check(desired, device.platform, report)
+            if unmet is not None:
+                action, reason, is_changing = Action.BLOCKED, unmet.reason(str(desired)), False
+                awaits_runtime = unmet.awaits_runtime
         current = report.agent_version if report is not None else None
         record: dict[str, Any] = {
             "device": device_id,
@@ -270,6 +278,7 @@ def plan_fleet(
             "rollout": None,
             "steps": steps.steps(desired, device.platform, current) if is_changing else [],
             "channel": channel,
+            "awaits_runtime": awaits_runtime,
         }
         records.append((record, is_changing))
         if action is not _PINNED:

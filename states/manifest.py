@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fleetbase.duration import Duration
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.requires import Requirements
 
 __all__ = [
     "FileEntry",
@@ -223,6 +224,9 @@ class ReleaseManifest(_Strict):
         description="earlier releases this one authorises devices to go back to",
     )
     notes: str | None = None
+    requires: Requirements | None = Field(
+        default=None, description="what a device needs before it gets this release"
+    )
 
     @field_validator("expires")
     @classmethod

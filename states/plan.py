@@ -110,6 +110,10 @@ class DevicePlan(_Wire):
     steps: list[Step] = Field(default_factory=list)
     #: the channel ``desired`` was resolved from (the group follows it), else None
     channel: str | None = None
+    #: A blocked device whose only unmet requirement is its runtime's version: the
+    #: runtime version it must report (a specifier) before its rollout offers it the
+    #: release; it waits in the rollout meanwhile (engine.requires).
+    awaits_runtime: str | None = None
 
 
 class WavePlan(_Wire):

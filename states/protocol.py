@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from fleetbase.platform import Platform
 from fleetbase.version import Version
 from states.plan import DevicePlan, ReleaseRef, StepName
+from states.requires import MAX_COMPONENTS, ComponentName, FactVersion
 
 __all__ = [
     "API_PREFIX",
@@ -153,6 +154,13 @@ class CheckinRequest(_Wire):
     transaction: TransactionReport | None = None
     adoption: AdoptionReport | None = None
     performance: PerformanceSample | None = None
+    #: What releases' ``requires:`` is checked against (states.requires); absent from
+    #: older runtimes, whose devices a release with such a requirement then does not reach.
+    python_version: FactVersion | None = None
+    os_version: FactVersion | None = None
+    components: dict[ComponentName, FactVersion] | None = Field(
+        default=None, max_length=MAX_COMPONENTS
+    )
 
 
 class CheckinResponse(_Wire):

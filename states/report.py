@@ -31,6 +31,11 @@ class Report(BaseModel):
     last_result: str | None = Field(
         default=None, description="outcome of the last transaction, e.g. committed, rolled_back"
     )
+    #: The facts releases' ``requires:`` is checked against (states.requires); None: not
+    #: reported (an older runtime, or an export that does not have them).
+    python_version: str | None = Field(default=None, max_length=100)
+    os_version: str | None = Field(default=None, max_length=100)
+    components: dict[str, str] | None = None
 
     @field_validator("last_seen")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, or_, select
 
+from engine.requires import runtime_satisfies
 from engine.rollouts.model import LIVE_ROLLOUT_STATES, DeviceState, RolloutState
 from engine.rollouts.policy import DeviceObservation, Usage, WaveStateCount
 from engine.store.schema import (
@@ -250,14 +251,22 @@ def offer_candidates(
 ) -> list[tuple[str, str | None]]:
     """(device, reported version) of pending online devices of waves up to ``last_wave``.
 
-    In wave order, then stable position; devices waiting for a retry time left out.
-    Only a runtime's report gives a version here: a report from elsewhere (no
-    runtime version, e.g. imported from the field) waits for the runtime to adopt
-    the files and report its first result.
+    In wave order, then stable position; devices waiting for a retry time left out,
+    and devices waiting for their runtime (``requires_runtime``) until the runtime
+    version they report meets it (engine.requires). Only a runtime's report gives a
+    version here: a report from elsewhere (no runtime version, e.g. imported from the
+    field) waits for the runtime to adopt the files and report its first result.
     """
     rd = rollout_devices
-    rows = conn.execute(
-        select(rd.c.device, reports.c.agent_version, reports.c.runtime_version)
+    query = (
+        select(
+            rd.c.device,
+            reports.c.agent_version,
+            reports.c.runtime_version,
+            rd.c.wave,
+            rd.c.position,
+            rd.c.requires_runtime,
+        )
         .select_from(rd.join(reports, reports.c.device == rd.c.device))
         .where(
             rd.c.rollout_id == rollout_id,
@@ -267,9 +276,18 @@ def offer_candidates(
             reports.c.last_seen >= online_since,
         )
         .order_by(rd.c.wave, rd.c.position)
-        .limit(limit)
     )
-    return [(str(d), v if rv is not None else None) for d, v, rv in rows]
+    rows = list(conn.execute(query.where(rd.c.requires_runtime.is_(None)).limit(limit)))
+    # Waiting devices are read apart so that many of them cannot fill ``limit``, and only
+    # in rollouts of a release with a runtime requirement (the others have none).
+    requirement = conn.execute(
+        select(rollouts.c.requires_runtime).where(rollouts.c.id == rollout_id)
+    ).scalar()
+    if requirement is not None:
+        waiting = conn.execute(query.where(rd.c.requires_runtime.is_not(None)))
+        met = [w for w in waiting if runtime_satisfies(w.requires_runtime, w.runtime_version)]
+        rows = sorted([*rows, *met], key=lambda r: (r.wave, r.position))[:limit]
+    return [(str(r.device), None if r.runtime_version is None else r.agent_version) for r in rows]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from engine.store.schema import rollout_devices, rollouts
 __all__ = [
     "FINISHED_ROLLOUT_STATES",
     "RolloutRow",
+    "clear_waiting_reasons",
     "end_rollouts",
     "lock_rollout",
     "move_device",
@@ -209,6 +210,22 @@ def move_devices(
             *where,
         )
         .values(state=to.value, updated_at=now, **values)
+    )
+
+
+def clear_waiting_reasons(conn: Connection, rollout_id: int, devices: Sequence[str]) -> None:
+    """Forget why ``devices`` waited for their runtime: they were offered the release."""
+    if not devices:
+        return
+    rd = rollout_devices
+    conn.execute(
+        update(rd)
+        .where(
+            rd.c.rollout_id == rollout_id,
+            rd.c.device.in_(list(devices)),
+            rd.c.requires_runtime.is_not(None),
+        )
+        .values(reason=None)
     )
 
 

@@ -390,6 +390,7 @@ def _offer(
         now=now,
         limit=slots + 100,
     )
+    offered: list[str] = []
     for device, event in choose_offers(candidates, Version(r.release), slots):
         if event is DeviceEvent.ON_RELEASE:
             why = "reported the release before it was offered"
@@ -400,6 +401,8 @@ def _offer(
             _store.move_device(
                 conn, r.id, device, DeviceState.PENDING, event, now=now, offered_at=now
             )
+            offered.append(device)
+    _store.clear_waiting_reasons(conn, r.id, offered)
 
 
 def _advance(

@@ -111,11 +111,20 @@ def applicable_rollouts(plan: Plan, inventory: Inventory) -> list[RolloutPlan]:
     return chosen
 
 
-def _device_row(d: DevicePlan, inventory: Inventory, group: str, now: datetime) -> dict[str, Any]:
+def _device_row(
+    d: DevicePlan,
+    inventory: Inventory,
+    group: str,
+    now: datetime,
+    runtime_requirement: str | None = None,
+) -> dict[str, Any]:
+    """The rollout_devices row of a planned device; ``runtime_requirement`` is the release's
+    ``requires: runtime``, which a device without a report yet must meet before its offer."""
     device = inventory.devices.get(d.device)
     pin = device.pin if device is not None else None
     current = None if d.current is None else str(d.current)
     reason: str | None = None
+    waits: str | None = None
     if pin is not None or d.action is Action.PINNED:
         state, reason = DeviceState.EXCLUDED, f"pinned to {pin}" if pin else d.reason
     elif d.action is Action.NOOP:
@@ -123,7 +132,11 @@ def _device_row(d: DevicePlan, inventory: Inventory, group: str, now: datetime) 
     elif d.action in CHANGING_ACTIONS:
         state = DeviceState.PENDING
     elif d.action is Action.BLOCKED and d.reason.startswith(_NO_REPORT_PREFIX):
-        state, reason = DeviceState.PENDING, d.reason
+        state, reason, waits = DeviceState.PENDING, d.reason, runtime_requirement
+    elif d.action is Action.BLOCKED and d.awaits_runtime is not None:
+        # Only its runtime is too old: it waits until it reports one that meets the
+        # requirement (the controller offers it then, engine.rollouts._tick).
+        state, reason, waits = DeviceState.PENDING, d.reason, d.awaits_runtime
     else:
         state, reason = DeviceState.EXCLUDED, d.reason or f"planned as {d.action.value}"
     if state not in INITIAL_DEVICE_STATES:
@@ -143,6 +156,7 @@ def _device_row(d: DevicePlan, inventory: Inventory, group: str, now: datetime) 
         "finished_at": now if state is DeviceState.SUCCEEDED else None,
         "retry_at": None,
         "updated_at": now,
+        "requires_runtime": waits,
     }
 
 
@@ -170,6 +184,7 @@ def _extend(
     planned: list[DevicePlan],
     inventory: Inventory,
     now: datetime,
+    runtime_requirement: str | None,
 ) -> int:
     """Add devices the plan has in a rollout that already runs (new in the inventory)."""
     known = {
@@ -178,7 +193,11 @@ def _extend(
             select(rollout_devices.c.device).where(rollout_devices.c.rollout_id == rollout_id)
         )
     }
-    rows = [_device_row(d, inventory, group, now) for d in planned if d.device not in known]
+    rows = [
+        _device_row(d, inventory, group, now, runtime_requirement)
+        for d in planned
+        if d.device not in known
+    ]
     if not rows:
         return 0
     for row in rows:
@@ -284,6 +303,9 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
     gated: list[tuple[int, RolloutPlan]] = []
     for rp in applicable_rollouts(plan, inventory):
         group = inventory.groups[rp.group]
+        target = repo.releases.get(rp.release)
+        requires = None if target is None else target.manifest.requires
+        runtime_requirement = None if requires is None else requires.runtime
         same = conn.execute(
             select(rollouts.c.id, rollouts.c.state).where(
                 rollouts.c.group_name == rp.group,
@@ -301,6 +323,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 planned=by_rollout.get(rp.id, []),
                 inventory=inventory,
                 now=now,
+                runtime_requirement=runtime_requirement,
             )
             extra = f"; {added} new devices joined it" if added else "; nothing recorded"
             result.unchanged.append(
@@ -332,13 +355,17 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 created_at=now,
                 updated_at=now,
                 finished_at=None,
+                requires_runtime=runtime_requirement,
             )
             .returning(rollouts.c.id)
         ).scalar_one()
         this_apply[rp.group, str(rp.release)] = (rid, rp.id)
         if rp.after:
             gated.append((rid, rp))
-        rows = [_device_row(d, inventory, rp.group, now) for d in by_rollout.get(rp.id, [])]
+        rows = [
+            _device_row(d, inventory, rp.group, now, runtime_requirement)
+            for d in by_rollout.get(rp.id, [])
+        ]
         for row in rows:
             row["rollout_id"] = rid
             if row["from_version"] is not None:

@@ -79,6 +79,9 @@ class Checkins:
             runtime_version=request.runtime_version,
             known_good=request.known_good,
             last_result=None if tx is None else tx.result,
+            python_version=request.python_version,
+            os_version=request.os_version,
+            components=request.components,
         )
         job = CheckinJob(
             device, token, row, request, report, now, asyncio.get_running_loop().create_future()

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from engine.server._auth import TokenRow
+from engine.store._reports import components_text
 from engine.store._types import format_utc
 from states.protocol import CheckinRequest, Heartbeat, StepEvent
 
@@ -50,6 +51,9 @@ _REPORT_COLUMNS = (
     "adoption",
     "adopted_version",
     "adoption_detail",
+    "python_version",
+    "os_version",
+    "components",
 )
 #: Report columns a check-in without them leaves as they were: an adoption is said once
 #: and stays what the device adopted.
@@ -230,6 +234,9 @@ def report_params(
         if adopted is None or adopted.version is None
         else str(adopted.version),
         "adoption_detail": None if adopted is None else adopted.detail,
+        "python_version": body.python_version,
+        "os_version": body.os_version,
+        "components": components_text(body.components),
     }
 
 

@@ -263,7 +263,7 @@ def _report(target: SshTarget, status: dict[str, Any]) -> CheckinRequest:
             detail=str(status.get("last_detail") or "")[:2000] or None,
             finished_at=datetime.fromisoformat(last_run) if last_run else None,
         )
-    return CheckinRequest(
+    report = CheckinRequest(
         platform=target.platform,
         agent_version=_version(status.get("installed")),
         known_good=_version(status.get("known_good")),
@@ -271,3 +271,10 @@ def _report(target: SshTarget, status: dict[str, Any]) -> CheckinRequest:
         agent_running=status.get("agent_running"),
         transaction=tx,
     )
+    found = status.get("facts")  # what releases' requires: is checked against
+    if not isinstance(found, dict):
+        return report  # an older runtime: the facts are unknown
+    try:
+        return report.model_validate({**report.model_dump(), **found})
+    except ValidationError:
+        return report  # facts this engine cannot take stay unknown (the plan says so)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,16 @@ from fleetbase.platform import Platform
 from fleetbase.version import Version, VersionError
 from states.report import Report
 
-__all__ = ["ReportDigest", "UpsertCounts", "digest", "digest_reports", "load", "load_one", "upsert"]
+__all__ = [
+    "ReportDigest",
+    "UpsertCounts",
+    "components_text",
+    "digest",
+    "digest_reports",
+    "load",
+    "load_one",
+    "upsert",
+]
 
 #: (count, sha256 hex over sorted (device, agent_version, last_seen), latest last_seen)
 ReportDigest = tuple[int, str, datetime | None]
@@ -54,6 +64,9 @@ _REPORT_COLUMNS = (
     "known_good",
     "last_result",
     "updated_at",
+    "python_version",
+    "os_version",
+    "components",
 )
 
 
@@ -67,6 +80,9 @@ def _row(report: Report, now: datetime) -> dict[str, Any]:
         "known_good": None if report.known_good is None else str(report.known_good),
         "last_result": report.last_result,
         "updated_at": now,
+        "python_version": report.python_version,
+        "os_version": report.os_version,
+        "components": components_text(report.components),
     }
 
 
@@ -127,13 +143,25 @@ _new = object.__new__
 _set = object.__setattr__
 
 
+def components_text(components: Mapping[str, str] | None) -> str | None:
+    """A device's reported components as the reports table keeps them (JSON), None as None."""
+    return None if components is None else json.dumps(dict(components), sort_keys=True)
+
+
+def _components(text: str) -> dict[str, str]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"components {text[:100]!r} is not a JSON object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 _SELECT = (
     "SELECT device, agent_version, platform, last_seen, runtime_version, known_good, "
-    "last_result FROM reports"
+    "last_result, python_version, os_version, components FROM reports"
 )
 
 
@@ -161,7 +189,18 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
     fields = _FIELDS
     new, set_ = _new, _set
     out: dict[str, Report] = {}
-    for device, agent_version, platform, last_seen, runtime_version, known_good, result in rows:
+    for (
+        device,
+        agent_version,
+        platform,
+        last_seen,
+        runtime_version,
+        known_good,
+        result,
+        python_version,
+        os_version,
+        components,
+    ) in rows:
         try:
             values = {
                 "device": device,
@@ -171,6 +210,9 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
                 "runtime_version": runtime_version,
                 "known_good": None if known_good is None else versions[known_good],
                 "last_result": result,
+                "python_version": python_version,
+                "os_version": os_version,
+                "components": None if components is None else _components(components),
             }
         except (VersionError, KeyError, ValueError) as e:
             raise StoreError(f"stored report of device {device!r} is unreadable: {e}") from e

@@ -311,6 +311,20 @@ def _0012_lease_generation(conn: Connection) -> None:
     )
 
 
+def _reserved(conn: Connection) -> None:
+    # A number kept for a change merged separately: nothing to do until it lands.
+    pass
+
+
+def _0016_requires(conn: Connection) -> None:
+    # Release requirements (requires:): the facts devices report to check them against,
+    # and the runtime version a device of a rollout waits for before it is offered.
+    for column in ("python_version VARCHAR(100)", "os_version VARCHAR(100)", "components TEXT"):
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+    for table in ("rollouts", "rollout_devices"):
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN requires_runtime VARCHAR(200)")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -329,4 +343,8 @@ MIGRATIONS: list[Migration] = [
     Migration(10, "webhook deliveries (outbox)", _0010_webhook_deliveries),
     Migration(11, "events by arrival time (retention)", _0011_events_received_at),
     Migration(12, "controller lease generation (fencing)", _0012_lease_generation),
+    # 13 to 15 are kept for changes merged separately (configuration files and feature
+    # flags, runtime self-update, scale); each replaces its placeholder.
+    *(Migration(n, f"reserved ({n})", _reserved) for n in (13, 14, 15)),
+    Migration(16, "release requirements: device facts, runtime waits", _0016_requires),
 ]

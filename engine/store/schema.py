@@ -67,6 +67,11 @@ reports = Table(
     Column("adoption", String(20), nullable=True),
     Column("adopted_version", String(100), nullable=True),
     Column("adoption_detail", String(2000), nullable=True),
+    # What releases' requires: is checked against (migration 16): the runtime's Python,
+    # the OS version, and other components as JSON {name: version}.
+    Column("python_version", String(100), nullable=True),
+    Column("os_version", String(100), nullable=True),
+    Column("components", Text, nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
     # /metrics counts devices per version and online state from this index alone.
     Index("ix_reports_version_seen", "agent_version", "last_seen"),
@@ -193,6 +198,8 @@ rollouts = Table(
     Column("after_names", Text, nullable=True),
     # When the rollout completed (migration 5); kept when it is superseded later.
     Column("completed_at", UTCDateTime(), nullable=True),
+    # The release's requires: runtime (migration 16): some devices may wait for it.
+    Column("requires_runtime", String(200), nullable=True),
     Index("ix_rollouts_group_state", "group_name", "state"),
     Index("ix_rollouts_state", "state"),
 )
@@ -216,6 +223,9 @@ rollout_devices = Table(
     Column("finished_at", UTCDateTime(), nullable=True),
     Column("retry_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The runtime version a pending device must report before it is offered the
+    # release (a specifier from the release's requires:, migration 16); null: none.
+    Column("requires_runtime", String(200), nullable=True),
     Index("ix_rollout_devices_device_state", "device", "state"),
     Index("ix_rollout_devices_rollout_state", "rollout_id", "state", "wave", "position"),
 )

@@ -133,13 +133,18 @@ class RuntimeDevice:
         self.base.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    def start(self) -> None:
-        """Start `agent-runtime converge` (pull mode) for this device."""
+    def start(self, python: Path | None = None) -> None:
+        """Start `agent-runtime converge` (pull mode) for this device; with ``python``, the
+        runtime installed in that interpreter's environment (nothing of this checkout)."""
+        env, cwd = child_env(), None
+        if python is not None:  # neither PYTHONPATH nor `-m`'s working directory: this checkout
+            env.pop("PYTHONPATH", None)
+            cwd = self.base
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent_runtime.cli", "converge",
+                [str(python or sys.executable), "-m", "agent_runtime.cli", "converge",
                  "--config", str(self.config_path)],
-                env=child_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
     def running(self) -> bool:

@@ -338,6 +338,43 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         ],
     ),
     (
+        "malformed requirement",
+        {
+            "releases/3.0.2.yaml": manifest_text(
+                "3.0.2", 2, extra="requires:\n  runtime: '>=>0.2'\n"
+            )
+        },
+        [
+            "releases/3.0.2.yaml:9:12: requires.runtime: '>=>0.2' is not a version requirement: "
+            "expected comma-separated clauses of an operator (>=, <=, >, <, ==, !=, ~=) and a "
+            "version, e.g. '>=0.2.0' or '>=3.11,<3.14'"
+        ],
+    ),
+    (
+        "requirement that YAML reads as a number",
+        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, extra="requires:\n  python: 3.11\n")},
+        [
+            "releases/3.0.2.yaml:9:11: requires.python: YAML read 3.11 as a number, not a "
+            "requirement; write it in quotes with an operator, e.g. '>=3.11'"
+        ],
+    ),
+    (
+        "requirement for an unknown platform",
+        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, extra="requires:\n  os: {bsd: '>=1'}\n")},
+        [
+            "releases/3.0.2.yaml:9:13: requires.os.bsd: found 'bsd'; allowed: 'windows', "
+            "'linux' or 'macos'"
+        ],
+    ),
+    (
+        "misspelt requirement",
+        {"releases/3.0.2.yaml": manifest_text("3.0.2", 2, extra="requires:\n  runtme: '>=1'\n")},
+        [
+            "releases/3.0.2.yaml:9:3: requires.runtme: unknown key 'runtme'; did you mean "
+            "'runtime'? (allowed: runtime, python, os, components)"
+        ],
+    ),
+    (
         "manifest duplicate file path",
         {
             "releases/3.0.2.yaml": manifest_text(
@@ -391,7 +428,7 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         [
             "releases/3.0.2.yaml:8:1: rollback: unknown key 'rollback'; did you mean "
             "'rollback_to'? (allowed: kind, version, serial, expires, platforms, health_check, "
-            "rollback_to, notes)"
+            "rollback_to, notes, requires)"
         ],
     ),
 ]

@@ -48,6 +48,7 @@ def make_release(
     rollback_to: list[str] | None = None,
     serial: int | None = None,
     files: int = 3,
+    requires: Mapping[str, Any] | None = None,
 ) -> FakeRelease:
     """A release manifest with ``files`` small files on each of ``platforms``."""
     names = platforms if platforms is not None else [p.value for p in Platform]
@@ -72,6 +73,8 @@ def make_release(
         "health_check": {"kind": "heartbeat_file", "path": "heartbeat.json", "timeout": "60s"},
         "rollback_to": rollback_to or [],
     }
+    if requires is not None:
+        body["requires"] = dict(requires)
     manifest = ReleaseManifest.model_validate(body)
     return FakeRelease(
         manifest=manifest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import signal
 import subprocess
@@ -209,8 +210,11 @@ def test_status_reports_versions_journal_and_attempts(make_sandbox: MakeSandbox)
     assert status["journal"]["state"] == "closed" and status["journal"]["phase"] == "DONE"
     assert status["last_result"] == "committed" and status["attempts"] == {"3.0.0": 1}
     assert status["agent_running"] is True
+    assert status["facts"]["python_version"] == platform.python_version()
+    assert status["facts"]["components"]["openssl"]  # this Python links OpenSSL
     text = sb.cli("status")
     assert "known-good:  3.0.0" in text.stdout
+    assert f"facts:       python {platform.python_version()}, os " in text.stdout
 
 
 def test_bad_config_and_missing_device_exit_2(make_sandbox: MakeSandbox) -> None:

@@ -239,4 +239,7 @@ def test_list_table_and_json(
         "runtime_version": None,
         "known_good": None,
         "last_result": None,
+        "python_version": None,
+        "os_version": None,
+        "components": None,
     }

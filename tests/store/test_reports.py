@@ -129,6 +129,9 @@ def test_loaded_reports_match_model_construct(store: Store) -> None:
         "runtime_version": "1.0",
         "known_good": None,
         "last_result": "committed",
+        "python_version": "3.11.7",
+        "os_version": "6.1.0-18-amd64",
+        "components": {"glibc": "2.36", "openssl": "3.0.19"},
     }
     store.upsert_reports([Report(**values)])
     fast, slow = store.load_reports()["a"], Report.model_construct(**values)
