@@ -7,7 +7,8 @@ file per site, the example releases for three platforms), imports reports for
 
 * ``validate``: wall time of a fresh ``engine validate`` process;
 * ``plan``: wall time of a fresh ``engine plan --json --out`` process (load,
-  validate, read reports, diff, JSON written), and its peak RSS;
+  validate, read reports, diff, JSON written), its CPU time and peak RSS
+  (medians of ``--repeat N`` runs);
 * an in-process phase breakdown: YAML parse, the whole repo load (parse,
   validation, merge, group assignment, release catalog), reports read, diff,
   JSON write.
@@ -24,7 +25,7 @@ every device carrying both labels.
 Usage::
 
     .venv/bin/python bench/plan_scale.py [--sizes 1000,10000,100000] [--skip-ansible]
-        [--shape default|labels] [--keep]
+        [--shape default|labels] [--repeat N] [--keep]
 
 Prints figures only; nothing here asserts a time.
 """
@@ -36,6 +37,7 @@ import gc
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -343,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ansible", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the generated repos")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the cold plan N times and report the medians (a busy machine varies)",
+    )
+    parser.add_argument(
         "--shape",
         choices=["default", "labels"],
         default="default",
@@ -363,13 +372,22 @@ def main(argv: list[str] | None = None) -> int:
             fleet = generate(size, base, args.shape)
             print(f"  generated in {time.perf_counter() - start:.1f} s under {fleet.root}")
             v_wall, v_rc, v_rss, v_cpu = _run_child([*engine, "validate", "-C", str(fleet.root)])
-            p_wall, p_rc, p_rss, p_cpu = _run_child(
-                [
-                    *engine, "plan", "-C", str(fleet.root), "--state", fleet.state_url,
-                    "--json", "--out", str(fleet.root / "plan.json"),
-                ],
-                stdout_path=fleet.root / "plan-stdout.json",
-            )  # fmt: skip
+            plan_argv = [
+                *engine, "plan", "-C", str(fleet.root), "--state", fleet.state_url,
+                "--json", "--out", str(fleet.root / "plan.json"),
+            ]  # fmt: skip
+            runs = [
+                _run_child(plan_argv, stdout_path=fleet.root / "plan-stdout.json")
+                for _ in range(args.repeat)
+            ]
+            p_wall = statistics.median(r[0] for r in runs)
+            p_rc = max(r[1] for r in runs)
+            p_rss = max(r[2] for r in runs)
+            p_cpu = statistics.median(r[3] for r in runs)
+            if args.repeat > 1:
+                walls = ", ".join(f"{r[0]:.2f}" for r in runs)
+                cpus = ", ".join(f"{r[3]:.2f}" for r in runs)
+                print(f"  {args.repeat} cold plans: wall {walls} s; cpu {cpus} s (medians below)")
             plan_mb = (fleet.root / "plan.json").stat().st_size / 1e6 if p_rc == 0 else 0.0
             breakdown = phases(fleet)
             rows.append((size, v_wall, p_wall, p_cpu, p_rss, plan_mb, breakdown))
