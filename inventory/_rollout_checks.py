@@ -171,6 +171,7 @@ def check_platforms(
         name
         for name, group in inventory.groups.items()
         if group.agent is not None
+        and group.agent.release is not None
         and (loaded := releases.get(group.agent.release)) is not None
         and len(loaded.manifest.platforms) < len(Platform)
     }
