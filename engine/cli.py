@@ -52,8 +52,8 @@ class _VersionAction(argparse.Action):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand registered, or only ``only``.
 
-    ``engine --help`` and a mistyped command need them all; a known command
-    needs its own (each command module imports what its verb uses).
+    ``engine --help`` and a mistyped command need them all; a command whose
+    module has its name needs only that module (each imports what its verbs use).
     """
     parser = argparse.ArgumentParser(
         prog="engine",
@@ -63,10 +63,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--version", action=_VersionAction, nargs=0, help="show the version and exit"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in (only,) if only in COMMAND_MODULES else COMMAND_MODULES:
+    modules = (only,) if only in COMMAND_MODULES else COMMAND_MODULES
+    for name in modules:
         module = importlib.import_module(f"engine.commands.{name}")
         register: _Registrar = module.register
         register(subparsers)
+    if only not in subparsers.choices and modules != COMMAND_MODULES:
+        return build_parser()  # a module registers other commands than its name (trust: keys)
     return parser
 
 

@@ -39,3 +39,16 @@ def test_command_help_and_bad_option(capsys: pytest.CaptureFixture[str]) -> None
     assert "usage: engine plan" in capsys.readouterr().out
     assert _exit(["plan", "--no-such-option"]) == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["keys", "keygen", "release", "trust"])
+def test_commands_registered_by_a_module_of_another_name(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`engine keys` (module trust) and `engine release` (module keys) parse; no `trust`."""
+    if command == "trust":
+        assert _exit([command, "--help"]) == 2
+        assert "invalid choice: 'trust'" in capsys.readouterr().err
+        return
+    assert _exit([command, "--help"]) == 0
+    assert f"usage: engine {command}" in capsys.readouterr().out
