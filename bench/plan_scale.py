@@ -7,7 +7,8 @@ file per site, the example releases for three platforms), imports reports for
 
 * ``validate``: wall time of a fresh ``engine validate`` process;
 * ``plan``: wall time of a fresh ``engine plan --json --out`` process (load,
-  validate, read reports, diff, JSON written), and its peak RSS;
+  validate, read reports, diff, JSON written), its CPU time and peak RSS
+  (medians of ``--repeat N`` runs);
 * an in-process phase breakdown: YAML parse, the whole repo load (parse,
   validation, merge, group assignment, release catalog), reports read, diff,
   JSON write.
@@ -16,9 +17,15 @@ With 10k devices it also times ``ansible-inventory --list`` over an equivalent
 Ansible inventory (hosts with their vars in YAML), with ansible-core installed
 into a throwaway venv under the temporary directory, and prints the ratio.
 
+``--shape labels`` writes another repo shape instead: 20 groups with a
+release, each selecting its devices by a label (``region: r00`` .. ``r19``),
+five of them narrowed further by a second label at a higher priority, and
+every device carrying both labels.
+
 Usage::
 
     .venv/bin/python bench/plan_scale.py [--sizes 1000,10000,100000] [--skip-ansible]
+        [--shape default|labels] [--repeat N] [--keep]
 
 Prints figures only; nothing here asserts a time.
 """
@@ -30,6 +37,7 @@ import gc
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +117,30 @@ groups:
     agent: {release: "3.0.0"}
 """
 
+REGIONS = [f"r{i:02d}" for i in range(20)]
+
+
+def _labels_groups_yaml() -> str:
+    """20 label-matched groups with a release; the first five narrowed by tier at priority 10."""
+    lines = ["groups:\n"]
+    for i, region in enumerate(REGIONS):
+        waves = "[1, 10, 50, 100]" if i % 2 else "[5, 25, 100]"
+        if i < 5:
+            lines.append(
+                f"  {region}-gold:\n"
+                f"    match: {{labels: {{region: {region}, tier: gold}}}}\n"
+                f"    priority: 10\n"
+                f'    agent: {{release: "3.0.1"}}\n'
+                f"    rollout: {{waves: [2, 20, 100], max_parallel: 50}}\n"
+            )
+        lines.append(
+            f"  {region}:\n"
+            f"    match: {{labels: {{region: {region}}}}}\n"
+            f'    agent: {{release: "3.0.1"}}\n'
+            f"    rollout: {{waves: {waves}, soak: 30m, max_parallel: 200}}\n"
+        )
+    return "".join(lines)
+
 
 @dataclass
 class Fleet:
@@ -120,7 +152,7 @@ class Fleet:
     devices: dict[str, dict[str, object]]
 
 
-def _device(rng: random.Random, site: str, index: int) -> tuple[str, dict[str, object]]:
+def _device(rng: random.Random, site: str, index: int, shape: str) -> tuple[str, dict[str, object]]:
     platform = rng.choices(PLATFORMS, weights=[6, 3, 1])[0]
     name = f"{site}-{ROLES[platform]}-{index:06d}"
     tags = ["internal"] if rng.random() < 0.002 else []
@@ -131,6 +163,8 @@ def _device(rng: random.Random, site: str, index: int) -> tuple[str, dict[str, o
     labels = {"customer": rng.choice(CUSTOMERS), "tier": rng.choice(TIERS)}
     if rng.random() < 0.005:
         labels["change_freeze"] = "true"
+    if shape == "labels":
+        labels["region"] = rng.choice(REGIONS)
     body: dict[str, object] = {"platform": platform, "site": site, "tags": tags, "labels": labels}
     if rng.random() < 0.001:
         body["pin"] = "3.0.0"
@@ -149,22 +183,23 @@ def _yaml_device(name: str, body: dict[str, object]) -> str:
     )
 
 
-def generate(size: int, base: Path) -> Fleet:
+def generate(size: int, base: Path, shape: str = "default") -> Fleet:
     """Write an operator repo of ``size`` devices and a store with 95 % of them reported."""
     rng = random.Random(size)
-    root = base / f"fleet-{size}"
+    root = base / f"fleet-{shape}-{size}"
     (root / "inventory").mkdir(parents=True)
     shutil.copytree(EXAMPLE / "releases", root / "releases")
     shutil.copytree(EXAMPLE / "artifacts", root / "artifacts")
     (root / "engine.yaml").write_text("stale_after: 30d\n")
-    (root / "inventory" / "groups.yaml").write_text(GROUPS_YAML)
+    groups_yaml = _labels_groups_yaml() if shape == "labels" else GROUPS_YAML
+    (root / "inventory" / "groups.yaml").write_text(groups_yaml)
     devices: dict[str, dict[str, object]] = {}
     per_site = size // len(SITES)
     for s, site in enumerate(SITES):
         count = per_site if s < len(SITES) - 1 else size - per_site * (len(SITES) - 1)
         lines = ["devices:\n"]
         for i in range(count):
-            name, body = _device(rng, site, i)
+            name, body = _device(rng, site, i, shape)
             devices[name] = body
             lines.append(_yaml_device(name, body))
         (root / "inventory" / f"{site}.yaml").write_text("".join(lines))
@@ -309,6 +344,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--skip-ansible", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the generated repos")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the cold plan N times and report the medians (a busy machine varies)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=["default", "labels"],
+        default="default",
+        help="default: about 10 groups by platform, site, tag and label; "
+        "labels: 20 label-matched groups",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
@@ -320,16 +369,25 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             print(f"== {size} devices: generating ...", flush=True)
             start = time.perf_counter()
-            fleet = generate(size, base)
+            fleet = generate(size, base, args.shape)
             print(f"  generated in {time.perf_counter() - start:.1f} s under {fleet.root}")
             v_wall, v_rc, v_rss, v_cpu = _run_child([*engine, "validate", "-C", str(fleet.root)])
-            p_wall, p_rc, p_rss, p_cpu = _run_child(
-                [
-                    *engine, "plan", "-C", str(fleet.root), "--state", fleet.state_url,
-                    "--json", "--out", str(fleet.root / "plan.json"),
-                ],
-                stdout_path=fleet.root / "plan-stdout.json",
-            )  # fmt: skip
+            plan_argv = [
+                *engine, "plan", "-C", str(fleet.root), "--state", fleet.state_url,
+                "--json", "--out", str(fleet.root / "plan.json"),
+            ]  # fmt: skip
+            runs = [
+                _run_child(plan_argv, stdout_path=fleet.root / "plan-stdout.json")
+                for _ in range(args.repeat)
+            ]
+            p_wall = statistics.median(r[0] for r in runs)
+            p_rc = max(r[1] for r in runs)
+            p_rss = max(r[2] for r in runs)
+            p_cpu = statistics.median(r[3] for r in runs)
+            if args.repeat > 1:
+                walls = ", ".join(f"{r[0]:.2f}" for r in runs)
+                cpus = ", ".join(f"{r[3]:.2f}" for r in runs)
+                print(f"  {args.repeat} cold plans: wall {walls} s; cpu {cpus} s (medians below)")
             plan_mb = (fleet.root / "plan.json").stat().st_size / 1e6 if p_rc == 0 else 0.0
             breakdown = phases(fleet)
             rows.append((size, v_wall, p_wall, p_cpu, p_rss, plan_mb, breakdown))

@@ -40,7 +40,14 @@ class ReleaseView(Protocol):
 
 
 def _when(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+    """``2026-11-30T10:00Z``: the minute, in UTC."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat is twice as fast as strftime, and pads the year to four digits as
+    # strftime does for every year from 1000 on.
+    if value.year < 1000:
+        return value.strftime("%Y-%m-%dT%H:%MZ")
+    return f"{value.isoformat(timespec='minutes')[:16]}Z"
 
 
 def _rollback_reason(

@@ -49,8 +49,12 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every subcommand registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand registered, or only ``only``.
+
+    ``engine --help`` and a mistyped command need them all; a command whose
+    module has its name needs only that module (each imports what its verbs use).
+    """
     parser = argparse.ArgumentParser(
         prog="engine",
         description="Plan and roll out agent releases across a device fleet.",
@@ -59,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action=_VersionAction, nargs=0, help="show the version and exit"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    modules = (only,) if only in COMMAND_MODULES else COMMAND_MODULES
+    for name in modules:
         module = importlib.import_module(f"engine.commands.{name}")
         register: _Registrar = module.register
         register(subparsers)
+    if only not in subparsers.choices and modules != COMMAND_MODULES:
+        return build_parser()  # a module registers other commands than its name (trust: keys)
     return parser
 
 
@@ -77,8 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words[0] if words else None)
+    args = parser.parse_args(words)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC
 from typing import Any
 
@@ -114,9 +116,40 @@ def _device_line(d: DevicePlan, width: int, style: _Style) -> str:
     return f"    {symbol} {d.device:<{width}}  {action} {d.reason}{wave}"
 
 
-def _section(devices: list[DevicePlan], verbose: bool, limit: int) -> tuple[list[DevicePlan], int]:
-    shown = devices if verbose else devices[:limit]
+#: Actions by identity: ``Enum.__hash__`` is Python code, and this runs for every device.
+_CHANGING = frozenset(map(id, CHANGING_ACTIONS))
+_HELD = frozenset(map(id, (Action.BLOCKED, Action.PINNED)))
+_ACTION_BY_ID = {id(action): action for action in Action}
+_ORDER_BY_ID = {id(action): order for action, order in _ORDER.items()}
+
+
+def _section(
+    devices: list[DevicePlan], key: Callable[[DevicePlan], Any], verbose: bool, limit: int
+) -> tuple[list[DevicePlan], int]:
+    """The devices to list, in ``key`` order, and how many are left out."""
+    if verbose:
+        return sorted(devices, key=key), 0
+    # The first few of a large rollout, without sorting all of it.
+    shown = heapq.nsmallest(limit, devices, key=key)
     return shown, len(devices) - len(shown)
+
+
+def _by_action(
+    devices: Iterable[DevicePlan],
+) -> tuple[list[DevicePlan], list[DevicePlan], list[DevicePlan]]:
+    """Changing, blocked or pinned, and unchanged devices, each in the given order."""
+    changing: list[DevicePlan] = []
+    held: list[DevicePlan] = []
+    unchanged: list[DevicePlan] = []
+    for d in devices:
+        action = id(d.action)
+        if action in _CHANGING:
+            changing.append(d)
+        elif action in _HELD:
+            held.append(d)
+        elif d.action is Action.NOOP:
+            unchanged.append(d)
+    return changing, held, unchanged
 
 
 def _device_lines(devices: list[DevicePlan], verbose: bool, style: _Style, limit: int) -> list[str]:
@@ -124,18 +157,15 @@ def _device_lines(devices: list[DevicePlan], verbose: bool, style: _Style, limit
 
     Without ``verbose`` each of the first two sections shows at most ``limit``.
     """
-    changing = sorted(
-        (d for d in devices if d.action in CHANGING_ACTIONS),
-        key=lambda d: (d.wave if d.wave is not None else -1, d.device),
-    )
-    held = sorted(
-        (d for d in devices if d.action in (Action.BLOCKED, Action.PINNED)),
-        key=lambda d: (_ORDER[d.action], d.device),
-    )
-    unchanged = sorted((d for d in devices if d.action is Action.NOOP), key=lambda d: d.device)
-    sections = [_section(changing, verbose, limit), _section(held, verbose, limit)]
+    changing, held, unchanged = _by_action(devices)
+    sections = [
+        _section(
+            changing, lambda d: (d.wave if d.wave is not None else -1, d.device), verbose, limit
+        ),
+        _section(held, lambda d: (_ORDER_BY_ID[id(d.action)], d.device), verbose, limit),
+    ]
     if verbose:
-        sections.append((unchanged, 0))
+        sections.append((sorted(unchanged, key=lambda d: d.device), 0))
     width = max((len(d.device) for shown, _ in sections for d in shown), default=0)
     lines: list[str] = []
     for shown, more in sections:
@@ -163,9 +193,10 @@ def render_plan(
     lines = [style.bold(summary_line(plan)), ""]
     for rollout in plan.rollouts:
         devices = by_rollout.pop(rollout.id, [])
-        counts: dict[str, int] = {}
-        for d in devices:
-            counts[d.action.value] = counts.get(d.action.value, 0) + 1
+        counts = {
+            _ACTION_BY_ID[action].value: n
+            for action, n in Counter(id(d.action) for d in devices).items()
+        }
         after = f"  after {', '.join(rollout.after)}" if rollout.after else ""
         lines.append(f"{style.bold(rollout.id)}{after}  ({_policy_text(rollout)})")
         if rollout.resolution:

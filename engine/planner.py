@@ -8,8 +8,11 @@ one to assign waves per rollout, one to build the result.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import compress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -172,13 +175,27 @@ def _release_ref(release: ReleaseView, root: Path) -> ReleaseRef:
 
 
 _Records = list[tuple[dict[str, Any], bool]]
-_Bucket = tuple[str, Version, _Records]
+
+
+@dataclass(slots=True)
+class _Members:
+    """One rollout's devices in fleet order: their records, ids, and whether each changes.
+
+    Kept side by side so that waves are assigned without another pass over the records.
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    changing: list[bool] = field(default_factory=list)
+
+
+_Bucket = tuple[str, Version, _Members]
 
 
 def _find_bucket(
     buckets: list[_Bucket], label: str, release: Version, known: Iterable[Version]
-) -> _Records:
-    """The records of ``label``'s rollout of a release equal to ``release`` (3.0 == 3.0.0).
+) -> _Members:
+    """The devices of ``label``'s rollout of a release equal to ``release`` (3.0 == 3.0.0).
 
     A new rollout takes the spelling of the release manifest's version when
     there is one, so its id does not depend on which device came first.
@@ -187,9 +204,9 @@ def _find_bucket(
         if other_label == label and other_release == release:
             return found
     canonical = next((v for v in known if v == release), release)
-    records: _Records = []
-    buckets.append((label, canonical, records))
-    return records
+    members = _Members()
+    buckets.append((label, canonical, members))
+    return members
 
 
 def plan_fleet(
@@ -226,7 +243,7 @@ def plan_fleet(
     resolutions = repo.resolutions
     records: _Records = []
     unmanaged: list[str] = []
-    bucket_of: dict[tuple[str, str], _Records] = {}
+    bucket_of: dict[tuple[str, str], _Members] = {}
     buckets: list[_Bucket] = []
     group_of = repo.assignment.get
     report_of = reports.get
@@ -286,7 +303,9 @@ def plan_fleet(
             bucket = bucket_of.get(key)
             if bucket is None:
                 bucket = bucket_of[key] = _find_bucket(buckets, label, desired, releases)
-            bucket.append((record, is_changing))
+            bucket.records.append(record)
+            bucket.devices.append(device_id)
+            bucket.changing.append(is_changing)
 
     # Pass 2: waves per rollout (group + release), on the whole group.
     rollouts: list[RolloutPlan] = []
@@ -294,20 +313,17 @@ def plan_fleet(
         group = groups.get(label)
         policy = group.rollout if group is not None else _DEFAULT_POLICY
         rid = rollout_id(label, release)
-        changing_flags = [c for _, c in bucket]
-        indices = wave_indices(
-            label, [r["device"] for r, _ in bucket], changing_flags, policy.waves
-        )
-        per_wave = [0] * len(policy.waves)
-        changing = [0] * len(policy.waves)
-        for (record, is_changing), index in zip(bucket, indices, strict=True):
+        indices = wave_indices(label, bucket.devices, bucket.changing, policy.waves)
+        for record, index in zip(bucket.records, indices, strict=True):
             record["wave"] = index
             record["rollout"] = rid
-            per_wave[index] += 1
-            changing[index] += is_changing
+        in_wave = Counter(indices)
+        changing_in_wave = Counter(compress(indices, bucket.changing))
+        per_wave = [in_wave[i] for i in range(len(policy.waves))]
+        changing = [changing_in_wave[i] for i in range(len(policy.waves))]
         if only_group is not None and label != only_group:
             continue
-        if only_device is not None and all(r["device"] != only_device for r, _ in bucket):
+        if only_device is not None and only_device not in bucket.devices:
             continue
         window = group.maintenance_window if group is not None else None
         agent = group.agent if group is not None else None

@@ -50,10 +50,11 @@ def wave_indices(
     sha256 = hashlib.sha256
     bisect_right = bisect.bisect_right
     last = len(waves) - 1
+    append = result.append
     for position, device in enumerate(devices):
         fraction = int.from_bytes(sha256(f"{group}:{device}".encode()).digest()[:8]) / _SCALE
         index = min(bisect_right(waves, fraction * 100), last)
-        result.append(index)
+        append(index)
         if changing[position]:
             if index == 0:
                 canary_found = True

@@ -165,8 +165,22 @@ def check_platforms(
     limits its platforms is not held to devices of other platforms it lists
     as ``members``: the operator chose to leave those blocked.
     """
+    # Only groups whose release lacks some platform can miss one: skip the
+    # fleet-wide pass when there are none (the usual case).
+    partial = {
+        name
+        for name, group in inventory.groups.items()
+        if group.agent is not None
+        and group.agent.release is not None
+        and (loaded := releases.get(group.agent.release)) is not None
+        and len(loaded.manifest.platforms) < len(Platform)
+    }
+    if not partial:
+        return
     missing: dict[tuple[str, Platform], list[str]] = {}
     for device_id, group_name in assignment.items():
+        if group_name not in partial:
+            continue
         group = inventory.groups[group_name]
         device = inventory.devices[device_id]
         if group.agent is None or group.agent.release is None or device.pin is not None:

@@ -14,10 +14,8 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
 from fleetbase.gcpause import gc_paused
@@ -31,6 +29,9 @@ from inventory.errors import InventoryError, Problem
 from inventory.membership import Assignment, assign_groups
 from inventory.models import EngineSettings, Inventory, InventoryFile
 from inventory.sources import SourceFile, problems_from_validation_error
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = [
     "InventoryFile",
@@ -295,16 +296,30 @@ class _Renderer:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._env: jinja2.Environment | None = None
+
+    @property
+    def env(self) -> jinja2.Environment:
+        """The Jinja2 environment, made (and Jinja2 imported) on first use: most repos
+        have no templates."""
+        if self._env is not None:
+            return self._env
+        import jinja2
+        from jinja2.sandbox import SandboxedEnvironment
+
         # Sandboxed: a template is text from a pull request, run wherever the repo is
         # validated (CI included); it may compute values, never reach Python objects.
-        self.env = SandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(str(directory)),
+        self._env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.directory)),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             autoescape=False,
         )
+        return self._env
 
     def render(self, source: SourceFile, problems: list[Problem]) -> bytes | None:
+        import jinja2
+
         name = source.path.relative_to(self.directory).as_posix()
         try:
             return self.env.get_template(name).render().encode()

@@ -64,6 +64,13 @@ def _colour() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Run `engine plan`; returns the exit code (see --detailed-exitcode)."""
+    # One short process whose millions of objects (repo, reports, plan) live to its
+    # end and form no cycles: the collector would only walk them again and again.
+    with gc_paused():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from engine.commands._progress import spinner
     from engine.service.plan import plan_repo
 
@@ -81,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(e))
 
     if args.out is not None or args.json:
-        with gc_paused():
-            data = plan_json(plan)
+        data = plan_json(plan)
         if args.out is not None:
             try:
                 write_plan_json(data, args.out)

@@ -40,10 +40,8 @@ def make_plan(
     when the reports cannot be read.
     """
     check_filters(repo, group, device)
-    # Digest first: a report arriving in between makes the saved plan look
-    # stale (safe), never fresh with reports it did not see.
-    count, digest, latest = store.reports_digest()
-    reports = store.load_reports()
+    # Read so that a saved plan never looks fresher than the reports it was made from.
+    reports, (count, digest, latest) = store.load_reports_with_digest()
     git = git_info(repo.root)
     inventory_ref = InventoryRef(
         root=str(repo.root),

@@ -119,6 +119,14 @@ class Store:
         with self.read() as conn:
             return _reports.digest(conn)
 
+    def load_reports_with_digest(self) -> tuple[dict[str, Report], ReportDigest]:
+        """``load_reports()`` and ``reports_digest()`` of one snapshot, in one transaction.
+
+        Raises StoreError.
+        """
+        with self.read() as conn:
+            return _reports.load_with_digest(conn)
+
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()

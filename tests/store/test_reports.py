@@ -272,3 +272,17 @@ def test_upsert_leaves_other_writers_columns_alone(store: Store) -> None:
     with store.read() as conn:
         row = conn.execute(select(reports_table.c[column], reports_table.c.agent_version)).one()
     assert tuple(row) == ("kept", "2.0.0")
+
+
+def test_reports_with_digest_equal_the_two_reads(store: Store) -> None:
+    """load_reports_with_digest gives what load_reports and reports_digest give, in one read."""
+    assert store.load_reports_with_digest() == ({}, store.reports_digest())
+    store.upsert_reports(
+        [
+            report(f"d{i}", None if i % 4 == 0 else f"2.{i}.0", T0 + timedelta(microseconds=7 * i))
+            for i in range(40)
+        ]
+    )
+    reports, digest = store.load_reports_with_digest()
+    assert reports == store.load_reports()
+    assert digest == store.reports_digest() == digest_reports(reports.values())
