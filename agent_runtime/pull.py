@@ -66,6 +66,7 @@ from agent_runtime.journal import JournalRecord
 from agent_runtime.nats_link import BusHealth, NatsLink
 from agent_runtime.perf import AgentSampler
 from agent_runtime.phases import Phase
+from agent_runtime.runtime_update import RuntimeHome
 from agent_runtime.server_client import ServerClient
 from agent_runtime.server_health import ServerHealth
 from agent_runtime.state import Result
@@ -78,6 +79,7 @@ from states.protocol import (
     CheckinRequest,
     CheckinResponse,
     Heartbeat,
+    RuntimeOffer,
     TransactionReport,
 )
 
@@ -220,6 +222,11 @@ class PullLoop:
         self.poll_interval: float | None = None
         self.transaction: TransactionReport | None = self._load_report()
         self.checkins = 0
+        #: the runtime home when the supervisor runs this runtime (runtime self-update)
+        self.home = RuntimeHome.from_env(runtime_version(), out=self.out)
+        self.runtime_offer: RuntimeOffer | None = None
+        #: set when a new runtime is installed and this one must hand over (SWITCH_EXIT)
+        self.switch = False
 
     # -- public ---------------------------------------------------------------------------
 
@@ -234,6 +241,11 @@ class PullLoop:
             while not stop.is_set():
                 said = self._said
                 delay, code = self.step()
+                if self.switch:
+                    from agent_runtime.supervisor import SWITCH_EXIT
+
+                    code = SWITCH_EXIT  # the supervisor starts the new runtime
+                    break
                 if once:
                     break
                 code = 0  # the periodic loop ends on request, not on a round's result
@@ -253,7 +265,31 @@ class PullLoop:
         return code
 
     def step(self) -> tuple[float, int]:
-        """One round: enroll if needed, check in, converge, report; (seconds to wait, exit code)."""
+        """One round: enroll if needed, check in, converge, report; (seconds to wait, exit code).
+
+        A runtime release offered at the check-in is installed afterwards (``switch``)."""
+        result = self._step()
+        offer, self.runtime_offer = self.runtime_offer, None
+        if offer is not None:
+            self._update_runtime(offer)
+        return result
+
+    def _update_runtime(self, offer: RuntimeOffer) -> None:
+        """Install the offered runtime release beside this one (``runtime_update``)."""
+        if offer.version == runtime_version():
+            return
+        if self.home is None:
+            self.out(
+                f"runtime {offer.version} offered, but this runtime does not run under the "
+                "supervisor: left as it is"
+            )
+            return
+        self.out(f"runtime {offer.version} offered (rollout {offer.rollout}): installing")
+        self.switch = self.home.install(offer, self.client, self.config.trusted_keys)
+        if not self.switch:
+            self._report_now()
+
+    def _step(self) -> tuple[float, int]:
         try:
             self.ensure_token()
             self.adopt_if_new()
@@ -335,6 +371,10 @@ class PullLoop:
         answer = self.client.checkin(self.report())
         self._take_poll_interval(answer.poll_interval)
         self.checkins += 1
+        if self.home is not None:
+            self.home.confirm_trial()
+        if answer.runtime is not None:
+            self.runtime_offer = answer.runtime
         return answer
 
     def report(self) -> CheckinRequest:
@@ -356,6 +396,7 @@ class PullLoop:
             agent_running=running,
             transaction=self.transaction,
             performance=self.sampler.sample(),
+            runtime_update=None if self.home is None else self.home.outcome(),
             adoption=None
             if state.adoption is None
             else AdoptionReport(

@@ -157,6 +157,22 @@ class ServerClient:
         manifest = self._request("GET", f"{base}/manifest", auth=False).content
         return manifest, self._request("GET", f"{base}/signature", auth=False).content
 
+    def download(self, path: str, limit: int) -> bytes:
+        """The bytes of a public file the server serves (a runtime release's bundle), at
+        most ``limit`` bytes (ServerProtocolError beyond)."""
+        url = self.absolute(path)
+        try:
+            with self.http.request("GET", url, headers={}, body=None) as resp:
+                status = resp.status
+                content = resp.read_all(limit, within=max(self.timeout, 60.0))
+        except TransportError as e:
+            raise ServerUnavailableError(f"GET {url}: {e}") from e
+        if status >= 300:
+            raise ServerProtocolError(f"GET {url}: HTTP {status}", status)
+        if len(content) > limit:
+            raise ServerProtocolError(f"GET {url}: larger than {limit} bytes", status)
+        return content
+
     def absolute(self, location: str) -> str:
         """A server path (``/v1/...``) as a URL on this server; URLs are returned unchanged."""
         if location.startswith(("http://", "https://")):

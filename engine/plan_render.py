@@ -189,6 +189,8 @@ def render_plan(
     by_rollout: dict[str | None, list[DevicePlan]] = {}
     for d in plan.devices:
         by_rollout.setdefault(d.rollout, []).append(d)
+    for d in plan.runtime_devices:  # runtime rollouts have ids of their own (group@runtime-V)
+        by_rollout.setdefault(d.rollout, []).append(d)
 
     lines = [style.bold(summary_line(plan)), ""]
     for rollout in plan.rollouts:

@@ -9,7 +9,7 @@ one to assign waves per rollout, one to build the result.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import compress
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine._plan_decide import Decider, ReleaseView
+from engine._plan_runtime import plan_runtimes
 from engine.requires import RequirementsCheck
 from engine.steps import describe_steps, format_size
 from engine.waves import wave_indices
@@ -27,6 +28,7 @@ from inventory.channels import Resolution
 from inventory.models import Inventory, RolloutPolicy
 from states.manifest import HealthCheckKind
 from states.plan import (
+    AGENT,
     FORMAT_VERSION,
     Action,
     DevicePlan,
@@ -219,6 +221,7 @@ def plan_fleet(
     only_device: str | None = None,
     inventory_ref: InventoryRef | None = None,
     state_ref: StateRef | None = None,
+    runtime_releases: Collection[Version] | None = None,
 ) -> Plan:
     """Compute the plan of every managed device: action, reason, wave, rollout and steps.
 
@@ -227,7 +230,9 @@ def plan_fleet(
     rollouts and summary of the result; waves are always computed on whole
     groups, so filtering never changes a device's wave. ``inventory_ref`` and
     ``state_ref`` are recorded as given (defaults: the repo's root and digest,
-    and a state reference counting ``reports``).
+    and a state reference counting ``reports``). Groups with ``runtime:`` add runtime
+    rollouts and ``Plan.runtime_devices`` (``engine._plan_runtime``); ``runtime_releases``
+    are the runtime releases there are (None: not checked).
     """
     inventory = repo.inventory
     groups = inventory.groups
@@ -296,6 +301,7 @@ def plan_fleet(
             "steps": steps.steps(desired, device.platform, current) if is_changing else [],
             "channel": channel,
             "awaits_runtime": awaits_runtime,
+            "component": AGENT,
         }
         records.append((record, is_changing))
         if action is not _PINNED:
@@ -347,6 +353,19 @@ def plan_fleet(
                 resolution=resolution.describe() if resolution is not None else None,
             )
         )
+
+    runtime_plans, runtime_rollouts = plan_runtimes(
+        inventory, repo.assignment, reports, known=runtime_releases,
+        stale_before=now - stale_after,
+    )  # fmt: skip
+    runtime_plans = [
+        p
+        for p in runtime_plans
+        if (only_device is None or p.device == only_device)
+        and (only_group is None or p.group == only_group)
+    ]
+    kept = {p.rollout for p in runtime_plans}
+    rollouts.extend(r for r in runtime_rollouts if r.id in kept)
 
     # Pass 3: filter, count, build the plan.
     counts = dict.fromkeys(map(id, Action), 0)  # by identity: Enum.__hash__ is Python code
@@ -401,4 +420,5 @@ def plan_fleet(
         releases={k: v for k, v in release_refs.items() if k in used_releases},
         unmanaged=unmanaged,
         unknown_reports=unknown,
+        runtime_devices=runtime_plans,
     )

@@ -28,6 +28,7 @@ from inventory.channels import Channels, Resolution, load_channels
 from inventory.errors import InventoryError, Problem
 from inventory.membership import Assignment, assign_groups
 from inventory.models import EngineSettings, Inventory, InventoryFile
+from inventory.runtime_catalog import check_runtime_releases
 from inventory.sources import SourceFile, problems_from_validation_error
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ def _load(root: Path) -> OperatorRepo:
         unloadable_releases=catalog.failed,
     )
     check_after(inventory, origin, problems, groups_complete=failed_files == 0)
+    check_runtime_releases(inventory, origin, root, problems)
     assignment, conflicts = assign_groups(inventory)
     problems.extend(conflict_problems(conflicts, origin))
     warnings: list[Problem] = []

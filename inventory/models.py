@@ -46,6 +46,7 @@ __all__ = [
     "Platform",
     "RollbackScope",
     "RolloutPolicy",
+    "RuntimeSpec",
     "ServerLimits",
     "SshSettings",
 ]
@@ -184,6 +185,12 @@ class AgentSpec(_Strict):
                 "give exactly one of 'release' (a version) or 'channel' (e.g. stable, beta)"
             )
         return self
+
+
+class RuntimeSpec(_Strict):
+    """Which runtime release a group's devices should run (``runtime-releases/<release>/``)."""
+
+    release: Version
 
 
 class OnFailure(StrEnum):
@@ -380,6 +387,7 @@ class Group(_Strict):
     members: list[str] = Field(default_factory=list)
     priority: int = 0
     agent: AgentSpec | None = None
+    runtime: RuntimeSpec | None = None
     rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
     maintenance_window: MaintenanceWindow | None = None
     description: str | None = None

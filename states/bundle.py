@@ -15,7 +15,9 @@ one is the reference the engine and the tests use.
 from __future__ import annotations
 
 import hashlib
+import platform as _platform
 import re
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +34,7 @@ __all__ = [
     "BundleFile",
     "BundleManifest",
     "file_sha256",
+    "local_target_name",
     "read_manifest",
     "verify_bundle",
 ]
@@ -47,6 +50,18 @@ TARGET_RE = re.compile(r"^(linux|macos|windows)-([a-z0-9_]{1,20})-py(3\.[0-9]{1,
 _FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,250}\.whl$")
 
 _CHUNK = 1 << 20
+#: ``sys.platform`` -> the platform part of a target name.
+_SYS_PLATFORMS = {"linux": "linux", "darwin": "macos", "win32": "windows"}
+
+
+def local_target_name() -> str | None:
+    """This machine's and interpreter's target, e.g. ``linux-x86_64-py3.11`` (None on a
+    platform bundles do not exist for)."""
+    platform = _SYS_PLATFORMS.get(sys.platform)
+    if platform is None:
+        return None
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"{platform}-{_platform.machine().lower()}-py{python}"
 
 
 class BundleError(Exception):

@@ -17,8 +17,10 @@ from fleetbase.platform import Platform
 from fleetbase.version import Version
 
 __all__ = [
+    "AGENT",
     "CHANGING_ACTIONS",
     "FORMAT_VERSION",
+    "RUNTIME",
     "Action",
     "DevicePlan",
     "InventoryRef",
@@ -32,6 +34,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+
+#: What a rollout or a device plan moves: the agent (the default) or the runtime itself.
+AGENT = "agent"
+RUNTIME = "runtime"
 
 
 class _Wire(BaseModel):
@@ -114,6 +120,8 @@ class DevicePlan(_Wire):
     #: runtime version it must report (a specifier) before its rollout offers it the
     #: release; it waits in the rollout meanwhile (engine.requires).
     awaits_runtime: str | None = None
+    #: "agent", or "runtime" for a runtime release (``Plan.runtime_devices``)
+    component: str = AGENT
 
 
 class WavePlan(_Wire):
@@ -141,6 +149,8 @@ class RolloutPlan(_Wire):
     #: why the channel resolved to ``release``, e.g.
     #: "channel beta -> 3.1.0-beta.2 (newest on beta or more stable)"
     resolution: str | None = None
+    #: "agent", or "runtime": the group moves to a runtime release (docs/runtime.md)
+    component: str = AGENT
 
 
 class InventoryRef(_Wire):
@@ -177,3 +187,6 @@ class Plan(_Wire):
     releases: dict[str, ReleaseRef] = Field(default_factory=dict)
     unmanaged: list[str] = Field(default_factory=list)
     unknown_reports: list[str] = Field(default_factory=list)
+    #: each device's runtime release plan (groups with ``runtime:``), apart from ``devices``
+    #: so that a runtime reading its own entry of ``devices`` never meets a runtime plan
+    runtime_devices: list[DevicePlan] = Field(default_factory=list)

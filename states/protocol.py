@@ -37,6 +37,8 @@ __all__ = [
     "Heartbeat",
     "Instant",
     "PerformanceSample",
+    "RuntimeOffer",
+    "RuntimeUpdateReport",
     "StepEvent",
     "TransactionReport",
 ]
@@ -143,6 +145,32 @@ class PerformanceSample(_Wire):
     at: datetime
 
 
+class RuntimeUpdateReport(_Wire):
+    """The outcome of the runtime's last self-update, reported by the runtime that runs now.
+
+    ``result``: ``confirmed`` (the new runtime checked in), ``reverted`` (it exited or did
+    not check in within its time; the supervisor restored the previous one) or ``failed``
+    (the new runtime could not be installed; nothing was switched).
+    """
+
+    target: str = Field(max_length=100)
+    result: str = Field(max_length=20, description="confirmed | reverted | failed")
+    detail: str | None = Field(default=None, max_length=2000)
+    at: Instant | None = None
+
+
+class RuntimeOffer(_Wire):
+    """A runtime release the device should move its runtime to (a runtime rollout).
+
+    ``releases`` is a server path (``/runtime/releases/<version>/``) under which the
+    device finds its target's signed bundle (``<target>/bundle.json`` and the wheels).
+    """
+
+    version: str = Field(max_length=100)
+    rollout: str = Field(max_length=300)
+    releases: str = Field(max_length=500)
+
+
 class CheckinRequest(_Wire):
     """A device's periodic report: what is installed and how its last transaction went."""
 
@@ -161,6 +189,7 @@ class CheckinRequest(_Wire):
     components: dict[ComponentName, FactVersion] | None = Field(
         default=None, max_length=MAX_COMPONENTS
     )
+    runtime_update: RuntimeUpdateReport | None = None
 
 
 class CheckinResponse(_Wire):
@@ -173,6 +202,7 @@ class CheckinResponse(_Wire):
     plan: DevicePlan | None = None
     release: ReleaseRef | None = None
     poll_interval: float = Field(description="seconds until the next check-in, jitter applied")
+    runtime: RuntimeOffer | None = None
 
 
 class StepEvent(_Wire):

@@ -33,6 +33,7 @@ __all__ = [
     "RuntimeService",
     "ServiceChange",
     "launchd_plist",
+    "systemd_quote",
     "systemd_unit",
     "windows_create_commands",
     "windows_delete_commands",
@@ -76,8 +77,8 @@ def systemd_unit(executable: Path, config: Path) -> str:
         "\n"
         "[Service]\n"
         "Type=simple\n"
-        f"ExecStart={_systemd_quote(str(executable))} converge --config "
-        f"{_systemd_quote(str(config))}\n"
+        f"ExecStart={systemd_quote(str(executable))} converge --config "
+        f"{systemd_quote(str(config))}\n"
         "Restart=always\n"
         "RestartSec=10\n"
         # The agent's own unit is separate: stopping the runtime must never stop the agent.
@@ -89,7 +90,8 @@ def systemd_unit(executable: Path, config: Path) -> str:
     )
 
 
-def _systemd_quote(word: str) -> str:
+def systemd_quote(word: str) -> str:
+    """``word`` as one word of a unit's ExecStart (quoted when it needs to be)."""
     if word and all(c.isalnum() or c in "/._-+:@" for c in word):
         return word
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'

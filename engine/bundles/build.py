@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,9 @@ class BuildOptions:
     no_index: bool = False
     signing_key: Path | None = None
     source: Path | None = None  # the project's source tree; None: find_links must hold the wheel
+    #: the runtime version the wheel is built with instead of pyproject.toml's (a build from
+    #: ``source`` only): how runtime releases get their own versions
+    version: str | None = None
 
 
 @dataclass
@@ -154,12 +158,16 @@ def _runtime_requirement(options: BuildOptions, tmp: Path, progress: Progress) -
     if options.source is None:
         from importlib.metadata import version
 
+        if options.version is not None:
+            raise _BuildError("a runtime version can only be set when building from the source")
         return f"{PROJECT}=={version(PROJECT)}"
     progress(f"building the runtime wheel from {options.source}")
     copy = tmp / "src"
     copy.mkdir()
     for name in _SOURCE_FILES:
         shutil.copy2(options.source / name, copy / name)
+    if options.version is not None:
+        _set_version(copy / "pyproject.toml", options.version)
     for package in _SOURCE_PACKAGES:
         shutil.copytree(
             options.source / package,
@@ -179,6 +187,18 @@ def _runtime_requirement(options: BuildOptions, tmp: Path, progress: Progress) -
     if len(built) != 1:
         raise _BuildError(f"building the runtime wheel left {len(built)} wheels, expected 1")
     return str(built[0])
+
+
+_VERSION_LINE = re.compile(r'^version = "[^"]*"$', re.MULTILINE)
+
+
+def _set_version(pyproject: Path, version: str) -> None:
+    """Give the copied pyproject.toml the version ``version`` (the tree itself is untouched)."""
+    text = pyproject.read_text(encoding="utf-8")
+    patched, count = _VERSION_LINE.subn(f'version = "{version}"', text, count=1)
+    if count != 1:
+        raise _BuildError(f"{pyproject}: no static `version = ...` line to set {version} in")
+    pyproject.write_text(patched, encoding="utf-8")
 
 
 def _build_one(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import platform as _platform
 import sys
 from dataclasses import dataclass
 
 from engine.errors import EngineError
-from states.bundle import TARGET_RE
+from states.bundle import TARGET_RE, local_target_name
 
 __all__ = ["ARCHES", "Target", "TargetError", "local_target", "parse_target"]
 
@@ -20,8 +19,6 @@ ARCHES: dict[str, tuple[str, ...]] = {
 
 #: The oldest Python the runtime supports (pyproject's requires-python).
 MIN_PYTHON = (3, 11)
-
-_SYS_PLATFORMS = {"linux": "linux", "darwin": "macos", "win32": "windows"}
 
 
 class TargetError(EngineError):
@@ -77,8 +74,7 @@ def parse_target(text: str) -> Target:
 
 def local_target() -> Target:
     """The target of this machine and Python. Raises TargetError on an unsupported one."""
-    platform = _SYS_PLATFORMS.get(sys.platform)
-    if platform is None:
+    name = local_target_name()
+    if name is None:
         raise TargetError(f"no runtime bundles for {sys.platform}: give --target")
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return parse_target(f"{platform}-{_platform.machine().lower()}-py{python}")
+    return parse_target(name)

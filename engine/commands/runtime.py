@@ -52,8 +52,55 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "DIR/.engine/runtime-bundles)",
     )
     p.add_argument("--key", type=Path, metavar="KEYFILE", help="ed25519 private key (PEM)")
+    p.add_argument(
+        "--version",
+        dest="runtime_version",
+        metavar="VERSION",
+        help="build the runtime's wheel as VERSION instead of pyproject.toml's (from a "
+        "copy of the source tree; for runtime releases)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document, no progress")
     p.set_defaults(func=_bundle)
+
+    r = actions.add_parser(
+        "release",
+        help="make a runtime release from the bundles: runtime-releases/VERSION/",
+        description="Verify every bundle under FROM (default: engine.yaml's runtime_bundles) "
+        "against engine.yaml's trusted_keys (public key files), check they carry one "
+        "runtime version, and copy them to runtime-releases/<version>/ in the operator "
+        "repo. Groups name it with `runtime: {release: VERSION}`; a release never changes "
+        "once made.",
+    )
+    add_repo_option(r)
+    r.add_argument("--from", dest="bundles", type=Path, metavar="DIR", help="the bundles")
+    r.add_argument("--version", dest="expected", metavar="VERSION", help="refuse another version")
+    r.add_argument("--json", action="store_true", help="print one JSON document")
+    r.set_defaults(func=_release)
+
+
+def _release(args: argparse.Namespace) -> int:
+    from engine.install.render import pinned_keys
+    from engine.runtime_releases import new_runtime_release
+    from fleetbase.version import Version, VersionError
+    from inventory.loader import load_engine_settings
+
+    directory: Path = args.directory
+    try:
+        settings = load_engine_settings(directory)
+        bundles = args.bundles if args.bundles is not None else directory / settings.runtime_bundles
+        expected = Version(args.expected) if args.expected else None
+        keys = pinned_keys(directory, settings.trusted_keys)
+        made = new_runtime_release(directory.absolute(), bundles, keys, expected)
+    except (EngineError, InventoryError, VersionError, ValueError, OSError) as e:
+        print(f"engine runtime release: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        doc = {"version": str(made.version), "directory": str(made.directory),
+               "targets": list(made.targets)}  # fmt: skip
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"runtime release {made.version}: {', '.join(made.targets)} -> {made.directory}")
+    return 0
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -92,6 +139,7 @@ def _bundle(args: argparse.Namespace) -> int:
         no_index=args.no_index,
         signing_key=key,
         source=project_source(),
+        version=args.runtime_version,
     )
     results = build_bundles(targets, options, progress)
     failed = [r for r in results if r.error is not None]

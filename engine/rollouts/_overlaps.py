@@ -31,11 +31,13 @@ def resolve_overlaps(
     priority: int,
     devices: list[str],
     now: datetime,
+    component: str = "agent",
 ) -> int:
     """Let the higher-priority live rollout keep each device also held by another group's.
 
     Returns how many of the new rollout's devices were overridden. On equal
-    priority the newer rollout wins.
+    priority the newer rollout wins. Only rollouts of the same ``component`` (agent or
+    runtime) compete: a device runs one agent release and one runtime release at once.
     """
     counted = [s.value for s in NOT_COUNTED_STATES]
     lost: dict[str, str] = {}
@@ -53,6 +55,7 @@ def resolve_overlaps(
                 rollout_devices.c.device.in_(chunk),
                 rollout_devices.c.rollout_id != rollout_id,
                 rollouts.c.group_name != group,
+                rollouts.c.component == component,
                 rollouts.c.state.in_(_LIVE_ALL),
                 rollout_devices.c.state.not_in(counted),
             )

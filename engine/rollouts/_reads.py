@@ -71,13 +71,19 @@ def live_rollout_ids(conn: Connection) -> list[int]:
 
 
 def release_rollout_ids(
-    conn: Connection, release: str, states: Sequence[RolloutState], exclude: int
+    conn: Connection,
+    release: str,
+    states: Sequence[RolloutState],
+    exclude: int,
+    component: str = "agent",
 ) -> list[int]:
-    """The rollouts of ``release`` in ``states``, ``exclude`` left out, oldest first."""
+    """The rollouts of ``release`` (of ``component``) in ``states``, ``exclude`` left out,
+    oldest first."""
     rows = conn.execute(
         select(rollouts.c.id)
         .where(
             rollouts.c.release == release,
+            rollouts.c.component == component,
             rollouts.c.state.in_([s.value for s in states]),
             rollouts.c.id != exclude,
         )
@@ -248,6 +254,7 @@ def offer_candidates(
     online_since: datetime,
     now: datetime,
     limit: int,
+    runtime: bool = False,
 ) -> list[tuple[str, str | None]]:
     """(device, reported version) of pending online devices of waves up to ``last_wave``.
 
@@ -256,6 +263,7 @@ def offer_candidates(
     version they report meets it (engine.requires). Only a runtime's report gives a
     version here: a report from elsewhere (no runtime version, e.g. imported from the
     field) waits for the runtime to adopt the files and report its first result.
+    With ``runtime`` the version is the reported runtime version (a runtime rollout).
     """
     rd = rollout_devices
     query = (
@@ -287,6 +295,8 @@ def offer_candidates(
         waiting = conn.execute(query.where(rd.c.requires_runtime.is_not(None)))
         met = [w for w in waiting if runtime_satisfies(w.requires_runtime, w.runtime_version)]
         rows = sorted([*rows, *met], key=lambda r: (r.wave, r.position))[:limit]
+    if runtime:
+        return [(str(r.device), r.runtime_version) for r in rows]
     return [(str(r.device), None if r.runtime_version is None else r.agent_version) for r in rows]
 
 

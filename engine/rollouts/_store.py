@@ -71,6 +71,7 @@ class RolloutRow:
     resumed_at: datetime | None
     finished_at: datetime | None
     after_ids: tuple[int, ...]
+    component: str = "agent"  # or "runtime" (migration 14)
 
 
 # -- rollouts -----------------------------------------------------------------------------
@@ -98,6 +99,7 @@ def lock_rollout(conn: Connection, rollout_id: int) -> RolloutRow | None:
         resumed_at=r.resumed_at,
         finished_at=r.finished_at,
         after_ids=tuple(int(i) for i in json.loads(r.after_ids or "[]")),
+        component=r.component,
     )
 
 

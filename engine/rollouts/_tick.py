@@ -35,6 +35,7 @@ from engine.rollouts.policy import (
     tripped,
     wave_step,
 )
+from engine.rollouts.runtime_judge import judge_runtime_device, runtime_devices_to_judge
 from engine.rollouts.transitions import DeviceEvent, RolloutEvent, rollout_sources
 from engine.rollouts.windows import in_window
 from engine.store.schema import rollout_devices
@@ -87,8 +88,13 @@ def tick_rollout(
     timings = settings.timings
     policy = settings.policy(r.policy)
     state = r.state
-    _judge(conn, r, timings, now, failed)
-    if state in _WATCHED and (policy.max_cpu_increase or policy.max_rss_increase):
+    runtime = r.component == "runtime"
+    if runtime:
+        _judge_runtime(conn, r, timings, now, failed)
+    else:
+        _judge(conn, r, timings, now, failed)
+    watch = policy.max_cpu_increase or policy.max_rss_increase
+    if state in _WATCHED and watch and not runtime:
         _watch_performance(conn, r, policy, now, failed)
     _store.move_devices(
         conn,
@@ -115,7 +121,9 @@ def tick_rollout(
                 else RolloutEvent.HALT
             )
             state = _store.move_rollout(conn, rollout_id, state, event, reason=trip.reason, now=now)
-            if state is RolloutState.HALTED:
+            if state is RolloutState.HALTED and not runtime:
+                # A runtime that confirmed itself stays: each device already reverts on
+                # its own what does not check in (docs/runtime.md).
                 _plan_rollbacks(conn, r, now)
             _store.unoffer_devices(conn, rollout_id, now)
             notices.append((state, trip.reason))
@@ -233,6 +241,38 @@ def _judge(
         )
 
 
+def _judge_runtime(
+    conn: Connection,
+    r: RolloutRow,
+    timings: Timings,
+    now: datetime,
+    failed: list[tuple[str, str]] | None = None,
+) -> None:
+    """The outcome of each device of a runtime rollout that took its offer."""
+    target = Version(r.release)
+    for seen in runtime_devices_to_judge(conn, r.id):
+        verdict = judge_runtime_device(seen, target, timings.update_timeout, now)
+        if verdict is None:
+            continue
+        reason, retry_at = verdict.reason, None
+        if verdict.event is not DeviceEvent.SUCCEED:
+            assert reason is not None
+            retry_at, reason = retry_after(reason, seen.attempts, r.state, timings, now)
+            if failed is not None:
+                failed.append((seen.device, reason))
+        _store.move_device(
+            conn,
+            r.id,
+            seen.device,
+            seen.state,
+            verdict.event,
+            now=now,
+            reason=reason,
+            finished_at=now,
+            retry_at=retry_at,
+        )
+
+
 def _rollback_one(
     conn: Connection,
     rollout_id: int,
@@ -278,14 +318,17 @@ def _halt_release(conn: Connection, r: RolloutRow, why: str, now: datetime) -> l
     notices: list[Notice] = []
     reason = f"rollout {r.name} halted with rollback: release ({why})"
     sources = rollout_sources(RolloutEvent.RELEASE_HALTED)
-    for other_id in _reads.release_rollout_ids(conn, r.release, sources, exclude=r.id):
+    others = _reads.release_rollout_ids(conn, r.release, sources, exclude=r.id,
+                                        component=r.component)  # fmt: skip
+    for other_id in others:
         other = _store.lock_rollout(conn, other_id)
         if other is None or other.state not in sources:
             continue
         _store.move_rollout(
             conn, other_id, other.state, RolloutEvent.RELEASE_HALTED, reason=reason, now=now
         )
-        _plan_rollbacks(conn, other, now)
+        if other.component != "runtime":
+            _plan_rollbacks(conn, other, now)
         _store.unoffer_devices(conn, other_id, now)
         _log.info("rollout %s: %s", other.name, reason)
         notices.append((RolloutState.HALTED, f"{other.name}: {reason}"))
@@ -389,6 +432,7 @@ def _offer(
         online_since=now - timings.offline_after,
         now=now,
         limit=slots + 100,
+        runtime=r.component == "runtime",
     )
     offered: list[str] = []
     for device, event in choose_offers(candidates, Version(r.release), slots):

@@ -11,6 +11,7 @@ from the stored reports and heartbeats, not here (see docs/rollouts.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from sqlalchemy import Connection, select
 
 from engine.rollouts.model import DeviceState, RolloutState
 from engine.rollouts.policy import FAILURE_RESULTS
+from engine.rollouts.runtime_offers import decide_runtime_offer, split_rows
 from engine.rollouts.transitions import DeviceEvent, next_device_state
 from engine.rollouts.windows import in_window
 from engine.steps import describe_steps
@@ -31,6 +33,7 @@ from fleetbase.platform import Platform
 from fleetbase.version import Version
 from inventory.models import MaintenanceWindow
 from states.plan import Action, DevicePlan, ReleaseRef, Step
+from states.protocol import RuntimeOffer
 from states.report import Report
 
 __all__ = [
@@ -208,6 +211,7 @@ class _OfferRow(NamedTuple):
     rollout_state: str
     priority: int
     maintenance_window: str | None
+    component: str
 
 
 _STATES = ", ".join(f"'{s}'" for s in _WANTED)
@@ -245,7 +249,7 @@ class _Sql:
         columns = (
             "SELECT rd.rollout_id, rd.state, rd.wave, rd.rollback_to, rd.platform, "
             "rd.started_at, r.name, r.group_name, r.release, r.release_sha256, r.state, "
-            "r.priority, r.maintenance_window"
+            "r.priority, r.maintenance_window, r.component"
         )
         where = f"AND rd.state IN ({_STATES}) AND r.state IN ({_ROLLOUT_STATES})"
         joined = "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id"
@@ -327,6 +331,9 @@ class Decision:
 
     offer: Offer | None
     take: Take | None = None
+    #: a runtime rollout's offer (``CheckinResponse.runtime``), and the take it needs
+    runtime: RuntimeOffer | None = None
+    runtime_take: Take | None = None
 
 
 _NOTHING = Decision(None)
@@ -344,9 +351,51 @@ def offer_for_device(conn: Connection, device: str, report: Report, now: datetim
 
 
 def decide_offer(
+    conn: Connection,
+    device: str,
+    rows: Sequence[tuple[Any, ...]],
+    report: Report,
+    now: datetime,
+    *,
+    runtime_failed: str | None = None,
+) -> Decision:
+    """The agent plan and the runtime release to hand ``device`` at this check-in.
+
+    The agent's rows decide the plan (``_decide_agent``); the rows of runtime
+    rollouts the runtime offer (``runtime_offers.decide_runtime_offer``; the
+    highest priority, then newest, decides). ``runtime_failed`` is the runtime
+    release the device's check-in reports it reverted or could not install.
+    """
+    if not rows:
+        return _NOTHING
+    agent_rows, runtime_rows = split_rows(rows)
+    decision = _decide_agent(conn, device, agent_rows, report, now)
+    if not runtime_rows:
+        return decision
+    sql = _Sql.of(conn)
+    row = _OfferRow(*max(runtime_rows, key=lambda r: (r[11], r[0])))
+    offer, takes = decide_runtime_offer(
+        row,
+        report,
+        now,
+        window=_window,
+        in_window=in_window,
+        started=sql.instant(row.started_at),
+        failed_target=runtime_failed,
+    )
+    if offer is None:
+        return decision
+    take = None
+    if takes:
+        stamp = sql.stamp(now)
+        take = Take(sql.take, (stamp, report.runtime_version, stamp, row.rollout_id, device))
+    return dataclasses.replace(decision, runtime=offer, runtime_take=take)
+
+
+def _decide_agent(
     conn: Connection, device: str, rows: Sequence[tuple[Any, ...]], report: Report, now: datetime
 ) -> Decision:
-    """The plan to hand ``device`` at this check-in given its open rollout ``rows``.
+    """The plan to hand ``device`` at this check-in given its open agent rollout ``rows``.
 
     ``report`` is what the device just said (already stored or not) and ``now``
     the server's time, which must be the time the report is stored with. A

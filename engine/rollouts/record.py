@@ -31,7 +31,7 @@ from engine.store.schema import rollout_devices, rollouts
 from engine.waves import wave_fraction
 from fleetbase.version import Version
 from inventory.models import Inventory
-from states.plan import CHANGING_ACTIONS, Action, DevicePlan, Plan, RolloutPlan
+from states.plan import AGENT, CHANGING_ACTIONS, RUNTIME, Action, DevicePlan, Plan, RolloutPlan
 
 __all__ = [
     "ApplyResult",
@@ -105,7 +105,10 @@ def applicable_rollouts(plan: Plan, inventory: Inventory) -> list[RolloutPlan]:
     chosen: list[RolloutPlan] = []
     for rollout in plan.rollouts:
         group = inventory.groups.get(rollout.group)
-        if group is None or group.agent is None or group.agent.release != rollout.release:
+        spec = None if group is None else (
+            group.runtime if rollout.component == RUNTIME else group.agent
+        )  # fmt: skip
+        if spec is None or spec.release != rollout.release:
             continue
         chosen.append(rollout)
     return chosen
@@ -121,7 +124,7 @@ def _device_row(
     """The rollout_devices row of a planned device; ``runtime_requirement`` is the release's
     ``requires: runtime``, which a device without a report yet must meet before its offer."""
     device = inventory.devices.get(d.device)
-    pin = device.pin if device is not None else None
+    pin = device.pin if device is not None and d.component == AGENT else None
     current = None if d.current is None else str(d.current)
     reason: str | None = None
     waits: str | None = None
@@ -160,12 +163,16 @@ def _device_row(
     }
 
 
-def _supersede(conn: Connection, group: str, now: datetime, new_name: str) -> list[int]:
+def _supersede(
+    conn: Connection, group: str, now: datetime, new_name: str, component: str
+) -> list[int]:
     ids = [
         int(i)
         for (i,) in conn.execute(
             select(rollouts.c.id).where(
-                rollouts.c.group_name == group, rollouts.c.state.in_(_LIVE_ALL)
+                rollouts.c.group_name == group,
+                rollouts.c.state.in_(_LIVE_ALL),
+                rollouts.c.component == component,
             )
         )
     ]
@@ -185,6 +192,7 @@ def _extend(
     inventory: Inventory,
     now: datetime,
     runtime_requirement: str | None,
+    component: str = AGENT,
 ) -> int:
     """Add devices the plan has in a rollout that already runs (new in the inventory)."""
     known = {
@@ -210,6 +218,7 @@ def _extend(
         priority=priority,
         devices=[r["device"] for r in rows],
         now=now,
+        component=component,
     )
     return len(rows)
 
@@ -217,7 +226,7 @@ def _extend(
 def _gate(
     conn: Connection,
     gated: list[tuple[int, RolloutPlan]],
-    this_apply: dict[tuple[str, str], tuple[int, str]],
+    this_apply: dict[tuple[str, str, str], tuple[int, str]],
     recorded: list[RecordedRollout],
     now: datetime,
 ) -> list[RecordedRollout]:
@@ -233,7 +242,7 @@ def _gate(
         names: list[str] = []
         skipped: list[str] = []
         for group in rp.after:
-            gate = this_apply.get((group, str(rp.release)))
+            gate = this_apply.get((group, str(rp.release), rp.component))
             if gate is None:
                 row = conn.execute(
                     select(rollouts.c.id, rollouts.c.name)
@@ -241,6 +250,7 @@ def _gate(
                         rollouts.c.group_name == group,
                         rollouts.c.release == str(rp.release),
                         rollouts.c.state.in_(_LIVE_ALL),
+                        rollouts.c.component == rp.component,
                     )
                     .order_by(rollouts.c.id.desc())
                     .limit(1)
@@ -294,16 +304,16 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
     inventory = repo.inventory
     result = ApplyResult()
     by_rollout: dict[str, list[DevicePlan]] = {}
-    for d in plan.devices:
+    for d in [*plan.devices, *plan.runtime_devices]:
         if d.rollout is not None:
             by_rollout.setdefault(d.rollout, []).append(d)
     versions: set[Version] = set()
     # (group, release) -> (id, name) of every rollout this apply records or keeps
-    this_apply: dict[tuple[str, str], tuple[int, str]] = {}
+    this_apply: dict[tuple[str, str, str], tuple[int, str]] = {}
     gated: list[tuple[int, RolloutPlan]] = []
     for rp in applicable_rollouts(plan, inventory):
         group = inventory.groups[rp.group]
-        target = repo.releases.get(rp.release)
+        target = None if rp.component == RUNTIME else repo.releases.get(rp.release)
         requires = None if target is None else target.manifest.requires
         runtime_requirement = None if requires is None else requires.runtime
         same = conn.execute(
@@ -311,10 +321,11 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 rollouts.c.group_name == rp.group,
                 rollouts.c.state.in_(_LIVE),
                 rollouts.c.release == str(rp.release),
+                rollouts.c.component == rp.component,
             )
         ).first()
         if same is not None:
-            this_apply[rp.group, str(rp.release)] = (int(same[0]), rp.id)
+            this_apply[rp.group, str(rp.release), rp.component] = (int(same[0]), rp.id)
             added = _extend(
                 conn,
                 int(same[0]),
@@ -324,6 +335,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 inventory=inventory,
                 now=now,
                 runtime_requirement=runtime_requirement,
+                component=rp.component,
             )
             extra = f"; {added} new devices joined it" if added else "; nothing recorded"
             result.unchanged.append(
@@ -331,8 +343,9 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 f"{rp.release} ({same[1]}){extra}"
             )
             continue
-        superseded = _supersede(conn, rp.group, now, rp.id)
-        loaded = repo.releases.get(rp.release)
+        superseded = _supersede(conn, rp.group, now, rp.id, rp.component)
+        runtime = rp.component == RUNTIME
+        loaded = None if runtime else repo.releases.get(rp.release)
         rid = conn.execute(
             insert(rollouts)
             .values(
@@ -356,10 +369,11 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 updated_at=now,
                 finished_at=None,
                 requires_runtime=runtime_requirement,
+                component=rp.component,
             )
             .returning(rollouts.c.id)
         ).scalar_one()
-        this_apply[rp.group, str(rp.release)] = (rid, rp.id)
+        this_apply[rp.group, str(rp.release), rp.component] = (rid, rp.id)
         if rp.after:
             gated.append((rid, rp))
         rows = [
@@ -368,7 +382,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
         ]
         for row in rows:
             row["rollout_id"] = rid
-            if row["from_version"] is not None:
+            if row["from_version"] is not None and not runtime:
                 versions.add(Version(row["from_version"]))
         if rows:
             conn.execute(insert(rollout_devices), rows)
@@ -379,8 +393,10 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
             priority=group.priority,
             devices=[r["device"] for r in rows],
             now=now,
+            component=rp.component,
         )
-        versions.add(rp.release)
+        if not runtime:
+            versions.add(rp.release)
         states = [r["state"] for r in rows]
         result.rollouts.append(
             RecordedRollout(

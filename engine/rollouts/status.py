@@ -102,6 +102,7 @@ class RolloutStatus(_Out):
     waves: list[WaveStatus]
     after: list[str] = []  # gate rollouts (group@release) it waits or waited for
     after_ids: list[int] = []  # their ids
+    component: str = "agent"  # or "runtime": a runtime release (group@runtime-V)
 
     @property
     def is_settled(self) -> bool:
@@ -243,6 +244,7 @@ def rollout_status(
                 waves=waves,
                 after=json.loads(r.after_names) if r.after_names else [],
                 after_ids=json.loads(r.after_ids) if r.after_ids else [],
+                component=r.component,
             )
         )
     return result

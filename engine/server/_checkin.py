@@ -86,18 +86,22 @@ class Checkins:
         job = CheckinJob(
             device, token, row, request, report, now, asyncio.get_running_loop().create_future()
         )
-        offer = await self.db.checkin(job)
+        answer = await self.db.checkin(job)
+        offer, runtime = answer.offer, answer.runtime
         interval = self.poll_interval()
-        if offer is None:
+        if offer is None and runtime is None:
             return b'{"plan":null,"release":null,"poll_interval":%.3f}' % interval
-        log.info("device %s: offered %s %s", device, offer.plan.action.value, offer.release.version)
-        return orjson.dumps(
-            {
-                "plan": offer.plan.model_dump(mode="json"),
-                "release": offer.release.model_dump(mode="json"),
-                "poll_interval": interval,
-            }
-        )
+        doc: dict[str, object] = {"plan": None, "release": None, "poll_interval": interval}
+        if offer is not None:
+            log.info(
+                "device %s: offered %s %s", device, offer.plan.action.value, offer.release.version
+            )
+            doc["plan"] = offer.plan.model_dump(mode="json")
+            doc["release"] = offer.release.model_dump(mode="json")
+        if runtime is not None:
+            log.info("device %s: offered runtime %s", device, runtime.version)
+            doc["runtime"] = runtime.model_dump(mode="json")
+        return orjson.dumps(doc)
 
 
 def count_checkin(status: int) -> None:

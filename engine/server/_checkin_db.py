@@ -54,10 +54,10 @@ from engine.server._device_db import (
 from engine.server.settings import OfferFunction
 from engine.store import Store
 from engine.store._connect import _IMMEDIATE, checkin_session
-from states.protocol import CheckinRequest
+from states.protocol import CheckinRequest, RuntimeOffer
 from states.report import Report
 
-__all__ = ["REPORT_FLUSH_SECONDS", "CheckinDatabase", "CheckinJob"]
+__all__ = ["REPORT_FLUSH_SECONDS", "Answer", "CheckinDatabase", "CheckinJob"]
 
 log = logging.getLogger("engine.server")
 
@@ -66,6 +66,17 @@ REPORT_FLUSH_SECONDS = 0.2
 #: Most check-ins handled in one batch (one read transaction).
 MAX_BATCH = 512
 _RETRY = {"Retry-After": "5"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a check-in hands out: the agent's plan, the runtime release, or neither."""
+
+    offer: Offer | None = None
+    runtime: RuntimeOffer | None = None
+
+
+_NO_ANSWER = Answer()
 
 
 @dataclass
@@ -78,11 +89,11 @@ class CheckinJob:
     request: CheckinRequest
     report: Report
     now: datetime
-    future: asyncio.Future[Offer | None]
+    future: asyncio.Future[Answer]
 
 
-#: (job, its offer, or the exception refusing it)
-_Outcome = tuple[CheckinJob, Offer | None, BaseException | None]
+#: (job, its answer, or the exception refusing it)
+_Outcome = tuple[CheckinJob, Answer, BaseException | None]
 
 
 class CheckinDatabase:
@@ -121,8 +132,8 @@ class CheckinDatabase:
 
     # -- the event loop's side -----------------------------------------------------------
 
-    async def checkin(self, job: CheckinJob) -> Offer | None:
-        """Queue ``job`` and wait for its offer; raises what refuses it (HTTPException)."""
+    async def checkin(self, job: CheckinJob) -> Answer:
+        """Queue ``job`` and wait for its answer; raises what refuses it (HTTPException)."""
         if not self._threads:
             self._start()
         self._queue.append(job)
@@ -191,7 +202,7 @@ class CheckinDatabase:
             refusal = HTTPException(
                 503, "the server cannot reach its store; try again later", _RETRY
             )
-            return [(job, None, refusal) for job in batch]
+            return [(job, _NO_ANSWER, refusal) for job in batch]
 
     def _decide(self, batch: list[CheckinJob]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
@@ -208,13 +219,20 @@ class CheckinDatabase:
                     try:
                         self._tokens.verify(job.device, job.token, found.get(job.device))
                     except HTTPException as e:
-                        outcomes.append((job, None, e))
+                        outcomes.append((job, _NO_ANSWER, e))
                         continue
                 live.append(job)
             if self._offer is None and live:
                 rows = offer_rows(conn, list({job.device: None for job in live}))
                 decisions = [
-                    decide_offer(conn, j.device, rows.get(j.device, ()), j.report, j.now)
+                    decide_offer(
+                        conn,
+                        j.device,
+                        rows.get(j.device, ()),
+                        j.report,
+                        j.now,
+                        runtime_failed=_runtime_failed(j.request),
+                    )
                     for j in live
                 ]
         if self._offer is not None:
@@ -222,26 +240,26 @@ class CheckinDatabase:
         if self._flush_seconds <= 0:  # no write-behind: every report with the takes
             taking = list(zip(live, decisions, strict=True))
         else:
-            taking = [(j, d) for j, d in zip(live, decisions, strict=True) if d.take is not None]
+            taking = [(j, d) for j, d in zip(live, decisions, strict=True) if _takes(d)]
         if taking:
-            taken = self._take(conn, taking)
-            outcomes.extend((j, d.offer if ok else None, None) for (j, d), ok in taken)
+            outcomes.extend((j, answer, None) for j, answer in self._take(conn, taking))
         if self._flush_seconds <= 0:
             return outcomes
-        later = [(j, d) for j, d in zip(live, decisions, strict=True) if d.take is None]
+        later = [(j, d) for j, d in zip(live, decisions, strict=True) if not _takes(d)]
         self._buffer([j for j, _ in later])
-        outcomes.extend((j, d.offer, None) for j, d in later)
+        outcomes.extend((j, Answer(d.offer, d.runtime), None) for j, d in later)
         return outcomes
 
     def _take(
         self, conn: Connection, taking: list[tuple[CheckinJob, Decision]]
-    ) -> list[tuple[tuple[CheckinJob, Decision], bool]]:
-        """Commit the takes (rollout state transitions) and those devices' reports durably."""
+    ) -> list[tuple[CheckinJob, Answer]]:
+        """Commit the takes (rollout state transitions) and those devices' reports durably;
+        each job's answer without what another replica or the controller took meanwhile."""
         with self._pending_lock:
             for job, _ in taking:
                 self._pending.pop(job.device, None)
         with _transaction(conn, immediate=True):
-            done = [(item, item[1].take is None or item[1].take.apply(conn)) for item in taking]
+            done = [(job, _apply(conn, d)) for job, d in taking]
             _write_reports(conn, self._sql, [_params(self._sql, j) for j, _ in taking])
             _write_samples(conn, self._sql, _samples(self._sql, [j for j, _ in taking]))
         return done
@@ -255,7 +273,8 @@ class CheckinDatabase:
             _write_reports(conn, self._sql, [_params(self._sql, j) for j in live])
             _write_samples(conn, self._sql, _samples(self._sql, live))
             for job in live:
-                outcomes.append((job, self._offer(conn, job.device, job.report, job.now), None))
+                offer = self._offer(conn, job.device, job.report, job.now)
+                outcomes.append((job, Answer(offer), None))
         return outcomes
 
     # -- write-behind of reports ---------------------------------------------------------
@@ -335,6 +354,26 @@ def _transaction(conn: Connection, *, immediate: bool, soft: bool = False) -> It
         if soft and conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         yield
+
+
+def _takes(d: Decision) -> bool:
+    return d.take is not None or d.runtime_take is not None
+
+
+def _apply(conn: Connection, d: Decision) -> Answer:
+    """Run the decision's takes; what remains of its answer (a take that changed no row
+    drops its part: another replica handed it out, or the controller took it back)."""
+    offer = d.offer if d.take is None or d.take.apply(conn) else None
+    runtime = d.runtime if d.runtime_take is None or d.runtime_take.apply(conn) else None
+    return Answer(offer, runtime)
+
+
+def _runtime_failed(request: CheckinRequest) -> str | None:
+    """The runtime release the check-in reports it reverted or could not install."""
+    update = request.runtime_update
+    if update is None or update.result not in ("reverted", "failed"):
+        return None
+    return update.target
 
 
 def _params(sql: DeviceSql, job: CheckinJob) -> dict[str, Any]:

@@ -54,6 +54,9 @@ _REPORT_COLUMNS = (
     "python_version",
     "os_version",
     "components",
+    "runtime_target",
+    "runtime_result",
+    "runtime_detail",
 )
 #: Report columns a check-in without them leaves as they were: an adoption is said once
 #: and stays what the device adopted.
@@ -237,6 +240,19 @@ def report_params(
         "python_version": body.python_version,
         "os_version": body.os_version,
         "components": components_text(body.components),
+        **runtime_update_params(body),
+    }
+
+
+def runtime_update_params(body: CheckinRequest) -> dict[str, Any]:
+    """The report columns of the check-in's runtime self-update outcome (None when absent)."""
+    update = body.runtime_update
+    if update is None:
+        return {"runtime_target": None, "runtime_result": None, "runtime_detail": None}
+    return {
+        "runtime_target": update.target,
+        "runtime_result": update.result,
+        "runtime_detail": update.detail,
     }
 
 

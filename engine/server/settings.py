@@ -65,6 +65,11 @@ class ServerSettings:
         return self.runtime_bundles or self.repo_root / ".engine" / "runtime-bundles"
 
     @property
+    def runtime_releases_dir(self) -> Path:
+        """Where the runtime releases are: ``<repo>/runtime-releases`` (engine.runtime_releases)."""
+        return self.repo_root / "runtime-releases"
+
+    @property
     def online_seconds(self) -> float:
         """A device seen within this many seconds counts as online (default 3 poll intervals)."""
         return self.online_after if self.online_after is not None else 3 * self.poll_interval

@@ -15,7 +15,7 @@ from engine.service.plan import make_plan
 from engine.store import Store
 from fleetbase.clock import utc_now
 from inventory.loader import OperatorRepo
-from states.plan import CHANGING_ACTIONS, Action, Plan
+from states.plan import AGENT, CHANGING_ACTIONS, Action, Plan
 
 __all__ = [
     "SETTLED_STATES",
@@ -111,6 +111,8 @@ def unsigned_releases(plan: Plan, repo: OperatorRepo) -> list[str]:
     """The releases `engine apply` would roll out that have no signature beside them."""
     found: set[str] = set()
     for rollout in applicable_rollouts(plan, repo.inventory):
+        if rollout.component != AGENT:
+            continue  # runtime releases are signed bundles (engine.runtime_releases)
         loaded = repo.releases.get(rollout.release)
         if loaded is not None and loaded.signature_path is None:
             found.add(str(rollout.release))
@@ -127,6 +129,12 @@ def pending_changes(plan: Plan, repo: OperatorRepo) -> PendingChanges:
         if d.rollout in chosen
         and (d.action in CHANGING_ACTIONS or d.action is Action.BLOCKED)
         and devices[d.device].pin is None
+    ]
+    # Runtime releases move the runtime whatever the device's agent pin says.
+    moving += [
+        d
+        for d in plan.runtime_devices
+        if d.rollout in chosen and (d.action in CHANGING_ACTIONS or d.action is Action.BLOCKED)
     ]
     changing = sum(1 for d in moving if d.action in CHANGING_ACTIONS)
     return PendingChanges(rollouts=chosen, moving=len(moving), changing=changing)

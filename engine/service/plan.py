@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.gitinfo import git_info
 from engine.planner import plan_fleet
+from engine.runtime_releases import list_runtime_releases
 from engine.service.repo import load_repo, open_store
 from engine.store import Store
 from fleetbase.clock import utc_now
@@ -63,6 +64,7 @@ def make_plan(
             only_device=device,
             inventory_ref=inventory_ref,
             state_ref=state_ref,
+            runtime_releases=list_runtime_releases(repo.root),
         )
 
 

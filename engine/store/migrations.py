@@ -325,6 +325,17 @@ def _0016_requires(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN requires_runtime VARCHAR(200)")
 
 
+def _0014_runtime_component(conn: Connection) -> None:
+    # Runtime releases rolled out like agent releases: what each rollout moves, and the
+    # outcome of a device's last runtime self-update as it reported it.
+    conn.exec_driver_sql(
+        "ALTER TABLE rollouts ADD COLUMN component VARCHAR(20) NOT NULL DEFAULT 'agent'"
+    )
+    for column in ("runtime_target VARCHAR(100)", "runtime_result VARCHAR(20)",
+                   "runtime_detail VARCHAR(2000)"):  # fmt: skip
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -343,8 +354,12 @@ MIGRATIONS: list[Migration] = [
     Migration(10, "webhook deliveries (outbox)", _0010_webhook_deliveries),
     Migration(11, "events by arrival time (retention)", _0011_events_received_at),
     Migration(12, "controller lease generation (fencing)", _0012_lease_generation),
-    # 13 to 15 are kept for changes merged separately (configuration files and feature
-    # flags, runtime self-update, scale); each replaces its placeholder.
-    *(Migration(n, f"reserved ({n})", _reserved) for n in (13, 14, 15)),
+    # 13 and 15 are kept for changes merged separately (configuration files and feature
+    # flags, scale); each replaces its placeholder.
+    Migration(13, "reserved (13)", _reserved),
+    Migration(
+        14, "runtime releases: rollout component, runtime update reports", _0014_runtime_component
+    ),
+    Migration(15, "reserved (15)", _reserved),
     Migration(16, "release requirements: device facts, runtime waits", _0016_requires),
 ]

@@ -72,6 +72,11 @@ reports = Table(
     Column("python_version", String(100), nullable=True),
     Column("os_version", String(100), nullable=True),
     Column("components", Text, nullable=True),
+    # The runtime's last self-update as the device reported it (migration 14): the
+    # runtime release it tried, confirmed | reverted | failed, and what happened.
+    Column("runtime_target", String(100), nullable=True),
+    Column("runtime_result", String(20), nullable=True),
+    Column("runtime_detail", String(2000), nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
     # /metrics counts devices per version and online state from this index alone.
     Index("ix_reports_version_seen", "agent_version", "last_seen"),
@@ -200,6 +205,8 @@ rollouts = Table(
     Column("completed_at", UTCDateTime(), nullable=True),
     # The release's requires: runtime (migration 16): some devices may wait for it.
     Column("requires_runtime", String(200), nullable=True),
+    # What the rollout moves (migration 14): "agent" releases, or "runtime" releases.
+    Column("component", String(20), nullable=False, server_default="agent"),
     Index("ix_rollouts_group_state", "group_name", "state"),
     Index("ix_rollouts_state", "state"),
 )

@@ -44,8 +44,8 @@ def test_validate_errors_exit_1_with_relative_paths(
         "inventory/devices.yaml:12:15: devices.munich-mac-0003.platform: found 'bsd'; "
         "allowed: windows | linux | macos",
         "inventory/groups.yaml:4:5: groups.canary.priorty: unknown key 'priorty'; did you mean "
-        "'priority'? (allowed: match, members, priority, agent, rollout, maintenance_window, "
-        "description, ssh)",
+        "'priority'? (allowed: match, members, priority, agent, runtime, rollout, "
+        "maintenance_window, description, ssh)",
         "2 problems found",
     ]
 
