@@ -127,7 +127,7 @@ class ServerPlanSource:
         self.loop.authorize_fetches(release)
         client = self.loop.client
         keys = (client.absolute(KEYS_PATH), client.absolute(KEYS_PATH + "/signature"))
-        self.last = DesiredRelease(answer.plan, release, None, keys)
+        self.last = DesiredRelease(answer.plan, release, None, keys, answer.config)
         return self.last
 
     def _absolute(self, ref: ReleaseRef) -> ReleaseRef:
@@ -397,6 +397,7 @@ class PullLoop:
             transaction=self.transaction,
             performance=self.sampler.sample(),
             runtime_update=None if self.home is None else self.home.outcome(),
+            config_digest=state.config_digest,
             adoption=None
             if state.adoption is None
             else AdoptionReport(

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.config_bundle import ConfigBundle
 from states.plan import DevicePlan, ReleaseRef, StepName
 from states.requires import MAX_COMPONENTS, ComponentName, FactVersion
 
@@ -190,6 +191,8 @@ class CheckinRequest(_Wire):
         default=None, max_length=MAX_COMPONENTS
     )
     runtime_update: RuntimeUpdateReport | None = None
+    #: the digest of the managed config files and flags the device runs (states.config_bundle)
+    config_digest: str | None = Field(default=None, max_length=80)
 
 
 class CheckinResponse(_Wire):
@@ -203,6 +206,8 @@ class CheckinResponse(_Wire):
     release: ReleaseRef | None = None
     poll_interval: float = Field(description="seconds until the next check-in, jitter applied")
     runtime: RuntimeOffer | None = None
+    #: the config files and flags the plan installs (absent: the release manages none)
+    config: ConfigBundle | None = None
 
 
 class StepEvent(_Wire):
