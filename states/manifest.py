@@ -283,7 +283,10 @@ def flag_type_problem(kind: FlagType, value: object) -> str | None:
     }[kind]
     if ok:
         return None
-    return f"{value!r} is a {type(value).__name__}, the flag is a {kind.value}"
+    names = {bool: "a bool", int: "an int", float: "a float", str: "a string"}
+    found = names.get(type(value), f"a {type(value).__name__}")
+    wanted = {"bool": "a bool", "int": "an int", "float": "a float", "string": "a string"}
+    return f"{value!r} is {found}, the flag is {wanted[kind.value]}"
 
 
 class ReleaseManifest(_Strict):
