@@ -20,7 +20,7 @@ import pytest
 
 from agent_runtime.converge import FilePlanSource
 from agent_runtime.plan_source import DesiredRelease
-from states.config_bundle import ConfigBundle, RenderedFile, config_digest
+from states.config_bundle import ConfigBundle, FlagValue, RenderedFile, config_digest
 from tests.harness.procs import child_env
 from tests.harness.sandbox import DEVICE, Sandbox
 
@@ -46,7 +46,7 @@ print("result:", result.result.value, result.detail)
 """
 
 
-def bundle(text: str, flags: dict[str, bool], *, extra: str | None = None) -> ConfigBundle:
+def bundle(text: str, flags: dict[str, FlagValue], *, extra: str | None = None) -> ConfigBundle:
     """A bundle of agent.json holding ``text`` (and optionally extra.conf), and ``flags``."""
     files = [("agent.json", text, 0o640)] + ([("extra.conf", extra, 0o600)] if extra else [])
     rendered = [
