@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,32 @@ def _two_waves(view: StoreView, rollout: Any) -> list[Any]:
     return rows
 
 
+def _stored_bytes(fleet: Fleet, state: str | None) -> bytes:
+    """Everything the store holds: the SQLite file, or a PostgreSQL data dump."""
+    if state is None:
+        return (fleet.repo.root / ".engine" / "state.db").read_bytes()
+    dsn = state.replace("postgresql+psycopg://", "postgresql://")
+    dump = subprocess.run(
+        ["pg_dump", "--data-only", dsn], capture_output=True, check=True, timeout=60
+    )
+    assert b"rollout_devices" in dump.stdout
+    return dump.stdout
+
+
+@pytest.mark.parametrize(
+    "store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_config_and_flags_roll_out_in_waves_and_a_bad_config_is_rolled_back(
-    make_fleet: MakeFleet,
+    make_fleet: MakeFleet, request: pytest.FixtureRequest, store: str
 ) -> None:
     """The whole life of a managed config file and a feature flag on four devices."""
+    state: str | None = request.getfixturevalue("postgres_url") if store == "postgresql" else None
     group = fleet_group("3.0.1", waves=[50, 100], max_parallel=2, soak=SOAK)
     group["fleet"]["vars"] = {"site_name": "demo"}
-    fleet = make_fleet(specs(4), group, engine_settings={"secrets_file": "secrets.yaml"})
+    settings: dict[str, Any] = {"secrets_file": "secrets.yaml"}
+    if state is not None:
+        settings["state"] = state  # engine apply, plan and status use it too
+    fleet = make_fleet(specs(4), group, state=state, engine_settings=settings)
     fleet.setup("3.0.1")
     fleet.start()
     fleet.wait_reported("3.0.1")
@@ -131,7 +151,7 @@ def test_config_and_flags_roll_out_in_waves_and_a_bad_config_is_rolled_back(
     fleet.repo.engine("plan", "--out", str(saved))
     shown = fleet.repo.engine("plan", "--json", "--diff")
     assert SECRET not in saved.read_text() and SECRET not in shown.stdout + shown.stderr
-    assert SECRET.encode() not in (fleet.repo.root / ".engine" / "state.db").read_bytes()
+    assert SECRET.encode() not in _stored_bytes(fleet, state)
     assert all(SECRET not in json.dumps([str(v) for v in e]) for e in view.events())
     assert SECRET not in fleet.server.log.read_text(errors="replace")
 
