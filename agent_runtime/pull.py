@@ -75,6 +75,7 @@ from fleetbase.version import Version
 from states.keyring import KEYS_PATH
 from states.plan import ReleaseRef
 from states.protocol import (
+    FEATURE_CONFIG,
     AdoptionReport,
     CheckinRequest,
     CheckinResponse,
@@ -398,6 +399,7 @@ class PullLoop:
             performance=self.sampler.sample(),
             runtime_update=None if self.home is None else self.home.outcome(),
             config_digest=state.config_digest,
+            features=[FEATURE_CONFIG],
             adoption=None
             if state.adoption is None
             else AdoptionReport(

@@ -28,6 +28,7 @@ from states.requires import MAX_COMPONENTS, ComponentName, FactVersion
 
 __all__ = [
     "API_PREFIX",
+    "FEATURE_CONFIG",
     "MAX_INT32",
     "AdoptionReport",
     "CheckinRequest",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 API_PREFIX = "/v1"
+#: ``CheckinRequest.features`` of a runtime that installs managed config files and flags.
+FEATURE_CONFIG = "config"
 
 DeviceId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
 
@@ -193,6 +196,11 @@ class CheckinRequest(_Wire):
     runtime_update: RuntimeUpdateReport | None = None
     #: the digest of the managed config files and flags the device runs (states.config_bundle)
     config_digest: str | None = Field(default=None, max_length=80)
+    #: what this runtime can do beyond the base protocol, e.g. ``config`` (it installs
+    #: ``CheckinResponse.config``); absent from older runtimes
+    features: list[Annotated[str, Field(max_length=50)]] = Field(
+        default_factory=list, max_length=20
+    )
 
 
 class CheckinResponse(_Wire):

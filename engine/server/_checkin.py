@@ -31,7 +31,7 @@ from engine.server._auth import MISSING, DeviceTokens, bearer
 from engine.server._checkin_db import CheckinDatabase, CheckinJob
 from engine.server._configs import ServerConfigs
 from engine.server._http import DEVICE_RE, error_body, refuse, validation_message
-from states.protocol import CheckinRequest
+from states.protocol import FEATURE_CONFIG, CheckinRequest
 from states.report import Report
 
 __all__ = ["CheckinFastPath", "Checkins", "checkin_device", "count_checkin"]
@@ -98,7 +98,7 @@ class Checkins:
             return b'{"plan":null,"release":null,"poll_interval":%.3f}' % interval
         doc: dict[str, object] = {"plan": None, "release": None, "poll_interval": interval}
         if offer is not None:
-            config = await self._config(device, offer)
+            config = await self._config(device, request, offer)
             if config is not _NO_CONFIG:
                 log.info(
                     "device %s: offered %s %s",
@@ -115,13 +115,15 @@ class Checkins:
             doc["runtime"] = runtime.model_dump(mode="json")
         return orjson.dumps(doc)
 
-    async def _config(self, device: str, offer: Offer) -> object:
+    async def _config(self, device: str, request: CheckinRequest, offer: Offer) -> object:
         """The offer's config bundle as JSON data, None when it has none, or ``_NO_CONFIG``
         when the plan needs one that cannot be given (the device then gets no plan)."""
         digest = offer.plan.config_digest
         if digest is None or offer.plan.desired is None:
             return None
-        if self.configs is None:
+        if self.configs is None or FEATURE_CONFIG not in request.features:
+            # an older runtime cannot install config (nor parse "reconfigure")
+            log.warning("device %s: its runtime cannot install managed config", device)
             return _NO_CONFIG
         bundle = await asyncio.to_thread(self.configs.bundle, device, offer.plan.desired, digest)
         return _NO_CONFIG if bundle is None else bundle.model_dump(mode="json")
