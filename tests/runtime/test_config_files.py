@@ -125,6 +125,9 @@ def test_reconfigure_swaps_every_file_and_restarts_the_agent(device: Sandbox) ->
     assert device.state_json()["installed"] == "3.0.1"
     assert device.agent_pid() != before
     device.wait_heartbeat("3.0.1")
+    status = device.cli("status", "--json")
+    assert json.loads(status.stdout)["config_digest"] == B.digest
+    assert f"config:      {B.digest}" in device.cli("status").stdout
 
 
 @pytest.mark.parametrize(
