@@ -175,3 +175,29 @@ def test_a_bundle_whose_digest_lies_is_refused_before_anything_changes(device: S
     assert "result: failed" in run.stdout, run.stdout + run.stderr
     assert "does not match" in run.stdout
     assert _snapshot(device) == before
+
+
+def test_an_update_installs_its_config_in_the_same_transaction(tmp_path: Path) -> None:
+    """3.0.0 without config -> 3.0.1 with config A: one transaction, files and config together;
+    a failing confirm takes both back (3.0.0 runs again, no config file left)."""
+    sb = Sandbox(base=tmp_path)
+    try:
+        sb.publish("3.0.0")
+        sb.publish("3.0.1")
+        sb.write_plan("3.0.0")
+        assert sb.runtime().converge_once(FilePlanSource(sb.plan_path, DEVICE)).result.value == (
+            "committed"
+        )
+        sb.write_plan("3.0.1", "3.0.0")
+        failed = _converge(sb, A, "before:CONFIRM=fail")
+        assert "result: rolled_back" in failed.stdout, failed.stdout + failed.stderr
+        assert _snapshot(sb) == {} and sb.state_json()["installed"] == "3.0.0"
+        assert sb.state_json()["config_digest"] is None
+        run = _converge(sb, A, None)
+        assert "result: committed" in run.stdout, run.stdout + run.stderr
+        assert sb.state_json()["installed"] == "3.0.1"
+        assert sb.state_json()["config_digest"] == A.digest
+        assert sorted(_snapshot(sb)) == ["agent.json", "extra.conf", "flags.json"]
+        sb.wait_heartbeat("3.0.1")
+    finally:
+        sb.stop_agent()
