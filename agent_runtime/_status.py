@@ -45,6 +45,7 @@ def status_document(
         "known_good": None if state.known_good is None else str(state.known_good),
         "previous": None if state.previous is None else str(state.previous),
         "adopted_from": state.adopted_from,
+        "config_digest": state.config_digest,
         "highest_serial": state.highest_serial,
         "desired": None if state.desired is None else str(state.desired),
         "attempts": dict(state.attempts),

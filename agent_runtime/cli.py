@@ -147,6 +147,7 @@ def _status(args: argparse.Namespace, config: DeviceConfig) -> int:
         ("installed", status["installed"] or "nothing"),
         ("known-good", status["known_good"] or "none"),
         ("previous", status["previous"] or "none"),
+        ("config", status["config_digest"] or "not managed"),
         ("agent", "running" if status["agent_running"] else "not running"),
         ("journal", journal),
         ("last result", f"{status['last_result'] or 'none'} {status['last_detail']}".strip()),

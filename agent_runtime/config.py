@@ -225,6 +225,11 @@ class DeviceConfig(_Strict):
     pointer: Literal["auto", "symlink", "file"] = Field(
         default="auto", description="versioned layout: how `current` is kept (auto: OS default)"
     )
+    config_dir: Path | None = Field(
+        default=None,
+        description="where managed config files and flags.json go (default <state_dir>/"
+        "agent-config); the agent finds it in $AGENT_CONFIG_DIR",
+    )
     rename_aside: bool | None = Field(
         default=None,
         description="in-place layout: rename a running file to <name>.old before replacing it "
@@ -255,6 +260,11 @@ class DeviceConfig(_Strict):
                 "distinct root key(s) listed"
             )
         return self
+
+    @property
+    def agent_config_dir(self) -> Path:
+        """Where the managed config files and flags.json of the agent live."""
+        return self.config_dir if self.config_dir is not None else self.state_dir / "agent-config"
 
     @property
     def staging_dir(self) -> Path:

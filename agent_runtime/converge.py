@@ -38,8 +38,9 @@ from agent_runtime.releases import SignedReleases
 from agent_runtime.state import Adoption, DeviceState, Result, StateStore
 from agent_runtime.transaction import Effects, Executor, Outcome
 from agent_runtime.trust import check_release
-from agent_runtime.txcontext import TxContext, TxSpec, new_txid, previous_release
+from agent_runtime.txcontext import RECONFIGURE, TxContext, TxSpec, new_txid, previous_release
 from fleetbase.version import Version
+from states.config_bundle import ConfigBundle
 from states.keyring import KeyRing
 from states.manifest import ReleaseManifest
 
@@ -272,6 +273,13 @@ class Runtime:
         self.states.save(state)
         if target != state.installed or self.keystore.wants_refresh(self.clock.now()):
             self.releases.refresh_keys(desired, self.out)
+        config = desired.config
+        if (
+            config is not None
+            and state.installed == target
+            and config.digest != state.config_digest
+        ):
+            return self._reconfigure(state, desired, config)
         if state.installed == target:
             res = self._check_installed(state, desired)
             if res is not None:
@@ -403,7 +411,62 @@ class Runtime:
         origin = self.keys.origin
         self.out(f"release {target} (serial {manifest.serial}) verified with {origin}")
         sources = {e.path: file_location(ref, e, desired.base) for e in files.files}
-        return self._run(state, "update", target, (manifest, m, s), sources)
+        return self._run(state, "update", target, (manifest, m, s), sources, config=desired.config)
+
+    def _reconfigure(
+        self, state: DeviceState, desired: DesiredRelease, config: ConfigBundle
+    ) -> ConvergeResult:
+        """Install only new config files and flags for the installed release (``reconfigure``)."""
+        target = state.installed
+        assert target is not None
+        key = f"{target}+{config.digest}"
+        tried = state.attempts.get(key, 0)
+        if tried >= self.config.max_attempts:
+            return ConvergeResult(
+                Result.FAILED,
+                f"config {config.digest} of {target} failed {tried} times (max_attempts "
+                f"{self.config.max_attempts}): not retried until the desired config changes",
+            )
+        kept = self.states.kept_manifest(target)
+        manifest = self.releases.kept(target)
+        if kept is None or manifest is None:
+            try:
+                manifest, m, s = self.releases.plan_manifest(desired)
+            except (ManifestError, DownloadError, PlanError) as e:
+                return ConvergeResult(Result.FAILED, f"cannot verify the installed {target}: {e}")
+        else:
+            m, s = kept
+        files = manifest.platforms.get(self.config.platform)
+        if files is None:
+            return ConvergeResult(Result.FAILED, f"{target} has no files for this platform")
+        state.attempts[key] = tried + 1
+        self.states.save(state)
+        txid = new_txid(self.clock.now())
+        ctx = TxContext(
+            spec=TxSpec(
+                txid=txid,
+                kind=RECONFIGURE,
+                target=target,
+                previous=target,
+                sources={},
+                config_managed=list(state.config_files),
+            ),
+            staging=self.config.staging_dir / txid,
+            manifest=manifest,
+            files=files,
+            manifest_bytes=m,
+            signature=s,
+            previous_files=files,
+            previous_health=manifest.health_check,
+            config=config,
+        )
+        self.out(
+            f"transaction {txid}: config {state.config_digest or 'none'} -> {config.digest} "
+            f"on {target} (attempt {tried + 1} of {self.config.max_attempts})"
+        )
+        outcome = self.executor.start(ctx)
+        self._apply(outcome, target)
+        return ConvergeResult(outcome.result, outcome.detail, outcome)
 
     def _run(
         self,
@@ -412,6 +475,8 @@ class Runtime:
         target: Version,
         signed: tuple[ReleaseManifest, bytes, bytes],
         sources: dict[str, str],
+        *,
+        config: ConfigBundle | None = None,
     ) -> ConvergeResult:
         manifest, manifest_bytes, signature = signed
         state.attempts[str(target)] = state.attempts.get(str(target), 0) + 1
@@ -423,7 +488,12 @@ class Runtime:
         )
         ctx = TxContext(
             spec=TxSpec(
-                txid=txid, kind=kind, target=target, previous=state.installed, sources=sources
+                txid=txid,
+                kind=kind,
+                target=target,
+                previous=state.installed,
+                sources=sources,
+                config_managed=list(state.config_files),
             ),
             staging=self.config.staging_dir / txid,
             manifest=manifest,
@@ -432,6 +502,7 @@ class Runtime:
             signature=signature,
             previous_files=prev_files,
             previous_health=prev_health,
+            config=config,
         )
         self.out(
             f"transaction {txid}: {state.installed or 'nothing'} -> {target} "

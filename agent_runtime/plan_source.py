@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from agent_runtime.errors import PlanError
 from agent_runtime.fetch import is_url
+from states.config_bundle import ConfigBundle
 from states.keyring import KEYS_DOCUMENT
 from states.manifest import FileEntry
 from states.plan import DevicePlan, Plan, ReleaseRef
@@ -39,6 +40,8 @@ class DesiredRelease:
     base: Path | None
     #: where the root-signed keys document and its signature are, when the source has one
     keys: tuple[str, str] | None = None
+    #: the managed config files and flags to install with the release (server check-ins)
+    config: ConfigBundle | None = None
 
 
 class PlanSource(Protocol):

@@ -75,6 +75,7 @@ from fleetbase.version import Version
 from states.keyring import KEYS_PATH
 from states.plan import ReleaseRef
 from states.protocol import (
+    FEATURE_CONFIG,
     AdoptionReport,
     CheckinRequest,
     CheckinResponse,
@@ -127,7 +128,7 @@ class ServerPlanSource:
         self.loop.authorize_fetches(release)
         client = self.loop.client
         keys = (client.absolute(KEYS_PATH), client.absolute(KEYS_PATH + "/signature"))
-        self.last = DesiredRelease(answer.plan, release, None, keys)
+        self.last = DesiredRelease(answer.plan, release, None, keys, answer.config)
         return self.last
 
     def _absolute(self, ref: ReleaseRef) -> ReleaseRef:
@@ -397,6 +398,8 @@ class PullLoop:
             transaction=self.transaction,
             performance=self.sampler.sample(),
             runtime_update=None if self.home is None else self.home.outcome(),
+            config_digest=state.config_digest,
+            features=[FEATURE_CONFIG],
             adoption=None
             if state.adoption is None
             else AdoptionReport(

@@ -83,6 +83,10 @@ class DeviceState(BaseModel):
     last_run: datetime | None = None
     #: path → stat + sha256 of the installed files, for the cheap no-op check
     file_cache: dict[str, CachedFile] = Field(default_factory=dict)
+    #: the digest of the managed config files and flags installed (states.config_bundle)
+    config_digest: str | None = None
+    #: the managed config files installed, relative to the config directory
+    config_files: list[str] = Field(default_factory=list)
 
 
 class StateStore:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_runtime import faults
+from agent_runtime import configfiles, faults
 from agent_runtime._fsutil import remove_tree, sha256_file
 from agent_runtime.config import DeviceConfig
 from agent_runtime.effects import Clock, FileFetcher, HealthProbe, RunSpec, ServiceManager
@@ -218,6 +218,13 @@ class Executor:
     # -- phase effects (each returns a detail line, raises on failure) -------------------
 
     def _download(self, record: JournalRecord, ctx: TxContext) -> str:
+        staged = "" if ctx.config is None else configfiles.stage(ctx.config, ctx.staging)
+        if ctx.reconfigure:
+            return f"{staged} config files staged"
+        note = f"; {staged} config files staged" if ctx.config is not None else ""
+        return self._download_files(ctx) + note
+
+    def _download_files(self, ctx: TxContext) -> str:
         before = self.fx.fetcher.bytes_transferred
         t0 = time.perf_counter()
         for entry in ctx.files.files:
@@ -235,6 +242,10 @@ class Executor:
         )
 
     def _verify(self, record: JournalRecord, ctx: TxContext) -> str:
+        if ctx.config is not None:
+            configfiles.verify(ctx.config, ctx.staging)
+        if ctx.reconfigure:
+            return f"config {ctx.config.digest if ctx.config else ''} verified"
         for entry in ctx.files.files:
             path = ctx.swap_plan.staged(entry)
             try:
@@ -253,16 +264,34 @@ class Executor:
         return f"{len(ctx.files.files)} files match the signed manifest"
 
     def _backup(self, record: JournalRecord, ctx: TxContext) -> str:
+        note = ""
+        if ctx.config is not None:
+            kept = configfiles.backup(
+                ctx.config, self.config.agent_config_dir, ctx.staging, ctx.spec.config_managed
+            )
+            note = f"{kept} config files kept restorable"
+        if ctx.reconfigure:
+            return note
         self.fx.layout.backup(ctx.swap_plan)
-        return f"{ctx.spec.previous or 'nothing'} kept restorable"
+        done = f"{ctx.spec.previous or 'nothing'} kept restorable"
+        return f"{done}; {note}" if note else done
 
     def _swap(self, record: JournalRecord, ctx: TxContext) -> str:
         def touch(path: str) -> None:
             record.swap_started.append(path)
             self.fx.journal.save(record, self.fx.clock.now())
 
-        self.fx.layout.swap(ctx.swap_plan, touch)
-        return f"{ctx.spec.previous or 'nothing'} -> {ctx.spec.target}"
+        note = ""
+        if not ctx.reconfigure:
+            self.fx.layout.swap(ctx.swap_plan, touch)
+            note = f"{ctx.spec.previous or 'nothing'} -> {ctx.spec.target}"
+        if ctx.config is not None:
+            count = configfiles.swap(
+                ctx.config, self.config.agent_config_dir, ctx.staging, ctx.spec.config_managed
+            )
+            config_note = f"{count} config files in place"
+            note = f"{note}; {config_note}" if note else config_note
+        return note
 
     def run_spec(self, version: Version, files: PlatformRelease | None) -> RunSpec:
         """How to run ``version`` once it is active."""
@@ -271,7 +300,7 @@ class Executor:
             cwd=self.fx.layout.active_dir(version),
             argv=list(argv),
             version=version,
-            env=dict(self.config.env),
+            env={"AGENT_CONFIG_DIR": str(self.config.agent_config_dir), **self.config.env},
         )
 
     def health_check(self, check: HealthCheck | None) -> HealthCheck:
@@ -301,6 +330,14 @@ class Executor:
         states = self.fx.states
         state = states.load()
         target = ctx.spec.target
+        if ctx.config is not None:
+            state.config_digest = ctx.config.digest
+            state.config_files = sorted(f.path for f in ctx.config.files)
+        if ctx.reconfigure:
+            state.last_result = Result.COMMITTED
+            state.last_detail = f"{target} reconfigured ({ctx.config.digest if ctx.config else ''})"
+            states.save(state)
+            return f"config {state.config_digest} recorded"
         states.keep_manifest(target, ctx.manifest_bytes, ctx.signature)
         if state.known_good is not None and state.known_good != target:
             state.previous = state.known_good
@@ -323,8 +360,15 @@ class Executor:
         return "staging removed; the running agent was not touched"
 
     def _rollback_swap(self, record: JournalRecord, ctx: TxContext) -> str:
+        note = ""
+        if ctx.config is not None:
+            restored = configfiles.restore(self.config.agent_config_dir, ctx.staging)
+            note = f"{restored} config files restored"
+        if ctx.reconfigure:
+            return note
         self.fx.layout.rollback(ctx.swap_plan, list(record.swap_started))
-        return f"files of {ctx.spec.previous or 'nothing'} restored"
+        done = f"files of {ctx.spec.previous or 'nothing'} restored"
+        return f"{done}; {note}" if note else done
 
     def _rollback_restart(self, record: JournalRecord, ctx: TxContext) -> str:
         previous = ctx.spec.previous
@@ -346,7 +390,8 @@ class Executor:
         result = probe.wait_healthy(check, previous, since, self.fx.clock)
         if not result.healthy:
             raise _UnhealthyError(f"known-good {previous}: {result.detail}")
-        self.fx.layout.discard(ctx.swap_plan)
+        if not ctx.reconfigure:
+            self.fx.layout.discard(ctx.swap_plan)
         return result.detail
 
 

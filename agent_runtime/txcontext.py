@@ -17,18 +17,30 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_runtime._fsutil import atomic_write_bytes
 from agent_runtime.config import DeviceConfig
+from agent_runtime.configfiles import load_bundle, save_bundle
 from agent_runtime.errors import JournalError
 from agent_runtime.layouts.base import SwapPlan
 from agent_runtime.releases import kept_release
 from agent_runtime.state import StateStore
 from agent_runtime.trust import parse_signed
 from fleetbase.version import Version
+from states.config_bundle import ConfigBundle
 from states.keyring import KeyRing
 from states.manifest import HealthCheck, PlatformRelease, ReleaseManifest
 
-__all__ = ["MANIFEST_NAME", "SPEC_NAME", "TxContext", "TxSpec", "new_txid", "previous_release"]
+__all__ = [
+    "MANIFEST_NAME",
+    "RECONFIGURE",
+    "SPEC_NAME",
+    "TxContext",
+    "TxSpec",
+    "new_txid",
+    "previous_release",
+]
 
 MANIFEST_NAME = "manifest.yaml"
+#: The kind of a transaction that changes only the config files.
+RECONFIGURE = "reconfigure"
 SPEC_NAME = "tx.json"
 
 
@@ -42,7 +54,8 @@ class TxSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     txid: str
-    kind: str = "update"  # "update" (from the plan's release) | "restore" (from a local copy)
+    #: "update" (from the plan's release) | "restore" (from a local copy) | "reconfigure"
+    kind: str = "update"
     target: Version
     previous: Version | None
     #: file path → where to fetch it (URL or local path)
@@ -51,6 +64,8 @@ class TxSpec(BaseModel):
     since: datetime | None = None
     rollback_since: datetime | None = None
     extra: dict[str, str] = Field(default_factory=dict)
+    #: config files the runtime managed before this transaction (removed when dropped)
+    config_managed: list[str] = Field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +80,13 @@ class TxContext:
     signature: bytes
     previous_files: PlatformRelease | None
     previous_health: HealthCheck | None
+    #: the config files and flags installed with the release (None: left as they are)
+    config: ConfigBundle | None = None
+
+    @property
+    def reconfigure(self) -> bool:
+        """True when only the config files change (the agent's files stay)."""
+        return self.spec.kind == RECONFIGURE
 
     @property
     def swap_plan(self) -> SwapPlan:
@@ -87,6 +109,8 @@ class TxContext:
         self.staging.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.staging / (MANIFEST_NAME + ".sig"), self.signature)
         atomic_write_bytes(self.staging / MANIFEST_NAME, self.manifest_bytes)
+        if self.config is not None:
+            save_bundle(self.config, self.staging)
         self.save_spec()
 
     @classmethod
@@ -105,8 +129,20 @@ class TxContext:
         if files is None:
             raise JournalError(f"{staging}: manifest has no files for {config.platform}")
         prev_files, prev_health = previous_release(spec.previous, keys, config, states)
+        try:
+            bundle = load_bundle(staging)
+        except (OSError, ValueError) as e:
+            raise JournalError(f"{staging}: config bundle unreadable: {e}") from e
         return cls(
-            spec, staging, manifest, files, manifest_bytes, signature, prev_files, prev_health
+            spec,
+            staging,
+            manifest,
+            files,
+            manifest_bytes,
+            signature,
+            prev_files,
+            prev_health,
+            bundle,
         )
 
 

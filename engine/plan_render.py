@@ -18,6 +18,7 @@ SYMBOLS: Mapping[Action, str] = {
     Action.INSTALL: "+",
     Action.ADOPT: "@",
     Action.ROLLBACK: "<",
+    Action.RECONFIGURE: "*",
     Action.BLOCKED: "!",
     Action.PINNED: "=",
     Action.NOOP: " ",
@@ -28,6 +29,7 @@ _COLOURS: Mapping[Action, str] = {
     Action.INSTALL: "32",  # green
     Action.ADOPT: "34",  # blue
     Action.ROLLBACK: "35",  # magenta
+    Action.RECONFIGURE: "33",  # yellow, like an update
     Action.BLOCKED: "31",  # red
     Action.PINNED: "36",  # cyan
     Action.NOOP: "2",  # dim
@@ -39,6 +41,7 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     ("install", "to install"),
     ("adopt", "to adopt"),
     ("rollback", "to roll back"),
+    ("reconfigure", "to reconfigure"),
     ("noop", "unchanged"),
     ("pinned", "pinned"),
     ("blocked", "blocked"),
@@ -52,9 +55,10 @@ _ORDER = {
     Action.UPDATE: 1,
     Action.INSTALL: 2,
     Action.ADOPT: 3,
-    Action.BLOCKED: 4,
-    Action.PINNED: 5,
-    Action.NOOP: 6,
+    Action.RECONFIGURE: 4,
+    Action.BLOCKED: 5,
+    Action.PINNED: 6,
+    Action.NOOP: 7,
 }
 
 
@@ -83,7 +87,8 @@ def summary_line(plan: Plan) -> str:
         f"{counts.get(key, 0)} {words}"
         + (f" ({waiting} waiting for their runtime)" if key == "blocked" and waiting else "")
         for key, words in _PHRASES
-        if key != "adopt" or counts.get(key, 0)  # shown only where there are field installs
+        # adopt only where there are field installs, reconfigure where config is managed
+        if key not in ("adopt", "reconfigure") or counts.get(key, 0)
     ]
     return f"Plan: {', '.join(parts)}; {counts.get('unmanaged', 0)} unmanaged."
 
@@ -114,6 +119,13 @@ def _device_line(d: DevicePlan, width: int, style: _Style) -> str:
     action = style.paint(f"{d.action.value:<8}", _COLOURS[d.action])
     wave = f"  [wave {d.wave}]" if d.wave is not None and d.action is not Action.BLOCKED else ""
     return f"    {symbol} {d.device:<{width}}  {action} {d.reason}{wave}"
+
+
+def _diff_lines(d: DevicePlan) -> list[str]:
+    """The device's config diff (``engine plan --diff``), indented under its line."""
+    if not d.config_diff:
+        return []
+    return [f"        {line}" for text in d.config_diff.values() for line in text.splitlines()]
 
 
 #: Actions by identity: ``Enum.__hash__`` is Python code, and this runs for every device.
@@ -169,7 +181,9 @@ def _device_lines(devices: list[DevicePlan], verbose: bool, style: _Style, limit
     width = max((len(d.device) for shown, _ in sections for d in shown), default=0)
     lines: list[str] = []
     for shown, more in sections:
-        lines.extend(_device_line(d, width, style) for d in shown)
+        for d in shown:
+            lines.append(_device_line(d, width, style))
+            lines.extend(_diff_lines(d))
         if more:
             lines.append(f"    ... {more} more; --verbose lists every device")
     if unchanged and not verbose:

@@ -8,8 +8,9 @@ one to assign waves per rollout, one to build the result.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import compress
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from engine._plan_decide import Decider, ReleaseView
 from engine._plan_runtime import plan_runtimes
+from engine.reconfigure import reconfigure_outcome, reconfigure_steps
 from engine.requires import RequirementsCheck
 from engine.steps import describe_steps, format_size
 from engine.waves import wave_indices
@@ -44,8 +46,10 @@ from states.report import Report
 
 __all__ = [
     "PINNED_ROLLOUT_GROUP",
+    "ConfigDigests",
     "ReleaseView",
     "RepoView",
+    "config_label",
     "format_size",
     "plan_fleet",
     "rollout_id",
@@ -93,9 +97,25 @@ def _device_plan(values: dict[str, Any]) -> DevicePlan:
     return plan
 
 
-def rollout_id(group: str, release: Version) -> str:
-    """The stable id of a group moving to a release, e.g. ``linux-prod@3.0.1``."""
-    return f"{group}@{release}"
+def rollout_id(group: str, release: Version, config: str | None = None) -> str:
+    """The stable id of a group moving to a release, e.g. ``linux-prod@3.0.1``.
+
+    With managed config, ``config`` (``config_label``) names its desired digests:
+    ``linux-prod@3.0.1+cfg1a2b3c4d``, so a config-only change is a rollout of its own.
+    """
+    return f"{group}@{release}" if config is None else f"{group}@{release}+{config}"
+
+
+def config_label(digests: Iterable[str | None]) -> str | None:
+    """``cfg`` and 8 hex digits naming a set of config digests; None when there is none."""
+    distinct = sorted({d for d in digests if d is not None})
+    if not distinct:
+        return None
+    return "cfg" + hashlib.sha256("\n".join(distinct).encode()).hexdigest()[:8]
+
+
+#: The config digest a device should run under a release (None: the release manages none).
+ConfigDigests = Callable[[str, Version], str | None]
 
 
 class _Steps:
@@ -222,6 +242,7 @@ def plan_fleet(
     inventory_ref: InventoryRef | None = None,
     state_ref: StateRef | None = None,
     runtime_releases: Collection[Version] | None = None,
+    configs: ConfigDigests | None = None,
 ) -> Plan:
     """Compute the plan of every managed device: action, reason, wave, rollout and steps.
 
@@ -233,6 +254,9 @@ def plan_fleet(
     and a state reference counting ``reports``). Groups with ``runtime:`` add runtime
     rollouts and ``Plan.runtime_devices`` (``engine._plan_runtime``); ``runtime_releases``
     are the runtime releases there are (None: not checked).
+    and a state reference counting ``reports``). ``configs`` gives each device's
+    desired config digest: a device on its release that reports another digest
+    is planned ``reconfigure``.
     """
     inventory = repo.inventory
     groups = inventory.groups
@@ -288,6 +312,13 @@ def plan_fleet(
                 action, reason, is_changing = Action.BLOCKED, unmet.reason(str(desired)), False
                 awaits_runtime = unmet.awaits_runtime
         current = report.agent_version if report is not None else None
+        digest = configs(device_id, desired) if configs is not None else None
+        if digest is not None and action is Action.NOOP:
+            assert report is not None  # NOOP needs a report
+            if report.config_digest != digest:
+                action, reason, is_changing = reconfigure_outcome(
+                    report.config_digest, digest, desired, why
+                )
         record: dict[str, Any] = {
             "device": device_id,
             "group": group_name,
@@ -298,10 +329,18 @@ def plan_fleet(
             "reason": reason,
             "wave": None,
             "rollout": None,
-            "steps": steps.steps(desired, device.platform, current) if is_changing else [],
+            "steps": (
+                reconfigure_steps(desired)
+                if action is Action.RECONFIGURE
+                else steps.steps(desired, device.platform, current)
+                if is_changing
+                else []
+            ),
             "channel": channel,
             "awaits_runtime": awaits_runtime,
             "component": AGENT,
+            "config_digest": digest,
+            "config_diff": None,
         }
         records.append((record, is_changing))
         if action is not _PINNED:
@@ -318,7 +357,7 @@ def plan_fleet(
     for label, release, bucket in sorted(buckets, key=lambda b: (b[0], b[1])):
         group = groups.get(label)
         policy = group.rollout if group is not None else _DEFAULT_POLICY
-        rid = rollout_id(label, release)
+        rid = rollout_id(label, release, config_label(r["config_digest"] for r in bucket.records))
         indices = wave_indices(label, bucket.devices, bucket.changing, policy.waves)
         for record, index in zip(bucket.records, indices, strict=True):
             record["wave"] = index

@@ -25,7 +25,9 @@ from inventory._checks import check_after, check_references, conflict_problems, 
 from inventory._rollout_checks import check_gate_groups, check_platforms, empty_group_warnings
 from inventory.catalog import LoadedRelease, load_release_catalog
 from inventory.channels import Channels, Resolution, load_channels
+from inventory.config_templates import config_templates
 from inventory.errors import InventoryError, Problem
+from inventory.flags import check_flags
 from inventory.membership import Assignment, assign_groups
 from inventory.models import EngineSettings, Inventory, InventoryFile
 from inventory.runtime_catalog import check_runtime_releases
@@ -163,6 +165,7 @@ def _load(root: Path) -> OperatorRepo:
         groups, origin, channels, catalog.releases, problems, channels_valid=len(problems) == before
     )
 
+    sources.extend(config_templates(root, catalog.releases, problems))
     inventory = Inventory.model_construct(devices=devices, groups=groups)
     # A file that failed to load must not cause follow-on errors ("not a device",
     # "no such release") about what it would have defined.
@@ -182,6 +185,7 @@ def _load(root: Path) -> OperatorRepo:
     if failed_files == 0 and not problems:  # no follow-on errors of other mistakes
         check_gate_groups(inventory, origin, assignment, problems)
         check_platforms(inventory, origin, catalog.releases, assignment, problems)
+        check_flags(inventory, origin, catalog.releases, assignment, problems)
         warnings = empty_group_warnings(inventory, origin, assignment)
     if problems:
         raise InventoryError(problems)

@@ -23,6 +23,7 @@ from pydantic import (
 from fleetbase.duration import Duration
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.config_bundle import FlagValue
 from states.nats import (
     DEFAULT_HEARTBEAT_SUBJECT,
     DEFAULT_NUDGE_SUBJECT,
@@ -155,6 +156,13 @@ class Device(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     pin: Version | None = None
     ssh: SshSettings | None = None
+    vars: dict[str, Any] = Field(
+        default_factory=dict,
+        description="template variables of the device's config files (override the group's)",
+    )
+    flags: dict[str, FlagValue] = Field(
+        default_factory=dict, description="feature flags (override the group's)"
+    )
 
 
 #: What a release channel's name looks like: lower-case letters, digits, '.', '_' and '-'.
@@ -394,6 +402,12 @@ class Group(_Strict):
     ssh: SshSettings | None = Field(
         default=None, description="SSH settings of the group's devices (a device's own win)"
     )
+    vars: dict[str, Any] = Field(
+        default_factory=dict, description="template variables of the members' config files"
+    )
+    flags: dict[str, FlagValue] = Field(
+        default_factory=dict, description="feature flags of the members (a device's own win)"
+    )
 
 
 class Inventory(_Strict):
@@ -525,6 +539,12 @@ class EngineSettings(_Strict):
     nats: EngineNatsSettings | None = Field(
         default=None,
         description="engine serve: NATS for nudges and agents' heartbeats (off when absent)",
+    )
+    secrets_file: str | None = Field(
+        default=None,
+        description="YAML file of the secret values config templates read ({{ secrets.NAME }}); "
+        "relative to the operator repo, readable by its owner only (0600), kept out of git; "
+        "$ENGINE_SECRETS_FILE overrides it",
     )
 
 

@@ -23,11 +23,15 @@ from fleetbase.version import Version
 from states.requires import Requirements
 
 __all__ = [
+    "ConfigFileSpec",
     "FileEntry",
+    "FlagSpec",
+    "FlagType",
     "HealthCheck",
     "HealthCheckKind",
     "PlatformRelease",
     "ReleaseManifest",
+    "flag_type_problem",
     "path_key",
     "validate_relative_path",
 ]
@@ -92,6 +96,19 @@ def validate_relative_path(path: str) -> str:
     return path
 
 
+def _octal_mode(value: Any) -> Any:
+    """A mode written as octal text ('0755') as its number; refuses bits beyond 0777."""
+    if isinstance(value, str):
+        try:
+            value = int(value, 8)
+        except ValueError as e:
+            raise ValueError(f"mode {value!r} is not octal (e.g. '0755')") from e
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 0o777:
+        special = "setuid, setgid or sticky bits" if 0 <= value <= 0o7777 else "bits"
+        raise ValueError(f"mode {value:o} has {special}: allowed are permission bits 0000 to 0777")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -120,17 +137,7 @@ class FileEntry(_Strict):
     @field_validator("mode", mode="before")
     @classmethod
     def _mode_octal(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = int(value, 8)
-            except ValueError as e:
-                raise ValueError(f"mode {value!r} is not octal (e.g. '0755')") from e
-        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 0o777:
-            special = "setuid, setgid or sticky bits" if 0 <= value <= 0o7777 else "bits"
-            raise ValueError(
-                f"mode {value:o} has {special}: allowed are permission bits 0000 to 0777"
-            )
-        return value
+        return _octal_mode(value)
 
     @field_validator("source")
     @classmethod
@@ -210,6 +217,78 @@ class PlatformRelease(_Strict):
         return sum(f.size for f in self.files)
 
 
+class ConfigFileSpec(_Strict):
+    """A config file the release's agent reads: rendered per device from a template."""
+
+    path: str = Field(description="where the file goes, relative to the agent's config directory")
+    template: str = Field(description="Jinja2 template, relative to the operator repo")
+    mode: int = Field(default=0o640, description="POSIX permission bits, e.g. 0640 or '0640'")
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="names the template reads from the secrets source ({{ secrets.NAME }})",
+    )
+
+    @field_validator("path", "template")
+    @classmethod
+    def _relative(cls, path: str) -> str:
+        return validate_relative_path(path)
+
+    @field_validator("path")
+    @classmethod
+    def _not_flags(cls, path: str) -> str:
+        if path == "flags.json":
+            raise ValueError("flags.json is written by the runtime from the flags")
+        return path
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_octal(cls, value: Any) -> Any:
+        return _octal_mode(value)
+
+
+class FlagType(StrEnum):
+    """The type of a feature flag's value."""
+
+    BOOL = "bool"
+    INT = "int"
+    FLOAT = "float"
+    STRING = "string"
+
+
+class FlagSpec(_Strict):
+    """A feature flag the release's agent understands: its type, default, and first version."""
+
+    type: FlagType
+    default: bool | int | float | str
+    since: Version | None = Field(
+        default=None, description="the first agent version that knows the flag"
+    )
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _default_has_type(self) -> FlagSpec:
+        problem = flag_type_problem(self.type, self.default)
+        if problem is not None:
+            raise ValueError(f"default {problem}")
+        return self
+
+
+def flag_type_problem(kind: FlagType, value: object) -> str | None:
+    """Why ``value`` is not of flag type ``kind`` (said after "value "), or None."""
+    ok = {
+        FlagType.BOOL: isinstance(value, bool),
+        FlagType.INT: isinstance(value, int) and not isinstance(value, bool),
+        FlagType.FLOAT: isinstance(value, int | float) and not isinstance(value, bool),
+        FlagType.STRING: isinstance(value, str),
+    }[kind]
+    if ok:
+        return None
+    names = {bool: "a bool", int: "an int", float: "a float", str: "a string"}
+    found = names.get(type(value), f"a {type(value).__name__}")
+    wanted = {"bool": "a bool", "int": "an int", "float": "a float", "string": "a string"}
+    return f"{value!r} is {found}, the flag is {wanted[kind.value]}"
+
+
 class ReleaseManifest(_Strict):
     """releases/<version>.yaml: version, serial, expiry, files per platform, health, rollback."""
 
@@ -227,6 +306,22 @@ class ReleaseManifest(_Strict):
     requires: Requirements | None = Field(
         default=None, description="what a device needs before it gets this release"
     )
+    config: list[ConfigFileSpec] = Field(
+        default_factory=list, description="config files rendered per device (engine side)"
+    )
+    flags: dict[str, FlagSpec] = Field(
+        default_factory=dict, description="the feature flags this release's agent knows"
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _config_paths_unique(cls, value: list[ConfigFileSpec]) -> list[ConfigFileSpec]:
+        seen: set[str] = set()
+        for spec in value:
+            if path_key(spec.path) in seen:
+                raise ValueError(f"config file {spec.path!r} is listed twice")
+            seen.add(path_key(spec.path))
+        return value
 
     @field_validator("expires")
     @classmethod

@@ -54,10 +54,13 @@ class Action(StrEnum):
     ADOPT = "adopt"  # the desired release's files are in place, but no runtime manages them yet
     PINNED = "pinned"  # held on its pin although a group wants another release
     BLOCKED = "blocked"  # a change is wanted but cannot happen; see reason
+    RECONFIGURE = "reconfigure"  # on the desired release, but its config files or flags differ
 
 
 #: Actions that make a device run a transaction.
-CHANGING_ACTIONS = frozenset({Action.UPDATE, Action.ROLLBACK, Action.INSTALL, Action.ADOPT})
+CHANGING_ACTIONS = frozenset(
+    {Action.UPDATE, Action.ROLLBACK, Action.INSTALL, Action.ADOPT, Action.RECONFIGURE}
+)
 
 
 class StepName(StrEnum):
@@ -122,6 +125,11 @@ class DevicePlan(_Wire):
     awaits_runtime: str | None = None
     #: "agent", or "runtime" for a runtime release (``Plan.runtime_devices``)
     component: str = AGENT
+    #: the digest of the config files and flags the device should run (None: the
+    #: release manages none); see states.config_bundle
+    config_digest: str | None = None
+    #: the config files' changes, unified diff per file with secrets masked (plan --diff)
+    config_diff: dict[str, str] | None = None
 
 
 class WavePlan(_Wire):

@@ -22,11 +22,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.config_bundle import ConfigBundle
 from states.plan import DevicePlan, ReleaseRef, StepName
 from states.requires import MAX_COMPONENTS, ComponentName, FactVersion
 
 __all__ = [
     "API_PREFIX",
+    "FEATURE_CONFIG",
     "MAX_INT32",
     "AdoptionReport",
     "CheckinRequest",
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 API_PREFIX = "/v1"
+#: ``CheckinRequest.features`` of a runtime that installs managed config files and flags.
+FEATURE_CONFIG = "config"
 
 DeviceId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
 
@@ -190,6 +194,13 @@ class CheckinRequest(_Wire):
         default=None, max_length=MAX_COMPONENTS
     )
     runtime_update: RuntimeUpdateReport | None = None
+    #: the digest of the managed config files and flags the device runs (states.config_bundle)
+    config_digest: str | None = Field(default=None, max_length=80)
+    #: what this runtime can do beyond the base protocol, e.g. ``config`` (it installs
+    #: ``CheckinResponse.config``); absent from older runtimes
+    features: list[Annotated[str, Field(max_length=50)]] = Field(
+        default_factory=list, max_length=20
+    )
 
 
 class CheckinResponse(_Wire):
@@ -203,6 +214,8 @@ class CheckinResponse(_Wire):
     release: ReleaseRef | None = None
     poll_interval: float = Field(description="seconds until the next check-in, jitter applied")
     runtime: RuntimeOffer | None = None
+    #: the config files and flags the plan installs (absent: the release manages none)
+    config: ConfigBundle | None = None
 
 
 class StepEvent(_Wire):

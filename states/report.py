@@ -36,6 +36,9 @@ class Report(BaseModel):
     python_version: str | None = Field(default=None, max_length=100)
     os_version: str | None = Field(default=None, max_length=100)
     components: dict[str, str] | None = None
+    config_digest: str | None = Field(
+        default=None, description="digest of the managed config files and flags it runs"
+    )
 
     @field_validator("last_seen")
     @classmethod

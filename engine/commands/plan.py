@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="exit 0 when nothing changes, 2 when devices change, 1 on error",
     )
+    p.add_argument(
+        "--diff",
+        action="store_true",
+        help="show each device's config file changes (unified diff, secrets masked)",
+    )
     p.add_argument("--group", metavar="G", help="only the devices of group G")
     p.add_argument("--device", metavar="D", help="only device D")
     add_state_option(p)
@@ -79,7 +84,13 @@ def _run(args: argparse.Namespace) -> int:
         return _error(f"{root} is not a directory (give the operator repo with -C DIR)")
     try:
         with spinner(f"planning {root} …", enabled=not args.json):
-            plan = plan_repo(root.resolve(), state=args.state, group=args.group, device=args.device)
+            plan = plan_repo(
+                root.resolve(),
+                state=args.state,
+                group=args.group,
+                device=args.device,
+                diff=args.diff,
+            )
     except InventoryError as e:
         print(f"engine plan: the operator repo {root} has problems:", file=sys.stderr)
         print(e.render(), file=sys.stderr)

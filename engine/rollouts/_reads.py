@@ -144,6 +144,8 @@ def devices_to_judge(conn: Connection, rollout_id: int) -> list[JudgedDevice]:
             reports.c.last_result,
             reports.c.last_seen,
             reports.c.agent_running,
+            reports.c.config_digest.label("reported_config"),
+            rd.c.config_digest.label("target_config"),
             heartbeats.c.version.label("hb_version"),
             heartbeats.c.received_at.label("hb_at"),
         )
@@ -172,6 +174,8 @@ def devices_to_judge(conn: Connection, rollout_id: int) -> list[JudgedDevice]:
                 agent_running=row.agent_running,
                 heartbeat_version=row.hb_version,
                 heartbeat_at=row.hb_at,
+                config_digest=row.reported_config,
+                target_config=row.target_config,
             ),
         )
         for row in rows
@@ -262,7 +266,9 @@ def offer_candidates(
     and devices waiting for their runtime (``requires_runtime``) until the runtime
     version they report meets it (engine.requires). Only a runtime's report gives a
     version here: a report from elsewhere (no runtime version, e.g. imported from the
-    field) waits for the runtime to adopt the files and report its first result.
+    field) waits for the runtime to adopt the files and report its first result. A
+    device whose config digest differs from the one its row wants gives no version
+    either: it must be offered.
     With ``runtime`` the version is the reported runtime version (a runtime rollout).
     """
     rd = rollout_devices
@@ -274,6 +280,8 @@ def offer_candidates(
             rd.c.wave,
             rd.c.position,
             rd.c.requires_runtime,
+            reports.c.config_digest.label("reported"),
+            rd.c.config_digest.label("want"),
         )
         .select_from(rd.join(reports, reports.c.device == rd.c.device))
         .where(
@@ -297,7 +305,15 @@ def offer_candidates(
         rows = sorted([*rows, *met], key=lambda r: (r.wave, r.position))[:limit]
     if runtime:
         return [(str(r.device), r.runtime_version) for r in rows]
-    return [(str(r.device), None if r.runtime_version is None else r.agent_version) for r in rows]
+    return [
+        (
+            str(r.device),
+            r.agent_version
+            if r.runtime_version is not None and (r.want is None or r.reported == r.want)
+            else None,
+        )
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, select
 
+from engine.reconfigure import reconfigure_steps
 from engine.rollouts.model import DeviceState, RolloutState
 from engine.rollouts.policy import FAILURE_RESULTS
 from engine.rollouts.runtime_offers import decide_runtime_offer, split_rows
@@ -171,7 +172,23 @@ def _steps(info: _ReleaseInfo, platform: str, current: Version | None) -> list[S
 def _action(current: Version | None, desired: Version) -> Action:
     if current is None:
         return Action.INSTALL
+    if current == desired:
+        return Action.RECONFIGURE  # only the config differs (see _arrived)
     return Action.UPDATE if current < desired else Action.ROLLBACK
+
+
+def _arrived(row: _OfferRow, report: Report, desired: Version) -> bool:
+    """True when the device runs the release and, if the rollout manages config, its digest."""
+    current = report.agent_version
+    if current is None or current != desired:
+        return False
+    return row.config_digest is None or report.config_digest == row.config_digest
+
+
+def _why(row: _OfferRow, current: Version | None, desired: Version) -> str:
+    if current is not None and current == desired:
+        return f"config of {desired} (rollout {row.name}, wave {row.wave})"
+    return f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
 
 
 def _plan(
@@ -193,7 +210,12 @@ def _plan(
         reason=reason,
         wave=row.wave,
         rollout=row.name,
-        steps=_steps(info, row.platform, current),
+        steps=reconfigure_steps(info.ref.version)
+        if action is Action.RECONFIGURE
+        else _steps(info, row.platform, current),
+        # a rollback plan (to the release it came from) leaves the config as it is
+        config_digest=row.config_digest if str(info.ref.version) == row.release else None,
+        config_diff=None,
     )
 
 
@@ -212,6 +234,7 @@ class _OfferRow(NamedTuple):
     priority: int
     maintenance_window: str | None
     component: str
+    config_digest: str | None
 
 
 _STATES = ", ".join(f"'{s}'" for s in _WANTED)
@@ -249,7 +272,7 @@ class _Sql:
         columns = (
             "SELECT rd.rollout_id, rd.state, rd.wave, rd.rollback_to, rd.platform, "
             "rd.started_at, r.name, r.group_name, r.release, r.release_sha256, r.state, "
-            "r.priority, r.maintenance_window, r.component"
+            "r.priority, r.maintenance_window, r.component, rd.config_digest"
         )
         where = f"AND rd.state IN ({_STATES}) AND r.state IN ({_ROLLOUT_STATES})"
         joined = "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id"
@@ -435,7 +458,7 @@ def _decide_agent(
         if info is None:
             return _NOTHING
         desired = info.ref.version
-        if current is not None and current == desired:
+        if _arrived(row, report, desired):
             return _NOTHING  # already there: the controller marks it succeeded
         stamp = sql.stamp(now)
         take = Take(
@@ -443,7 +466,7 @@ def _decide_agent(
             (stamp, None if current is None else str(current), stamp, row.rollout_id, device),
         )
         action = _action(current, desired)
-        reason = f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
+        reason = _why(row, current, desired)
         plan = _plan(device, row=row, info=info, current=current, action=action, reason=reason)
         return Decision(Offer(plan, info.ref), take)
     if state == DeviceState.IN_PROGRESS.value:
@@ -457,10 +480,10 @@ def _decide_agent(
         if info is None:
             return _NOTHING
         desired = info.ref.version
-        if current is not None and current == desired:
+        if _arrived(row, report, desired):
             return _NOTHING  # installed; the controller waits for its heartbeat
         action = _action(current, desired)
-        reason = f"{current or 'nothing'} -> {desired} (rollout {row.name}, wave {row.wave})"
+        reason = _why(row, current, desired)
         plan = _plan(device, row=row, info=info, current=current, action=action, reason=reason)
         return Decision(Offer(plan, info.ref))
     if state == DeviceState.ROLLBACK.value:

@@ -106,6 +106,9 @@ class DeviceObservation:
     agent_running: bool | None
     heartbeat_version: str | None
     heartbeat_at: datetime | None
+    #: the config digest the device reports, and the one its rollout wants (None: any)
+    config_digest: str | None = None
+    target_config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,9 @@ def judge_device(
 
     Succeeded needs the target in the report, a committed (or noop) result and
     a heartbeat of the target (or a report that the agent runs) after the
-    device took the plan; failed needs a failed result reported after that on
-    another version; timed out is neither within ``update_timeout``. A rollback
+    device took the plan (and, when the rollout manages config, the target config
+    digest in the report); failed needs a failed result reported after that on
+    another version or config; timed out is neither within ``update_timeout``. A rollback
     succeeds when a report after taking it shows ``rollback_to``.
     """
     started = seen.started_at or _EPOCH
@@ -147,7 +151,9 @@ def judge_device(
         and seen.heartbeat_at is not None
         and seen.heartbeat_at > started
     ) or (seen_after and seen.agent_running is True)
-    on_target = running is not None and running == target
+    on_release = running is not None and running == target
+    config_ok = seen.target_config is None or seen.config_digest == seen.target_config
+    on_target = on_release and config_ok
     if on_target and seen.last_result in SUCCESS_RESULTS and healthy:
         return Verdict(DeviceEvent.SUCCEED)
     if failed_report and not on_target:

@@ -160,6 +160,7 @@ def _device_row(
         "retry_at": None,
         "updated_at": now,
         "requires_runtime": waits,
+        "config_digest": d.config_digest,
     }
 
 
@@ -322,6 +323,8 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 rollouts.c.state.in_(_LIVE),
                 rollouts.c.release == str(rp.release),
                 rollouts.c.component == rp.component,
+                # the id carries the config digests: a config change is a new rollout
+                rollouts.c.name == rp.id,
             )
         ).first()
         if same is not None:

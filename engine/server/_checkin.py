@@ -26,10 +26,12 @@ from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from engine.instruments import instruments
+from engine.rollouts.offers import Offer
 from engine.server._auth import MISSING, DeviceTokens, bearer
 from engine.server._checkin_db import CheckinDatabase, CheckinJob
+from engine.server._configs import ServerConfigs
 from engine.server._http import DEVICE_RE, error_body, refuse, validation_message
-from states.protocol import CheckinRequest
+from states.protocol import FEATURE_CONFIG, CheckinRequest
 from states.report import Report
 
 __all__ = ["CheckinFastPath", "Checkins", "checkin_device", "count_checkin"]
@@ -48,8 +50,10 @@ class Checkins:
         max_body_bytes: int,
         db: CheckinDatabase,
         poll_interval: Callable[[], float],
+        configs: ServerConfigs | None = None,
     ) -> None:
-        """Answer with the server's token cache, check-in database and clock."""
+        """Answer with the server's token cache, check-in database, clock and config source."""
+        self.configs = configs
         self.tokens = tokens
         self.clock = clock
         self.limit = max_body_bytes
@@ -82,6 +86,7 @@ class Checkins:
             python_version=request.python_version,
             os_version=request.os_version,
             components=request.components,
+            config_digest=request.config_digest,
         )
         job = CheckinJob(
             device, token, row, request, report, now, asyncio.get_running_loop().create_future()
@@ -93,15 +98,39 @@ class Checkins:
             return b'{"plan":null,"release":null,"poll_interval":%.3f}' % interval
         doc: dict[str, object] = {"plan": None, "release": None, "poll_interval": interval}
         if offer is not None:
-            log.info(
-                "device %s: offered %s %s", device, offer.plan.action.value, offer.release.version
-            )
-            doc["plan"] = offer.plan.model_dump(mode="json")
-            doc["release"] = offer.release.model_dump(mode="json")
+            config = await self._config(device, request, offer)
+            if config is not _NO_CONFIG:
+                log.info(
+                    "device %s: offered %s %s",
+                    device,
+                    offer.plan.action.value,
+                    offer.release.version,
+                )
+                doc["plan"] = offer.plan.model_dump(mode="json")
+                doc["release"] = offer.release.model_dump(mode="json")
+                if config is not None:
+                    doc["config"] = config
         if runtime is not None:
             log.info("device %s: offered runtime %s", device, runtime.version)
             doc["runtime"] = runtime.model_dump(mode="json")
         return orjson.dumps(doc)
+
+    async def _config(self, device: str, request: CheckinRequest, offer: Offer) -> object:
+        """The offer's config bundle as JSON data, None when it has none, or ``_NO_CONFIG``
+        when the plan needs one that cannot be given (the device then gets no plan)."""
+        digest = offer.plan.config_digest
+        if digest is None or offer.plan.desired is None:
+            return None
+        if self.configs is None or FEATURE_CONFIG not in request.features:
+            # an older runtime cannot install config (nor parse "reconfigure")
+            log.warning("device %s: its runtime cannot install managed config", device)
+            return _NO_CONFIG
+        bundle = await asyncio.to_thread(self.configs.bundle, device, offer.plan.desired, digest)
+        return _NO_CONFIG if bundle is None else bundle.model_dump(mode="json")
+
+
+#: ``Checkins._config``: the plan needs config that cannot be given.
+_NO_CONFIG = object()
 
 
 def count_checkin(status: int) -> None:

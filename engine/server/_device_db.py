@@ -57,6 +57,7 @@ _REPORT_COLUMNS = (
     "runtime_target",
     "runtime_result",
     "runtime_detail",
+    "config_digest",
 )
 #: Report columns a check-in without them leaves as they were: an adoption is said once
 #: and stays what the device adopted.
@@ -240,6 +241,7 @@ def report_params(
         "python_version": body.python_version,
         "os_version": body.os_version,
         "components": components_text(body.components),
+        "config_digest": body.config_digest,
         **runtime_update_params(body),
     }
 

@@ -11,6 +11,7 @@ import random
 from engine.server._auth import DeviceTokens, TokenRow
 from engine.server._checkin import Checkins
 from engine.server._checkin_db import CheckinDatabase
+from engine.server._configs import ServerConfigs
 from engine.server._device_db import DeviceSql, lookup_token
 from engine.server._releases import ArtifactIndex, ReleaseSource, read_releases_table
 from engine.server.settings import ServerSettings
@@ -43,6 +44,7 @@ class ServerState:
             max_body_bytes=settings.max_body_bytes,
             db=self.checkin_db,
             poll_interval=self.poll_interval,
+            configs=ServerConfigs(settings.repo_root),
         )
 
     def poll_interval(self) -> float:

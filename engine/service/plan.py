@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from engine.config_digests import config_renderer, with_diffs
 from engine.gitinfo import git_info
 from engine.planner import plan_fleet
 from engine.runtime_releases import list_runtime_releases
@@ -34,8 +35,11 @@ def make_plan(
     group: str | None = None,
     device: str | None = None,
     now: datetime | None = None,
+    diff: bool = False,
 ) -> Plan:
     """The plan of ``repo`` against the reports in ``store`` (what `engine plan` prints).
+
+    With ``diff`` each device changing config carries its masked config diff.
 
     Raises ValueError for an unknown ``group`` or ``device`` and StoreError
     when the reports cannot be read.
@@ -54,8 +58,9 @@ def make_plan(
     state_ref = StateRef(
         url=store.display_url, reports=count, reports_digest=digest, latest_report=latest
     )
+    renderer = config_renderer(repo)
     with gc_paused():
-        return plan_fleet(
+        plan = plan_fleet(
             repo,
             reports,
             now if now is not None else utc_now(),
@@ -65,7 +70,11 @@ def make_plan(
             inventory_ref=inventory_ref,
             state_ref=state_ref,
             runtime_releases=list_runtime_releases(repo.root),
+            configs=renderer.digest if renderer is not None else None,
         )
+    if diff and renderer is not None:
+        plan = with_diffs(plan, renderer, reports)
+    return plan
 
 
 def plan_repo(
@@ -75,6 +84,7 @@ def plan_repo(
     group: str | None = None,
     device: str | None = None,
     now: datetime | None = None,
+    diff: bool = False,
 ) -> Plan:
     """Load the repo at ``root``, open its store and make the plan.
 
@@ -85,4 +95,4 @@ def plan_repo(
     repo = load_repo(root)
     check_filters(repo, group, device)
     with open_store(repo, state) as store:
-        return make_plan(repo, store, group=group, device=device, now=now)
+        return make_plan(repo, store, group=group, device=device, now=now, diff=diff)

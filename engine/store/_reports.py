@@ -63,6 +63,7 @@ _REPORT_COLUMNS = (
     "runtime_version",
     "known_good",
     "last_result",
+    "config_digest",
     "updated_at",
     "python_version",
     "os_version",
@@ -79,6 +80,7 @@ def _row(report: Report, now: datetime) -> dict[str, Any]:
         "runtime_version": report.runtime_version,
         "known_good": None if report.known_good is None else str(report.known_good),
         "last_result": report.last_result,
+        "config_digest": report.config_digest,
         "updated_at": now,
         "python_version": report.python_version,
         "os_version": report.os_version,
@@ -164,7 +166,7 @@ def _utc(value: datetime) -> datetime:
 
 _SELECT = (
     "SELECT device, agent_version, platform, last_seen, runtime_version, known_good, "
-    "last_result, python_version, os_version, components FROM reports"
+    "last_result, python_version, os_version, components, config_digest FROM reports"
 )
 
 
@@ -203,6 +205,7 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
         python_version,
         os_version,
         components,
+        cfg,
     ) in rows:
         try:
             values = {
@@ -216,6 +219,7 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
                 "python_version": python_version,
                 "os_version": os_version,
                 "components": None if components is None else _components(components),
+                "config_digest": cfg,
             }
         except (VersionError, KeyError, ValueError) as e:
             raise StoreError(f"stored report of device {device!r} is unreadable: {e}") from e

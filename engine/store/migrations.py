@@ -311,6 +311,13 @@ def _0012_lease_generation(conn: Connection) -> None:
     )
 
 
+def _0013_config_digests(conn: Connection) -> None:
+    # Managed config files and flags: the digest a device reports it runs, and the
+    # digest a rollout wants each device to reach.
+    conn.exec_driver_sql("ALTER TABLE reports ADD COLUMN config_digest VARCHAR(80)")
+    conn.exec_driver_sql("ALTER TABLE rollout_devices ADD COLUMN config_digest VARCHAR(80)")
+
+
 def _reserved(conn: Connection) -> None:
     # A number kept for a change merged separately: nothing to do until it lands.
     pass
@@ -354,12 +361,11 @@ MIGRATIONS: list[Migration] = [
     Migration(10, "webhook deliveries (outbox)", _0010_webhook_deliveries),
     Migration(11, "events by arrival time (retention)", _0011_events_received_at),
     Migration(12, "controller lease generation (fencing)", _0012_lease_generation),
-    # 13 and 15 are kept for changes merged separately (configuration files and feature
-    # flags, scale); each replaces its placeholder.
-    Migration(13, "reserved (13)", _reserved),
+    Migration(13, "config digests reported and targeted", _0013_config_digests),
     Migration(
         14, "runtime releases: rollout component, runtime update reports", _0014_runtime_component
     ),
+    # 15 is kept for a change merged separately (scale); it replaces its placeholder.
     Migration(15, "reserved (15)", _reserved),
     Migration(16, "release requirements: device facts, runtime waits", _0016_requires),
 ]

@@ -77,6 +77,8 @@ reports = Table(
     Column("runtime_target", String(100), nullable=True),
     Column("runtime_result", String(20), nullable=True),
     Column("runtime_detail", String(2000), nullable=True),
+    # The digest of the config files and flags the device runs (migration 13).
+    Column("config_digest", String(80), nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
     # /metrics counts devices per version and online state from this index alone.
     Index("ix_reports_version_seen", "agent_version", "last_seen"),
@@ -233,6 +235,8 @@ rollout_devices = Table(
     # The runtime version a pending device must report before it is offered the
     # release (a specifier from the release's requires:, migration 16); null: none.
     Column("requires_runtime", String(200), nullable=True),
+    # The config digest the device must report to succeed (migration 13); None: any.
+    Column("config_digest", String(80), nullable=True),
     Index("ix_rollout_devices_device_state", "device", "state"),
     Index("ix_rollout_devices_rollout_state", "rollout_id", "state", "wave", "position"),
 )

@@ -129,5 +129,5 @@ def test_group_of_a_broken_file_is_not_reported_missing(make_repo: RepoMaker) ->
         load_operator_repo(root)
     assert [p.message for p in info.value.problems] == [
         "unknown key 'priorty'; did you mean 'priority'? (allowed: match, members, priority, "
-        "agent, runtime, rollout, maintenance_window, description, ssh)"
+        "agent, runtime, rollout, maintenance_window, description, ssh, vars, flags)"
     ]

@@ -45,7 +45,7 @@ def test_validate_errors_exit_1_with_relative_paths(
         "allowed: windows | linux | macos",
         "inventory/groups.yaml:4:5: groups.canary.priorty: unknown key 'priorty'; did you mean "
         "'priority'? (allowed: match, members, priority, agent, runtime, rollout, "
-        "maintenance_window, description, ssh)",
+        "maintenance_window, description, ssh, vars, flags)",
         "2 problems found",
     ]
 
@@ -108,6 +108,6 @@ def test_schema_accepts_a_good_file_and_rejects_a_typo() -> None:
     document = schema_for("inventory")
     device_keys = set(document["$defs"]["Device"]["properties"])
     group_keys = set(document["$defs"]["Group"]["properties"])
-    assert {"platform", "site", "tags", "labels", "pin", "ssh"} == device_keys
+    assert {"platform", "site", "tags", "labels", "pin", "ssh", "vars", "flags"} == device_keys
     assert {"match", "members", "priority", "agent", "rollout", "maintenance_window"} <= group_keys
     assert "platfrom" not in device_keys

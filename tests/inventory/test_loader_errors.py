@@ -22,7 +22,8 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         {"inventory/devices.yaml": DEVICES + "    platfrom: linux\n"},
         [
             "inventory/devices.yaml:14:5: devices.munich-mac-0003.platfrom: unknown key "
-            "'platfrom'; did you mean 'platform'? (allowed: platform, site, tags, labels, pin, ssh)"
+            "'platfrom'; did you mean 'platform'? (allowed: platform, site, tags, labels, pin, "
+            "ssh, vars, flags)"
         ],
     ),
     (
@@ -264,7 +265,7 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
             "ms, s, m, h, d or w (e.g. 30s, 10m, 1h30m)",
             "engine.yaml:2:1: server: unknown key 'server'; did you mean 'server_url'? "
             "(allowed: state, server_url, signing_key, trusted_keys, stale_after, "
-            "poll_interval, field_release, server_limits, runtime_bundles, nats)",
+            "poll_interval, field_release, server_limits, runtime_bundles, nats, secrets_file)",
         ],
     ),
     (
@@ -428,7 +429,7 @@ CASES: list[tuple[str, dict[str, str | None], list[str]]] = [
         [
             "releases/3.0.2.yaml:8:1: rollback: unknown key 'rollback'; did you mean "
             "'rollback_to'? (allowed: kind, version, serial, expires, platforms, health_check, "
-            "rollback_to, notes, requires)"
+            "rollback_to, notes, requires, config, flags)"
         ],
     ),
 ]

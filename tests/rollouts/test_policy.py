@@ -55,8 +55,46 @@ ROLLING_BACK = replace(
 
 S, F, TO = DeviceEvent.SUCCEED, DeviceEvent.FAIL, DeviceEvent.TIME_OUT
 
+#: A device on the target taking a config-only change (digest ``new`` wanted).
+RECONFIGURING = replace(
+    TOOK, agent_version="3.0.1", config_digest="sha256:old", target_config="sha256:new"
+)
+
 # (case, observation changes, minutes after T0, expected event or None, reason part)
 JUDGE_CASES: list[tuple[str, DeviceObservation, int, DeviceEvent | None, str]] = [
+    (
+        "config wanted, committed and heartbeating, new digest reported",
+        replace(
+            RECONFIGURING,
+            last_result="committed",
+            config_digest="sha256:new",
+            heartbeat_version="3.0.1",
+            heartbeat_at=T0 + MIN,
+        ),
+        2,
+        S,
+        "",
+    ),
+    (
+        "config wanted, committed and heartbeating, still the old digest",
+        replace(
+            RECONFIGURING,
+            last_result="committed",
+            heartbeat_version="3.0.1",
+            heartbeat_at=T0 + MIN,
+            last_seen=T0 + MIN,
+        ),
+        2,
+        None,
+        "",
+    ),
+    (
+        "config wanted, rolled back to the old digest on the same release",
+        replace(RECONFIGURING, last_result="rolled_back", last_seen=T0 + MIN),
+        2,
+        F,
+        "attempt 1: the device reported rolled_back",
+    ),
     ("silent, within timeout", TOOK, 5, None, ""),
     ("silent, timeout reached", TOOK, 15, TO, "attempt 1: no outcome within 0:15:00"),
     (

@@ -350,3 +350,68 @@ def test_checkin_thread_survives_any_failure(repo: Path, store: Store) -> None:
     assert first.status_code == 503 and first.headers["retry-after"] == "5", first.text
     assert second.status_code == 200 and second.json()["plan"] is None
     assert calls == [DEVICE, DEVICE]
+
+
+def _with_config(repo: Path) -> None:
+    """Release 3.0.1 of the repo declares agent.json with a secret (unsigned: never served)."""
+    manifest = repo / "releases" / "3.0.1.yaml"
+    manifest.write_text(
+        manifest.read_text()
+        + "config:\n  - {path: agent.json, template: templates/agent.json.j2, secrets: [key]}\n"
+        + "flags:\n  verbose: {type: bool, default: false}\n"
+    )
+    (repo / "templates").mkdir()
+    (repo / "templates" / "agent.json.j2").write_text('{"key": {{ secrets.key | tojson }}}\n')
+    secrets = repo / "secrets.yaml"
+    secrets.write_text("key: the-secret-value\n")
+    secrets.chmod(0o600)
+    with (repo / "engine.yaml").open("a") as f:
+        f.write("secrets_file: secrets.yaml\n")
+
+
+def test_checkin_carries_the_rendered_config_only_to_runtimes_that_install_it(
+    repo: Path, store: Store
+) -> None:
+    """An offer with a config digest gets the files rendered with the real secret, when the
+    runtime says it installs config and the rendering has that digest; otherwise no plan."""
+    from engine.config_render import ConfigRenderer
+    from engine.secrets_file import load_secrets
+    from fleetbase.version import Version
+    from inventory.loader import load_operator_repo
+    from states.protocol import FEATURE_CONFIG
+
+    _with_config(repo)
+    loaded = load_operator_repo(repo)
+    secrets = load_secrets(repo, "secrets.yaml")
+    rendered = ConfigRenderer(loaded, secrets).render(DEVICE, Version("3.0.1"))
+    assert rendered is not None
+    wanted = {"digest": rendered.digest}
+
+    def offer(conn: Connection, device: str, report: Report, now: datetime) -> Offer | None:
+        plan = DevicePlan(
+            device=device,
+            group="windows-prod",
+            platform=Platform.WINDOWS,
+            current=report.agent_version,
+            desired="3.0.1",  # type: ignore[arg-type]
+            action=Action.UPDATE,
+            rollout="windows-prod@3.0.1+cfg00000000",
+            config_digest=wanted["digest"],
+        )
+        return Offer(plan, server_release_ref("3.0.1", 2, "ab" * 32))
+
+    token = _token(store)
+    capable = {**CHECKIN, "features": [FEATURE_CONFIG]}
+    with _client(repo, store, offer) as c:
+        old = c.post(f"/v1/devices/{DEVICE}/checkin", json=CHECKIN, headers=bearer(token))
+        new = c.post(f"/v1/devices/{DEVICE}/checkin", json=capable, headers=bearer(token))
+        wanted["digest"] = "sha256:" + "0" * 64
+        stale = c.post(f"/v1/devices/{DEVICE}/checkin", json=capable, headers=bearer(token))
+    assert old.status_code == 200 and old.json()["plan"] is None
+    body = new.json()
+    assert body["plan"]["config_digest"] == rendered.digest
+    assert body["config"]["digest"] == rendered.digest
+    assert body["config"]["files"][0]["content"] == '{"key": "the-secret-value"}\n'
+    assert body["config"]["flags"] == {"verbose": False}
+    assert stale.status_code == 200 and stale.json()["plan"] is None
+    assert b"the-secret-value" not in (repo.parent / "state.db").read_bytes()

@@ -242,4 +242,5 @@ def test_list_table_and_json(
         "python_version": None,
         "os_version": None,
         "components": None,
+        "config_digest": None,
     }

@@ -132,6 +132,7 @@ def test_loaded_reports_match_model_construct(store: Store) -> None:
         "python_version": "3.11.7",
         "os_version": "6.1.0-18-amd64",
         "components": {"glibc": "2.36", "openssl": "3.0.19"},
+        "config_digest": None,
     }
     store.upsert_reports([Report(**values)])
     fast, slow = store.load_reports()["a"], Report.model_construct(**values)
@@ -257,6 +258,7 @@ def test_upsert_leaves_other_writers_columns_alone(store: Store) -> None:
         "runtime_version",
         "known_good",
         "last_result",
+        "config_digest",
         "updated_at",
     }
     store.upsert_reports([report("a", "1.0.0")])

@@ -12,6 +12,7 @@ from types import FrameType
 from core.behaviour import BEHAVIOUR
 from core.heartbeat import heartbeat_path, write_heartbeat
 from core.nats_heartbeat import NatsHeartbeat
+from core.settings import load_config, load_flags
 from core.version import VERSION
 
 #: Exit code of a release that is broken at start (3.0.2 in the example fleet).
@@ -31,6 +32,10 @@ def main() -> int:
     if BEHAVIOUR == "exit_at_start":
         print(f"agent {VERSION}: cannot start: configuration is broken", file=sys.stderr)
         return EXIT_BROKEN
+    config = load_config()
+    flags = load_flags()
+    # A config can switch heartbeats off: the runtime must then roll the config back.
+    beating = BEHAVIOUR != "no_heartbeat" and config.get("heartbeat", True) is not False
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -43,9 +48,11 @@ def main() -> int:
     bus = NatsHeartbeat.from_env()
     where = f"{path}" if bus is None else f"{path} and NATS {bus.subject}"
     print(f"agent {VERSION} started, pid {os.getpid()}, heartbeat {where}", flush=True)
+    if config or flags:
+        print(f"agent {VERSION} config {sorted(config)} flags {flags}", flush=True)
     leaked: list[bytes] = []
     while not stop.is_set():
-        if BEHAVIOUR != "no_heartbeat":
+        if beating:
             write_heartbeat(path, VERSION)
             if bus is not None:
                 bus.send(VERSION)
