@@ -252,6 +252,8 @@ def test_revocation_takes_effect_at_once(server: ServerHandle) -> None:
     token = server.enroll(A, "windows")
     with server.client() as c:
         assert c.post(f"/v1/devices/{A}/checkin", json=CHECKIN, headers=bearer(token)).is_success
+        # the report is written behind: let it land so the snapshot below holds it
+        stored_reports(sqlite_url(server.repo))
         r = c.post(f"/v1/admin/devices/{A}/revoke", headers=server.admin_headers())
         assert r.status_code == 200, r.text
         before = snapshot(sqlite_url(server.repo))
