@@ -608,7 +608,7 @@ def converge(args: argparse.Namespace) -> dict[str, Any]:
             state=pg,
             args=["--log-level", "warning", "--workers", str(workers)],
         )
-        server.start()
+        server.start(timeout=300)  # a loaded machine starts a big repo slowly
         args.state_url = pg or f"sqlite:///{repo.root / '.engine' / 'state.db'}"
         seed = ""
         if getattr(args, "pre_enroll", False):

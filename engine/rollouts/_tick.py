@@ -211,6 +211,8 @@ def _judge(
     """Succeeded, failed or timed out: the outcome of each device that took a plan (the
     failed ones also appended to ``failed``)."""
     target = Version(r.release)
+    # Devices with the same outcome move together (most succeed with no reason).
+    moves: dict[tuple[DeviceState, DeviceEvent, str | None, datetime | None], list[str]] = {}
     for d in _reads.devices_to_judge(conn, r.id):
         verdict = judge_device(d.seen, target, timings.update_timeout, now)
         if verdict is None:
@@ -228,12 +230,14 @@ def _judge(
             retry_at, reason = retry_after(reason, d.seen.attempts, r.state, timings, now)
         if verdict.event in (DeviceEvent.FAIL, DeviceEvent.TIME_OUT) and failed is not None:
             failed.append((d.device, reason or verdict.event.value))
-        _store.move_device(
+        moves.setdefault((state, verdict.event, reason, retry_at), []).append(d.device)
+    for (state, event, reason, retry_at), devices in moves.items():
+        _store.move_listed(
             conn,
             r.id,
-            d.device,
+            devices,
             state,
-            verdict.event,
+            event,
             now=now,
             reason=reason,
             finished_at=now,
@@ -434,18 +438,15 @@ def _offer(
         limit=slots + 100,
         runtime=r.component == "runtime",
     )
-    offered: list[str] = []
-    for device, event in choose_offers(candidates, Version(r.release), slots):
-        if event is DeviceEvent.ON_RELEASE:
-            why = "reported the release before it was offered"
-            _store.move_device(
-                conn, r.id, device, DeviceState.PENDING, event, now=now, reason=why, finished_at=now
-            )
-        else:
-            _store.move_device(
-                conn, r.id, device, DeviceState.PENDING, event, now=now, offered_at=now
-            )
-            offered.append(device)
+    chosen = choose_offers(candidates, Version(r.release), slots)
+    there = [d for d, event in chosen if event is DeviceEvent.ON_RELEASE]
+    offered = [d for d, event in chosen if event is DeviceEvent.OFFER]
+    why = "reported the release before it was offered"
+    pending = DeviceState.PENDING
+    _store.move_listed(
+        conn, r.id, there, pending, DeviceEvent.ON_RELEASE, now=now, reason=why, finished_at=now
+    )
+    _store.move_listed(conn, r.id, offered, pending, DeviceEvent.OFFER, now=now, offered_at=now)
     _store.clear_waiting_reasons(conn, r.id, offered)
 
 

@@ -275,7 +275,8 @@ class _Sql:
             "r.priority, r.maintenance_window, r.component, rd.config_digest"
         )
         where = f"AND rd.state IN ({_STATES}) AND r.state IN ({_ROLLOUT_STATES})"
-        joined = "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id"
+        # ``+ 0``: see ``of_rollout`` in engine.rollouts._store (the device's index, always).
+        joined = "FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id + 0"
         # Many devices in one statement: a JSON array (SQLite) or an array (psycopg).
         many = "IN (SELECT value FROM json_each(?))" if sqlite else "= ANY(%s)"
         return _Sql(
@@ -284,13 +285,13 @@ class _Sql:
             take=(
                 f"UPDATE rollout_devices SET state = '{_TAKE[1].value}', "
                 f"started_at = {p}, attempts = attempts + 1, from_version = {p}, "
-                f"updated_at = {p} WHERE rollout_id = {p} AND device = {p} "
+                f"updated_at = {p} WHERE rollout_id + 0 = {p} AND device = {p} "
                 f"AND state = '{_TAKE[0].value}'"
             ),
             take_rollback=(
                 f"UPDATE rollout_devices SET state = '{_TAKE_ROLLBACK[1].value}', "
-                f"started_at = {p}, updated_at = {p} WHERE rollout_id = {p} AND device = {p} "
-                f"AND state = '{_TAKE_ROLLBACK[0].value}'"
+                f"started_at = {p}, updated_at = {p} WHERE rollout_id + 0 = {p} "
+                f"AND device = {p} AND state = '{_TAKE_ROLLBACK[0].value}'"
             ),
             sqlite=sqlite,
         )

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from engine.errors import EngineError
+from engine.errors import EngineError, StoreError
 from engine.plan_drift import DeviceDrift, Drift, plan_drift
 from engine.plan_io import check_plan_fresh
 from engine.rollouts.record import ApplyResult, applicable_rollouts, record_rollouts
 from engine.rollouts.status import RolloutStatus, rollout_status, waits_on_paused_gate
 from engine.service.plan import make_plan
 from engine.store import Store
+from engine.store.schema import rollout_devices, rollouts
 from fleetbase.clock import utc_now
 from inventory.loader import OperatorRepo
 from states.plan import AGENT, CHANGING_ACTIONS, Action, Plan
@@ -27,8 +29,11 @@ __all__ = [
     "pending_changes",
     "plan_to_apply",
     "record_apply",
+    "refresh_statistics",
     "unsigned_releases",
 ]
+
+_log = logging.getLogger("engine.apply")
 
 #: Rollout states in which `apply --wait` stops following a rollout.
 SETTLED_STATES = frozenset({"completed", "halted", "paused", "aborted", "superseded"})
@@ -145,7 +150,21 @@ def record_apply(
 ) -> ApplyResult:
     """Record the rollouts of ``plan`` in one transaction; raises EngineError, recording nothing."""
     with store.write() as conn:
-        return record_rollouts(conn, plan, repo, now if now is not None else utc_now())
+        result = record_rollouts(conn, plan, repo, now if now is not None else utc_now())
+    if result.rollouts:
+        refresh_statistics(store)
+    return result
+
+
+def refresh_statistics(store: Store) -> None:
+    """Give PostgreSQL's planner the rollout tables' new size at once (not at autovacuum's
+    next pass): with the statistics of an empty table it chose plans that read every
+    rollout device for each check-in. A failure is logged, never fatal: the rollouts are
+    recorded."""
+    try:
+        store.analyze([rollout_devices.name, rollouts.name])
+    except StoreError as e:
+        _log.warning("planner statistics not refreshed after apply: %s", e)
 
 
 def follow_rollouts(

@@ -87,6 +87,15 @@ class Store:
             store_failed("write")
             raise StoreError(f"writing {self.display_url} failed: {_reason(e)}") from e
 
+    def analyze(self, tables: Iterable[str]) -> None:
+        """Refresh PostgreSQL's planner statistics of ``tables`` after a large write (nothing
+        on SQLite). Raises StoreError."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self.write() as conn:
+            for table in tables:
+                conn.exec_driver_sql(f'ANALYZE "{table}"')
+
     def upsert_reports(self, reports: Iterable[Report]) -> int:
         """Store device reports in one transaction; returns how many rows were written.
 
