@@ -318,20 +318,6 @@ def _0013_config_digests(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE rollout_devices ADD COLUMN config_digest VARCHAR(80)")
 
 
-def _reserved(conn: Connection) -> None:
-    # A number kept for a change merged separately: nothing to do until it lands.
-    pass
-
-
-def _0016_requires(conn: Connection) -> None:
-    # Release requirements (requires:): the facts devices report to check them against,
-    # and the runtime version a device of a rollout waits for before it is offered.
-    for column in ("python_version VARCHAR(100)", "os_version VARCHAR(100)", "components TEXT"):
-        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
-    for table in ("rollouts", "rollout_devices"):
-        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN requires_runtime VARCHAR(200)")
-
-
 def _0014_runtime_component(conn: Connection) -> None:
     # Runtime releases rolled out like agent releases: what each rollout moves, and the
     # outcome of a device's last runtime self-update as it reported it.
@@ -341,6 +327,15 @@ def _0014_runtime_component(conn: Connection) -> None:
     for column in ("runtime_target VARCHAR(100)", "runtime_result VARCHAR(20)",
                    "runtime_detail VARCHAR(2000)"):  # fmt: skip
         conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+
+
+def _0015_requires(conn: Connection) -> None:
+    # Release requirements (requires:): the facts devices report to check them against,
+    # and the runtime version a device of a rollout waits for before it is offered.
+    for column in ("python_version VARCHAR(100)", "os_version VARCHAR(100)", "components TEXT"):
+        conn.exec_driver_sql(f"ALTER TABLE reports ADD COLUMN {column}")
+    for table in ("rollouts", "rollout_devices"):
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN requires_runtime VARCHAR(200)")
 
 
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
@@ -365,7 +360,5 @@ MIGRATIONS: list[Migration] = [
     Migration(
         14, "runtime releases: rollout component, runtime update reports", _0014_runtime_component
     ),
-    # 15 is kept for a change merged separately (scale); it replaces its placeholder.
-    Migration(15, "reserved (15)", _reserved),
-    Migration(16, "release requirements: device facts, runtime waits", _0016_requires),
+    Migration(15, "release requirements: device facts, runtime waits", _0015_requires),
 ]

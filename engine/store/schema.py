@@ -67,7 +67,7 @@ reports = Table(
     Column("adoption", String(20), nullable=True),
     Column("adopted_version", String(100), nullable=True),
     Column("adoption_detail", String(2000), nullable=True),
-    # What releases' requires: is checked against (migration 16): the runtime's Python,
+    # What releases' requires: is checked against (migration 15): the runtime's Python,
     # the OS version, and other components as JSON {name: version}.
     Column("python_version", String(100), nullable=True),
     Column("os_version", String(100), nullable=True),
@@ -205,7 +205,7 @@ rollouts = Table(
     Column("after_names", Text, nullable=True),
     # When the rollout completed (migration 5); kept when it is superseded later.
     Column("completed_at", UTCDateTime(), nullable=True),
-    # The release's requires: runtime (migration 16): some devices may wait for it.
+    # The release's requires: runtime (migration 15): some devices may wait for it.
     Column("requires_runtime", String(200), nullable=True),
     # What the rollout moves (migration 14): "agent" releases, or "runtime" releases.
     Column("component", String(20), nullable=False, server_default="agent"),
@@ -233,7 +233,7 @@ rollout_devices = Table(
     Column("retry_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     # The runtime version a pending device must report before it is offered the
-    # release (a specifier from the release's requires:, migration 16); null: none.
+    # release (a specifier from the release's requires:, migration 15); null: none.
     Column("requires_runtime", String(200), nullable=True),
     # The config digest the device must report to succeed (migration 13); None: any.
     Column("config_digest", String(80), nullable=True),
