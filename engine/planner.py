@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from engine._plan_decide import Decider, ReleaseView
 from engine._plan_runtime import plan_runtimes
 from engine.reconfigure import reconfigure_outcome, reconfigure_steps
-from engine.requires import RequirementsCheck
+from engine.requires import RequirementsCheck, naming_runtime_rollouts
 from engine.steps import describe_steps, format_size
 from engine.waves import wave_indices
 from fleetbase.duration import format_duration
@@ -263,6 +263,7 @@ def plan_fleet(
     releases = repo.releases
     decider = Decider(releases, now - stale_after)
     requirements = RequirementsCheck(releases)
+    awaiting = False  # some device waits for its runtime (its reason may name a rollout)
     root = repo.root
     release_refs = {str(v): _release_ref(loaded, root) for v, loaded in releases.items()}
     steps = _Steps(releases, {k: v.manifest for k, v in release_refs.items()})
@@ -311,6 +312,7 @@ def plan_fleet(
             if unmet is not None:
                 action, reason, is_changing = Action.BLOCKED, unmet.reason(str(desired)), False
                 awaits_runtime = unmet.awaits_runtime
+                awaiting = awaiting or awaits_runtime is not None
         current = report.agent_version if report is not None else None
         digest = configs(device_id, desired) if configs is not None else None
         if digest is not None and action is Action.NOOP:
@@ -397,6 +399,8 @@ def plan_fleet(
         inventory, repo.assignment, reports, known=runtime_releases,
         stale_before=now - stale_after,
     )  # fmt: skip
+    if awaiting and runtime_plans:
+        naming_runtime_rollouts((r for r, _ in records), runtime_plans)
     runtime_plans = [
         p
         for p in runtime_plans

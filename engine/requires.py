@@ -10,9 +10,10 @@ Python packaging (``states.requires``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion
@@ -21,12 +22,14 @@ from packaging.version import Version as Pep440Version
 from engine._plan_decide import ReleaseView
 from fleetbase.platform import Platform
 from fleetbase.version import Version
+from states.plan import Action, DevicePlan
 from states.report import Report
 from states.requires import Requirements
 
 __all__ = [
     "RequirementsCheck",
     "Unmet",
+    "naming_runtime_rollouts",
     "reported_version",
     "runtime_satisfies",
     "unmet_requirements",
@@ -35,6 +38,8 @@ __all__ = [
 # The leading dotted numbers of a version some tool prints, e.g. 6.1.0 of the kernel
 # release 6.1.0-18-amd64, 1.1.1 of OpenSSL's 1.1.1w.
 _LEADING = re.compile(r"v?([0-9]+(?:\.[0-9]+)*)", re.ASCII)
+#: How a plan says that a device waits for its runtime (with no runtime rollout to name).
+_WAITS = "; waits in the rollout until its runtime reports a version that meets it"
 
 
 @lru_cache(maxsize=256)
@@ -89,7 +94,7 @@ class Unmet:
         """One line for a plan: what ``release`` needs that the device lacks."""
         text = f"release {release} " + "; ".join(self.reasons)
         if self.awaits_runtime is not None:
-            text += "; waits in the rollout until its runtime reports a version that meets it"
+            text += _WAITS
         return text
 
 
@@ -173,3 +178,27 @@ class RequirementsCheck:
             return self._found[key]
         found = self._found[key] = unmet_requirements(requires, platform, report)
         return found
+
+
+def naming_runtime_rollouts(
+    records: Iterable[dict[str, Any]], runtime_plans: Iterable[DevicePlan]
+) -> None:
+    """Say in the reason of each waiting device record (``awaits_runtime``) which runtime
+    release will meet its requirement, when the same plan moves its runtime to one: "waits
+    for runtime 0.2.0 (rollout lab@runtime-0.2.0)". Changes the records in place."""
+    moving = {
+        p.device: p
+        for p in runtime_plans
+        if p.action in (Action.UPDATE, Action.ROLLBACK) and p.rollout is not None
+    }
+    if not moving:
+        return
+    for record in records:
+        spec = record["awaits_runtime"]
+        runtime = None if spec is None else moving.get(record["device"])
+        if runtime is None or not runtime_satisfies(spec, str(runtime.desired)):
+            continue
+        reason: str = record["reason"]
+        record["reason"] = reason.removesuffix(_WAITS) + (
+            f"; waits for runtime {runtime.desired} (rollout {runtime.rollout})"
+        )

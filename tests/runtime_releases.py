@@ -14,12 +14,13 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.bundles import local_target
 from tests.bundles import REPO_ROOT, offline_pip_env, require_wheelhouse
 
-__all__ = ["BROKEN_MESSAGE", "build_release_bundles"]
+__all__ = ["BROKEN_MESSAGE", "ReleaseBundles", "build_release_bundles"]
 
 #: What the broken runtime says before it exits (code 3) at start.
 BROKEN_MESSAGE = "this runtime release is broken on purpose: it exits at start"
@@ -70,3 +71,25 @@ def build_release_bundles(
     assert built["target"] == local_target().name
     assert built["runtime_version"] == version, built
     return out
+
+
+@dataclass
+class ReleaseBundles:
+    """The session's runtime (every device's first one: its version, venv and key) and bundles
+    of other runtime versions signed with that key, each built on first use."""
+
+    base_version: str
+    base_venv: Path
+    public_key: str
+    key_file: Path
+    directory: Path
+    _built: dict[tuple[str, bool], Path] = field(default_factory=dict)
+
+    def bundles(self, version: str, *, broken: bool = False) -> Path:
+        """The bundles of runtime ``version`` (``broken``: one that exits at start), built
+        once per session; what `engine runtime release --from` takes."""
+        key = (version, broken)
+        if key not in self._built:
+            dest = self.directory / f"{version}{'-broken' if broken else ''}"
+            self._built[key] = build_release_bundles(dest, version, self.key_file, broken=broken)
+        return self._built[key]

@@ -31,16 +31,21 @@ GOOD: dict[str, Any] = {
 SEEN = "2026-11-27T11:00:00Z"
 
 
-def _plan(facts: dict[str, dict[str, Any]], platforms: dict[str, str] | None = None) -> Plan:
+def _plan(
+    facts: dict[str, dict[str, Any]],
+    platforms: dict[str, str] | None = None,
+    runtime: str | None = None,
+) -> Plan:
     platforms = platforms or {}
+    group: dict[str, Any] = {
+        "match": {"platform": ["linux", "windows", "macos"]},
+        "agent": {"release": "3.1.0"},
+    }
+    if runtime is not None:
+        group["runtime"] = {"release": runtime}
     inventory = {
         "devices": {d: {"platform": platforms.get(d, "linux")} for d in facts},
-        "groups": {
-            "fleet": {
-                "match": {"platform": ["linux", "windows", "macos"]},
-                "agent": {"release": "3.1.0"},
-            }
-        },
+        "groups": {"fleet": group},
     }
     repo = make_repo(inventory, {"3.0.0": {}, "3.1.0": {"requires": REQUIRES}})
     reports = make_reports(
@@ -116,6 +121,22 @@ def test_runtime_too_old_alone_waits_for_the_runtime() -> None:
         "runtime reports a version that meets it"
     )
     assert d.awaits_runtime == ">=0.2.0"
+
+
+def test_waiting_device_names_the_runtime_rollout_of_the_same_plan() -> None:
+    """The group also moves its runtime: the agent update waits, and its reason names the
+    runtime release (and rollout) that will meet the requirement; a runtime release that
+    would not meet it is not named."""
+    old = {**GOOD, "runtime_version": "0.1.0"}
+    d = _device(_plan({"old": old}, runtime="0.2.0"), "old")
+    assert (d.action, d.awaits_runtime) == (Action.BLOCKED, ">=0.2.0")
+    assert d.reason == (
+        "release 3.1.0 needs runtime >=0.2.0, has 0.1.0; "
+        "waits for runtime 0.2.0 (rollout fleet@runtime-0.2.0)"
+    )
+    short = _device(_plan({"old": {**old, "runtime_version": "0.0.9"}}, runtime="0.1.0"), "old")
+    assert short.reason.endswith("waits in the rollout until its runtime reports a version "
+                                 "that meets it")  # fmt: skip
 
 
 def test_several_lacks_are_all_named_and_do_not_wait() -> None:
