@@ -81,6 +81,7 @@ from states.protocol import (
     CheckinResponse,
     Heartbeat,
     RuntimeOffer,
+    RuntimeUpdateReport,
     TransactionReport,
 )
 
@@ -98,6 +99,12 @@ __all__ = [
     "run_pull",
     "runtime_version",
 ]
+
+#: Why a runtime that does not run under the supervisor refuses a runtime release.
+NOT_SUPERVISED = (
+    "this runtime does not run under the supervisor, so it cannot update itself: "
+    "reinstall it under the supervisor (docs/runtime.md, Runtime self-update)"
+)
 
 #: Delay before the check-in that reports a transaction that just ended.
 REPORT_DELAY = 0.1
@@ -228,6 +235,9 @@ class PullLoop:
         self.runtime_offer: RuntimeOffer | None = None
         #: set when a new runtime is installed and this one must hand over (SWITCH_EXIT)
         self.switch = False
+        #: without the supervisor: the runtime offer this runtime had to refuse (reported,
+        #: so that the rollout fails the device at once and says why, not at its timeout)
+        self.refused_runtime: RuntimeUpdateReport | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -284,6 +294,11 @@ class PullLoop:
                 f"runtime {offer.version} offered, but this runtime does not run under the "
                 "supervisor: left as it is"
             )
+            self.refused_runtime = RuntimeUpdateReport(
+                target=offer.version, result="failed", detail=NOT_SUPERVISED,
+                at=datetime.now(UTC),
+            )  # fmt: skip
+            self._report_now()
             return
         self.out(f"runtime {offer.version} offered (rollout {offer.rollout}): installing")
         self.switch = self.home.install(offer, self.client, self.config.trusted_keys)
@@ -397,7 +412,7 @@ class PullLoop:
             agent_running=running,
             transaction=self.transaction,
             performance=self.sampler.sample(),
-            runtime_update=None if self.home is None else self.home.outcome(),
+            runtime_update=self.refused_runtime if self.home is None else self.home.outcome(),
             config_digest=state.config_digest,
             features=[FEATURE_CONFIG],
             adoption=None
