@@ -74,7 +74,13 @@ def test_replica_killed_mid_rollout_loses_nothing(
             (r,) = _rows(postgres_url, select(rollouts.c.state))
             return bool(r.state == "completed")
 
-        wait_until("the rollout to complete on replica B", done, timeout=240)
+        def progress() -> str:
+            (r,) = _rows(postgres_url, select(rollouts.c.state, rollouts.c.reason))
+            states = sorted((d.device, d.state, d.attempts) for d in _devices(postgres_url))
+            tail = b.log.read_text()[-1500:]
+            return f"rollout {r.state} ({r.reason}); devices {states}; replica B log: {tail}"
+
+        wait_until("the rollout to complete on replica B", done, timeout=240, progress=progress)
         assert LEADS in b.log.read_text()
         rows = _devices(postgres_url)
         assert len(rows) == 6 and {r.state for r in rows} == {"succeeded"}

@@ -27,11 +27,27 @@ ALIAS_BOMB = (
 )
 
 
+#: The child's own peak RSS in KiB. Not ``getrusage``'s ``ru_maxrss``: Linux carries the
+#: peak of the process that forked it (pytest, hundreds of MB late in the suite) across
+#: exec; ``VmHWM`` belongs to the memory the child got at exec.
+PEAK_RSS_KIB = "peak_rss_kib"
+PEAK_RSS_SOURCE = textwrap.dedent(
+    """
+    def peak_rss_kib():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmHWM in /proc/self/status")
+    """
+)
+
+
 def _max_rss_of_load(root: Path, extra: str = "") -> tuple[int, str]:
     """Peak RSS (KiB) of a fresh process that loads ``root``, and what it printed."""
-    code = textwrap.dedent(
+    code = PEAK_RSS_SOURCE + textwrap.dedent(
         f"""
-        import resource, sys
+        import sys
         from inventory.errors import InventoryError
         from inventory.loader import load_operator_repo
         try:
@@ -40,7 +56,7 @@ def _max_rss_of_load(root: Path, extra: str = "") -> tuple[int, str]:
         except InventoryError as e:
             print(e)
         {extra}
-        print("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print("rss", {PEAK_RSS_KIB}())
         """
     )
     out = subprocess.run(
@@ -124,13 +140,12 @@ def test_inventory_reloads_do_not_leak(tmp_path: Path) -> None:
             for i in range(5000)
         )
     )
-    code = textwrap.dedent(
+    code = PEAK_RSS_SOURCE + textwrap.dedent(
         """
-        import resource, sys
+        import sys
         from inventory.loader import load_operator_repo
 
-        def peak():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = peak_rss_kib
 
         for _ in range(10):
             load_operator_repo(sys.argv[1])
