@@ -47,7 +47,7 @@ from fleetbase.duration import format_duration
 from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
 
-__all__ = ["ExitReporter", "Health", "read_heartbeat"]
+__all__ = ["ExitReporter", "Health", "exit_detail", "read_heartbeat"]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Longest single HTTP request of an http check (connect, read).
@@ -63,6 +63,15 @@ class ExitReporter(Protocol):
     def last_exit(self) -> ProcessExit | None:
         """How the agent last ended; None while it runs or when unknown."""
         ...
+
+
+def exit_detail(service: ServiceManager) -> str | None:
+    """How the agent ended when ``service`` saw it end; None while it runs or when unknown."""
+    if isinstance(service, ExitReporter) and not service.is_running():
+        ended = service.last_exit()
+        if ended is not None:
+            return f"process {ended.describe()}"
+    return None
 
 
 def read_heartbeat(path: Path) -> tuple[str, datetime]:
@@ -144,12 +153,7 @@ class Health:
     # -- polling --------------------------------------------------------------------
 
     def _exited(self) -> str | None:
-        """A description of the agent's exit when the service manager saw it end."""
-        if isinstance(self.service, ExitReporter) and not self.service.is_running():
-            ended = self.service.last_exit()
-            if ended is not None:
-                return f"process {ended.describe()}"
-        return None
+        return exit_detail(self.service)
 
     def _poll(
         self, check: HealthCheck, clock: Clock, once: Callable[[], HealthResult]

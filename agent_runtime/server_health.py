@@ -7,7 +7,7 @@ from datetime import datetime
 
 from agent_runtime.effects import Clock, HealthProbe, HealthResult, ServiceManager
 from agent_runtime.errors import ServerError
-from agent_runtime.health import ExitReporter
+from agent_runtime.health import exit_detail
 from agent_runtime.heartbeat_judge import Source, judge_heartbeat, poll_until_healthy
 from fleetbase.version import Version
 from states.manifest import HealthCheck, HealthCheckKind
@@ -53,15 +53,8 @@ class ServerHealth:
             clock,
             lambda: self._once(check, expected, since, clock),
             poll_interval=self.poll_interval,
-            exited=self._exited,
+            exited=lambda: exit_detail(self.service),
         )
-
-    def _exited(self) -> str | None:
-        if isinstance(self.service, ExitReporter) and not self.service.is_running():
-            ended = self.service.last_exit()
-            if ended is not None:
-                return f"process {ended.describe()}"
-        return None
 
     def _once(
         self, check: HealthCheck, expected: Version, since: datetime, clock: Clock
