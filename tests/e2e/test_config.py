@@ -26,6 +26,7 @@ from tests.harness import Fleet, wait_until
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cr3t-api-key-0f9e8d7c"
+DIGEST_KEY = "4b1d9c0e7f3a52e8a6c1d0b9f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b"
 SOAK = "1s"
 TEMPLATE = (
     "{\n"
@@ -43,7 +44,7 @@ def _declare_config(fleet: Fleet) -> None:
     (root / "templates").mkdir(exist_ok=True)
     (root / "templates" / "agent.json.j2").write_text(TEMPLATE)
     secrets = root / "secrets.yaml"
-    secrets.write_text(yaml.safe_dump({"api_key": SECRET}))
+    secrets.write_text(yaml.safe_dump({"digest_key": DIGEST_KEY, "api_key": SECRET}))
     os.chmod(secrets, 0o600)
     manifest = root / "releases" / "3.0.1.yaml"
     doc = yaml.safe_load(manifest.read_text())

@@ -20,6 +20,7 @@ from states.report import Report
 from tests.inventory.conftest import RepoMaker, manifest_text
 
 SECRET = "hunter2-very-secret"
+DIGEST_KEY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CONFIG = (
     "config:\n"
     "  - {path: agent.json, template: templates/agent.json.j2, mode: '0640', secrets: [token]}\n"
@@ -54,7 +55,8 @@ def _repo(make_repo: RepoMaker, inventory: str = INVENTORY) -> Path:
             "releases/3.0.2.yaml": None,
             "templates/agent.json.j2": TEMPLATE,
             "engine.yaml": "secrets_file: secrets.yaml\n",
-            "secrets.yaml": f"token: {SECRET}\ndevices:\n  b: {{token: other-{SECRET}}}\n",
+            "secrets.yaml": f"digest_key: {DIGEST_KEY}\ntoken: {SECRET}\n"
+            f"devices:\n  b: {{token: other-{SECRET}}}\n",
         }
     )
     os.chmod(root / "secrets.yaml", 0o600)
