@@ -42,9 +42,7 @@ def resolve_channel_groups(
     mistake does not cause follow-on errors.
     """
     available = list(releases)
-    expired = {
-        v: r.manifest.expires for v, r in releases.items() if r.manifest.expires <= now
-    }
+    expired = {v: r.manifest.expires for v, r in releases.items() if r.manifest.expires <= now}
     resolved: dict[str, Group] = {}
     resolutions: dict[str, Resolution] = {}
     for name, group in groups.items():
