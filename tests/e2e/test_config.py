@@ -5,11 +5,13 @@ files); a config that stops the agent's heartbeat is rolled back by the
 runtime with the previous files restored byte for byte and the rollout halts;
 a secret value reaches the devices but never a plan, the store or an event;
 a flag the release does not declare is refused at validate with its file and
-line; flipping a flag rolls out in waves like a release.
+line; flipping a flag rolls out in waves like a release; a changed secret
+reconfigures, under a digest keyed by the secrets file's digest_key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from states.config_bundle import config_digest
 from tests.e2e.conftest import MakeFleet, StoreView, fleet_group, seconds, specs
 from tests.harness import Fleet, wait_until
 
@@ -193,3 +196,29 @@ def test_config_and_flags_roll_out_in_waves_and_a_bad_config_is_rolled_back(
         cfg = _config_dir(fleet, r.device)
         assert json.loads((cfg / "flags.json").read_text()) == {"verbose": True}
         assert json.loads((cfg / "agent.json").read_text())["verbose"] is True
+
+    # -- a changed secret reconfigures (the digest is keyed, and still names the secret) ------
+    rotated = SECRET + "-rotated"
+    (fleet.repo.root / "secrets.yaml").write_text(
+        yaml.safe_dump({"digest_key": DIGEST_KEY, "api_key": rotated})
+    )
+    plan = json.loads(fleet.repo.engine("plan", "--json").stdout)
+    assert {d["action"] for d in plan["devices"]} == {"reconfigure"}, plan["devices"]
+    assert rotated not in json.dumps(plan)
+    code, out = _apply(fleet)
+    assert code == 0, out
+    secret_rollout = _config_rollout(view, fleet)
+    assert secret_rollout.state == "completed" and secret_rollout.id != flipped.id
+    for r in _two_waves(view, secret_rollout):
+        assert (
+            json.loads((_config_dir(fleet, r.device) / "agent.json").read_text())["api_key"]
+            == rotated
+        )
+        # what the device runs is named by the keyed digest, not the plain sha256 of its files
+        state = fleet.device(r.device).state()
+        assert state["config_digest"] == r.config_digest
+        files = _config_dir(fleet, r.device)
+        agent_sha = hashlib.sha256((files / "agent.json").read_bytes()).hexdigest()
+        assert r.config_digest != config_digest(
+            [("agent.json", 0o640, agent_sha)], {"verbose": True}
+        )
