@@ -11,9 +11,10 @@ Format (docs/operator-repo.md)::
 Values are text or numbers. ``digest_key`` is not a secret templates can
 read: it keys the digest of every config file that holds secrets, so that the
 digest, which plans and the store publish, cannot be checked against guesses
-of a secret (docs/adr/0026-keyed-config-digests.md). The file is found at ``$ENGINE_SECRETS_FILE``,
-else engine.yaml's ``secrets_file`` (relative to the operator repo). On POSIX
-systems a file that its group or others may read is refused.
+of a secret (docs/adr/0026-keyed-config-digests.md). The file is found at
+``$ENGINE_SECRETS_FILE``, else engine.yaml's ``secrets_file`` (relative to the
+operator repo). On POSIX systems a file that its group or others may read is
+refused.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+from fleetbase.clock import utc_text
 from fleetbase.version import Version
 from inventory._checks import Origin
 from inventory.catalog import RELEASES_DIR, LoadedRelease
@@ -69,14 +70,9 @@ def resolve_channel_groups(
         found = channels.resolve(agent.channel, available, expired=expired)
         if found is None:
             if channels_valid:
-                problems.append(
-                    source.problem(
-                        path,
-                        _nothing_on(agent.channel, channels.candidates(agent.channel, available),
-                                    releases),
-                        at_value=True,
-                    )
-                )  # fmt: skip
+                candidates = channels.candidates(agent.channel, available)
+                why = _nothing_on(agent.channel, candidates, releases)
+                problems.append(source.problem(path, why, at_value=True))
             resolved[name] = group
             continue
         resolutions[name] = found
@@ -97,7 +93,7 @@ def _nothing_on(
         )
     listed = ", ".join(
         f"{v} ({RELEASES_DIR}/{releases[v].path.name} expired "
-        f"{releases[v].manifest.expires.strftime('%Y-%m-%dT%H:%M:%SZ')})"
+        f"{utc_text(releases[v].manifest.expires)})"
         for v in candidates
     )
     return (

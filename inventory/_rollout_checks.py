@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from fleetbase.clock import utc_text
 from fleetbase.platform import Platform
 from fleetbase.version import Version
 from inventory._checks import Origin
@@ -136,7 +137,7 @@ def expired_release_warnings(
         loaded = releases.get(agent.release)
         if loaded is None or loaded.manifest.expires > now:
             continue
-        when = loaded.manifest.expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = utc_text(loaded.manifest.expires)
         out.append(
             origin.group[name].problem(
                 ("groups", name, "agent", "release"),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleetbase.clock import utc_text
 from fleetbase.version import Version, VersionError
 from inventory.errors import Problem
 from inventory.models import CHANNEL_PATTERN
@@ -106,13 +107,8 @@ class Resolution:
         if not self.skipped:
             return ""
         return "; skipped " + ", ".join(
-            f"{version} (manifest expired {_instant(when)})" for version, when in self.skipped
+            f"{version} (manifest expired {utc_text(when)})" for version, when in self.skipped
         )
-
-
-def _instant(when: datetime) -> str:
-    """``2026-11-30T00:00:00Z``: how manifests write their expiry."""
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ def add_promote_command(actions: argparse._SubParsersAction[argparse.ArgumentPar
 
 def _promote(args: argparse.Namespace) -> int:
     from engine.service.promote import PromoteError, promote
+    from fleetbase.clock import utc_text
     from fleetbase.version import Version, VersionError
 
     try:
@@ -70,7 +71,7 @@ def _promote(args: argparse.Namespace) -> int:
     if done.expired is not None:
         print(
             f"note: the manifest of {done.version} expired at "
-            f"{done.expired.strftime('%Y-%m-%dT%H:%M:%SZ')} and devices refuse it: groups "
+            f"{utc_text(done.expired)} and devices refuse it: groups "
             "following a channel skip it until it is re-signed with a later `expires`"
         )
     print(

@@ -206,14 +206,6 @@ def _apply(  # noqa: PLR0917 - the steps of one command, split for length
     if changes.empty:
         out.say("\nNothing to apply: no group has devices to move to its release.")
         return out.done(applied=False)
-    unsigned = unsigned_releases(plan, repo)
-    if unsigned and not args.allow_unsigned:
-        names = ", ".join(unsigned)
-        return out.error(
-            f"release {names} has no signature (releases/<version>.yaml.sig) and devices "
-            f"refuse unsigned releases; nothing applied. Sign it with `engine release sign "
-            f"releases/{unsigned[0]}.yaml`, or pass --allow-unsigned to record it anyway."
-        )
     expired = expired_releases(plan, repo, changes.rollouts, utc_now())
     if expired:
         names = ", ".join(e.describe() for e in expired)
@@ -221,6 +213,14 @@ def _apply(  # noqa: PLR0917 - the steps of one command, split for length
             f"release {names}: devices refuse expired manifests; nothing applied. Release a "
             "new version, or give the manifest a later `expires` and re-sign it "
             "(`engine release sign`)."
+        )
+    unsigned = unsigned_releases(plan, repo)
+    if unsigned and not args.allow_unsigned:
+        names = ", ".join(unsigned)
+        return out.error(
+            f"release {names} has no signature (releases/<version>.yaml.sig) and devices "
+            f"refuse unsigned releases; nothing applied. Sign it with `engine release sign "
+            f"releases/{unsigned[0]}.yaml`, or pass --allow-unsigned to record it anyway."
         )
     count, changing = len(changes.rollouts), changes.changing
     question = (

@@ -15,7 +15,7 @@ from engine.rollouts.status import RolloutStatus, rollout_status, waits_on_pause
 from engine.service.plan import make_plan
 from engine.store import Store
 from engine.store.schema import rollout_devices, rollouts
-from fleetbase.clock import utc_now
+from fleetbase.clock import utc_now, utc_text
 from inventory.loader import OperatorRepo
 from states.plan import AGENT, CHANGING_ACTIONS, Action, Plan
 
@@ -158,7 +158,7 @@ class ExpiredRelease:
 
     def describe(self) -> str:
         """``3.0.1 (releases/3.0.1.yaml expired 2026-11-30T00:00:00Z)``."""
-        return f"{self.version} ({self.manifest} expired {self.expired:%Y-%m-%dT%H:%M:%SZ})"
+        return f"{self.version} ({self.manifest} expired {utc_text(self.expired)})"
 
 
 def expired_releases(

@@ -215,8 +215,7 @@ def test_config_and_flags_roll_out_in_waves_and_a_bad_config_is_rolled_back(
             == rotated
         )
         # what the device runs is named by the keyed digest, not the plain sha256 of its files
-        state = fleet.device(r.device).state()
-        assert state["config_digest"] == r.config_digest
+        assert fleet.device(r.device).state()["config_digest"] == r.config_digest
         files = _config_dir(fleet, r.device)
         agent_sha = hashlib.sha256((files / "agent.json").read_bytes()).hexdigest()
         assert r.config_digest != config_digest(
