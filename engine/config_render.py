@@ -6,6 +6,9 @@ overridden by its own), its effective flags and, for the names the release
 declares secret, the values of the secrets file. The real bundle goes to the
 device only (at check-in); what plans show, store and diff is rendered again
 with every secret replaced by ``MASK``, so no secret value can reach them.
+A file that declares secrets enters the config digest by its HMAC keyed with
+the secrets file's ``digest_key`` (``Secrets.mac``), so the published digest
+cannot be checked against guesses of a secret.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from engine.errors import EngineError
-from engine.secrets_file import MASK, Secrets
+from engine.secrets_file import MASK, Secrets, SecretsError
 from fleetbase.version import Version
 from inventory.flags import effective_flags, wanted_flags
 from inventory.models import Device, Inventory
@@ -122,12 +125,22 @@ class ConfigRenderer:
                     mode=spec.mode,
                     sha256=hashlib.sha256(data).hexdigest(),
                     content=real,
+                    mac=self._mac(spec, device_id, data),
                 )
             )
             masked[spec.path] = shown
-        digest = config_digest(((f.path, f.mode, f.sha256) for f in files), flags)
+        digest = config_digest(((f.path, f.mode, f.digest_entry) for f in files), flags)
         bundle = ConfigBundle.model_construct(digest=digest, files=files, flags=flags)
         return RenderedConfig(bundle, masked)
+
+    def _mac(self, spec: ConfigFileSpec, device_id: str, data: bytes) -> str | None:
+        """The keyed digest of a file that declares secrets (None for one that does not)."""
+        if not spec.secrets:
+            return None
+        try:
+            return self.secrets.mac(data, needed_by=f"device {device_id}: {spec.path}")
+        except SecretsError as e:
+            raise ConfigRenderError(str(e)) from None
 
     def _render(
         self, spec: ConfigFileSpec, device_id: str, context: dict[str, Any], secrets: Any

@@ -6,7 +6,8 @@ skipped, and the fleet would go without its canary; a gate already ahead, on
 a newer release, is the usual "canary first" step), and a platform among a
 group's devices that its release has no artifact for. Warnings: a group that
 matches no device, with the near-misses that explain why ("tag `canry`
-matches nothing; 2 devices have `canary`").
+matches nothing; 2 devices have `canary`"), and a group naming a release whose
+manifest has expired (devices refuse it; `engine apply` refuses to roll it out).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
+from fleetbase.clock import utc_text
 from fleetbase.platform import Platform
 from fleetbase.version import Version
 from inventory._checks import Origin
@@ -23,7 +26,13 @@ from inventory.errors import Problem
 from inventory.membership import Assignment
 from inventory.models import Device, Group, Inventory, Match
 
-__all__ = ["check_gate_groups", "check_platforms", "empty_group_warnings", "near_misses"]
+__all__ = [
+    "check_gate_groups",
+    "check_platforms",
+    "empty_group_warnings",
+    "expired_release_warnings",
+    "near_misses",
+]
 
 
 def _values(value: str | list[str] | None) -> list[str]:
@@ -103,6 +112,40 @@ def empty_group_warnings(
         why = _why_empty(group, inventory.devices.values())
         out.append(
             origin.group[name].problem(("groups", name, "match"), f"matches no device: {why}")
+        )
+    return out
+
+
+def expired_release_warnings(
+    inventory: Inventory,
+    origin: Origin,
+    releases: Mapping[Version, LoadedRelease],
+    now: datetime,
+) -> list[Problem]:
+    """One warning per group that names (``agent.release``) a release whose manifest expired.
+
+    Devices refuse an expired manifest, so the group's devices not on it yet
+    cannot move (`engine apply` refuses to record that). Not an error: devices
+    already running the release keep running it. Groups following a channel
+    never resolve to an expired release.
+    """
+    out: list[Problem] = []
+    for name, group in sorted(inventory.groups.items()):
+        agent = group.agent
+        if agent is None or agent.channel is not None or agent.release is None:
+            continue
+        loaded = releases.get(agent.release)
+        if loaded is None or loaded.manifest.expires > now:
+            continue
+        when = utc_text(loaded.manifest.expires)
+        out.append(
+            origin.group[name].problem(
+                ("groups", name, "agent", "release"),
+                f"the manifest of release {agent.release} (releases/{loaded.path.name}) expired "
+                f"at {when}: devices refuse to install it and `engine apply` will not roll it "
+                "out; release a new version or re-sign it with a later `expires`",
+                at_value=True,
+            )
         )
     return out
 

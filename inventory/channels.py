@@ -5,7 +5,8 @@ signed release manifests: a channel is the operator's decision about a
 release, so promoting one is a one-line change reviewed in git, never a
 re-signing (docs/adr/0017-release-channels.md). A group following a channel
 (``agent: {channel: beta}``) runs the newest release on that channel or a
-more stable one.
+more stable one whose manifest has not expired (devices refuse expired
+manifests, so an expired release is skipped and the resolution says so).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import re
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleetbase.clock import utc_text
 from fleetbase.version import Version, VersionError
 from inventory.errors import Problem
 from inventory.models import CHANNEL_PATTERN
@@ -77,23 +80,35 @@ class Resolution:
     on: str
     #: False for the most stable channel (no channel is more stable)
     more_stable: bool = True
+    #: newer releases of the channel passed over because their manifest expired, newest first
+    skipped: tuple[tuple[Version, datetime], ...] = ()
 
     def describe(self) -> str:
-        """E.g. ``channel beta -> 3.1.0 (newest on beta or more stable; 3.1.0 is on stable)``."""
+        """E.g. ``channel beta -> 3.1.0 (newest on beta or more stable; 3.1.0 is on stable)``,
+        plus ``; skipped 3.2.0 (manifest expired 2026-11-30T00:00:00Z)`` for expired ones."""
         text = f"channel {self.channel} -> {self.release} (newest on {self.channel}"
-        if not self.more_stable:
-            return f"{text})"
-        if self.on != self.channel:
-            return f"{text} or more stable; {self.release} is on {self.on})"
-        return f"{text} or more stable)"
+        if self.more_stable:
+            text += " or more stable"
+            if self.on != self.channel:
+                text += f"; {self.release} is on {self.on}"
+        return f"{text}{self._skipped()})"
 
     def why(self) -> str:
         """The reason given in a device's plan, e.g. ``channel beta: newest on beta or more
         stable`` (the release itself is the plan's ``desired``)."""
         if not self.more_stable:
-            return f"channel {self.channel}: its newest release"
+            return f"channel {self.channel}: its newest release{self._skipped()}"
         text = f"channel {self.channel}: newest on {self.channel} or more stable"
-        return text if self.on == self.channel else f"{text}, from {self.on}"
+        if self.on != self.channel:
+            text += f", from {self.on}"
+        return text + self._skipped()
+
+    def _skipped(self) -> str:
+        if not self.skipped:
+            return ""
+        return "; skipped " + ", ".join(
+            f"{version} (manifest expired {utc_text(when)})" for version, when in self.skipped
+        )
 
 
 @dataclass(frozen=True)
@@ -115,22 +130,47 @@ class Channels:
         """The channel ``release`` is on, or None."""
         return self.of.get(release)
 
-    def resolve(self, channel: str, releases: Iterable[Version]) -> Resolution | None:
-        """The newest of ``releases`` on ``channel`` or a more stable one (None: there is none).
+    def candidates(self, channel: str, releases: Iterable[Version]) -> list[Version]:
+        """The ``releases`` on ``channel`` or a more stable one, newest first.
 
         Raises ValueError for a channel not in ``order``.
         """
         limit = self.rank(channel)
-        best: tuple[Version, str] | None = None
+        found: list[Version] = []
         for version in releases:
             on = self.of.get(version)
-            if on is None or self.rank(on) > limit:
+            if on is not None and self.rank(on) <= limit:
+                found.append(version)
+        return sorted(found, reverse=True)
+
+    def resolve(
+        self,
+        channel: str,
+        releases: Iterable[Version],
+        *,
+        expired: Mapping[Version, datetime] | None = None,
+    ) -> Resolution | None:
+        """The newest of ``releases`` on ``channel`` or a more stable one that is not in
+        ``expired`` (release -> when its manifest expired); None: there is none.
+
+        The expired releases newer than the one chosen are recorded in
+        ``Resolution.skipped``. Raises ValueError for a channel not in ``order``.
+        """
+        limit = self.rank(channel)
+        skipped: list[tuple[Version, datetime]] = []
+        for version in self.candidates(channel, releases):
+            when = expired.get(version) if expired else None
+            if when is not None:
+                skipped.append((version, when))
                 continue
-            if best is None or version > best[0]:
-                best = (version, on)
-        if best is None:
-            return None
-        return Resolution(channel=channel, release=best[0], on=best[1], more_stable=limit > 0)
+            return Resolution(
+                channel=channel,
+                release=version,
+                on=self.of[version],
+                more_stable=limit > 0,
+                skipped=tuple(skipped),
+            )
+        return None
 
 
 def load_channels(

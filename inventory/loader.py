@@ -1,4 +1,4 @@
-"""Load the operator repo: engine.yaml, inventory/*.yaml(.j2), releases/*.yaml, channels.yaml.
+"""Load the operator repo: engine.yaml, inventory/, releases/, channels.yaml, runtime-releases/.
 
 ``load_operator_repo`` reads every file, validates it, checks the references
 between files (group members, releases, pins, overlapping groups) and either
@@ -13,16 +13,23 @@ import hashlib
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from fleetbase.clock import utc_now
 from fleetbase.gcpause import gc_paused
 from fleetbase.version import Version
 from inventory._channel_groups import resolve_channel_groups
 from inventory._checks import check_after, check_references, conflict_problems, merge_files
-from inventory._rollout_checks import check_gate_groups, check_platforms, empty_group_warnings
+from inventory._rollout_checks import (
+    check_gate_groups,
+    check_platforms,
+    empty_group_warnings,
+    expired_release_warnings,
+)
 from inventory.catalog import LoadedRelease, load_release_catalog
 from inventory.channels import Channels, Resolution, load_channels
 from inventory.config_templates import config_templates
@@ -30,7 +37,7 @@ from inventory.errors import InventoryError, Problem
 from inventory.flags import check_flags
 from inventory.membership import Assignment, assign_groups
 from inventory.models import EngineSettings, Inventory, InventoryFile
-from inventory.runtime_catalog import check_runtime_releases
+from inventory.runtime_catalog import check_runtime_releases, runtime_release_sources
 from inventory.sources import SourceFile, problems_from_validation_error
 
 if TYPE_CHECKING:
@@ -70,8 +77,11 @@ class OperatorRepo:
     resolutions: dict[str, Resolution] = field(default_factory=dict)
 
 
-def load_operator_repo(root: Path) -> OperatorRepo:
+def load_operator_repo(root: Path, *, now: datetime | None = None) -> OperatorRepo:
     """Load and validate the operator repo at ``root``.
+
+    ``now`` (default: the clock) is the instant release manifests' expiry is
+    judged at: a group following a channel never resolves to an expired one.
 
     Raises InventoryError listing every problem found (not only the first).
     The garbage collector is paused while loading and the result is frozen
@@ -84,7 +94,7 @@ def load_operator_repo(root: Path) -> OperatorRepo:
     problems: list[Problem] | None = None
     with gc_paused():
         try:
-            repo = _load(root)
+            repo = _load(root, now)
         except InventoryError as e:
             # Raise afresh below, once the frames holding the parsed and composed
             # documents are gone: freeing them by reference count while the
@@ -98,7 +108,7 @@ def load_operator_repo(root: Path) -> OperatorRepo:
     return repo
 
 
-def _load(root: Path) -> OperatorRepo:
+def _load(root: Path, now: datetime | None) -> OperatorRepo:
     problems: list[Problem] = []
     sources: list[SourceFile] = []
 
@@ -161,8 +171,15 @@ def _load(root: Path) -> OperatorRepo:
     )
     if channels_source is not None:
         sources.append(channels_source)
+    now = utc_now() if now is None else now
     groups, resolutions = resolve_channel_groups(
-        groups, origin, channels, catalog.releases, problems, channels_valid=len(problems) == before
+        groups,
+        origin,
+        channels,
+        catalog.releases,
+        problems,
+        channels_valid=len(problems) == before,
+        now=now,
     )
 
     sources.extend(config_templates(root, catalog.releases, problems))
@@ -179,6 +196,7 @@ def _load(root: Path) -> OperatorRepo:
     )
     check_after(inventory, origin, problems, groups_complete=failed_files == 0)
     check_runtime_releases(inventory, origin, root, problems)
+    sources.extend(runtime_release_sources(root))
     assignment, conflicts = assign_groups(inventory)
     problems.extend(conflict_problems(conflicts, origin))
     warnings: list[Problem] = []
@@ -187,6 +205,7 @@ def _load(root: Path) -> OperatorRepo:
         check_platforms(inventory, origin, catalog.releases, assignment, problems)
         check_flags(inventory, origin, catalog.releases, assignment, problems)
         warnings = empty_group_warnings(inventory, origin, assignment)
+        warnings += expired_release_warnings(inventory, origin, catalog.releases, now)
     if problems:
         raise InventoryError(problems)
     return OperatorRepo(

@@ -14,13 +14,15 @@ from fleetbase.version import Version, VersionError
 from inventory._checks import Origin
 from inventory.errors import Problem
 from inventory.models import Inventory
-from states.bundle import TARGET_RE
+from inventory.sources import SourceFile
+from states.bundle import MANIFEST_NAME, TARGET_RE
 
 __all__ = [
     "RUNTIME_RELEASES_DIR",
     "RuntimeRelease",
     "check_runtime_releases",
     "list_runtime_releases",
+    "runtime_release_sources",
     "runtime_releases_dir",
 ]
 
@@ -68,6 +70,21 @@ def list_runtime_releases(root: Path) -> dict[Version, RuntimeRelease]:
         if targets:
             found[version] = RuntimeRelease(version, entry, targets)
     return found
+
+
+def runtime_release_sources(root: Path) -> list[SourceFile]:
+    """The ``bundle.json`` of every runtime release's every target: inputs of the repo digest.
+
+    A saved plan is bound to them (ADR 0015): a runtime release or a target
+    added, replaced or removed after ``engine plan --out`` stales the plan. Each
+    ``bundle.json`` lists its wheels' sha256, so the wheels themselves need not
+    be read; signatures are not inputs (re-signing does not stale a plan).
+    """
+    return [
+        SourceFile.read(release.directory / target / MANIFEST_NAME, root)
+        for release in list_runtime_releases(root).values()
+        for target in release.targets
+    ]
 
 
 def check_runtime_releases(

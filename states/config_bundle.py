@@ -7,6 +7,13 @@ in its check-in answer and writes them, with ``flags.json``, in the same
 transaction as the agent's files. ``config_digest`` names the whole bundle:
 the device reports the digest it runs, the plan compares it with the desired
 one (``reconfigure`` when they differ).
+
+The digest is published (plans, the store, events), so it must not let anyone
+test guesses of a secret: a file that holds secrets enters it by its ``mac``,
+an HMAC keyed by the secrets file's ``digest_key``, never by its plain sha256
+(docs/adr/0026-keyed-config-digests.md). The device cannot compute a ``mac``
+(it has no key) and needs not: it checks each file against its ``sha256`` and
+the digest over the entries it was given.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ class RenderedFile(_Wire):
     mode: int = Field(default=0o640, ge=0, le=0o777)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     content: Annotated[str, Field(max_length=MAX_FILE_BYTES)]
+    #: for a file that holds secrets: the keyed digest of its content, which the config
+    #: digest covers instead of ``sha256`` (so the digest cannot be checked against guesses)
+    mac: str | None = Field(default=None, pattern=r"^hmac-sha256:[0-9a-f]{64}$")
 
     @field_validator("path")
     @classmethod
@@ -64,6 +74,11 @@ class RenderedFile(_Wire):
         """The bytes written on the device."""
         return self.content.encode()
 
+    @property
+    def digest_entry(self) -> str:
+        """What the config digest covers of this file's content: ``mac``, else ``sha256``."""
+        return self.mac or self.sha256
+
 
 class ConfigBundle(_Wire):
     """Everything the device's config directory should hold, and the digest naming it."""
@@ -74,7 +89,7 @@ class ConfigBundle(_Wire):
 
     def computed_digest(self) -> str:
         """The digest of these files and flags (what ``digest`` must say)."""
-        return config_digest(((f.path, f.mode, f.sha256) for f in self.files), self.flags)
+        return config_digest(((f.path, f.mode, f.digest_entry) for f in self.files), self.flags)
 
 
 def flags_bytes(flags: Mapping[str, FlagValue]) -> bytes:
@@ -83,7 +98,11 @@ def flags_bytes(flags: Mapping[str, FlagValue]) -> bytes:
 
 
 def config_digest(files: Iterable[tuple[str, int, str]], flags: Mapping[str, FlagValue]) -> str:
-    """``sha256:<hex>`` over each file's (path, mode, sha256) and the flags file's bytes."""
+    """``sha256:<hex>`` over each file's (path, mode, digest entry) and the flags file's bytes.
+
+    A file's digest entry is the sha256 of its content, or ``hmac-sha256:<hex>``
+    (``RenderedFile.mac``) for a file that holds secrets.
+    """
     h = hashlib.sha256()
     for path, mode, sha in sorted(files):
         h.update(f"{path}\0{mode:o}\0{sha}\n".encode())

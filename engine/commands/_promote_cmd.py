@@ -31,6 +31,7 @@ def add_promote_command(actions: argparse._SubParsersAction[argparse.ArgumentPar
 
 def _promote(args: argparse.Namespace) -> int:
     from engine.service.promote import PromoteError, promote
+    from fleetbase.clock import utc_text
     from fleetbase.version import Version, VersionError
 
     try:
@@ -51,6 +52,7 @@ def _promote(args: argparse.Namespace) -> int:
                 {"group": m.group, "channel": m.channel, "from": str(m.before), "to": str(m.after)}
                 for m in done.moves
             ],
+            "expired": None if done.expired is None else done.expired.isoformat(),
         }
         print(json.dumps(doc, indent=2))
         return 0
@@ -66,6 +68,12 @@ def _promote(args: argparse.Namespace) -> int:
             print(f"  {m.group} (channel {m.channel}): {m.before} -> {m.after}")
     else:
         print("no group following a channel changes release")
+    if done.expired is not None:
+        print(
+            f"note: the manifest of {done.version} expired at "
+            f"{utc_text(done.expired)} and devices refuse it: groups "
+            "following a channel skip it until it is re-signed with a later `expires`"
+        )
     print(
         "Review and commit the change (promotion is a reviewed change like any other), e.g.\n"
         f"  git add {done.path.name} && git commit -m 'Promote {done.version} to {done.channel}'\n"

@@ -169,11 +169,13 @@ def _apply(  # noqa: PLR0917 - the steps of one command, split for length
     from engine.service.apply import (
         DriftError,
         StalePlanError,
+        expired_releases,
         pending_changes,
         plan_to_apply,
         record_apply,
         unsigned_releases,
     )
+    from fleetbase.clock import utc_now
 
     try:
         with spinner("planning and comparing with the fleet …", enabled=not args.json):
@@ -204,6 +206,14 @@ def _apply(  # noqa: PLR0917 - the steps of one command, split for length
     if changes.empty:
         out.say("\nNothing to apply: no group has devices to move to its release.")
         return out.done(applied=False)
+    expired = expired_releases(plan, repo, changes.rollouts, utc_now())
+    if expired:
+        names = ", ".join(e.describe() for e in expired)
+        return out.error(
+            f"release {names}: devices refuse expired manifests; nothing applied. Release a "
+            "new version, or give the manifest a later `expires` and re-sign it "
+            "(`engine release sign`)."
+        )
     unsigned = unsigned_releases(plan, repo)
     if unsigned and not args.allow_unsigned:
         names = ", ".join(unsigned)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,16 +15,19 @@ from engine.rollouts.status import RolloutStatus, rollout_status, waits_on_pause
 from engine.service.plan import make_plan
 from engine.store import Store
 from engine.store.schema import rollout_devices, rollouts
-from fleetbase.clock import utc_now
+from fleetbase.clock import utc_now, utc_text
 from inventory.loader import OperatorRepo
 from states.plan import AGENT, CHANGING_ACTIONS, Action, Plan
 
 __all__ = [
     "SETTLED_STATES",
     "DriftError",
+    "ExpiredRelease",
     "PendingChanges",
     "PlanToApply",
     "StalePlanError",
+    "changed_resolutions",
+    "expired_releases",
     "follow_rollouts",
     "pending_changes",
     "plan_to_apply",
@@ -103,13 +106,34 @@ def plan_to_apply(
     """
     if saved is None:
         return PlanToApply(make_plan(repo, store), Drift(), saved=False)
-    stale = check_plan_fresh(saved, repo, store)
+    stale = check_plan_fresh(saved, repo, store) + changed_resolutions(saved, repo)
     if stale:
         raise StalePlanError(stale)
     drift = plan_drift(saved, make_plan(repo, store))
     if strict and drift.changes_plan:
         raise DriftError(drift)
     return PlanToApply(saved, drift, saved=True)
+
+
+def changed_resolutions(plan: Plan, repo: OperatorRepo) -> list[str]:
+    """Groups whose channel resolves to another release now than when ``plan`` was made.
+
+    With the repo's files unchanged this happens only when the release the
+    plan resolved to has expired since (a channel never resolves to an
+    expired release): the plan is then stale like one whose files changed.
+    """
+    reasons: list[str] = []
+    for rollout in plan.rollouts:
+        if rollout.channel is None or rollout.component != AGENT:
+            continue
+        now = repo.resolutions.get(rollout.group)
+        if now is None or now.channel != rollout.channel or now.release == rollout.release:
+            continue
+        reasons.append(
+            f"group {rollout.group}'s channel {rollout.channel} resolved to {rollout.release} "
+            f"when the plan was made; now {now.describe()}"
+        )
+    return reasons
 
 
 def unsigned_releases(plan: Plan, repo: OperatorRepo) -> list[str]:
@@ -122,6 +146,41 @@ def unsigned_releases(plan: Plan, repo: OperatorRepo) -> list[str]:
         if loaded is not None and loaded.signature_path is None:
             found.add(str(rollout.release))
     return sorted(found)
+
+
+@dataclass(frozen=True)
+class ExpiredRelease:
+    """A release `engine apply` would roll out whose manifest has expired."""
+
+    version: str
+    manifest: str  # releases/<file>
+    expired: datetime
+
+    def describe(self) -> str:
+        """``3.0.1 (releases/3.0.1.yaml expired 2026-11-30T00:00:00Z)``."""
+        return f"{self.version} ({self.manifest} expired {utc_text(self.expired)})"
+
+
+def expired_releases(
+    plan: Plan, repo: OperatorRepo, rollouts: Collection[str], now: datetime
+) -> list[ExpiredRelease]:
+    """The agent releases of ``rollouts`` (ids of the plan's) whose manifest expired at ``now``.
+
+    Devices refuse an expired manifest, so such a rollout could only fail. A
+    group following a channel never resolves to one when planned, but a saved
+    plan may name a release that expired since it was made.
+    """
+    found: dict[str, ExpiredRelease] = {}
+    for rollout in plan.rollouts:
+        if rollout.component != AGENT or rollout.id not in rollouts:
+            continue
+        loaded = repo.releases.get(rollout.release)
+        if loaded is not None and loaded.manifest.expires <= now:
+            version = str(rollout.release)
+            found[version] = ExpiredRelease(
+                version, f"releases/{loaded.path.name}", loaded.manifest.expires
+            )
+    return [found[v] for v in sorted(found)]
 
 
 def pending_changes(plan: Plan, repo: OperatorRepo) -> PendingChanges:

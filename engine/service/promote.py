@@ -13,12 +13,14 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from engine.errors import EngineError
+from fleetbase.clock import utc_now
 from fleetbase.version import Version, VersionError
 from inventory.channels import CHANNELS_FILE, load_channels
 from inventory.errors import InventoryError, Problem
@@ -58,6 +60,8 @@ class Promotion:
     path: Path
     diff: str
     moves: list[GroupMove] = field(default_factory=list)
+    #: when the release's manifest expired, if it has: channel followers skip it
+    expired: datetime | None = None
 
 
 _NEW_FILE_HEAD = (
@@ -235,4 +239,8 @@ def promote(root: Path, version: Version, channel: str, *, force: bool = False) 
             tofile=f"b/{CHANNELS_FILE}",
         )
     )
-    return Promotion(canonical, channel, previous, path, diff, _moves(repo, after))
+    expires = repo.releases[canonical].manifest.expires
+    return Promotion(
+        canonical, channel, previous, path, diff, _moves(repo, after),
+        expired=expires if expires <= utc_now() else None,
+    )  # fmt: skip

@@ -5,11 +5,13 @@ files); a config that stops the agent's heartbeat is rolled back by the
 runtime with the previous files restored byte for byte and the rollout halts;
 a secret value reaches the devices but never a plan, the store or an event;
 a flag the release does not declare is refused at validate with its file and
-line; flipping a flag rolls out in waves like a release.
+line; flipping a flag rolls out in waves like a release; a changed secret
+reconfigures, under a digest keyed by the secrets file's digest_key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -20,12 +22,14 @@ from typing import Any
 import pytest
 import yaml
 
+from states.config_bundle import config_digest
 from tests.e2e.conftest import MakeFleet, StoreView, fleet_group, seconds, specs
 from tests.harness import Fleet, wait_until
 
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cr3t-api-key-0f9e8d7c"
+DIGEST_KEY = "4b1d9c0e7f3a52e8a6c1d0b9f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b"
 SOAK = "1s"
 TEMPLATE = (
     "{\n"
@@ -43,7 +47,7 @@ def _declare_config(fleet: Fleet) -> None:
     (root / "templates").mkdir(exist_ok=True)
     (root / "templates" / "agent.json.j2").write_text(TEMPLATE)
     secrets = root / "secrets.yaml"
-    secrets.write_text(yaml.safe_dump({"api_key": SECRET}))
+    secrets.write_text(yaml.safe_dump({"digest_key": DIGEST_KEY, "api_key": SECRET}))
     os.chmod(secrets, 0o600)
     manifest = root / "releases" / "3.0.1.yaml"
     doc = yaml.safe_load(manifest.read_text())
@@ -192,3 +196,28 @@ def test_config_and_flags_roll_out_in_waves_and_a_bad_config_is_rolled_back(
         cfg = _config_dir(fleet, r.device)
         assert json.loads((cfg / "flags.json").read_text()) == {"verbose": True}
         assert json.loads((cfg / "agent.json").read_text())["verbose"] is True
+
+    # -- a changed secret reconfigures (the digest is keyed, and still names the secret) ------
+    rotated = SECRET + "-rotated"
+    (fleet.repo.root / "secrets.yaml").write_text(
+        yaml.safe_dump({"digest_key": DIGEST_KEY, "api_key": rotated})
+    )
+    plan = json.loads(fleet.repo.engine("plan", "--json").stdout)
+    assert {d["action"] for d in plan["devices"]} == {"reconfigure"}, plan["devices"]
+    assert rotated not in json.dumps(plan)
+    code, out = _apply(fleet)
+    assert code == 0, out
+    secret_rollout = _config_rollout(view, fleet)
+    assert secret_rollout.state == "completed" and secret_rollout.id != flipped.id
+    for r in _two_waves(view, secret_rollout):
+        assert (
+            json.loads((_config_dir(fleet, r.device) / "agent.json").read_text())["api_key"]
+            == rotated
+        )
+        # what the device runs is named by the keyed digest, not the plain sha256 of its files
+        assert fleet.device(r.device).state()["config_digest"] == r.config_digest
+        files = _config_dir(fleet, r.device)
+        agent_sha = hashlib.sha256((files / "agent.json").read_bytes()).hexdigest()
+        assert r.config_digest != config_digest(
+            [("agent.json", 0o640, agent_sha)], {"verbose": True}
+        )

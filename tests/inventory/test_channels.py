@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,54 @@ def test_describe_texts() -> None:
     assert Resolution("beta", V("3.1.0"), "stable").why() == (
         "channel beta: newest on beta or more stable, from stable"
     )
+
+
+def test_expired_releases_are_skipped_newest_first_and_named() -> None:
+    """The newest unexpired candidate wins; the newer expired ones are recorded, newest first;
+    an older expired release is not mentioned; all expired: nothing."""
+    channels = Channels(
+        of={V("3.0.0"): "stable", V("3.0.1"): "stable", V("3.1.0-beta.1"): "beta",
+            V("3.1.0-beta.2"): "beta"}
+    )  # fmt: skip
+    gone = datetime(2026, 11, 1, tzinfo=UTC)
+    expired = {V("3.1.0-beta.2"): gone, V("3.1.0-beta.1"): gone, V("3.0.0"): gone}
+    found = channels.resolve("beta", list(channels.of), expired=expired)
+    assert found == Resolution(
+        "beta", V("3.0.1"), "stable",
+        skipped=((V("3.1.0-beta.2"), gone), (V("3.1.0-beta.1"), gone)),
+    )  # fmt: skip
+    assert found.describe() == (
+        "channel beta -> 3.0.1 (newest on beta or more stable; 3.0.1 is on stable; skipped "
+        "3.1.0-beta.2 (manifest expired 2026-11-01T00:00:00Z), 3.1.0-beta.1 (manifest expired "
+        "2026-11-01T00:00:00Z))"
+    )
+    assert found.why().startswith(
+        "channel beta: newest on beta or more stable, from stable; skipped 3.1.0-beta.2 "
+    )
+    stable = channels.resolve("stable", list(channels.of), expired={V("3.0.1"): gone})
+    assert stable is not None and stable.release == V("3.0.0")
+    assert stable.why() == (
+        "channel stable: its newest release; skipped 3.0.1 (manifest expired 2026-11-01T00:00:00Z)"
+    )
+    everything = dict.fromkeys(channels.of, gone)
+    assert channels.resolve("beta", list(channels.of), expired=everything) is None
+    assert channels.candidates("beta", list(channels.of))[0] == V("3.1.0-beta.2")
+
+
+def test_loader_judges_expiry_at_now(make_repo: RepoMaker) -> None:
+    """The same files resolve differently before and after a manifest's expiry."""
+    root = _repo(make_repo)
+    (root / "releases" / "3.1.0-beta.2.yaml").write_text(
+        manifest_text("3.1.0-beta.2", 3).replace("2036-01-01T00:00:00Z", "2027-01-01T00:00:00Z")
+    )
+    before = load_operator_repo(root, now=datetime(2026, 12, 31, tzinfo=UTC))
+    assert before.resolutions["early"].release == V("3.1.0-beta.2")
+    after = load_operator_repo(root, now=datetime(2027, 1, 1, tzinfo=UTC))
+    assert after.resolutions["early"].release == V("3.1.0-beta.1")
+    assert after.resolutions["early"].skipped == (
+        (V("3.1.0-beta.2"), datetime(2027, 1, 1, tzinfo=UTC)),
+    )
+    assert before.digest == after.digest  # the files are the same
 
 
 # -- loading -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from engine.store import Store
 from engine.store.schema import reports
 from fleetbase.version import Version
 from states.report import Report
+from tests.bundles import RuntimeBundle
 from tests.rollouts.fleet import linux_devices, write_repo
 
 GROUPS = {
@@ -222,3 +223,43 @@ def test_wait_prints_one_line_per_change_without_a_terminal(
     out = capsys.readouterr().out
     lines = re.findall(r"^\d\d:\d\d:\d\d #1 prod@3\.0\.1: (\w+), wave 1/2", out, re.M)
     assert lines and lines[-1] == "paused"
+
+
+def test_a_runtime_release_made_after_the_plan_stales_it(
+    repo: Path, runtime_bundle: RuntimeBundle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """runtime-releases/ is desired state like releases/: a runtime release made (by the real
+    `engine runtime release`) after `plan --out` makes apply refuse the saved plan, naming the
+    bundle's manifest; nothing is recorded. A fresh plan applies."""
+    (repo / "keys").mkdir()
+    (repo / "keys" / "bundle.pub").write_text(runtime_bundle.public_key + "\n")
+    with (repo / "engine.yaml").open("a") as f:
+        f.write("trusted_keys: [keys/bundle.pub]\n")
+    saved = repo / "plan.json"
+    assert main(["plan", "-C", str(repo), "--out", str(saved)]) == 0
+    capsys.readouterr()
+    made = main(["runtime", "release", "-C", str(repo), "--from", str(runtime_bundle.root)])
+    assert made == 0, capsys.readouterr().err
+    version = json.loads((runtime_bundle.directory / "bundle.json").read_text())["runtime_version"]
+    capsys.readouterr()
+    assert main(["apply", str(saved), "--yes", "--allow-unsigned"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "the operator repo changed since the plan was made: "
+        f"runtime-releases/{version}/{runtime_bundle.target}/bundle.json was added"
+    ) in err, err
+    assert _rollouts(repo) == 0
+    # a fresh plan, then the release's bundle manifest rewritten (replaced by hand): stale again
+    assert main(["plan", "-C", str(repo), "--out", str(saved)]) == 0
+    manifest = repo / "runtime-releases" / version / runtime_bundle.target / "bundle.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()), indent=4))
+    capsys.readouterr()
+    assert main(["apply", str(saved), "--yes", "--allow-unsigned"]) == 1
+    assert f"runtime-releases/{version}/{runtime_bundle.target}/bundle.json changed" in (
+        capsys.readouterr().err
+    )
+    assert _rollouts(repo) == 0
+    assert main(["plan", "-C", str(repo), "--out", str(saved)]) == 0
+    capsys.readouterr()
+    assert main(["apply", str(saved), "--yes", "--allow-unsigned"]) == 0, capsys.readouterr().err
+    assert _rollouts(repo) == 1

@@ -177,6 +177,27 @@ def test_a_bundle_whose_digest_lies_is_refused_before_anything_changes(device: S
     assert _snapshot(device) == before
 
 
+def test_a_file_with_secrets_enters_the_digest_by_its_mac(device: Sandbox) -> None:
+    """A file that holds secrets carries the server's keyed digest (``mac``), which the
+    config digest covers instead of its sha256: the runtime, which has no key, installs it
+    and reports that digest; a digest that does not cover the macs it got is refused."""
+    keyed = bundle('{"token": "4821"}\n', {"verbose": False})
+    mac = "hmac-sha256:" + "5" * 64
+    files = [keyed.files[0].model_copy(update={"mac": mac})]
+    digest = config_digest([(f.path, f.mode, mac) for f in files], keyed.flags)
+    plain = config_digest([(f.path, f.mode, f.sha256) for f in files], keyed.flags)
+    assert digest != plain
+    before = _snapshot(device)
+    lying = ConfigBundle(digest=plain, files=files, flags=keyed.flags)
+    run = _converge(device, lying, None)
+    assert "result: failed" in run.stdout and "does not match" in run.stdout, run.stdout
+    assert _snapshot(device) == before
+    run = _converge(device, ConfigBundle(digest=digest, files=files, flags=keyed.flags), None)
+    assert "result: committed" in run.stdout, run.stdout + run.stderr
+    assert _snapshot(device)["agent.json"] == (b'{"token": "4821"}\n', 0o640)
+    assert device.state_json()["config_digest"] == digest
+
+
 def test_an_update_installs_its_config_in_the_same_transaction(tmp_path: Path) -> None:
     """3.0.0 without config -> 3.0.1 with config A: one transaction, files and config together;
     a failing confirm takes both back (3.0.0 runs again, no config file left)."""

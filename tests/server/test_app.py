@@ -363,7 +363,7 @@ def _with_config(repo: Path) -> None:
     (repo / "templates").mkdir()
     (repo / "templates" / "agent.json.j2").write_text('{"key": {{ secrets.key | tojson }}}\n')
     secrets = repo / "secrets.yaml"
-    secrets.write_text("key: the-secret-value\n")
+    secrets.write_text("digest_key: 0123456789abcdef0123456789abcdef\nkey: the-secret-value\n")
     secrets.chmod(0o600)
     with (repo / "engine.yaml").open("a") as f:
         f.write("secrets_file: secrets.yaml\n")
