@@ -75,11 +75,11 @@ def windows_supervised_bin_path(
 ) -> str:
     """The service's command line: the base ``pythonw.exe`` running the home's copy of the
     SCM wrapper, with the supervisor's arguments."""
-    home = PureWindowsPath(home)
+    win = PureWindowsPath(str(home))  # from the text: C:/x as a PosixPath is C: + x
     return (
-        f"{_quote(str(PureWindowsPath(pythonw)))} {_quote(str(home / 'winsupervisor.py'))} "
-        f"--home {_quote(str(home))} --confirm-timeout {confirm_timeout:g} "
-        f"-- converge --config {_quote(str(PureWindowsPath(config)))}"
+        f"{_quote(str(PureWindowsPath(str(pythonw))))} {_quote(str(win / 'winsupervisor.py'))} "
+        f"--home {_quote(str(win))} --confirm-timeout {confirm_timeout:g} "
+        f"-- converge --config {_quote(str(PureWindowsPath(str(config))))}"
     )
 
 
