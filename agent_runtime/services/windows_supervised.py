@@ -263,16 +263,23 @@ def service_action(
     home: Path,
     config: Path,
     out: Callable[[str], None],
+    confirm_timeout: float = 120.0,
+    pythonw: Path | None = None,
     venv: Path | None = None,
     runner: Runner = subprocess_runner,
 ) -> int:
     """``agent-runtime service install|uninstall|show --manager windows --home H``: the
-    supervised service over ``home``, run by the base Python of ``venv`` (default: the
-    venv running this); the exit code."""
+    supervised service over ``home``, run by ``pythonw`` (default: the base Python of
+    ``venv``, itself by default the venv running this); the exit code."""
+    if not confirm_timeout > 0:
+        raise ServiceError(f"--confirm-timeout must be positive, not {confirm_timeout:g}")
+    if pythonw is None:
+        pythonw = base_pythonw(Path(sys.prefix) if venv is None else venv)
     service = WindowsSupervisedService(
-        pythonw=base_pythonw(Path(sys.prefix) if venv is None else venv),
+        pythonw=pythonw,
         home=home.absolute(),
         config=config.absolute(),
+        confirm_timeout=confirm_timeout,
         runner=runner,
     )
     if action == "show":

@@ -276,3 +276,18 @@ def test_cli_service_show_with_home_prints_the_supervised_commands(
     wanted = windows_supervised_create_commands(pythonw, home, sandbox.config_path)
     assert code == 0
     assert capsys.readouterr().out.splitlines() == [subprocess.list2cmdline(a) for a in wanted]
+
+
+def test_service_action_show_and_bad_confirm_timeout(home: Home) -> None:
+    """The show action prints the create commands for the given interpreter and timeout; a
+    timeout that is not positive is refused before anything runs."""
+    from agent_runtime.services.windows_supervised import service_action
+
+    lines: list[str] = []
+    code = service_action("show", home=home.root, config=home.config, out=lines.append,
+                          confirm_timeout=45, pythonw=home.pythonw)  # fmt: skip
+    wanted = windows_supervised_create_commands(home.pythonw, home.root, home.config, 45)
+    assert code == 0 and lines == [subprocess.list2cmdline(a) for a in wanted]
+    with pytest.raises(ServiceError, match="--confirm-timeout must be positive, not 0"):
+        service_action("install", home=home.root, config=home.config, out=lines.append,
+                       confirm_timeout=0, pythonw=home.pythonw, runner=FakeRunner([]))  # fmt: skip
