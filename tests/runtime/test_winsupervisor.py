@@ -155,3 +155,13 @@ def test_a_missing_home_is_refused(tmp_path: Path, home: Home) -> None:
     module = load_copy(home)
     with pytest.raises(SystemExit, match="is not a directory"):
         module.SupervisedService(["--home", str(tmp_path / "nowhere"), "--", "converge"])
+
+
+def test_the_in_venv_wrapper_refuses_to_run_outside_windows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The unsupervised service's wrapper shares run_service; outside Windows it says so."""
+    from agent_runtime import winservice
+
+    assert winservice.main(["--config", "C:\\c.yaml"]) == 2
+    assert capsys.readouterr().err == "agent_runtime.winservice runs under the Windows SCM only\n"
