@@ -115,11 +115,12 @@ class SupervisedService:
 
 
 def _open_log(path: Path) -> IO[str]:
-    """``path`` for appending, line-buffered, after moving a too large one to ``.1``."""
+    """``path`` for appending, line-buffered, after moving a too large one to ``.1`` (kept
+    when it cannot be moved: on Windows a runtime a killed supervisor left may hold it)."""
     try:
         if path.stat().st_size > LOG_ROTATE_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
-    except FileNotFoundError:
+    except OSError:
         pass
     return open(path, "a", encoding="utf-8", buffering=1)
 
@@ -137,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     if sys.platform != "win32":
         print("winsupervisor runs under the Windows SCM only", file=sys.stderr)
         return 2
-    return run_service("AgentRuntime", lambda: _with_console(SupervisedService(args)))
+    return run_service("AgentRuntime", lambda: _as_service(SupervisedService(args)))
 
 
-def _with_console(service: SupervisedService) -> SupervisedService:  # pragma: no cover
-    """Give the service process a console of its own (hidden: session 0), shared by the
-    runtimes it starts, so that the supervisor can send them CTRL_BREAK; the process
-    itself ignores console events (the SCM stops it)."""
+def _as_service(service: SupervisedService) -> SupervisedService:  # pragma: no cover
+    """Send this process's stray output (pythonw has none) to the service's log, and give
+    it a console of its own (hidden: session 0), shared by the runtimes it starts, so that
+    the supervisor can send them CTRL_BREAK; the process itself ignores console events
+    (the SCM stops it)."""
+    sys.stdout = sys.stderr = service.log
     if sys.platform == "win32":
         import ctypes
 
