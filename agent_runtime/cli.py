@@ -80,13 +80,7 @@ def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
         else:
             _out(f"result: {res.result} — {res.detail}")
         return exit_code(res.result)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_on_signals()
     while not stop.is_set():
         try:
             res = runtime.converge_once(source)
@@ -100,6 +94,21 @@ def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
         _out(f"next converge in {delay:.0f}s")
         stop.wait(delay)
     return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM, SIGINT and, on Windows, CTRL_BREAK (SIGBREAK: how the
+    supervisor asks a runtime in its own process group to stop there)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if sys.platform == "win32":
+        signal.signal(signal.SIGBREAK, on_signal)
+    return stop
 
 
 def _collect_events(runtime: Runtime) -> list[StepEvent]:
@@ -121,13 +130,7 @@ def _pull(args: argparse.Namespace, config: DeviceConfig) -> int:
     """Pull mode: check in with the config's server and converge to what it offers."""
     from agent_runtime.pull import run_pull
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_on_signals()
     return run_pull(config, stop=stop, once=args.once, out=_out)
 
 
@@ -219,6 +222,15 @@ def _adopt(args: argparse.Namespace, config: DeviceConfig) -> int:
 def _service(args: argparse.Namespace, config: DeviceConfig) -> int:
     from agent_runtime.services.runtime_service import RuntimeService
 
+    if args.home is not None:
+        if args.manager != "windows":
+            raise ConfigError("--home: the supervised service is not supported for "
+                              f"{args.manager} yet")  # fmt: skip
+        from agent_runtime.services.windows_supervised import service_action
+
+        return service_action(args.action, home=Path(args.home),
+                              config=Path(args.config_path), out=_out)  # fmt: skip
+
     venv_bin = Path(sys.executable).parent
     if args.manager == "windows":
         executable = venv_bin / "pythonw.exe"
@@ -309,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--manager", required=True, choices=["systemd", "launchd", "windows"])
     sv.add_argument(
         "--directory", metavar="DIR", help="where the unit / plist goes (default the system's)"
+    )
+    sv.add_argument(
+        "--home",
+        metavar="DIR",
+        help="the runtime home (versions/<v> venvs): the service runs the supervisor over it, "
+        "so that the runtime updates itself",
     )
     sv.add_argument("--config", metavar="FILE")
     sv.set_defaults(func=_service)

@@ -199,13 +199,25 @@ class _InstallError(Exception):
 
 
 def _stop_earlier_build(marker: Path) -> None:
-    """SIGKILL the process group an interrupted build left running (its pip), if any."""
+    """SIGKILL the process group an interrupted build left running (its pip), if any. Not on
+    Windows, where the recorded pid names no group and may have been reused since."""
     found = sv.read_json(marker)
     group = found.get("pgid") if found else None
     if os.name == "nt" or not isinstance(group, int) or group <= 1:
         return
+    _kill_group(group)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill the build step ``pid`` and what it started: its process group (POSIX), its
+    process tree (Windows, ``taskkill /F /T``: there is no process group to signal)."""
+    if sys.platform == "win32":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["taskkill.exe", "/F", "/T", "/PID", str(pid)],
+                           capture_output=True, timeout=60, check=False)  # fmt: skip
+        return
     with contextlib.suppress(OSError):
-        os.killpg(group, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _run(cmd: list[str], what: str, marker: Path) -> None:
@@ -223,8 +235,7 @@ def _run(cmd: list[str], what: str, marker: Path) -> None:
     try:
         out, _ = proc.communicate(timeout=INSTALL_TIMEOUT)
     except subprocess.TimeoutExpired as e:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc.pid)
         proc.wait()
         raise _InstallError(f"{what}: no end within {INSTALL_TIMEOUT:g}s") from e
     if proc.returncode != 0:

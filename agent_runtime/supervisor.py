@@ -26,6 +26,13 @@ starts (it was killed mid-trial) is reverted unless confirmed: an unconfirmed
 runtime is never trusted. Every state file is written atomically (temporary
 file, fsync, rename), so a kill at any instant leaves a runnable version.
 The agent is not the supervisor's business: it keeps running throughout.
+
+Portable: on Windows (run by the service wrapper ``winsupervisor.py``) the
+runtime is started in a process group of its own and asked to stop with
+CTRL_BREAK (terminated when that cannot be delivered), a stale runtime is
+recognised by its executable's path instead of ``/proc``, and a rename that
+meets a reader holding the file open is retried. ``Supervisor.stop`` ends the
+loop from a signal handler or another thread.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "CHILD_PID",
@@ -51,8 +58,11 @@ __all__ = [
     "STATE",
     "SWITCH_EXIT",
     "VERSIONS",
+    "Supervisor",
+    "build",
     "installing_marker",
     "main",
+    "parse_args",
     "read_json",
     "runtime_exe",
     "write_json",
@@ -72,6 +82,8 @@ POLL = 0.2
 RESTART_DELAY = 1.0
 #: Seconds a runtime gets to stop after SIGTERM before it is killed.
 STOP_TIMEOUT = 10.0
+#: Seconds a rename may keep meeting a reader that holds the file open (Windows only).
+REPLACE_TIMEOUT = 5.0
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -90,13 +102,30 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace(tmp, path)
     if os.name != "nt":
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """``os.replace``; on Windows retried while another process holds ``dst`` open (a
+    sharing violation there, where POSIX renames over an open file)."""
+    if sys.platform != "win32":
+        os.replace(src, dst)
+        return
+    deadline = time.monotonic() + REPLACE_TIMEOUT
+    while True:
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def runtime_exe(home: Path, version: str) -> Path:
@@ -119,14 +148,26 @@ class Supervisor:
     """One supervisor over one runtime home (see the module docstring)."""
 
     def __init__(
-        self, home: Path, args: list[str], confirm_timeout: float, out: Any = print
+        self,
+        home: Path,
+        args: list[str],
+        confirm_timeout: float,
+        out: Any = print,
+        output: IO[Any] | None = None,
     ) -> None:
+        """``output``: where the runtime's stdout and stderr go (None: the supervisor's)."""
         self.home = home
         self.args = args
         self.confirm_timeout = confirm_timeout
         self.out = out
+        self.output = output
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
+
+    def stop(self) -> None:
+        """End the loop (from a signal handler or another thread): ``run`` stops the runtime
+        and returns."""
+        self.stopping = True
 
     # -- state ----------------------------------------------------------------------------
 
@@ -203,17 +244,29 @@ class Supervisor:
         env = dict(os.environ)
         env[HOME_ENV] = str(self.home)
         exe = runtime_exe(self.home, version)
-        self.child = subprocess.Popen([str(exe), *self.args], env=env)
+        extra: dict[str, Any] = {}
+        if self.output is not None:
+            extra.update(stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT)
+        if sys.platform == "win32":  # its own group, so CTRL_BREAK reaches it alone
+            extra["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        self.child = subprocess.Popen([str(exe), *self.args], env=env, **extra)
         write_json(self.home / CHILD_PID, {"pid": self.child.pid, "version": version})
         self.out(f"supervisor: started runtime {version} (pid {self.child.pid})")
         return self.child
 
     def stop_child(self) -> None:
-        """SIGTERM the runtime, SIGKILL it after STOP_TIMEOUT (only it: never the agent)."""
+        """SIGTERM the runtime (Windows: CTRL_BREAK to its group), kill it after
+        STOP_TIMEOUT (only it: never the agent)."""
         child = self.child
         if child is None or child.poll() is not None:
             return
-        child.terminate()
+        if sys.platform == "win32":
+            try:
+                child.send_signal(signal.CTRL_BREAK_EVENT)
+            except OSError:  # no console shared with it: nothing to deliver the event
+                child.terminate()
+        else:
+            child.terminate()
         try:
             child.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -227,16 +280,21 @@ class Supervisor:
         pid = found.get("pid") if found else None
         if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
             return
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.parent.exists():
-            try:
-                text = cmdline.read_bytes()
-            except OSError:
-                return  # gone
-            if str(self.home).encode() not in text:
-                return  # the pid was reused by something else
+        if sys.platform == "win32":
+            image = _win_image(pid)
+            if image is None or not image.lower().startswith(str(self.home).lower()):
+                return  # gone, or the pid was reused by something else
+        else:
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.parent.exists():
+                try:
+                    text = cmdline.read_bytes()
+                except OSError:
+                    return  # gone
+                if str(self.home).encode() not in text:
+                    return  # the pid was reused by something else
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)  # Windows: TerminateProcess
         except (ProcessLookupError, PermissionError, OSError):
             return
         deadline = time.monotonic() + STOP_TIMEOUT
@@ -245,7 +303,7 @@ class Supervisor:
                 return
             time.sleep(POLL)
         with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -332,6 +390,8 @@ def _version_key(version: str) -> tuple[tuple[int, str], ...]:
 
 
 def _alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return _win_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -345,19 +405,85 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``supervisor.py --home DIR [--confirm-timeout S] -- ARGS...``: the exit code."""
+# -- Windows: a process by its pid, through kernel32 (ctypes is in the standard library) ----
+
+_SYNCHRONIZE = 0x00100000
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+_WAIT_TIMEOUT = 0x102
+
+
+def _win_open(pid: int) -> tuple[Any, Any]:  # pragma: no cover - Windows only
+    """kernel32 and a handle on ``pid`` (None when there is no such process or no access:
+    a process LocalSystem cannot query is not one it started)."""
+    import ctypes
+
+    kernel32: Any = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined,unused-ignore]
+    kernel32.OpenProcess.restype = ctypes.c_void_p
+    kernel32.WaitForSingleObject.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
+    query = kernel32.QueryFullProcessImageNameW
+    query.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_wchar_p, ctypes.c_void_p]
+    access = _SYNCHRONIZE | _PROCESS_QUERY_LIMITED_INFORMATION
+    return kernel32, kernel32.OpenProcess(access, False, pid)
+
+
+def _win_alive(pid: int) -> bool:  # pragma: no cover - Windows only
+    """Whether ``pid`` runs."""
+    kernel32, handle = _win_open(pid)
+    if not handle:
+        return False
+    try:
+        return bool(kernel32.WaitForSingleObject(handle, 0) == _WAIT_TIMEOUT)
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _win_image(pid: int) -> str | None:  # pragma: no cover - Windows only
+    """The full path of ``pid``'s executable, or None when it cannot be read."""
+    import ctypes
+
+    kernel32, handle = _win_open(pid)
+    if not handle:
+        return None
+    try:
+        size = ctypes.c_uint32(32768)
+        buf = ctypes.create_unicode_buffer(size.value)
+        if not kernel32.QueryFullProcessImageNameW(handle, 0, buf, ctypes.byref(size)):
+            return None
+        return buf.value
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``--home DIR [--confirm-timeout S] -- ARGS...``; bad arguments exit 2 with the usage."""
     parser = argparse.ArgumentParser(prog="agent-runtime-supervisor")
     parser.add_argument("--home", type=Path, required=True, help="the runtime home")
     parser.add_argument("--confirm-timeout", type=float, default=120.0, metavar="SECONDS")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="-- the runtime's arguments")
     ns = parser.parse_args(argv)
-    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
-    sup = Supervisor(ns.home.absolute(), args, ns.confirm_timeout,
-                     out=lambda line: print(line, flush=True))  # fmt: skip
+    ns.args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
+    if not ns.args:
+        parser.error("the runtime's arguments are missing (-- converge --config FILE)")
+    if not ns.confirm_timeout > 0:
+        parser.error("--confirm-timeout must be a positive number of seconds")
+    ns.home = ns.home.absolute()
+    return ns
+
+
+def build(ns: argparse.Namespace, out: Any = None, output: IO[Any] | None = None) -> Supervisor:
+    """The supervisor ``parse_args`` describes; ``out`` prints its lines (default: stdout)."""
+    if out is None:
+        out = lambda line: print(line, flush=True)  # noqa: E731
+    return Supervisor(ns.home, ns.args, ns.confirm_timeout, out=out, output=output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``supervisor.py --home DIR [--confirm-timeout S] -- ARGS...``: the exit code."""
+    sup = build(parse_args(argv))
 
     def stop(_signum: int, _frame: object) -> None:
-        sup.stopping = True
+        sup.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -162,6 +162,11 @@ class WindowsServiceManager:
 
     def ensure_running(self, run: RunSpec) -> bool:
         """Start the service unless it is RUNNING; True when it had to be started."""
+        return self.start()
+
+    def start(self) -> bool:
+        """Start the service unless it is RUNNING, waiting for RUNNING; True when it had to
+        be started."""
         if self.is_running():
             return False
         self._start()

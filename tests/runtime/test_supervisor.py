@@ -3,10 +3,11 @@
 Each runtime version here is a small script at ``versions/<v>/bin/agent-runtime``
 that behaves as its ``mode`` file says: ``good`` confirms a trial of itself
 (as a real runtime does after its first check-in), ``silent`` never does,
-``broken`` exits with 3 at start. The current runtime hands over when a test
-drops an ``offer`` file naming a version: it writes the trial and exits with
-SWITCH_EXIT, as ``agent_runtime.runtime_update`` does. The supervisor is the
-real file, run with this interpreter; kills are real SIGKILLs.
+``broken`` exits with 3 at start; each says ``runtime <v> up`` on stdout. The
+current runtime hands over when a test drops an ``offer`` file naming a
+version: it writes the trial and exits with SWITCH_EXIT, as
+``agent_runtime.runtime_update`` does. The supervisor is the real file, run
+with this interpreter; kills are real SIGKILLs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ version = pathlib.Path(__file__).parents[1].name
 mode = (home / "versions" / version / "mode").read_text().strip()
 with open(home / "runs.log", "a") as f:
     f.write(f"{{version}} {{os.getpid()}}\\n")
+print(f"runtime {{version}} up", flush=True)
 if mode == "broken":
     sys.exit(3)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -142,7 +144,9 @@ def test_a_good_runtime_takes_over_and_confirms(home: Home) -> None:
     wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
     (home.root / "offer").write_text("2.0")
     wait_until("2.0 confirmed", lambda: home.outcome().get("result") == "confirmed", timeout=30)
-    assert home.state()["current"] == "2.0" and home.state()["trial"] is None
+    # the outcome is written before the state: the state follows within the same commit
+    wait_until("2.0 current", lambda: home.state() == {"current": "2.0", "trial": None,
+                                                       "previous": "1.0"}, timeout=10)  # fmt: skip
     assert home.outcome()["target"] == "2.0"
     wait_until("2.0 alone to run", lambda: _only(home, "2.0"), timeout=30)
     kept = sorted(p.name for p in (home.root / sv.VERSIONS).iterdir())
@@ -252,10 +256,10 @@ def test_random_kills_always_leave_one_runnable_runtime(home: Home) -> None:
             else:
                 home.kill()
                 home.start()
-        wait_until("one runtime to run", lambda: len(home.running()) == 1, timeout=30)
-        current = str(home.state()["current"])
-        assert sv.runtime_exe(home.root, current).exists()
-        assert home.running() == [current]
+        # a broken trial may still be running for an instant: wait for the settled state
+        alone = lambda: home.running() == [str(home.state()["current"])]  # noqa: E731
+        wait_until("the current runtime alone to run", alone, timeout=30)
+        assert sv.runtime_exe(home.root, str(home.state()["current"])).exists()
     assert os.path.exists(home.root / sv.OUTCOME)
 
 
