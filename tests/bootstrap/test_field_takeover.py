@@ -24,7 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import select
 
+from engine.store import Store
+from engine.store.schema import reports
 from tests.bootstrap.conftest import FieldDevice, legacy_install
 from tests.bundles import RuntimeBundle
 from tests.harness.procs import child_env, wait_until
@@ -161,18 +164,12 @@ def _start(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
                                 start_new_session=True)  # fmt: skip
 
 
-def _row(server: ServerProcess) -> dict[str, Any]:
-    rows = server.admin("GET", "/v1/admin/devices").json()
-    rows = rows.get("devices", rows) if isinstance(rows, dict) else rows
-    return next((r for r in rows if r["device"] == DEVICE), {})
-
-
-def _runtime_reported(server: ServerProcess) -> str | None:
-    return _row(server).get("runtime_version")
-
-
-def _checked_in_since(server: ServerProcess, moment: str) -> bool:
-    return str(_row(server).get("last_seen") or "") > moment
+def _report(repo: OperatorRepo) -> dict[str, Any]:
+    """The device's last check-in report in the server's store ({} before the first)."""
+    url = f"sqlite:///{repo.root / '.engine' / 'state.db'}"
+    with Store.open(url, migrate=False) as store, store.read() as conn:
+        row = conn.execute(select(reports).where(reports.c.device == DEVICE)).first()
+    return dict(row._mapping) if row is not None else {}
 
 
 def test_an_install_from_before_self_update_is_converted_in_place(
@@ -203,8 +200,8 @@ def test_an_install_from_before_self_update_is_converted_in_place(
     try:
         base = json.loads((runtime_bundle.directory / "bundle.json").read_text())
         version = base["runtime_version"]
-        wait_until("the old runtime to check in", lambda: _runtime_reported(server) == version,
-                   timeout=60)  # fmt: skip
+        wait_until("the old runtime to check in",
+                   lambda: _report(repo).get("runtime_version") == version, timeout=60)  # fmt: skip
 
         # interrupted midway: the supervisor cannot be written (a directory is in its way)
         (prefix / "supervisor.py").mkdir()
@@ -227,15 +224,15 @@ def test_an_install_from_before_self_update_is_converted_in_place(
         assert (prefix / "etc" / "token").read_bytes() == token
         argv = result["runtime"]["supervisor"]
         (note,) = [n for n in result["notes"] if "no OS service installed" in n]
-        assert shlex.join(argv) in note and "stop the old runtime" not in note
+        assert f": run {shlex.join(argv)} (stop the old runtime, " in note, note
 
         # as the note says: the old runtime stops, the supervisor runs the new one
         old.terminate()
         old.wait(30)
-        moment = str(_row(server)["last_seen"])
+        moment = _report(repo)["last_seen"]
         old = _start(argv, log, field_device.base)
         wait_until("the supervised runtime to check in",
-                   lambda: _checked_in_since(server, moment), timeout=90)  # fmt: skip
+                   lambda: _report(repo)["last_seen"] > moment, timeout=90)  # fmt: skip
         assert json.loads((prefix / "child.pid").read_text())["version"] == version
         assert field_device.proc is not None and field_device.proc.poll() is None
         assert json.loads((prefix / "state" / "agent.pid").read_text())["pid"] == pid
