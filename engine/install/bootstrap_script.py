@@ -646,8 +646,12 @@ def install_service(
 
 
 def uninstall(args: argparse.Namespace, paths: Paths, report: Report) -> None:
-    """Remove the service, the venv, the config and the state; never the agent's files."""
+    """Remove the service, the runtime home (or venv), the config and the state; never the
+    agent's files."""
     runtime = paths.bin("agent-runtime")
+    current = current_version(paths.prefix)
+    if not runtime.exists() and current is not None:  # a run that stopped before the launcher
+        runtime = version_exe(paths.prefix, current)
     if args.service != "none" and runtime.exists() and paths.config.is_file():
         said = _run([str(runtime), "service", "uninstall", "--manager", args.service,
                      "--config", str(paths.config)], "removing the service")  # fmt: skip
