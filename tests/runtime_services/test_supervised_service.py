@@ -217,3 +217,10 @@ def test_cli_refuses_what_it_cannot_install(
     code, _, err = _cli(tmp_path, capsys, "install", "--directory", str(units), *args)
     assert code in (1, 2) and said in err and err.count("\n") == 1, err
     assert not list(units.iterdir())
+
+
+def test_windows_is_not_this_class(tmp_path: Path) -> None:
+    """The SCM keeps no unit file: SupervisedService refuses Windows, naming the module that
+    installs the supervised Windows service."""
+    with pytest.raises(ServiceError, match="windows_supervised"):
+        SupervisedService("windows", python=PY, home=_home(tmp_path), config=CONFIG, log=LOG)
