@@ -222,27 +222,44 @@ def _adopt(args: argparse.Namespace, config: DeviceConfig) -> int:
 def _service(args: argparse.Namespace, config: DeviceConfig) -> int:
     from agent_runtime.services.runtime_service import RuntimeService
 
-    if args.home is not None:
-        if args.manager != "windows":
-            raise ConfigError("--home: the supervised service is not supported for "
-                              f"{args.manager} yet")  # fmt: skip
+    if args.home is None and (args.confirm_timeout is not None or args.python is not None):
+        raise ConfigError("--confirm-timeout and --python need --home (they are the supervisor's)")
+    timeout = 120.0 if args.confirm_timeout is None else args.confirm_timeout
+    if args.home is not None and args.manager == "windows":
         from agent_runtime.services.windows_supervised import service_action
 
-        return service_action(args.action, home=Path(args.home),
-                              config=Path(args.config_path), out=_out)  # fmt: skip
+        return service_action(args.action, home=Path(args.home), config=Path(args.config_path),
+                              out=_out, confirm_timeout=timeout,
+                              pythonw=Path(args.python) if args.python else None)  # fmt: skip
 
     venv_bin = Path(sys.executable).parent
     if args.manager == "windows":
         executable = venv_bin / "pythonw.exe"
     else:
         executable = venv_bin / "agent-runtime"
-    service = RuntimeService(
-        args.manager,
-        executable=executable,
-        config=Path(args.config_path).absolute(),
-        log=config.state_dir / "runtime.log",
-        directory=Path(args.directory) if args.directory else None,
-    )
+    directory = Path(args.directory) if args.directory else None
+    log = config.state_dir / "runtime.log"
+    service: RuntimeService
+    if args.home is not None:
+        from agent_runtime.services.supervised_service import SupervisedService
+
+        service = SupervisedService(
+            args.manager,
+            python=Path(args.python) if args.python else _base_python(),
+            home=Path(args.home).absolute(),
+            config=Path(args.config_path).absolute(),
+            log=log,
+            confirm_timeout=timeout,
+            directory=directory,
+        )
+    else:
+        service = RuntimeService(
+            args.manager,
+            executable=executable,
+            config=Path(args.config_path).absolute(),
+            log=log,
+            directory=directory,
+        )
     if args.action == "show":
         content = service.content()
         if content is None:
@@ -256,6 +273,12 @@ def _service(args: argparse.Namespace, config: DeviceConfig) -> int:
     change = service.install() if args.action == "install" else service.uninstall()
     _out(change.detail)
     return 0
+
+
+def _base_python() -> Path:
+    """The interpreter this venv was made from (the supervisor must not run from a runtime's
+    venv: a runtime update removes old venvs)."""
+    return Path(getattr(sys, "_base_executable", None) or sys.executable)
 
 
 class _VersionAction(argparse.Action):
@@ -326,9 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--home",
         metavar="DIR",
         help="the runtime home (versions/<v> venvs): the service runs the supervisor over it, "
-        "so that the runtime updates itself",
+        "so that the runtime updates itself (docs/runtime.md, 'Runtime self-update')",
     )
     sv.add_argument("--config", metavar="FILE")
+    sv.add_argument(
+        "--confirm-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --home: how long a new runtime gets to check in before the supervisor "
+        "restores the old one (default 120)",
+    )
+    sv.add_argument(
+        "--python",
+        metavar="FILE",
+        help="with --home: the system's Python that runs the supervisor (Windows: its "
+        "pythonw.exe; default: the one this runtime's venv was made from)",
+    )
     sv.set_defaults(func=_service)
     return parser
 

@@ -6,9 +6,11 @@ wheelhouse ``scripts/setup`` caches), and prepares field devices as the old
 snippet left them (the example agent 3.0.0's files in place, no runtime).
 Then it times ``engine bootstrap`` — invite codes issued, host key checked,
 target detected, the bundle verified and uploaded with the served installer,
-the bundle verified again on the host, venv created, ``pip install
---no-index``, device config written, enrolled with the invite, agent adopted
-— for one host, then for ``--hosts`` hosts with ``--forks``::
+the bundle verified again on the host, the runtime home laid out (the venv
+``versions/<V>`` with ``pip install --no-index``, runtime.json, the
+supervisor, the launcher), device config written, enrolled with the invite,
+agent adopted — for one host, then for ``--hosts`` hosts with ``--forks``,
+then one host again (a run that changes nothing)::
 
     .venv/bin/python bench/bootstrap_ssh.py --hosts 4 --forks 4
 

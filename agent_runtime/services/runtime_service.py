@@ -194,23 +194,44 @@ class RuntimeService:
         file, content = self.file, self.content()
         assert file is not None and content is not None
         same = file.is_file() and file.read_bytes() == content
-        if not same:
-            atomic_write_bytes(file, content)
-            file.chmod(0o644)
         if self.kind == "systemd":
-            if not same:
-                self._run(["systemctl", "daemon-reload"])
-            self._run(["systemctl", "enable", "--now", self.name])
+            same = self._install_systemd(file, content, same)
         else:
+            # Stopped before the file changes, so that a run interrupted anywhere is finished
+            # by the next one: the job is never left running an older plist.
             target = f"system/{self.name}"
             loaded = self._run(["launchctl", "print", target], ok=(0, 113)).returncode == 0
             if loaded and not same:
                 self._run(["launchctl", "bootout", target], ok=(0, *_LAUNCHD_NOT_LOADED))
+            if not same:
+                atomic_write_bytes(file, content)
+                file.chmod(0o644)
             if not loaded or not same:
                 self._run(["launchctl", "bootstrap", "system", str(file)])
             same = same and loaded
         verb = "unchanged" if same else "installed and started"
         return ServiceChange(self.kind, self.name, not same, f"{self.kind} {self.name} {verb}")
+
+    def _install_systemd(self, file: Path, content: bytes, same: bool) -> bool:
+        """Write, reload and (re)start the unit; True when nothing had to change.
+
+        A changed unit replaces the running one (stop, write, reload, start): ``enable
+        --now`` alone would leave a running service on its old command line. A unit
+        already written whose reload or start an earlier run did not reach
+        (``NeedDaemonReload``) is reloaded and restarted."""
+        if not same:
+            self._run(["systemctl", "stop", self.name], ok=(0, _SYSTEMD_NOT_LOADED))
+            atomic_write_bytes(file, content)
+            file.chmod(0o644)
+            self._run(["systemctl", "daemon-reload"])
+        else:
+            show = ["systemctl", "show", "--property=NeedDaemonReload", "--value", self.name]
+            if (self._run(show).stdout or "").strip() == "yes":
+                self._run(["systemctl", "daemon-reload"])
+                self._run(["systemctl", "restart", self.name])
+                same = False
+        self._run(["systemctl", "enable", "--now", self.name])
+        return same
 
     def _install_windows(self) -> ServiceChange:
         commands = windows_create_commands(self.executable, self.config)

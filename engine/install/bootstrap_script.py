@@ -8,17 +8,26 @@ bootstrap`` over SSH can run it::
 
     python3 install.py --device ID --code INVITE [--agent-root DIR]
         [--service systemd|launchd|windows|none] [--prefix DIR] [--config-dir DIR]
-        [--bundle-dir DIR] [--uninstall] [--json]
+        [--bundle-dir DIR] [--confirm-timeout S] [--uninstall] [--json]
 
 Steps (each skipped when already done, so a second run changes nothing):
 verify the runtime bundle (signature by a pinned key over bundle.json, then
-every wheel's size and sha256; anything off and nothing is installed); create
-the venv and ``pip install --no-index`` from the bundle; write the device
-config and the invite code (mode 0600); enroll; identify the installed agent
-(``agent-runtime adopt``, which never restarts it); register agent-runtime as
-an OS service and start it. ``--uninstall`` removes the runtime, its config,
-state and service, and leaves the agent's files as they are. Exit 0 or 1; the
-last line says what happened (``--json``: one JSON document on stdout).
+every wheel's size and sha256; anything off and nothing is installed); lay out
+the prefix as a runtime home (docs/runtime.md, "Runtime self-update"): the
+venv ``versions/<V>/`` with ``pip install --no-index`` from the bundle,
+``runtime.json`` naming V current, a copy of the runtime's ``supervisor.py``;
+write the device config and the invite code (mode 0600); enroll; identify the
+installed agent (``agent-runtime adopt``, which never restarts it); register
+the OS service that runs the supervisor with this Python, which runs the
+current runtime and updates it (``--service none``: the note says the command
+to run); write ``<prefix>/bin/agent-runtime``, which runs the current runtime.
+A prefix that is a plain venv (installed before runtime self-update) is
+converted in place: the service is swapped (only the runtime restarts, never
+the agent), then the old venv's files are removed; config, token and state
+stay. On Windows the runtime is still a plain venv at the prefix with the plain
+service. ``--uninstall`` removes the runtime, its config, state and service,
+and leaves the agent's files as they are. Exit 0 or 1; the last line says what
+happened (``--json``: one JSON document on stdout).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import hashlib
 import json
 import os
 import platform as _platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -338,6 +348,7 @@ class Report:
     changed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     adoption: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None  # home, version, command, supervisor (not Windows)
     ok: bool = True
     error: str | None = None
 
@@ -379,7 +390,7 @@ def device_config(args: argparse.Namespace, host: Host, paths: Paths, keys: list
 
 
 def installed_version(paths: Paths) -> str | None:
-    """The runtime package version in the venv, or None when there is none."""
+    """The runtime package version in the plain venv (Windows), or None when there is none."""
     python = paths.bin("python")
     if not python.exists():
         return None
@@ -388,59 +399,259 @@ def installed_version(paths: Paths) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def _pip_install(venv: Path, python: Path, bundle: Path, version: str) -> None:
+    _run([sys.executable, "-m", "venv", str(venv)], "creating the venv")
+    _run([str(python), "-m", "pip", "install", "--quiet", "--no-index",
+          "--disable-pip-version-check", "--find-links", str(bundle), f"{PACKAGE}=={version}"],
+         "pip install from the bundle")  # fmt: skip
+
+
+def install_plain_venv(paths: Paths, bundle: Path, version: str, report: Report) -> Path:
+    """Windows: the runtime in a venv at the prefix (no supervisor there yet); its
+    ``agent-runtime``."""
+    if installed_version(paths) != version:
+        fresh = not paths.prefix.exists()
+        try:
+            _pip_install(paths.prefix, paths.bin("python"), bundle, version)
+        except InstallError:
+            if fresh:
+                shutil.rmtree(paths.prefix, ignore_errors=True)
+            raise
+        report.changed.append(f"runtime {version} installed in {paths.prefix}")
+    return paths.bin("agent-runtime")
+
+
+# -- the runtime home (Linux, macOS): versions beside each other, run by the supervisor -------
+# Names as agent_runtime/supervisor.py has them (this script cannot import the package).
+
+VERSIONS = "versions"
+STATE = "runtime.json"
+SUPERVISOR = "supervisor.py"
+CONFIRM_TIMEOUT = 120.0
+#: What `python -m venv` + pip left at the prefix before runtime self-update.
+LEGACY_VENV = ("include", "lib", "lib64", "share", "bin")
+#: ``<prefix>/bin/agent-runtime``: runs the current version (runtime.json), so the path
+#: stays right whatever version the supervisor makes current.
+LAUNCHER = """#!{python}
+# agent-runtime: the current runtime of this runtime home (written by install.py)
+import json, os, sys
+home = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+try:
+    with open(os.path.join(home, "runtime.json"), encoding="utf-8") as f:
+        current = str(json.load(f)["current"])
+    exe = os.path.join(home, "versions", current, "bin", "agent-runtime")
+    os.execv(exe, [exe] + sys.argv[1:])
+except (OSError, ValueError, KeyError, TypeError) as e:
+    sys.exit("agent-runtime: no current runtime in " + home + ": " + str(e))
+"""
+
+
+def version_exe(home: Path, version: str) -> Path:
+    """``agent-runtime`` of runtime ``version`` in the home."""
+    return home / VERSIONS / version / "bin" / "agent-runtime"
+
+
+def runnable(home: Path, version: str) -> bool:
+    """Whether ``version`` has a complete venv (as the supervisor decides it)."""
+    marker = home / VERSIONS / f".{version}.installing"
+    return version_exe(home, version).exists() and not marker.exists()
+
+
+def current_version(home: Path) -> str | None:
+    """``runtime.json``'s current version when it names a complete venv, else None."""
+    try:
+        current = json.loads((home / STATE).read_text(encoding="utf-8")).get("current")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return current if isinstance(current, str) and runnable(home, current) else None
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """``data`` to ``path``: a temporary file, fsynced, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def build_version(home: Path, bundle: Path, version: str) -> None:
+    """``versions/<version>``: a venv with the runtime from the bundle, marked
+    ``.<version>.installing`` until complete (the supervisor never runs a half-built one)."""
+    versions = home / VERSIONS
+    versions.mkdir(parents=True, exist_ok=True)
+    marker, final = versions / f".{version}.installing", versions / version
+    marker.touch()
+    shutil.rmtree(final, ignore_errors=True)
+    try:
+        _pip_install(final, final / "bin" / "python", bundle, version)
+    except InstallError:
+        shutil.rmtree(final, ignore_errors=True)
+        marker.unlink()
+        raise
+    marker.unlink()
+
+
+def supervisor_source(home: Path, version: str) -> bytes:
+    """``agent_runtime/supervisor.py`` as installed in ``version``'s venv."""
+    pattern = f"lib/python*/site-packages/agent_runtime/{SUPERVISOR}"
+    found = sorted((home / VERSIONS / version).glob(pattern))
+    if len(found) != 1:
+        raise InstallError(f"runtime {version} in {home / VERSIONS} has no {pattern}")
+    return found[0].read_bytes()
+
+
+def lay_out_home(home: Path, bundle: Path, version: str, report: Report) -> str:
+    """The runtime home at ``home``: the bundle's version built unless a runnable one is
+    current already (a runtime release may have replaced the bundle's since), runtime.json,
+    the supervisor; the current version."""
+    current = current_version(home)
+    if current is None:
+        fresh = not home.exists()
+        if not runnable(home, version):
+            try:
+                build_version(home, bundle, version)
+            except InstallError:
+                if fresh:
+                    shutil.rmtree(home, ignore_errors=True)
+                raise
+            report.changed.append(f"runtime {version} installed in {home / VERSIONS / version}")
+        state = json.dumps({"current": version, "trial": None}).encode()
+        write_atomic(home / STATE, state, 0o644)
+        report.changed.append(f"{home / STATE}: current runtime {version}")
+        current = version
+    elif current != version:
+        report.notes.append(f"runtime {current} is current in {home} (the bundle is {version}): "
+                            "kept; runtime releases update it")  # fmt: skip
+    source = supervisor_source(home, current)
+    path = home / SUPERVISOR
+    if not path.is_file() or path.read_bytes() != source:
+        write_atomic(path, source, 0o644)
+        report.changed.append(f"{path} copied from runtime {current}")
+    return current
+
+
+def supervisor_argv(home: Path, config: Path, confirm_timeout: float) -> list[str]:
+    """The supervisor's command line, as ``supervised_argv`` of
+    agent_runtime/services/supervised_service.py has it, run by this Python."""
+    return [sys.executable, str(home / SUPERVISOR), "--home", str(home),
+            "--confirm-timeout", f"{confirm_timeout:g}", "--",
+            "converge", "--config", str(config)]  # fmt: skip
+
+
+def finish_home(paths: Paths, report: Report) -> None:
+    """Remove a plain venv's files from the prefix (an install from before runtime
+    self-update; ``pyvenv.cfg`` goes last, so an interrupted run is finished by the next)
+    and write the launcher ``bin/agent-runtime``."""
+    home = paths.prefix
+    legacy = (home / "pyvenv.cfg").is_file()
+    keep = (paths.config_dir, paths.state_dir, paths.agent_root)
+    launcher = home / "bin" / "agent-runtime"
+    if legacy:
+        for name in LEGACY_VENV:
+            path = home / name
+            if any(k == path or k.is_relative_to(path) for k in keep):
+                continue  # config, state or the agent under it: never removed
+            entries = sorted(path.iterdir()) if name == "bin" and path.is_dir() else [path]
+            for entry in entries:
+                if entry == launcher and not entry.is_symlink():
+                    continue  # replaced below, atomically: the command path never vanishes
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                elif entry.exists() or entry.is_symlink():
+                    entry.unlink()
+    text = LAUNCHER.format(python=sys.executable).encode()
+    same = launcher.is_file() and not launcher.is_symlink() and launcher.read_bytes() == text
+    if not same or not os.access(launcher, os.X_OK):
+        write_atomic(launcher, text, 0o755)
+        if not legacy:
+            report.changed.append(f"{launcher} runs the current runtime")
+    if legacy:
+        (home / "pyvenv.cfg").unlink()
+        report.changed.append(f"the old runtime venv's files removed from {home}: it is a "
+                              f"runtime home; {launcher} runs the current runtime")  # fmt: skip
+
+
 def install(args: argparse.Namespace, host: Host, paths: Paths, report: Report) -> None:
     """Every install step, each skipped when already done."""
     keys = list(args.pinned_key or PINNED_KEYS)
     if not paths.agent_root.is_dir():
         raise InstallError(f"no agent at {paths.agent_root} (pass --agent-root DIR)")
+    supervised = host.platform != "windows"
+    home = paths.prefix
     with tempfile.TemporaryDirectory(prefix="agent-runtime-bundle-") as tmp:
         bundle = Path(args.bundle_dir) if args.bundle_dir else None
         if bundle is None:
             bundle = download_bundle(args.server, host, Path(tmp))
         doc = verify_bundle(bundle, host, keys)
         version = str(doc.get("runtime_version"))
-        if installed_version(paths) != version:
-            fresh = not paths.prefix.exists()
-            try:
-                _run([sys.executable, "-m", "venv", str(paths.prefix)], "creating the venv")
-                _run([str(paths.bin("python")), "-m", "pip", "install", "--quiet", "--no-index",
-                      "--find-links", str(bundle), f"{PACKAGE}=={version}"],
-                     "pip install from the bundle")  # fmt: skip
-            except InstallError:
-                if fresh:
-                    shutil.rmtree(paths.prefix, ignore_errors=True)
-                raise
-            report.changed.append(f"runtime {version} installed in {paths.prefix}")
+        if supervised:
+            current = lay_out_home(home, bundle, version, report)
+            runtime = version_exe(home, current)
+            report.runtime = {
+                "home": str(home), "version": current,
+                "command": str(home / "bin" / "agent-runtime"),
+                "supervisor": supervisor_argv(home, paths.config, args.confirm_timeout),
+            }  # fmt: skip
+        else:
+            runtime = install_plain_venv(paths, bundle, version, report)
     text = device_config(args, host, paths, keys)
     if not paths.config.is_file() or paths.config.read_text(encoding="utf-8") != text:
         _write_private(paths.config, text)
         report.changed.append(f"device config written to {paths.config}")
-    runtime = str(paths.bin("agent-runtime"))
     if not paths.token_file.is_file():
         if args.code:
             _write_private(paths.code_file, args.code.strip() + "\n")
-        _run([runtime, "enroll", "--config", str(paths.config)], "enrollment")
+        _run([str(runtime), "enroll", "--config", str(paths.config)], "enrollment")
         report.changed.append(f"enrolled {args.device} with {args.server}")
-    adoption = json.loads(
-        _run([runtime, "adopt", "--json", "--config", str(paths.config)], "adopting the agent")
-        or "{}"
-    )
-    report.adoption = adoption
+    adopted = _run([str(runtime), "adopt", "--json", "--config", str(paths.config)],
+                   "adopting the agent")  # fmt: skip
+    report.adoption = json.loads(adopted or "{}")
+    install_service(args, host, paths, runtime, report)
+    if supervised:
+        finish_home(paths, report)
+
+
+def install_service(
+    args: argparse.Namespace, host: Host, paths: Paths, runtime: Path, report: Report
+) -> None:
+    """Register the runtime's OS service (over a runtime home: the supervised one, which
+    replaces the plain one and restarts only the runtime), or say what to run without one."""
     if args.service == "none":
         why = f" ({host.why_none})" if host.why_none else ""
-        report.notes.append(
-            f"no OS service installed{why}: run {runtime} converge --config {paths.config}"
-        )
+        if report.runtime is None:
+            run = f"{runtime} converge --config {paths.config}"
+        else:
+            run = shlex.join(report.runtime["supervisor"])
+            if (paths.prefix / "pyvenv.cfg").is_file():
+                run += f" (stop the old runtime, {paths.bin('agent-runtime')} converge, first)"
+        report.notes.append(f"no OS service installed{why}: run {run}")
         return
-    said = _run([runtime, "service", "install", "--manager", args.service,
-                 "--config", str(paths.config)], "installing the service")  # fmt: skip
+    argv = [str(runtime), "service", "install", "--manager", args.service,
+            "--config", str(paths.config)]  # fmt: skip
+    if report.runtime is not None:
+        argv += ["--home", str(paths.prefix), "--python", sys.executable,
+                 "--confirm-timeout", f"{args.confirm_timeout:g}"]  # fmt: skip
+    said = _run(argv, "installing the service")
     if "unchanged" not in said:
         report.changed.append(said.strip())
 
 
 def uninstall(args: argparse.Namespace, paths: Paths, report: Report) -> None:
-    """Remove the service, the venv, the config and the state; never the agent's files."""
+    """Remove the service, the runtime home (or venv), the config and the state; never the
+    agent's files."""
     runtime = paths.bin("agent-runtime")
+    current = current_version(paths.prefix)
+    if not runtime.exists() and current is not None:  # a run that stopped before the launcher
+        runtime = version_exe(paths.prefix, current)
     if args.service != "none" and runtime.exists() and paths.config.is_file():
         said = _run([str(runtime), "service", "uninstall", "--manager", args.service,
                      "--config", str(paths.config)], "removing the service")  # fmt: skip
@@ -480,10 +691,18 @@ def parse_args(argv: list[str] | None, host: Host) -> argparse.Namespace:
         choices=["systemd", "launchd", "windows", "process"],
         help="how the runtime restarts the agent (default: the OS's; process without one)",
     )
-    p.add_argument("--prefix", help="the runtime's venv (config and state go under it too)")
+    p.add_argument("--prefix", help="the runtime home (config and state go under it too)")
     p.add_argument("--config-dir", help="where config.yaml, the token and the code go")
     p.add_argument("--state-dir", help="the runtime's state directory")
     p.add_argument("--bundle-dir", help="install from this bundle directory (offline)")
+    p.add_argument(
+        "--confirm-timeout",
+        type=float,
+        default=CONFIRM_TIMEOUT,
+        metavar="SECONDS",
+        help="how long a new runtime gets to check in before the supervisor restores the old "
+        f"one (default {CONFIRM_TIMEOUT:g})",
+    )
     p.add_argument("--pinned-key", action="append", help="trust this key (default: the server's)")
     p.add_argument("--uninstall", action="store_true", help="remove the runtime, keep the agent")
     p.add_argument("--json", action="store_true", help="print one JSON result document")
@@ -506,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if PLATFORM and host.platform != PLATFORM:
             raise InstallError(f"this is the {PLATFORM} installer; this host is {host.platform}")
+        if not args.confirm_timeout > 0:
+            raise InstallError(f"--confirm-timeout must be positive, not {args.confirm_timeout:g}")
         if args.service != "none" and host.service == "none" and not args.uninstall:
             raise InstallError(f"no OS service manager here ({host.why_none}); pass --service none")
         paths = default_paths(host.platform, args)
@@ -526,7 +747,9 @@ def main(argv: list[str] | None = None) -> int:
         what = f"; agent: {adopted.get('status')} {adopted.get('version') or ''}".rstrip()
         done = "nothing to change" if not report.changed else f"{len(report.changed)} changes"
         verb = "removed" if args.uninstall else "ready"
-        print(f"agent-runtime {verb} on {args.device}: {done}{what if adopted else ''}")
+        home = report.runtime or {}
+        where = f"; runtime {home['version']} in {home['home']}" if home else ""
+        print(f"agent-runtime {verb} on {args.device}: {done}{what if adopted else ''}{where}")
     else:
         print(f"install.py: FAILED: {report.error}", file=sys.stderr)
     return 0 if report.ok else 1

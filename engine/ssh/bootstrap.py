@@ -4,8 +4,10 @@ Per host: connect (host key checked), detect the host's bundle target, upload
 the installer (the script ``GET /install/<platform>`` serves, rendered by
 ``engine.install.render``) and the runtime bundle over sftp, run it offline
 (``--bundle-dir``) with the device's single-use invite code and ``--json``,
-and read its result. ``run_bootstrap`` is that upload-and-run step in one
-place; ``issue_codes`` issues the invite codes in the store.
+and read its result (the runtime home and version under ``runtime``: the
+runtime runs under the supervisor, see docs/install.md). ``run_bootstrap`` is
+that upload-and-run step in one place; ``issue_codes`` issues the invite codes
+in the store.
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def _one(target: SshTarget, options: BootstrapOptions) -> HostResult:
 
 
 def _summary(doc: dict[str, Any]) -> str:
-    """One line from the installer's result: what changed and what the agent was found to be."""
+    """One line from the installer's result: what changed, what the agent was found to be,
+    and the runtime's version and home."""
     if doc.get("detail"):
         return str(doc["detail"])
     changed = doc.get("changed")
@@ -156,6 +159,9 @@ def _summary(doc: dict[str, Any]) -> str:
     if isinstance(adoption, dict) and adoption.get("status"):
         found = " ".join(str(adoption[k]) for k in ("status", "version") if adoption.get(k))
         parts.append(f"agent {found}")
+    runtime = doc.get("runtime")
+    if isinstance(runtime, dict) and runtime.get("version"):
+        parts.append(f"runtime {runtime['version']} in {runtime.get('home')}")
     return "; ".join(parts)
 
 

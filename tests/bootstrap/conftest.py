@@ -3,13 +3,16 @@ tests/conftest.py's session fixture ``runtime_bundle``).
 
 ``FieldDevice`` is a device as the field's old snippet left it: the example
 agent 3.0.0's files in place under ``agent/``, the agent running as a plain
-process from there, and no runtime.
+process from there, and no runtime. ``legacy_install`` puts the runtime on it
+as the installer did before runtime self-update (a plain venv at the prefix).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.install import bootstrap_script as installer
 from engine.signing import load_private_key, sign
+from tests.bundles import install_runtime_venv
 from tests.harness.procs import kill_processes_under
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,3 +78,26 @@ def field_device(tmp_path: Path) -> Iterator[FieldDevice]:
     device = FieldDevice(tmp_path / "field")
     yield device
     device.stop()
+
+
+def legacy_install(script: str, bundle: Path, args: list[str]) -> Path:
+    """The runtime as the installer set it up before runtime self-update: a plain venv at
+    ``--prefix`` (``python -m venv`` + ``pip install --no-index`` from the bundle, as that
+    installer did), the device config it wrote (with the keys ``script`` pins), enrollment
+    and adoption by that venv's ``agent-runtime``. ``args`` are the installer's (``--code``
+    included); returns the config file."""
+    pinned = re.search(r"^PINNED_KEYS: list\[str\] = (.*)$", script, re.MULTILINE)
+    assert pinned is not None, "the served installer pins no keys"
+    host = installer.detect()
+    ns = installer.parse_args(args, host)
+    paths = installer.default_paths(host.platform, ns)
+    install_runtime_venv(bundle, paths.prefix)
+    keys = ast.literal_eval(pinned.group(1))
+    installer._write_private(paths.config, installer.device_config(ns, host, paths, keys))
+    installer._write_private(paths.code_file, ns.code + "\n")
+    runtime = str(paths.prefix / "bin" / "agent-runtime")
+    for argv in (["enroll"], ["adopt", "--json"]):
+        done = subprocess.run([runtime, *argv, "--config", str(paths.config)],
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    return paths.config

@@ -3,15 +3,18 @@
 A real `engine serve` on 127.0.0.1 serving a signed runtime bundle; a device as the old
 snippet left it (agent 3.0.0 in place, running as a plain process, no runtime); the served
 installer run by hand with `--service none --prefix TMP` fetches and verifies the bundle,
-installs the runtime with pip --no-index, enrolls
-with an invite code, adopts the agent as 3.0.0 without restarting it; a second run
-changes nothing; the installed `agent-runtime converge` then takes 3.0.1 after
-`engine apply`; `--uninstall` leaves the agent's files byte-identical.
+installs the runtime with pip --no-index as a runtime home (versions/<V>, runtime.json,
+the supervisor), enrolls with an invite code, adopts the agent as 3.0.0 without restarting
+it; a second run changes nothing; `<prefix>/bin/agent-runtime converge` then takes 3.0.1
+after `engine apply`; `--uninstall` leaves the agent's files byte-identical. A device
+installed the old way (a plain venv at the prefix) is converted in place by running the
+installer again.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import urllib.request
@@ -21,12 +24,16 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import select
 
-from tests.bootstrap.conftest import FieldDevice
+from engine.store import Store
+from engine.store.schema import reports
+from tests.bootstrap.conftest import FieldDevice, legacy_install
 from tests.bundles import RuntimeBundle
-from tests.harness.procs import wait_until
+from tests.harness.procs import child_env, wait_until
 from tests.harness.repo import DeviceSpec, OperatorRepo
 from tests.harness.server import ServerProcess
+from tests.harness.supervised import SUPERVISOR_SOURCE
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +95,11 @@ def test_field_device_is_taken_over_updated_and_uninstalled(
     assert result["adoption"]["status"] == "known" and result["adoption"]["version"] == "3.0.0"
     assert any("no OS service installed" in n for n in result["notes"])
     config = prefix / "etc" / "config.yaml"
+    version = result["runtime"]["version"]
+    assert json.loads((prefix / "runtime.json").read_text()) == {"current": version, "trial": None}
+    assert (prefix / "versions" / version / "bin" / "agent-runtime").is_file()
+    assert (prefix / "supervisor.py").read_bytes() == SUPERVISOR_SOURCE.read_bytes()
+    assert not (prefix / "pyvenv.cfg").exists()
     assert (prefix / "etc" / "token").is_file()
     assert not (prefix / "etc" / "enrollment.code").exists()  # deleted once used
     assert field_device.proc is not None and field_device.proc.poll() is None
@@ -139,4 +151,105 @@ def test_field_device_is_taken_over_updated_and_uninstalled(
                                   "--prefix", str(prefix), "--uninstall")  # fmt: skip
     assert code == 0 and removed["ok"], removed
     assert not prefix.exists()
+    assert field_device.files() == before
+
+
+def _start(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """``argv`` in its own session as a service manager runs it (no PYTHONPATH: each runtime
+    runs its own venv's code)."""
+    env = child_env()
+    env.pop("PYTHONPATH", None)
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def _report(repo: OperatorRepo) -> dict[str, Any]:
+    """The device's last check-in report in the server's store ({} before the first)."""
+    url = f"sqlite:///{repo.root / '.engine' / 'state.db'}"
+    with Store.open(url, migrate=False) as store, store.read() as conn:
+        row = conn.execute(select(reports).where(reports.c.device == DEVICE)).first()
+    return dict(row._mapping) if row is not None else {}
+
+
+def test_an_install_from_before_self_update_is_converted_in_place(
+    server: ServerProcess,
+    field_device: FieldDevice,
+    runtime_bundle: RuntimeBundle,
+    tmp_path: Path,
+) -> None:
+    """A device installed the old way (a plain venv at the prefix, its runtime running) runs
+    the served installer again: interrupted midway (after the new version is built) it
+    leaves the old runtime working; run again it builds the runtime home, removes the old
+    venv's files, keeps config, token and state, and the supervisor it names runs the
+    runtime; the agent's pid never changes. A third run changes nothing."""
+    repo = server.repo
+    pid = field_device.start_agent()
+    invite = json.loads(repo.engine("devices", "invite", DEVICE, "--json").stdout)
+    prefix = tmp_path / "runtime"
+    script = installer(server)
+    args = ["--device", DEVICE, "--service", "none", "--agent-service", "process",
+            "--prefix", str(prefix), "--agent-root", str(field_device.agent_root)]  # fmt: skip
+    config = legacy_install(script, runtime_bundle.directory,
+                            [*args, "--server", server.url, "--code", invite["code"]])  # fmt: skip
+    assert (prefix / "pyvenv.cfg").is_file()
+    token = (prefix / "etc" / "token").read_bytes()
+    log = tmp_path / "runtime.log"
+    old = _start([str(prefix / "bin" / "agent-runtime"), "converge", "--config", str(config)],
+                 log, field_device.base)  # fmt: skip
+    try:
+        base = json.loads((runtime_bundle.directory / "bundle.json").read_text())
+        version = base["runtime_version"]
+        wait_until("the old runtime to check in",
+                   lambda: _report(repo).get("runtime_version") == version, timeout=60)  # fmt: skip
+
+        # interrupted midway: the supervisor cannot be written (a directory is in its way)
+        (prefix / "supervisor.py").mkdir()
+        code, failed = run_installer(script, *args)
+        assert code == 1 and not failed["ok"], failed
+        assert (prefix / "versions" / version / "bin" / "agent-runtime").exists()
+        assert (prefix / "pyvenv.cfg").is_file() and old.poll() is None
+        shown = subprocess.run([str(prefix / "bin" / "agent-runtime"), "--version"],
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert shown.stdout.split() == ["agent-runtime", version], shown.stderr
+        (prefix / "supervisor.py").rmdir()
+
+        code, result = run_installer(script, *args)
+        assert code == 0 and result["ok"], result
+        assert not any(c.startswith("runtime ") for c in result["changed"])  # built before
+        assert any("old runtime venv's files removed" in c for c in result["changed"])
+        assert sorted(p.name for p in prefix.iterdir()) == [
+            "bin", "etc", "runtime.json", "state", "supervisor.py", "versions"]  # fmt: skip
+        assert [p.name for p in (prefix / "bin").iterdir()] == ["agent-runtime"]
+        assert (prefix / "etc" / "token").read_bytes() == token
+        argv = result["runtime"]["supervisor"]
+        (note,) = [n for n in result["notes"] if "no OS service installed" in n]
+        assert f": run {shlex.join(argv)} (stop the old runtime, " in note, note
+
+        # as the note says: the old runtime stops, the supervisor runs the new one
+        old.terminate()
+        old.wait(30)
+        moment = _report(repo)["last_seen"]
+        old = _start(argv, log, field_device.base)
+        wait_until("the supervised runtime to check in",
+                   lambda: _report(repo)["last_seen"] > moment, timeout=90)  # fmt: skip
+        assert json.loads((prefix / "child.pid").read_text())["version"] == version
+        assert field_device.proc is not None and field_device.proc.poll() is None
+        assert json.loads((prefix / "state" / "agent.pid").read_text())["pid"] == pid
+        state = json.loads((prefix / "state" / "state.json").read_text())
+        assert state["installed"] == "3.0.0"
+        status = subprocess.run([result["runtime"]["command"], "status", "--json", "--config",
+                                 str(config)], capture_output=True, text=True, timeout=60,
+                                check=False)  # fmt: skip
+        assert status.returncode == 0 and json.loads(status.stdout)["installed"] == "3.0.0"
+
+        code, again = run_installer(script, *args)
+        assert code == 0 and again["changed"] == [], again
+    finally:
+        old.terminate()
+        old.wait(30)
+    before = field_device.files()
+    code, removed = run_installer(script, "--device", DEVICE, "--service", "none",
+                                  "--prefix", str(prefix), "--uninstall")  # fmt: skip
+    assert code == 0 and removed["ok"] and not prefix.exists(), removed
     assert field_device.files() == before

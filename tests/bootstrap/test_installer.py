@@ -1,15 +1,19 @@
 """The installer's own parts, run in-process: its pure-Python ed25519 against the project's
 signer, and refusals that install nothing (a flipped byte in a wheel or in bundle.json, a
-bundle signed by another key, a wheel bundle.json does not list)."""
+bundle signed by another key, a wheel bundle.json does not list); the runtime home's
+launcher and the conversion of an old plain-venv prefix, on a home of stand-in versions."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from agent_runtime.services.supervised_service import supervised_argv
 from engine.install import bootstrap_script as installer
 from engine.signing import generate_key, public_key_text
 from tests.bootstrap.conftest import FieldDevice, resign
@@ -120,3 +124,87 @@ def test_missing_service_manager_is_named(
     assert code == 1
     err = capsys.readouterr().err
     assert "PID 1 is 'sh'" in err and "--service none" in err
+
+
+def test_the_supervisor_command_is_the_supervised_services() -> None:
+    """The command the installer names (and the unit / plist run) is the one
+    agent_runtime/services/supervised_service.py builds, with this Python."""
+    home, config = Path("/opt/agent runtime"), Path("/etc/agent-runtime/config.yaml")
+    for timeout in (120.0, 2.5):
+        assert installer.supervisor_argv(home, config, timeout) == supervised_argv(
+            Path(sys.executable), home, config, timeout
+        )
+
+
+def _paths(prefix: Path) -> installer.Paths:
+    return installer.Paths(prefix, prefix / "etc", prefix / "state", prefix.parent / "agent")
+
+
+def _fake_version(home: Path, version: str) -> None:
+    exe = home / "versions" / version / "bin" / "agent-runtime"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(f'#!/bin/sh\necho "runtime {version}: $*"\n')
+    exe.chmod(0o755)
+
+
+def _launch(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(home / "bin" / "agent-runtime"), *args], capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+
+
+def test_the_launcher_runs_the_current_runtime(tmp_path: Path) -> None:
+    """bin/agent-runtime runs runtime.json's current version with the arguments given, follows
+    a change of current (as the supervisor makes one), and says so when there is none; a
+    second finish_home changes nothing."""
+    home = tmp_path / "runtime"
+    for version in ("0.1.0", "0.2.0"):
+        _fake_version(home, version)
+    (home / "runtime.json").write_text(json.dumps({"current": "0.1.0", "trial": None}))
+    report = installer.Report("d")
+    installer.finish_home(_paths(home), report)
+    assert report.changed == [f"{home / 'bin' / 'agent-runtime'} runs the current runtime"]
+    assert _launch(home, "status", "--json").stdout == "runtime 0.1.0: status --json\n"
+    (home / "runtime.json").write_text(json.dumps({"current": "0.2.0", "trial": None}))
+    assert _launch(home, "--version").stdout == "runtime 0.2.0: --version\n"
+    again = installer.Report("d")
+    installer.finish_home(_paths(home), again)
+    assert again.changed == []
+    (home / "runtime.json").unlink()
+    failed = _launch(home, "status")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.startswith(f"agent-runtime: no current runtime in {home}: ")
+
+
+def test_a_plain_venv_prefix_loses_only_the_venvs_files(tmp_path: Path) -> None:
+    """The old layout's venv files go (bin's scripts replaced by the launcher, pyvenv.cfg
+    last); config, token, state and the new home stay byte for byte; a directory holding the
+    config is never removed, even under a venv name."""
+    home = tmp_path / "runtime"
+    _fake_version(home, "0.1.0")
+    (home / "runtime.json").write_text(json.dumps({"current": "0.1.0", "trial": None}))
+    for name in ("pyvenv.cfg", "bin/python", "bin/pip", "bin/agent-runtime", "lib/python3.11/x.py",
+                 "include/site/y.h", "etc/config.yaml", "etc/token", "state/state.json",
+                 "share/config/config.yaml"):  # fmt: skip
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(name)
+    (home / "lib64").symlink_to("lib")
+    paths = _paths(home)
+    paths.config_dir = home / "share" / "config"
+    kept = {p: p.read_bytes() for p in home.rglob("*") if p.is_file() and
+            p.parts[len(home.parts)] in ("etc", "state", "versions", "share")}  # fmt: skip
+    report = installer.Report("d")
+    installer.finish_home(paths, report)
+    assert sorted(p.name for p in home.iterdir()) == [
+        "bin", "etc", "runtime.json", "share", "state", "versions"]  # fmt: skip
+    assert [p.name for p in (home / "bin").iterdir()] == ["agent-runtime"]
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert _launch(home, "x").stdout == "runtime 0.1.0: x\n"
+    assert len(report.changed) == 1 and "old runtime venv's files removed" in report.changed[0]
+
+
+def test_a_non_positive_confirm_timeout_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """--confirm-timeout 0 is one clear error, before anything is installed."""
+    code = installer.main(["--device", "d", "--service", "none", "--server", "http://x",
+                           "--confirm-timeout", "0"])  # fmt: skip
+    assert code == 1
+    assert "--confirm-timeout must be positive, not 0" in capsys.readouterr().err

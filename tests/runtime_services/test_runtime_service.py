@@ -113,11 +113,19 @@ def test_windows_commands_are_exactly_these() -> None:
     ]
 
 
+NEED_RELOAD = ["systemctl", "show", "--property=NeedDaemonReload", "--value",
+               "agent-runtime.service"]  # fmt: skip
+
+
 def test_systemd_install_writes_the_unit_and_is_idempotent(tmp_path: Path) -> None:
-    """First install writes the unit, reloads and enables it; the second only re-enables."""
+    """First install stops whatever runs under the name (5: not loaded), writes the unit,
+    reloads and enables + starts it; the second finds it loaded as written and only
+    re-enables."""
     runner = FakeRunner([
+        (["systemctl", "stop", "agent-runtime.service"], out([], 5)),
         (["systemctl", "daemon-reload"], out([])),
         (["systemctl", "enable", "--now", "agent-runtime.service"], out([])),
+        (NEED_RELOAD, out([], 0, "no\n")),
         (["systemctl", "enable", "--now", "agent-runtime.service"], out([])),
     ])  # fmt: skip
     svc = RuntimeService("systemd", executable=EXE, config=CONFIG, log=LOG, directory=tmp_path,
@@ -126,6 +134,35 @@ def test_systemd_install_writes_the_unit_and_is_idempotent(tmp_path: Path) -> No
     assert (tmp_path / "agent-runtime.service").read_text() == UNIT
     assert not svc.install().changed
     assert runner.done()
+
+
+def test_systemd_install_finishes_an_interrupted_one(tmp_path: Path) -> None:
+    """A unit written by a run that stopped before its reload (NeedDaemonReload=yes) is
+    reloaded and restarted, so the service does not go on with its old command line."""
+    (tmp_path / "agent-runtime.service").write_text(UNIT)
+    runner = FakeRunner([
+        (NEED_RELOAD, out([], 0, "yes\n")),
+        (["systemctl", "daemon-reload"], out([])),
+        (["systemctl", "restart", "agent-runtime.service"], out([])),
+        (["systemctl", "enable", "--now", "agent-runtime.service"], out([])),
+    ])  # fmt: skip
+    svc = RuntimeService("systemd", executable=EXE, config=CONFIG, log=LOG, directory=tmp_path,
+                         runner=runner)  # fmt: skip
+    change = svc.install()
+    assert change.changed and change.detail == "systemd agent-runtime.service installed and started"
+    assert runner.done()
+
+
+def test_systemd_install_refused_names_the_command(tmp_path: Path) -> None:
+    """A failing stop (not 'not loaded') is a ServiceError and the unit is not written."""
+    runner = FakeRunner([
+        (["systemctl", "stop", "agent-runtime.service"], out([], 1, "", "Access denied\n")),
+    ])  # fmt: skip
+    svc = RuntimeService("systemd", executable=EXE, config=CONFIG, log=LOG, directory=tmp_path,
+                         runner=runner)  # fmt: skip
+    with pytest.raises(ServiceError, match=r"systemctl stop agent-runtime\.service"):
+        svc.install()
+    assert not (tmp_path / "agent-runtime.service").exists()
 
 
 def test_systemd_uninstall_removes_the_unit(tmp_path: Path) -> None:
