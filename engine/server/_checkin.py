@@ -87,6 +87,7 @@ class Checkins:
             os_version=request.os_version,
             components=request.components,
             config_digest=request.config_digest,
+            features=tuple(sorted(set(request.features))),
         )
         job = CheckinJob(
             device, token, row, request, report, now, asyncio.get_running_loop().create_future()

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from engine.server._auth import TokenRow
-from engine.store._reports import components_text
+from engine.store._reports import components_text, features_text
 from engine.store._types import format_utc
 from states.protocol import CheckinRequest, Heartbeat, StepEvent
 
@@ -58,6 +58,7 @@ _REPORT_COLUMNS = (
     "runtime_result",
     "runtime_detail",
     "config_digest",
+    "features",
 )
 #: Report columns a check-in without them leaves as they were: an adoption is said once
 #: and stays what the device adopted.
@@ -242,6 +243,7 @@ def report_params(
         "os_version": body.os_version,
         "components": components_text(body.components),
         "config_digest": body.config_digest,
+        "features": features_text(body.features),
         **runtime_update_params(body),
     }
 

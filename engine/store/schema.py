@@ -79,6 +79,9 @@ reports = Table(
     Column("runtime_detail", String(2000), nullable=True),
     # The digest of the config files and flags the device runs (migration 13).
     Column("config_digest", String(80), nullable=True),
+    # What the device's runtime says it can do (migration 16): a JSON list, sorted,
+    # e.g. ["config", "runtime_update"]; NULL when never said.
+    Column("features", Text, nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
     # /metrics counts devices per version and online state from this index alone.
     Index("ix_reports_version_seen", "agent_version", "last_seen"),
