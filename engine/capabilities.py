@@ -10,6 +10,8 @@ runtime still refuses what it cannot take when it is offered (ADR 0024).
 
 from __future__ import annotations
 
+import json
+
 from states.protocol import FEATURE_CONFIG, FEATURE_RUNTIME_UPDATE
 from states.report import Report
 
@@ -18,6 +20,8 @@ __all__ = [
     "can_update_runtime",
     "lacks_feature",
     "no_config_reason",
+    "runtime_label",
+    "stored_can_update",
 ]
 
 #: The plan's reason for a device in a runtime rollout whose runtime cannot update itself.
@@ -47,3 +51,23 @@ def no_config_reason(report: Report) -> str:
         f"{FEATURE_CONFIG!r}): reinstall a newer runtime with the field installer "
         "(docs/install.md) first"
     )
+
+
+def stored_can_update(features: str | None) -> bool | None:
+    """``can_update_runtime`` of a ``reports.features`` column value (a JSON list, or NULL)."""
+    if features is None:
+        return None
+    try:
+        found = json.loads(features)
+    except ValueError:
+        return None
+    return isinstance(found, list) and FEATURE_RUNTIME_UPDATE in found
+
+
+def runtime_label(version: str | None, can_update: bool | None) -> str:
+    """A device's runtime as lists show it: ``0.2.0 self-update``, ``0.1.0 no self-update``,
+    or the version alone when its runtime never said (``-`` without a version)."""
+    shown = version or "-"
+    if can_update is None:
+        return shown
+    return f"{shown} self-update" if can_update else f"{shown} no self-update"

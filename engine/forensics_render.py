@@ -59,7 +59,7 @@ def render_device(detail: DeviceDetail) -> RenderableType:
                 [
                     ("agent version", r.agent_version),
                     ("known good", r.known_good),
-                    ("runtime", r.runtime_version),
+                    ("runtime", r.runtime()),
                     ("last seen", r.last_seen),
                     ("last result", r.last_result),
                     ("agent running", r.agent_running),

@@ -59,6 +59,7 @@ def render_rollouts(
             (f"#{status.id} {status.name}", "bold"),
             "  ",
             (status.state.value, style),
+            f"  channel {status.channel}" if status.channel else "",
             f"  wave {status.current_wave + 1}/{len(status.waves)}"
             if any(w.open for w in status.waves)
             else f"  no wave open (of {len(status.waves)})",

@@ -14,6 +14,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, func, select
 
+from engine.capabilities import runtime_label, stored_can_update
 from engine.rollouts.model import DeviceState, RolloutState
 from engine.rollouts.policy import shown_reason
 from engine.rollouts.status import BUCKET_OF
@@ -61,6 +62,12 @@ class ReportView(_Out):
     last_seen: datetime
     last_result: str | None
     agent_running: bool | None
+    #: whether its runtime can take a runtime release (None: it never said, ADR 0024)
+    runtime_self_update: bool | None = None
+
+    def runtime(self) -> str:
+        """Its runtime version and whether it can update itself, in a few words."""
+        return runtime_label(self.runtime_version, self.runtime_self_update)
 
 
 class TransactionView(_Out):
@@ -222,6 +229,7 @@ def device_detail(
             last_seen=rep.last_seen,
             last_result=rep.last_result,
             agent_running=rep.agent_running,
+            runtime_self_update=stored_can_update(rep.features),
         )
         if rep.tx_target is not None or rep.tx_phase is not None:
             transaction = TransactionView(

@@ -212,6 +212,8 @@ rollouts = Table(
     Column("requires_runtime", String(200), nullable=True),
     # What the rollout moves (migration 14): "agent" releases, or "runtime" releases.
     Column("component", String(20), nullable=False, server_default="agent"),
+    # The channel the group follows and its release was resolved from (migration 16).
+    Column("channel", String(100), nullable=True),
     Index("ix_rollouts_group_state", "group_name", "state"),
     Index("ix_rollouts_state", "state"),
 )

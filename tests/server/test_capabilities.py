@@ -53,9 +53,7 @@ def _repo(tmp_path: Path) -> Path:
         path.unlink()
     (repo / "inventory" / "lab.yaml").write_text(INVENTORY)
     manifest = repo / "releases" / "3.0.1.yaml"
-    manifest.write_text(
-        manifest.read_text() + "flags:\n  verbose: {type: bool, default: false}\n"
-    )
+    manifest.write_text(manifest.read_text() + "flags:\n  verbose: {type: bool, default: false}\n")
     # A runtime release is a directory of bundles; the plan only looks for one.
     target = repo / "runtime-releases" / "0.2.0" / "linux-x86_64-py3.11"
     target.mkdir(parents=True)
