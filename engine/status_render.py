@@ -57,9 +57,9 @@ def render_rollouts(
         style = _STATE_STYLE.get(status.state.value, "")
         title = Text.assemble(
             (f"#{status.id} {status.name}", "bold"),
+            f" (channel {status.channel})" if status.channel else "",
             "  ",
             (status.state.value, style),
-            f"  channel {status.channel}" if status.channel else "",
             f"  wave {status.current_wave + 1}/{len(status.waves)}"
             if any(w.open for w in status.waves)
             else f"  no wave open (of {len(status.waves)})",
