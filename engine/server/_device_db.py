@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 
@@ -243,9 +244,15 @@ def report_params(
         "os_version": body.os_version,
         "components": components_text(body.components),
         "config_digest": body.config_digest,
-        "features": features_text(body.features),
+        "features": _features_text(tuple(body.features)),
         **runtime_update_params(body),
     }
+
+
+@lru_cache(maxsize=64)
+def _features_text(features: tuple[str, ...]) -> str | None:
+    """``features_text`` once per distinct list: a fleet's runtimes send a handful."""
+    return features_text(features)
 
 
 def runtime_update_params(body: CheckinRequest) -> dict[str, Any]:
