@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.capabilities import runtime_label, stored_can_update
+from engine.capabilities import stored_can_update
 from engine.server.credentials import hash_token, new_token
 from engine.server.errors import ServerError
 from engine.store.schema import devices, heartbeats, reports
@@ -84,10 +84,6 @@ class DeviceSummary:
     runtime_version: str | None = None
     #: whether its runtime can take a runtime release (None: it never said)
     runtime_self_update: bool | None = None
-
-    def runtime(self) -> str:
-        """Its runtime version and whether it can update itself, in a few words."""
-        return runtime_label(self.runtime_version, self.runtime_self_update)
 
     def adopted(self) -> str | None:
         """What the runtime adopted, in a word: the release matched or ``unknown``/``empty``."""

@@ -129,6 +129,18 @@ def test_features_are_kept_with_reports_and_the_plan_blocks_what_runtimes_cannot
         text = _engine(repo, "plan", "--state", store_url, "--verbose").stdout
         assert "runtime is not supervised" in " ".join(text.split())
 
+        # Who can update itself: engine devices list (table and JSON) and show.
+        lines = _engine(repo, "devices", "list", "--state", store_url).stdout.splitlines()
+        header = lines[0].split()
+        at = header.index("RUNTIME")
+        assert header[at + 1] == "SELF-UPDATE"
+        able = {r.split()[0]: r.split()[at + 1] for r in lines[1:]}
+        assert able == {"cfg-bare": "no", "cfg-able": "no", "rt-plain": "no", "rt-super": "yes"}
+        listed = json.loads(_engine(repo, "devices", "list", "--json", "--state", store_url).stdout)
+        assert {d["device"]: d["runtime_self_update"] for d in listed}["rt-super"] is True
+        shown = _engine(repo, "devices", "show", "rt-plain", "--state", store_url).stdout
+        assert "0.1.0 no self-update" in shown
+
         _checkin(server, "rt-plain", tokens["rt-plain"], FEATURES["rt-super"])
         wait_until(
             "rt-plain's new features stored",
