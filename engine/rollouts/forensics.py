@@ -175,6 +175,13 @@ class RolloutDeviceRow(_Out):
     started_at: datetime | None
     finished_at: datetime | None
     last_step: LastStep | None
+    runtime_version: str | None = None  # as the device last reported it
+    #: whether its runtime can take a runtime release (None: it never said, ADR 0024)
+    runtime_self_update: bool | None = None
+
+    def runtime(self) -> str:
+        """Its runtime version and whether it can update itself, in a few words."""
+        return runtime_label(self.runtime_version, self.runtime_self_update)
 
 
 class RolloutDevicesPage(_Out):
@@ -354,6 +361,14 @@ def rollout_devices_page(
         query = query.where(rd.c.state.in_([s.value for s in states]))
     rows = conn.execute(query.order_by(rd.c.wave, rd.c.position).limit(limit).offset(offset)).all()
     steps = last_steps(conn, [row.device for row in rows])
+    runtimes = {
+        r.device: (r.runtime_version, stored_can_update(r.features))
+        for r in conn.execute(
+            select(reports.c.device, reports.c.runtime_version, reports.c.features).where(
+                reports.c.device.in_([row.device for row in rows])
+            )
+        )
+    }
     wanted = {s.value for s in states}
     total = sum(n for s, n in counts.items() if not wanted or s in wanted)
     return RolloutDevicesPage(
@@ -380,6 +395,8 @@ def rollout_devices_page(
                 started_at=row.started_at,
                 finished_at=row.finished_at,
                 last_step=steps.get(row.device),
+                runtime_version=runtimes.get(row.device, (None, None))[0],
+                runtime_self_update=runtimes.get(row.device, (None, None))[1],
             )
             for row in rows
         ],

@@ -218,6 +218,10 @@ def test_runtimes_and_group_channels_are_shown(client: TestClient, store: Store)
     assert cells["berlin-pos-0004"] == "0.1.0"  # never said: no claim either way
     page = client.get(f"/devices/{FAILED}").text
     assert "<dd data-runtime>0.1.0 self-update</dd>" in page
+    rollout = client.get("/rollouts/1").text
+    assert re.search(
+        rf'data-device="{FAILED}".*?<td data-runtime>0.1.0 self-update</td>', rollout, re.S
+    )
     fleet = client.get("/").text
     assert re.search(r'data-group="linux-prod">.*?<td data-channel>channel beta</td>', fleet, re.S)
     assert "channel beta" in client.get("/rollouts").text

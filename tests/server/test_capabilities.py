@@ -141,6 +141,21 @@ def test_features_are_kept_with_reports_and_the_plan_blocks_what_runtimes_cannot
         shown = _engine(repo, "devices", "show", "rt-plain", "--state", store_url).stdout
         assert "0.1.0 no self-update" in shown
 
+        # Applied: the runtime rollout leaves rt-plain out with the reason, and engine status
+        # lists each of its devices with its runtime.
+        _engine(repo, "apply", "--yes", "--allow-unsigned", "--state", store_url)
+        ref = ("--state", store_url, "--rollout", "rt@runtime-0.2.0")
+        status = json.loads(_engine(repo, "status", "--json", *ref).stdout)
+        rows = {d["device"]: d for d in status["devices"]["devices"]}
+        assert (rows["rt-plain"]["state"], rows["rt-plain"]["reason"]) == (
+            "excluded",
+            NOT_SUPERVISED_REASON,
+        )
+        assert rows["rt-super"]["state"] in ("pending", "offered")  # the controller runs
+        assert rows["rt-super"]["runtime_self_update"] is True
+        table = " ".join(_engine(repo, "status", *ref).stdout.split())
+        assert "0.1.0 self-update" in table and "0.1.0 no self-update" in table
+
         _checkin(server, "rt-plain", tokens["rt-plain"], FEATURES["rt-super"])
         wait_until(
             "rt-plain's new features stored",
