@@ -56,11 +56,11 @@ def test_the_plan_blocks_the_unsupervised_runtime_and_the_supervised_one_updates
     assert "runtime is not supervised" in shown and "reinstall it with the field installer" in shown
     lines = fleet.repo.engine("devices", "list").stdout.splitlines()
     header = lines[0].split()
-    rows = {r.split()[0]: r.split() for r in lines[1:]}
+    listed = {r.split()[0]: r.split() for r in lines[1:]}
     at = header.index("RUNTIME")
     assert header[at + 1] == "SELF-UPDATE"
-    assert rows[able][at : at + 2] == [base, "yes"]
-    assert rows[plain][at : at + 2] == [base, "no"]
+    assert listed[able][at : at + 2] == [base, "yes"]
+    assert listed[plain][at : at + 2] == [base, "no"]
 
     applied = fleet.repo.engine("apply", "--yes", "--wait", check=False, timeout=600)
     assert applied.returncode == 0, applied.stdout + applied.stderr
