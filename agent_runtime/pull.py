@@ -76,6 +76,7 @@ from states.keyring import KEYS_PATH
 from states.plan import ReleaseRef
 from states.protocol import (
     FEATURE_CONFIG,
+    FEATURE_RUNTIME_UPDATE,
     AdoptionReport,
     CheckinRequest,
     CheckinResponse,
@@ -232,6 +233,11 @@ class PullLoop:
         self.checkins = 0
         #: the runtime home when the supervisor runs this runtime (runtime self-update)
         self.home = RuntimeHome.from_env(runtime_version(), out=self.out)
+        #: what this runtime says it can do (CheckinRequest.features): the plan blocks a
+        #: device whose runtime cannot take what a rollout would offer it
+        self.features = [FEATURE_CONFIG]
+        if self.home is not None and self.home.usable():
+            self.features.append(FEATURE_RUNTIME_UPDATE)
         self.runtime_offer: RuntimeOffer | None = None
         #: set when a new runtime is installed and this one must hand over (SWITCH_EXIT)
         self.switch = False
@@ -414,7 +420,7 @@ class PullLoop:
             performance=self.sampler.sample(),
             runtime_update=self.refused_runtime if self.home is None else self.home.outcome(),
             config_digest=state.config_digest,
-            features=[FEATURE_CONFIG],
+            features=self.features,
             adoption=None
             if state.adoption is None
             else AdoptionReport(

@@ -79,6 +79,18 @@ class RuntimeHome:
 
     # -- what the runtime reports ---------------------------------------------------------
 
+    def usable(self) -> bool:
+        """Whether this home can take a runtime release: a writable directory with
+        ``versions/`` and a ``runtime.json`` naming the current version, as the
+        supervisor keeps it (the runtime then reports ``FEATURE_RUNTIME_UPDATE``)."""
+        state = sv.read_json(self.home / sv.STATE)
+        return (
+            state is not None
+            and isinstance(state.get("current"), str)
+            and (self.home / sv.VERSIONS).is_dir()
+            and os.access(self.home, os.W_OK)
+        )
+
     def outcome(self) -> RuntimeUpdateReport | None:
         """The last update's outcome (``outcome.json``), reported at every check-in."""
         data = sv.read_json(self.home / sv.OUTCOME)

@@ -13,10 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from engine._plan_decide import NO_REPORT_REASON, STALE_REASON_PREFIX
+from engine.capabilities import NOT_SUPERVISED_REASON, lacks_feature
 from engine.waves import wave_indices
 from fleetbase.version import Version, VersionError
 from inventory.models import Inventory
 from states.plan import RUNTIME, Action, DevicePlan, RolloutPlan, WavePlan
+from states.protocol import FEATURE_RUNTIME_UPDATE
 from states.report import Report
 
 __all__ = ["plan_runtimes", "runtime_rollout_id"]
@@ -53,6 +55,8 @@ def _decide(
             f"runtime release {desired} has no bundles under runtime-releases/",
             current,
         )
+    if lacks_feature(report, FEATURE_RUNTIME_UPDATE):
+        return Action.BLOCKED, NOT_SUPERVISED_REASON, current
     if current < desired:
         return Action.UPDATE, f"runtime {current} -> {desired}", current
     return Action.ROLLBACK, f"runtime {current} -> {desired} (an older runtime release)", current

@@ -59,7 +59,7 @@ def render_device(detail: DeviceDetail) -> RenderableType:
                 [
                     ("agent version", r.agent_version),
                     ("known good", r.known_good),
-                    ("runtime", r.runtime_version),
+                    ("runtime", r.runtime()),
                     ("last seen", r.last_seen),
                     ("last result", r.last_result),
                     ("agent running", r.agent_running),
@@ -139,8 +139,8 @@ def render_rollout_devices(page: RolloutDevicesPage) -> RenderableType:
     counts = ", ".join(f"{state} {n}" for state, n in page.states.items()) or "none"
     head = Text(f"devices of #{page.rollout_id} {page.rollout} by state: {counts}")
     table = Table(box=None, pad_edge=False)
-    for name in ("device", "wave", "state", "attempts", "last step", "detail"):
-        table.add_column(name)
+    for name in ("device", "wave", "state", "attempts", "runtime", "last step", "detail"):
+        table.add_column(name, no_wrap=name == "runtime")
     for d in page.devices:
         step = "-"
         detail = d.reason or ""
@@ -150,7 +150,13 @@ def render_rollout_devices(page: RolloutDevicesPage) -> RenderableType:
             if s.detail:
                 detail = f"{detail}\n{s.detail}" if detail else s.detail
         table.add_row(
-            d.device, str(d.wave), d.state.value, str(d.attempts), Text(step), Text(detail)
+            d.device,
+            str(d.wave),
+            d.state.value,
+            str(d.attempts),
+            d.runtime(),
+            Text(step),
+            Text(detail),
         )
     end = page.offset + len(page.devices)
     foot = Text(

@@ -4,8 +4,9 @@
 applies it; so does ``engine apply``. :func:`plan_drift` compares the saved
 plan with a fresh plan of the same operator repo, device by device: devices
 that moved to another version, appeared (reported for the first time), or
-went silent (their last report is now too old), and devices whose action the
-plan would now decide differently (what ``--strict`` refuses). Pure: no IO.
+went silent (their last report is now too old), or changed otherwise (what
+their runtime can do, ADR 0024), and devices whose action the plan would now
+decide differently (what ``--strict`` refuses); runtime plans too. Pure: no IO.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from engine._plan_decide import NO_REPORT_REASON, STALE_REASON_PREFIX
-from states.plan import DevicePlan, Plan
+from states.plan import AGENT, RUNTIME, DevicePlan, Plan
 
 __all__ = ["DeviceDrift", "Drift", "DriftKind", "plan_drift"]
 
@@ -25,6 +26,7 @@ class DriftKind(StrEnum):
     MOVED = "moved"  # reports another version than when the plan was made
     APPEARED = "appeared"  # had no report then, has one now
     SILENT = "silent"  # reported then, its last report is too old now
+    CHANGED = "changed"  # same version, but what it reported since changes its plan
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class DeviceDrift:
     now: str
     action_then: str
     action_now: str
+    component: str = AGENT  # or RUNTIME: its runtime plan drifted
 
     @property
     def changes_plan(self) -> bool:
@@ -45,8 +48,9 @@ class DeviceDrift:
 
     def describe(self) -> str:
         """One line for people, e.g. ``srv-0001 moved 3.0.0 -> 3.0.1 (update -> noop)``."""
-        text = f"{self.device} {self.kind.value}"
-        if self.kind is not DriftKind.SILENT or self.then != self.now:
+        what = " runtime" if self.component == RUNTIME else ""
+        text = f"{self.device}{what} {self.kind.value}"
+        if self.kind not in (DriftKind.SILENT, DriftKind.CHANGED) or self.then != self.now:
             text += f" {self.then} -> {self.now}"
         if self.changes_plan:
             text += f" (plan: {self.action_then}, now: {self.action_now})"
@@ -90,15 +94,17 @@ def _kind(then: DevicePlan, now: DevicePlan) -> DriftKind | None:
         return DriftKind.SILENT
     if then.current != now.current:
         return DriftKind.MOVED
+    if then.action is not now.action:
+        return DriftKind.CHANGED
     return None
 
 
 def plan_drift(saved: Plan, fresh: Plan) -> Drift:
     """How the fleet drifted between ``saved`` and ``fresh`` (the same inputs, later reports)."""
-    before = {d.device: d for d in saved.devices}
+    before = {(d.component, d.device): d for d in (*saved.devices, *saved.runtime_devices)}
     found: list[DeviceDrift] = []
-    for now in fresh.devices:
-        then = before.get(now.device)
+    for now in (*fresh.devices, *fresh.runtime_devices):
+        then = before.get((now.component, now.device))
         if then is None:
             continue
         kind = _kind(then, now)
@@ -112,6 +118,7 @@ def plan_drift(saved: Plan, fresh: Plan) -> Drift:
                 now=_version(now),
                 action_then=_action(then),
                 action_now=_action(now),
+                component=now.component,
             )
         )
-    return Drift(sorted(found, key=lambda d: d.device))
+    return Drift(sorted(found, key=lambda d: (d.device, d.component)))

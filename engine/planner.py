@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from engine._plan_decide import Decider, ReleaseView
 from engine._plan_runtime import plan_runtimes
+from engine.capabilities import lacks_feature, no_config_reason
 from engine.reconfigure import reconfigure_outcome, reconfigure_steps
 from engine.requires import RequirementsCheck, naming_runtime_rollouts
 from engine.steps import describe_steps, format_size
@@ -42,6 +43,7 @@ from states.plan import (
     Step,
     WavePlan,
 )
+from states.protocol import FEATURE_CONFIG
 from states.report import Report
 
 __all__ = [
@@ -321,6 +323,9 @@ def plan_fleet(
                 action, reason, is_changing = reconfigure_outcome(
                     report.config_digest, digest, desired, why
                 )
+        if digest is not None and is_changing and lacks_feature(report, FEATURE_CONFIG):
+            assert report is not None  # lacks_feature needs a report
+            action, reason, is_changing = Action.BLOCKED, no_config_reason(report), False
         record: dict[str, Any] = {
             "device": device_id,
             "group": group_name,

@@ -57,6 +57,7 @@ def render_rollouts(
         style = _STATE_STYLE.get(status.state.value, "")
         title = Text.assemble(
             (f"#{status.id} {status.name}", "bold"),
+            f" (channel {status.channel})" if status.channel else "",
             "  ",
             (status.state.value, style),
             f"  wave {status.current_wave + 1}/{len(status.waves)}"

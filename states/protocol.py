@@ -29,6 +29,7 @@ from states.requires import MAX_COMPONENTS, ComponentName, FactVersion
 __all__ = [
     "API_PREFIX",
     "FEATURE_CONFIG",
+    "FEATURE_RUNTIME_UPDATE",
     "MAX_INT32",
     "AdoptionReport",
     "CheckinRequest",
@@ -48,6 +49,9 @@ __all__ = [
 API_PREFIX = "/v1"
 #: ``CheckinRequest.features`` of a runtime that installs managed config files and flags.
 FEATURE_CONFIG = "config"
+#: ``CheckinRequest.features`` of a runtime that can take a runtime release: it runs under
+#: the supervisor (``agent_runtime/supervisor.py``) from a usable runtime home.
+FEATURE_RUNTIME_UPDATE = "runtime_update"
 
 DeviceId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")]
 
@@ -196,8 +200,9 @@ class CheckinRequest(_Wire):
     runtime_update: RuntimeUpdateReport | None = None
     #: the digest of the managed config files and flags the device runs (states.config_bundle)
     config_digest: str | None = Field(default=None, max_length=80)
-    #: what this runtime can do beyond the base protocol, e.g. ``config`` (it installs
-    #: ``CheckinResponse.config``); absent from older runtimes
+    #: what this runtime can do beyond the base protocol: ``config`` (it installs
+    #: ``CheckinResponse.config``), ``runtime_update`` (it can take ``CheckinResponse.runtime``);
+    #: absent from older runtimes. The server keeps them with the report (the plan reads them).
     features: list[Annotated[str, Field(max_length=50)]] = Field(
         default_factory=list, max_length=20
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +39,12 @@ class Report(BaseModel):
     components: dict[str, str] | None = None
     config_digest: str | None = Field(
         default=None, description="digest of the managed config files and flags it runs"
+    )
+    #: What the runtime said it can do (``CheckinRequest.features``, sorted); None: never
+    #: said (an export, or a report stored before the server kept them). The plan blocks a
+    #: device whose runtime cannot take what it would be offered (engine.capabilities).
+    features: tuple[Annotated[str, Field(max_length=50)], ...] | None = Field(
+        default=None, max_length=20
     )
 
     @field_validator("last_seen")

@@ -300,6 +300,7 @@ class _Output:
         self.doc["drift"] = [
             {
                 "device": d.device,
+                "component": d.component,
                 "kind": d.kind.value,
                 "then": d.then,
                 "now": d.now,

@@ -284,15 +284,17 @@ def run_list(args: argparse.Namespace) -> int:
         print("no devices")
         return EXIT_OK
     header = (
-        f"{'DEVICE':30} {'PLATFORM':8} {'VERSION':10} {'ADOPTED':10} {'LAST CHECK-IN':26} STATE"
+        f"{'DEVICE':30} {'PLATFORM':8} {'VERSION':10} {'RUNTIME':10} {'SELF-UPDATE':11} "
+        f"{'ADOPTED':10} {'LAST CHECK-IN':26} STATE"
     )
     print(header)
     for d in rows:
         state = "revoked" if d.revoked_at else ("enrolled" if d.enrolled else "not enrolled")
         seen = d.last_seen.isoformat(timespec="seconds") if d.last_seen else "-"
         adopted = d.adopted() or "-"
+        able = {True: "yes", False: "no", None: "-"}[d.runtime_self_update]
         print(
-            f"{d.device:30} {d.platform or '-':8} {d.agent_version or '-':10} {adopted:10} "
-            f"{seen:26} {state}"
+            f"{d.device:30} {d.platform or '-':8} {d.agent_version or '-':10} "
+            f"{d.runtime_version or '-':10} {able:11} {adopted:10} {seen:26} {state}"
         )
     return EXIT_OK

@@ -14,6 +14,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, func, select
 
+from engine.capabilities import runtime_label, stored_can_update
 from engine.rollouts.model import DeviceState, RolloutState
 from engine.rollouts.policy import shown_reason
 from engine.rollouts.status import BUCKET_OF
@@ -61,6 +62,12 @@ class ReportView(_Out):
     last_seen: datetime
     last_result: str | None
     agent_running: bool | None
+    #: whether its runtime can take a runtime release (None: it never said, ADR 0024)
+    runtime_self_update: bool | None = None
+
+    def runtime(self) -> str:
+        """Its runtime version and whether it can update itself, in a few words."""
+        return runtime_label(self.runtime_version, self.runtime_self_update)
 
 
 class TransactionView(_Out):
@@ -168,6 +175,13 @@ class RolloutDeviceRow(_Out):
     started_at: datetime | None
     finished_at: datetime | None
     last_step: LastStep | None
+    runtime_version: str | None = None  # as the device last reported it
+    #: whether its runtime can take a runtime release (None: it never said, ADR 0024)
+    runtime_self_update: bool | None = None
+
+    def runtime(self) -> str:
+        """Its runtime version and whether it can update itself, in a few words."""
+        return runtime_label(self.runtime_version, self.runtime_self_update)
 
 
 class RolloutDevicesPage(_Out):
@@ -222,6 +236,7 @@ def device_detail(
             last_seen=rep.last_seen,
             last_result=rep.last_result,
             agent_running=rep.agent_running,
+            runtime_self_update=stored_can_update(rep.features),
         )
         if rep.tx_target is not None or rep.tx_phase is not None:
             transaction = TransactionView(
@@ -346,6 +361,14 @@ def rollout_devices_page(
         query = query.where(rd.c.state.in_([s.value for s in states]))
     rows = conn.execute(query.order_by(rd.c.wave, rd.c.position).limit(limit).offset(offset)).all()
     steps = last_steps(conn, [row.device for row in rows])
+    runtimes = {
+        r.device: (r.runtime_version, stored_can_update(r.features))
+        for r in conn.execute(
+            select(reports.c.device, reports.c.runtime_version, reports.c.features).where(
+                reports.c.device.in_([row.device for row in rows])
+            )
+        )
+    }
     wanted = {s.value for s in states}
     total = sum(n for s, n in counts.items() if not wanted or s in wanted)
     return RolloutDevicesPage(
@@ -372,6 +395,8 @@ def rollout_devices_page(
                 started_at=row.started_at,
                 finished_at=row.finished_at,
                 last_step=steps.get(row.device),
+                runtime_version=runtimes.get(row.device, (None, None))[0],
+                runtime_self_update=runtimes.get(row.device, (None, None))[1],
             )
             for row in rows
         ],

@@ -27,9 +27,11 @@ from sqlalchemy import (
     union_all,
 )
 
+from engine.capabilities import runtime_label, stored_can_update
 from engine.rollouts.model import FAILED_STATES, DeviceState, RolloutState
 from engine.rollouts.policy import shown_reason
 from engine.store.schema import devices, heartbeats, reports, rollout_devices, rollouts
+from states.plan import RUNTIME
 
 __all__ = [
     "DeviceFilter",
@@ -84,6 +86,8 @@ class FleetOverview(_Out):
     versions: dict[str, int]
     platforms: dict[str, int]
     groups: dict[str, int]  # devices in each group's newest rollout
+    #: the channel each group follows, as its newest agent rollout recorded it
+    channels: dict[str, str] = {}
     failures_24h: int
     recent_failures: list[RecentFailure]
     releases: list[ReleaseOutcomes]
@@ -114,6 +118,13 @@ class DeviceListRow(_Out):
     group: str | None
     rollout_id: int | None
     state: DeviceState | None
+    runtime_version: str | None = None
+    #: whether its runtime can take a runtime release (None: it never said, ADR 0024)
+    runtime_self_update: bool | None = None
+
+    def runtime(self) -> str:
+        """Its runtime version and whether it can update itself, in a few words."""
+        return runtime_label(self.runtime_version, self.runtime_self_update)
 
 
 class DeviceListPage(_Out):
@@ -156,21 +167,25 @@ def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> 
         .select_from(devices.outerjoin(reports, reports.c.device == devices.c.device))
         .where(reports.c.device.is_(None))
     ).scalar_one()
-    heads = {
-        int(i): (str(g), str(release), str(name), RolloutState(state))
-        for i, g, release, name, state in conn.execute(
-            select(
-                rollouts.c.id,
-                rollouts.c.group_name,
-                rollouts.c.release,
-                rollouts.c.name,
-                rollouts.c.state,
-            )
-        )
-    }
+    heads: dict[int, tuple[str, str, str, RolloutState]] = {}
     newest: dict[str, int] = {}
-    for rollout_id, (group, *_) in heads.items():
+    newest_agent: dict[str, tuple[int, str | None]] = {}
+    for i, g, release, name, state, component, channel in conn.execute(
+        select(
+            rollouts.c.id,
+            rollouts.c.group_name,
+            rollouts.c.release,
+            rollouts.c.name,
+            rollouts.c.state,
+            rollouts.c.component,
+            rollouts.c.channel,
+        )
+    ):
+        rollout_id, group = int(i), str(g)
+        heads[rollout_id] = (group, str(release), str(name), RolloutState(state))
         newest[group] = max(newest.get(group, 0), rollout_id)
+        if component != RUNTIME and rollout_id > newest_agent.get(group, (0, None))[0]:
+            newest_agent[group] = (rollout_id, channel)
     rd = rollout_devices
     day = now - timedelta(hours=24)
     recently = case((and_(rd.c.finished_at.is_not(None), rd.c.finished_at >= day), 1), else_=0)
@@ -209,6 +224,7 @@ def fleet_overview(conn: Connection, *, now: datetime, online_within: float) -> 
         versions=dict(sorted(versions.items())),
         platforms=dict(sorted(platforms.items())),
         groups=dict(sorted(groups.items())),
+        channels={g: str(c) for g, (_, c) in newest_agent.items() if c is not None},
         failures_24h=failures,
         recent_failures=[
             RecentFailure(
@@ -353,6 +369,8 @@ def _rows(conn: Connection, page: list[str], since: datetime) -> list[DeviceList
                 reports.c.agent_version,
                 reports.c.last_seen,
                 reports.c.last_result,
+                reports.c.runtime_version,
+                reports.c.features,
             ).where(reports.c.device.in_(page))
         )
     }
@@ -413,6 +431,8 @@ def _rows(conn: Connection, page: list[str], since: datetime) -> list[DeviceList
                 group=cur.group_name if cur is not None else None,
                 rollout_id=cur.rollout_id if cur is not None else None,
                 state=DeviceState(cur.state) if cur is not None else None,
+                runtime_version=rep.runtime_version if rep is not None else None,
+                runtime_self_update=stored_can_update(rep.features) if rep is not None else None,
             )
         )
     return out

@@ -373,6 +373,7 @@ def record_rollouts(conn: Connection, plan: Plan, repo: RepoLike, now: datetime)
                 finished_at=None,
                 requires_runtime=runtime_requirement,
                 component=rp.component,
+                channel=rp.channel,
             )
             .returning(rollouts.c.id)
         ).scalar_one()

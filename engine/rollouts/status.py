@@ -103,6 +103,7 @@ class RolloutStatus(_Out):
     after: list[str] = []  # gate rollouts (group@release) it waits or waited for
     after_ids: list[int] = []  # their ids
     component: str = "agent"  # or "runtime": a runtime release (group@runtime-V)
+    channel: str | None = None  # the channel the group follows, its release resolved from
 
     @property
     def is_settled(self) -> bool:
@@ -245,6 +246,7 @@ def rollout_status(
                 after=json.loads(r.after_names) if r.after_names else [],
                 after_ids=json.loads(r.after_ids) if r.after_ids else [],
                 component=r.component,
+                channel=r.channel,
             )
         )
     return result

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 
 import orjson
 from fastapi import HTTPException
@@ -87,6 +88,7 @@ class Checkins:
             os_version=request.os_version,
             components=request.components,
             config_digest=request.config_digest,
+            features=_sorted_features(tuple(request.features)),
         )
         job = CheckinJob(
             device, token, row, request, report, now, asyncio.get_running_loop().create_future()
@@ -127,6 +129,12 @@ class Checkins:
             return _NO_CONFIG
         bundle = await asyncio.to_thread(self.configs.bundle, device, offer.plan.desired, digest)
         return _NO_CONFIG if bundle is None else bundle.model_dump(mode="json")
+
+
+@lru_cache(maxsize=64)
+def _sorted_features(features: tuple[str, ...]) -> tuple[str, ...]:
+    """A check-in's features as ``Report.features`` keeps them (sorted, once each)."""
+    return tuple(sorted(set(features)))
 
 
 #: ``Checkins._config``: the plan needs config that cannot be given.

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection
 
 from engine.server._auth import TokenRow
-from engine.store._reports import components_text
+from engine.store._reports import components_text, features_text
 from engine.store._types import format_utc
 from states.protocol import CheckinRequest, Heartbeat, StepEvent
 
@@ -58,6 +59,7 @@ _REPORT_COLUMNS = (
     "runtime_result",
     "runtime_detail",
     "config_digest",
+    "features",
 )
 #: Report columns a check-in without them leaves as they were: an adoption is said once
 #: and stays what the device adopted.
@@ -242,8 +244,15 @@ def report_params(
         "os_version": body.os_version,
         "components": components_text(body.components),
         "config_digest": body.config_digest,
+        "features": _features_text(tuple(body.features)),
         **runtime_update_params(body),
     }
+
+
+@lru_cache(maxsize=64)
+def _features_text(features: tuple[str, ...]) -> str | None:
+    """``features_text`` once per distinct list: a fleet's runtimes send a handful."""
+    return features_text(features)
 
 
 def runtime_update_params(body: CheckinRequest) -> dict[str, Any]:

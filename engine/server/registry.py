@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.capabilities import stored_can_update
 from engine.server.credentials import hash_token, new_token
 from engine.server.errors import ServerError
 from engine.store.schema import devices, heartbeats, reports
@@ -80,6 +81,9 @@ class DeviceSummary:
     adoption: str | None = None  # known | unknown | empty: how the runtime took the agent over
     adopted_version: str | None = None
     adoption_detail: str | None = None
+    runtime_version: str | None = None
+    #: whether its runtime can take a runtime release (None: it never said)
+    runtime_self_update: bool | None = None
 
     def adopted(self) -> str | None:
         """What the runtime adopted, in a word: the release matched or ``unknown``/``empty``."""
@@ -101,6 +105,8 @@ class DeviceSummary:
             "revoked_at": _iso(self.revoked_at),
             "agent_version": self.agent_version,
             "known_good": self.known_good,
+            "runtime_version": self.runtime_version,
+            "runtime_self_update": self.runtime_self_update,
             "last_checkin": _iso(self.last_seen),
             "last_result": self.last_result,
             "transaction_target": self.tx_target,
@@ -251,6 +257,8 @@ def list_devices(conn: Connection) -> list[DeviceSummary]:
                 adoption=r.adoption if r is not None else None,
                 adopted_version=r.adopted_version if r is not None else None,
                 adoption_detail=r.adoption_detail if r is not None else None,
+                runtime_version=r.runtime_version if r is not None else None,
+                runtime_self_update=stored_can_update(r.features) if r is not None else None,
             )
         )
     return out

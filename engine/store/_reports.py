@@ -25,6 +25,7 @@ __all__ = [
     "components_text",
     "digest",
     "digest_reports",
+    "features_text",
     "load",
     "load_one",
     "load_with_digest",
@@ -68,6 +69,7 @@ _REPORT_COLUMNS = (
     "python_version",
     "os_version",
     "components",
+    "features",
 )
 
 
@@ -85,6 +87,7 @@ def _row(report: Report, now: datetime) -> dict[str, Any]:
         "python_version": report.python_version,
         "os_version": report.os_version,
         "components": components_text(report.components),
+        "features": features_text(report.features),
     }
 
 
@@ -153,6 +156,22 @@ def components_text(components: Mapping[str, str] | None) -> str | None:
     return None if components is None else json.dumps(dict(components), sort_keys=True)
 
 
+def features_text(features: Iterable[str] | None) -> str | None:
+    """A runtime's features as the reports table keeps them (a sorted JSON list), None as None."""
+    return None if features is None else json.dumps(sorted(set(features)))
+
+
+class _Features(dict[str, tuple[str, ...]]):
+    """Parses each distinct stored features text once: a fleet reports a handful of sets."""
+
+    def __missing__(self, text: str) -> tuple[str, ...]:
+        value = json.loads(text)
+        if not isinstance(value, list):
+            raise ValueError(f"features {text[:100]!r} is not a JSON list")
+        found = self[text] = tuple(str(v) for v in value)
+        return found
+
+
 def _components(text: str) -> dict[str, str]:
     value = json.loads(text)
     if not isinstance(value, dict):
@@ -166,7 +185,7 @@ def _utc(value: datetime) -> datetime:
 
 _SELECT = (
     "SELECT device, agent_version, platform, last_seen, runtime_version, known_good, "
-    "last_result, python_version, os_version, components, config_digest FROM reports"
+    "last_result, python_version, os_version, components, config_digest, features FROM reports"
 )
 
 
@@ -190,6 +209,7 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
         datetime.fromisoformat if conn.dialect.name == "sqlite" else _utc
     )
     versions = _Versions()
+    feature_sets = _Features()
     platforms = _PLATFORMS
     fields = _FIELDS
     new, set_ = _new, _set
@@ -206,6 +226,7 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
         os_version,
         components,
         cfg,
+        features,
     ) in rows:
         try:
             values = {
@@ -220,6 +241,7 @@ def _reports_from(conn: Connection, rows: Iterable[Any]) -> dict[str, Report]:
                 "os_version": os_version,
                 "components": None if components is None else _components(components),
                 "config_digest": cfg,
+                "features": None if features is None else feature_sets[features],
             }
         except (VersionError, KeyError, ValueError) as e:
             raise StoreError(f"stored report of device {device!r} is unreadable: {e}") from e

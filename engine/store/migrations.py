@@ -338,6 +338,14 @@ def _0015_requires(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN requires_runtime VARCHAR(200)")
 
 
+def _0016_report_features(conn: Connection) -> None:
+    # What each device's runtime says it can do (CheckinRequest.features, a JSON list):
+    # the plan blocks a device whose runtime cannot take what a rollout would offer it.
+    # And the channel a rollout's release was resolved from, shown with its group.
+    conn.exec_driver_sql("ALTER TABLE reports ADD COLUMN features TEXT")
+    conn.exec_driver_sql("ALTER TABLE rollouts ADD COLUMN channel VARCHAR(100)")
+
+
 #: Every migration, oldest first; versions are 1, 2, 3, ... without gaps.
 MIGRATIONS: list[Migration] = [
     Migration(1, "reports", _0001_reports),
@@ -361,4 +369,7 @@ MIGRATIONS: list[Migration] = [
         14, "runtime releases: rollout component, runtime update reports", _0014_runtime_component
     ),
     Migration(15, "release requirements: device facts, runtime waits", _0015_requires),
+    Migration(
+        16, "what each device's runtime can do (features); rollout channels", _0016_report_features
+    ),
 ]

@@ -79,6 +79,9 @@ reports = Table(
     Column("runtime_detail", String(2000), nullable=True),
     # The digest of the config files and flags the device runs (migration 13).
     Column("config_digest", String(80), nullable=True),
+    # What the device's runtime says it can do (migration 16): a JSON list, sorted,
+    # e.g. ["config", "runtime_update"]; NULL when never said.
+    Column("features", Text, nullable=True),
     Index("ix_reports_last_seen", "last_seen"),
     # /metrics counts devices per version and online state from this index alone.
     Index("ix_reports_version_seen", "agent_version", "last_seen"),
@@ -209,6 +212,8 @@ rollouts = Table(
     Column("requires_runtime", String(200), nullable=True),
     # What the rollout moves (migration 14): "agent" releases, or "runtime" releases.
     Column("component", String(20), nullable=False, server_default="agent"),
+    # The channel the group follows and its release was resolved from (migration 16).
+    Column("channel", String(100), nullable=True),
     Index("ix_rollouts_group_state", "group_name", "state"),
     Index("ix_rollouts_state", "state"),
 )

@@ -158,7 +158,14 @@ def test_operator_watches_pauses_resumes_and_reads_a_failure(
     _shot(page, "fleet")
     page.goto(server.url + "/devices?platform=linux")
     assert page.get_attribute("[data-total]", "data-total") == "2"
+    # Each device's runtime, and that it cannot update itself (no supervisor here).
+    runtimes = page.locator("table.list td[data-runtime]").all_text_contents()
+    assert len(runtimes) == 2
+    assert all(re.fullmatch(r"\S+ no self-update", t.strip()) for t in runtimes), runtimes
     _shot(page, "devices")
+    page.locator("table.list td a").first.click()
+    page.wait_for_selector("[data-device-title]")
+    assert (page.text_content("dd[data-runtime]") or "").strip() == runtimes[0].strip()
 
     # -- hostile text from a device is shown, never run -------------------------------------
     hostile = "hostile-<img src=x onerror=alert(1)><script>alert(2)</script>"

@@ -191,3 +191,37 @@ def test_enrolled_device_without_report_is_listed(client: TestClient, store: Sto
         'data-device="aaa-new-device"' not in client.get("/devices", params={"online": "yes"}).text
     )
     assert 'data-count="devices">6<' in client.get("/").text
+
+
+def test_runtimes_and_group_channels_are_shown(client: TestClient, store: Store) -> None:
+    """The device list and page show each runtime and whether it can update itself (nothing
+    more when it never said); the fleet and rollouts pages show the channel a group follows."""
+    with store.write() as conn:
+        conn.execute(
+            reports.update()
+            .where(reports.c.device == FAILED)
+            .values(features='["config", "runtime_update"]')
+        )
+        conn.execute(
+            reports.update()
+            .where(reports.c.device == "berlin-pos-0003")
+            .values(features='["config"]')
+        )
+        conn.execute(rollouts.update().values(channel="beta"))
+    log_in(client)
+    listed = client.get("/devices", params={"q": "berlin-pos"}).text
+    cells = dict(
+        re.findall(r'data-device="([^"]+)">.*?<td data-runtime>([^<]*)</td>', listed, re.S)
+    )
+    assert cells[FAILED] == "0.1.0 self-update"
+    assert cells["berlin-pos-0003"] == "0.1.0 no self-update"
+    assert cells["berlin-pos-0004"] == "0.1.0"  # never said: no claim either way
+    page = client.get(f"/devices/{FAILED}").text
+    assert "<dd data-runtime>0.1.0 self-update</dd>" in page
+    rollout = client.get("/rollouts/1").text
+    assert re.search(
+        rf'data-device="{FAILED}".*?<td data-runtime>0.1.0 self-update</td>', rollout, re.S
+    )
+    fleet = client.get("/").text
+    assert re.search(r'data-group="linux-prod">.*?<td data-channel>channel beta</td>', fleet, re.S)
+    assert "channel beta" in client.get("/rollouts").text

@@ -165,21 +165,27 @@ def supervised_fleet(
     count: int,
     policy: dict[str, object],
     runtime_releases: dict[str, bool],
+    unsupervised: int = 0,
     **kw: object,
 ) -> tuple[Fleet, StoreView]:
     """``count`` devices with agent 3.0.0 and their runtimes under supervisors, checked in;
-    the runtime releases of ``runtime_releases`` (version: broken) made in the repo."""
+    the runtime releases of ``runtime_releases`` (version: broken) made in the repo. The
+    last ``unsupervised`` of them run a plain runtime instead (no supervisor, no home)."""
     fleet = make_fleet(
         specs(count), fleet_group("3.0.0", **policy), layout=lambda _i: "in_place", **kw
     )
     fleet.setup("3.0.0")
     _trust(fleet, [fleet.repo.public_key(), release_bundles.public_key])
     ids = sorted(fleet.devices)
+    plain = ids[len(ids) - unsupervised :]
     for i in ids:
+        if i in plain:
+            continue
         sup = SupervisedRuntime(fleet.device(i))
         sup.prepare(release_bundles.base_version, release_bundles.base_venv)
         sup.start()
         supervised.append(sup)
+    fleet.start(plain)
     view = StoreView(fleet)
     base = release_bundles.base_version
     wait_until(

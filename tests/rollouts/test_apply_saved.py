@@ -263,3 +263,46 @@ def test_a_runtime_release_made_after_the_plan_stales_it(
     capsys.readouterr()
     assert main(["apply", str(saved), "--yes", "--allow-unsigned"]) == 0, capsys.readouterr().err
     assert _rollouts(repo) == 1
+
+
+def test_a_runtime_that_can_update_itself_since_the_plan_is_drift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """srv-0000's runtime was blocked from runtime 0.2.0 (no supervisor); reinstalled under
+    the supervisor, it says so: the runtime plan would now move it (`changed`, same version),
+    and --strict refuses the saved plan that excluded it."""
+    groups = {"prod": {**GROUPS["prod"], "agent": {"release": "3.0.0"},
+                       "runtime": {"release": "0.2.0"}}}  # fmt: skip
+    root = write_repo(tmp_path / "repo", linux_devices("srv", 2), groups)
+    target = root / "runtime-releases" / "0.2.0" / "linux-x86_64-py3.11"
+    target.mkdir(parents=True)
+    (target / "bundle.json").write_text("{}\n")
+    now = datetime.now(UTC)
+    unable, able = ("config",), ("config", "runtime_update")
+    with Store.open(_url(root)) as store:
+        store.upsert_reports(
+            [
+                _report("srv-0000", "3.0.0", now).model_copy(update={"features": unable}),
+                _report("srv-0001", "3.0.0", now).model_copy(update={"features": able}),
+            ]
+        )
+    plan = root / "plan.json"
+    assert main(["plan", "-C", str(root), "--out", str(plan)]) == 0
+    with Store.open(_url(root)) as store:
+        store.upsert_reports(
+            [_report("srv-0000", "3.0.0", now + timedelta(seconds=1)).model_copy(
+                update={"features": able})]
+        )  # fmt: skip
+    capsys.readouterr()
+    assert main(["apply", str(plan), "--yes", "--allow-unsigned", "--strict"]) == 3
+    out = capsys.readouterr().out
+    assert "  ~ srv-0000 runtime changed (plan: blocked 0.2.0, now: update 0.2.0)" in out
+    assert "srv-0001" not in out
+    assert _rollouts(root) == 0
+    assert main(["apply", str(plan), "--yes", "--allow-unsigned", "--json"]) == 0
+    (drift,) = json.loads(capsys.readouterr().out)["drift"]
+    assert (drift["device"], drift["component"], drift["kind"]) == (
+        "srv-0000",
+        "runtime",
+        "changed",
+    )

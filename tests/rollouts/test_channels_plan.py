@@ -155,6 +155,16 @@ def test_a_saved_plan_applies_the_resolved_release(
         ("early", "3.0.1"),
         ("prod", "3.0.0"),
     ]
+    # Each rollout keeps the channel its group follows: engine status shows it.
+    assert main(["status", "-C", str(repo), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert sorted((r["group"], r["channel"]) for r in shown["rollouts"]) == [
+        ("early", "beta"),
+        ("prod", "stable"),
+    ]
+    assert main(["status", "-C", str(repo)]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # titles wrap in a narrow terminal
+    assert "prod@3.0.0 (channel stable) active" in text, text
 
 
 def test_release_list_shows_channels(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,12 @@ from engine.rollouts.offers import decide_offer, offer_rows
 from engine.server._device_db import DeviceSql, upsert_checkin
 from engine.store import Store
 from engine.store.schema import rollouts
-from states.protocol import CheckinRequest, RuntimeOffer
+from states.protocol import (
+    FEATURE_CONFIG,
+    FEATURE_RUNTIME_UPDATE,
+    CheckinRequest,
+    RuntimeOffer,
+)
 from states.report import Report
 from tests.rollouts.fleet import Clock, apply_plan, device_states, linux_devices, write_repo
 
@@ -41,8 +46,12 @@ def _repo(tmp_path: Path, runtime: str) -> Path:
 def _checkin(
     store: Store, device: str, body: Mapping[str, object], now: datetime
 ) -> RuntimeOffer | None:
-    """A check-in as the server handles it: the report stored, the offer decided and taken."""
-    request = CheckinRequest.model_validate({"platform": "linux", "agent_version": "3.0.1", **body})
+    """A check-in as the server handles it: the report stored, the offer decided and taken.
+    The runtime runs under the supervisor (it says it can update itself)."""
+    able = {"features": [FEATURE_CONFIG, FEATURE_RUNTIME_UPDATE]}
+    request = CheckinRequest.model_validate(
+        {"platform": "linux", "agent_version": "3.0.1", **able, **body}
+    )
     rep = Report(
         device=device, agent_version=request.agent_version, platform=request.platform,
         last_seen=now, runtime_version=request.runtime_version,

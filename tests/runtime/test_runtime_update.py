@@ -118,3 +118,19 @@ def test_a_good_bundle_is_installed_beside_and_a_trial_written(
     sv.write_json(home.home / sv.STATE, {"current": version, "trial": dict(trial, started=True)})
     RuntimeHome(home.home, version, out=lambda _line: None).confirm_trial()
     assert sv.read_json(home.home / sv.CONFIRMED) == {"trial": trial["id"]}
+
+
+def test_only_a_home_laid_out_by_the_supervisor_is_usable(tmp_path: Path) -> None:
+    """A runtime reports it can update itself (FEATURE_RUNTIME_UPDATE) only from a home with
+    versions/ and a runtime.json naming the current version, that it can write to."""
+    home = _home(tmp_path)
+    assert home.usable()
+    missing = RuntimeHome(tmp_path / "nowhere", "0.0.1", out=lambda _line: None)
+    assert not missing.usable()
+    (home.home / sv.STATE).write_text("{not json")
+    assert not home.usable()
+    sv.write_json(home.home / sv.STATE, {"current": None, "trial": None})
+    assert not home.usable()
+    sv.write_json(home.home / sv.STATE, {"current": "0.0.1", "trial": None})
+    (home.home / sv.VERSIONS).rmdir()
+    assert not home.usable()

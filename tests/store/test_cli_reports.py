@@ -243,4 +243,5 @@ def test_list_table_and_json(
         "os_version": None,
         "components": None,
         "config_digest": None,
+        "features": None,
     }

@@ -133,6 +133,7 @@ def test_loaded_reports_match_model_construct(store: Store) -> None:
         "os_version": "6.1.0-18-amd64",
         "components": {"glibc": "2.36", "openssl": "3.0.19"},
         "config_digest": None,
+        "features": ("config", "runtime_update"),
     }
     store.upsert_reports([Report(**values)])
     fast, slow = store.load_reports()["a"], Report.model_construct(**values)
@@ -145,6 +146,36 @@ def test_loaded_reports_match_model_construct(store: Store) -> None:
     assert fast.device == "a"
     with pytest.raises(ValueError, match="frozen"):
         fast.device = "c"  # type: ignore[misc]
+
+
+def test_features_round_trip_and_never_said_stays_none(store: Store) -> None:
+    """What a runtime said it can do comes back sorted and shared between devices that said
+    the same; a report that never said any (an import) comes back None, not empty."""
+    store.upsert_reports(
+        [
+            report("a", features=["runtime_update", "config", "config"]),
+            report("b", features=["config", "runtime_update"]),
+            report("c", features=[]),
+            report("d"),
+        ]
+    )
+    loaded = store.load_reports()
+    assert loaded["a"].features == ("config", "runtime_update")
+    assert loaded["a"].features is loaded["b"].features  # parsed once per distinct text
+    assert loaded["c"].features == ()
+    assert loaded["d"].features is None
+    assert store.get_report("a") == loaded["a"]
+    with store.read() as conn:
+        stored = dict(conn.execute(select(reports_table.c.device, reports_table.c.features)).all())
+    assert stored == {"a": '["config", "runtime_update"]', "b": '["config", "runtime_update"]',
+                      "c": "[]", "d": None}  # fmt: skip
+
+
+def test_a_report_with_too_many_features_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most 20"):
+        report("a", features=[f"f{i}" for i in range(21)])
+    with pytest.raises(ValueError, match="at most 50 characters"):
+        report("a", features=["x" * 51])
 
 
 def test_digest_of_empty_store(store: Store) -> None:
