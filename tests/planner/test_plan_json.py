@@ -98,9 +98,7 @@ def test_saved_plans_of_both_forms_read_as_the_same_plan(tmp_path: Path) -> None
     """A plan saved before fields were left out (every field written, as pydantic writes
     it) and one saved now read back to the same plan."""
     plan = _plan()
-    partly = plan.model_copy(
-        update={"devices": [_not_default(plan.devices[0]), *plan.devices[1:]]}
-    )
+    partly = plan.model_copy(update={"devices": [_not_default(plan.devices[0]), *plan.devices[1:]]})
     for each in (plan, partly):
         now_form, old_form = tmp_path / "now.json", tmp_path / "old.json"
         write_plan(each, now_form)
