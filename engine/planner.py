@@ -244,8 +244,7 @@ def plan_fleet(
     ``state_ref`` are recorded as given (defaults: the repo's root and digest,
     and a state reference counting ``reports``). Groups with ``runtime:`` add runtime
     rollouts and ``Plan.runtime_devices`` (``engine._plan_runtime``); ``runtime_releases``
-    are the runtime releases there are (None: not checked).
-    and a state reference counting ``reports``). ``configs`` gives each device's
+    are the runtime releases there are (None: not checked). ``configs`` gives each device's
     desired config digest: a device on its release that reports another digest
     is planned ``reconfigure``.
     """
