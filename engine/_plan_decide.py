@@ -6,7 +6,7 @@ once per device; outcomes are shared between devices in the same situation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -15,10 +15,19 @@ from fleetbase.platform import Platform
 from fleetbase.version import Version
 from inventory.models import Device
 from states.manifest import ReleaseManifest
-from states.plan import Action
+from states.plan import Action, Step
 from states.report import Report
 
-__all__ = ["NO_REPORT_REASON", "STALE_REASON_PREFIX", "Decider", "Outcome", "ReleaseView"]
+__all__ = [
+    "NO_REPORT_REASON",
+    "NO_STEPS",
+    "STALE_REASON_PREFIX",
+    "Decider",
+    "Decision",
+    "Outcome",
+    "ReleaseView",
+    "StepsOf",
+]
 
 #: The reason of a device without any report.
 NO_REPORT_REASON = "no report from this device yet"
@@ -76,22 +85,32 @@ def _rollback_reason(
 
 #: (action, reason, whether the device runs a transaction)
 Outcome = tuple[Action, str, bool]
+#: An outcome and the transaction's steps (empty unless the device runs one)
+Decision = tuple[Action, str, bool, list[Step]]
+#: The steps from a current release (None: nothing installed) to a desired one on a platform
+StepsOf = Callable[[Version, Platform, Version | None], list[Step]]
 
-_NO_REPORT: Outcome = (Action.BLOCKED, NO_REPORT_REASON, False)
+#: The steps of every device that runs no transaction: one empty list, never changed.
+NO_STEPS: list[Step] = []
+_NO_REPORT: Decision = (Action.BLOCKED, NO_REPORT_REASON, False, NO_STEPS)
 
 
 class Decider:
-    """Decides each device's action and reason (see ``plan_fleet``).
+    """Decides each device's action, reason and steps (see ``plan_fleet``).
 
     Most devices share their (current, desired, platform, group) with many
-    others, so the outcome after the per-device checks (report present,
-    fresh, right platform) is computed once per combination and reused.
+    others, so the decision after the per-device checks (report present,
+    fresh, right platform) is computed once per combination and reused: its
+    steps list too (``steps_of`` is called once per combination that changes).
     """
 
-    def __init__(self, releases: Mapping[Version, ReleaseView], stale_before: datetime) -> None:
+    def __init__(
+        self, releases: Mapping[Version, ReleaseView], stale_before: datetime, steps_of: StepsOf
+    ) -> None:
         self.releases = releases
         self.stale_before = stale_before
-        self._outcomes: dict[tuple[object, ...], Outcome] = {}
+        self.steps_of = steps_of
+        self._decisions: dict[tuple[object, ...], Decision] = {}
 
     def decide(
         self,
@@ -100,16 +119,18 @@ class Decider:
         desired: Version,
         why: str,
         pinned_against: str | None,
-    ) -> Outcome:
-        """Action and reason of one managed device wanting ``desired``.
+    ) -> Decision:
+        """Action, reason and steps of one managed device wanting ``desired``.
 
         ``pinned_against`` is the reason to use when the device sits on its pin
         while its group wants another release (None when that cannot happen).
+        Devices in the same situation share one steps list: never change it.
         """
         if report is None:
             return _NO_REPORT
         if report.last_seen < self.stale_before:
-            return Action.BLOCKED, f"{STALE_REASON_PREFIX}{_when(report.last_seen)}", False
+            reason = f"{STALE_REASON_PREFIX}{_when(report.last_seen)}"
+            return Action.BLOCKED, reason, False, NO_STEPS
         platform = device.platform
         if report.platform is not None and report.platform is not platform:
             return (
@@ -117,6 +138,7 @@ class Decider:
                 f"device reports platform {report.platform.value} but the inventory says "
                 f"{platform.value}",
                 False,
+                NO_STEPS,
             )
         current = report.agent_version
         known_good = report.known_good
@@ -130,9 +152,9 @@ class Decider:
             pinned_against,
             None if known_good is None else known_good.text,
         )
-        outcome = self._outcomes.get(key)
-        if outcome is None:
-            outcome = self._move(
+        decision = self._decisions.get(key)
+        if decision is None:
+            action, reason, changing = self._move(
                 platform=platform,
                 current=current,
                 known_good=known_good,
@@ -141,8 +163,9 @@ class Decider:
                 pinned_against=pinned_against,
                 managed=managed,
             )
-            self._outcomes[key] = outcome
-        return outcome
+            steps = self.steps_of(desired, platform, current) if changing else NO_STEPS
+            decision = self._decisions[key] = (action, reason, changing, steps)
+        return decision
 
     def _move(
         self,

@@ -76,11 +76,15 @@ def plan_runtimes(
     Waves are the group's rollout waves, computed on the whole group.
     """
     by_group: dict[str, list[tuple[DevicePlan, bool]]] = {}
+    moving = {name for name, group in inventory.groups.items() if group.runtime is not None}
+    if not moving:
+        return [], []
     for device_id, device in inventory.devices.items():
         group_name = assignment.get(device_id)
-        group = inventory.groups.get(group_name) if group_name is not None else None
-        if group is None or group.runtime is None:
+        if group_name is None or group_name not in moving:
             continue
+        group = inventory.groups[group_name]
+        assert group.runtime is not None
         desired = group.runtime.release
         action, reason, current = _decide(reports.get(device_id), desired, known, stale_before)
         values: dict[str, Any] = {

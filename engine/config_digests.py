@@ -12,14 +12,17 @@ import difflib
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.config_render import ConfigRenderer, RenderedConfig
 from engine.secrets_file import load_secrets
 from fleetbase.version import Version
 from inventory.loader import OperatorRepo
 from states.config_bundle import FLAGS_FILE, flags_bytes
 from states.plan import CHANGING_ACTIONS, Plan
 from states.report import Report
+
+if TYPE_CHECKING:  # Jinja2 is imported only when some release manages config
+    from engine.config_render import ConfigRenderer, RenderedConfig
 
 __all__ = ["RENDERS_DIR", "CachingRenderer", "config_renderer", "with_diffs"]
 
@@ -84,6 +87,8 @@ def config_renderer(repo: OperatorRepo) -> CachingRenderer | None:
     """
     if not any(r.manifest.config or r.manifest.flags for r in repo.releases.values()):
         return None
+    from engine.config_render import ConfigRenderer
+
     secrets = load_secrets(repo.root, repo.settings.secrets_file)
     return CachingRenderer(ConfigRenderer(repo, secrets), repo.root / RENDERS_DIR)
 

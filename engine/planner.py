@@ -17,7 +17,7 @@ from itertools import compress
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine._plan_decide import Decider, ReleaseView
+from engine._plan_decide import NO_STEPS, Decider, ReleaseView
 from engine._plan_runtime import plan_runtimes
 from engine.capabilities import lacks_feature, no_config_reason
 from engine.reconfigure import reconfigure_outcome, reconfigure_steps
@@ -26,6 +26,7 @@ from engine.steps import describe_steps, format_size
 from engine.waves import wave_indices
 from fleetbase.duration import format_duration
 from fleetbase.platform import Platform
+from fleetbase.trusted import trusted_builder
 from fleetbase.version import Version
 from inventory.channels import Resolution
 from inventory.models import Inventory, RolloutPolicy
@@ -81,22 +82,8 @@ class RepoView(Protocol):
     def resolutions(self) -> Mapping[str, Resolution]: ...
 
 
-_DEVICE_PLAN_FIELDS = frozenset(DevicePlan.model_fields)
-
-
-def _device_plan(values: dict[str, Any]) -> DevicePlan:
-    """A DevicePlan from values of the right types, skipping validation.
-
-    Does what ``DevicePlan.model_construct`` does, at a fraction of its cost
-    per call (it walks every field's defaults): this runs once per device.
-    ``values`` must hold every field.
-    """
-    plan = DevicePlan.__new__(DevicePlan)
-    object.__setattr__(plan, "__dict__", values)
-    object.__setattr__(plan, "__pydantic_fields_set__", set(_DEVICE_PLAN_FIELDS))
-    object.__setattr__(plan, "__pydantic_extra__", None)
-    object.__setattr__(plan, "__pydantic_private__", None)
-    return plan
+#: A DevicePlan from a dict of every field's value, unvalidated (once per device).
+_device_plan = trusted_builder(DevicePlan)
 
 
 def rollout_id(group: str, release: Version, config: str | None = None) -> str:
@@ -206,11 +193,13 @@ class _Members:
     """One rollout's devices in fleet order: their records, ids, and whether each changes.
 
     Kept side by side so that waves are assigned without another pass over the records.
+    ``configs`` holds the distinct config digests of its devices (they name the rollout).
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     changing: list[bool] = field(default_factory=list)
+    configs: set[str] = field(default_factory=set)
 
 
 _Bucket = tuple[str, Version, _Members]
@@ -255,23 +244,26 @@ def plan_fleet(
     ``state_ref`` are recorded as given (defaults: the repo's root and digest,
     and a state reference counting ``reports``). Groups with ``runtime:`` add runtime
     rollouts and ``Plan.runtime_devices`` (``engine._plan_runtime``); ``runtime_releases``
-    are the runtime releases there are (None: not checked).
-    and a state reference counting ``reports``). ``configs`` gives each device's
+    are the runtime releases there are (None: not checked). ``configs`` gives each device's
     desired config digest: a device on its release that reports another digest
     is planned ``reconfigure``.
     """
     inventory = repo.inventory
     groups = inventory.groups
     releases = repo.releases
-    decider = Decider(releases, now - stale_after)
-    requirements = RequirementsCheck(releases)
-    awaiting = False  # some device waits for its runtime (its reason may name a rollout)
     root = repo.root
     release_refs = {str(v): _release_ref(loaded, root) for v, loaded in releases.items()}
     steps = _Steps(releases, {k: v.manifest for k, v in release_refs.items()})
+    decide = Decider(releases, now - stale_after, steps.steps).decide
+    requirements = RequirementsCheck(releases)
+    check_requirements = requirements.check if requirements.any else None
+    awaiting = False  # some device waits for its runtime (its reason may name a rollout)
 
     # Pass 1: decide every device. A record is the future DevicePlan's field dict.
-    group_info: dict[str | None, tuple[Version | None, str, str, str | None]] = {}
+    # What a device's group decides, once per group: [release (None: the group sets
+    # none), rollout label, why, channel, the rollout of its unpinned devices (found
+    # on first use)].
+    group_info: dict[str | None, list[Any]] = {}
     resolutions = repo.resolutions
     records: _Records = []
     unmanaged: list[str] = []
@@ -279,6 +271,7 @@ def plan_fleet(
     buckets: list[_Bucket] = []
     group_of = repo.assignment.get
     report_of = reports.get
+    noop = Action.NOOP
     for device_id, device in inventory.devices.items():
         group_name = group_of(device_id)
         info = group_info.get(group_name)
@@ -286,19 +279,20 @@ def plan_fleet(
             group = groups.get(group_name) if group_name is not None else None
             agent = group.agent if group is not None else None
             label = group_name if group_name is not None else PINNED_ROLLOUT_GROUP
-            info = (agent.release if agent else None, label, f"group {group_name}", None)
+            info = [agent.release if agent else None, label, f"group {group_name}", None, None]
             resolution = resolutions.get(group_name) if group_name is not None else None
             if agent is not None and resolution is not None:
                 why = f"group {group_name}, {resolution.why()}"
-                info = (resolution.release, label, why, resolution.channel)
+                info = [resolution.release, label, why, resolution.channel, None]
             group_info[group_name] = info
-        group_release, label, why, channel = info
+        group_release, label, why, channel, bucket = info
         pin = device.pin
         against: str | None = None
         if pin is not None:
             desired = pin
             why = f"pin {pin}"
             channel = None
+            bucket = None
             if group_release is not None and group_release != pin:
                 against = f"pinned to {pin}; group {group_name} wants {group_release}"
         elif group_release is not None:
@@ -307,42 +301,38 @@ def plan_fleet(
             unmanaged.append(device_id)
             continue
         report = report_of(device_id)
-        action, reason, is_changing = decider.decide(device, report, desired, why, against)
+        action, reason, is_changing, step_list = decide(device, report, desired, why, against)
         awaits_runtime: str | None = None
-        if is_changing and report is not None:
-            unmet = requirements.check(desired, device.platform, report)
+        if is_changing and check_requirements is not None and report is not None:
+            unmet = check_requirements(desired, device.platform, report)
             if unmet is not None:
                 action, reason, is_changing = Action.BLOCKED, unmet.reason(str(desired)), False
+                step_list = NO_STEPS
                 awaits_runtime = unmet.awaits_runtime
                 awaiting = awaiting or awaits_runtime is not None
-        current = report.agent_version if report is not None else None
         digest = configs(device_id, desired) if configs is not None else None
-        if digest is not None and action is Action.NOOP:
+        if digest is not None and action is noop:
             assert report is not None  # NOOP needs a report
             if report.config_digest != digest:
                 action, reason, is_changing = reconfigure_outcome(
                     report.config_digest, digest, desired, why
                 )
+                step_list = reconfigure_steps(desired)
         if digest is not None and is_changing and lacks_feature(report, FEATURE_CONFIG):
             assert report is not None  # lacks_feature needs a report
             action, reason, is_changing = Action.BLOCKED, no_config_reason(report), False
+            step_list = NO_STEPS
         record: dict[str, Any] = {
             "device": device_id,
             "group": group_name,
             "platform": device.platform,
-            "current": current,
+            "current": report.agent_version if report is not None else None,
             "desired": desired,
             "action": action,
             "reason": reason,
             "wave": None,
             "rollout": None,
-            "steps": (
-                reconfigure_steps(desired)
-                if action is Action.RECONFIGURE
-                else steps.steps(desired, device.platform, current)
-                if is_changing
-                else []
-            ),
+            "steps": step_list,
             "channel": channel,
             "awaits_runtime": awaits_runtime,
             "component": AGENT,
@@ -350,21 +340,27 @@ def plan_fleet(
             "config_diff": None,
         }
         records.append((record, is_changing))
-        if action is not _PINNED:
+        if action is _PINNED:
+            continue
+        if bucket is None:
             key = (label, desired.text)
             bucket = bucket_of.get(key)
             if bucket is None:
                 bucket = bucket_of[key] = _find_bucket(buckets, label, desired, releases)
-            bucket.records.append(record)
-            bucket.devices.append(device_id)
-            bucket.changing.append(is_changing)
+            if pin is None:
+                info[4] = bucket
+        bucket.records.append(record)
+        bucket.devices.append(device_id)
+        bucket.changing.append(is_changing)
+        if digest is not None:
+            bucket.configs.add(digest)
 
     # Pass 2: waves per rollout (group + release), on the whole group.
     rollouts: list[RolloutPlan] = []
     for label, release, bucket in sorted(buckets, key=lambda b: (b[0], b[1])):
         group = groups.get(label)
         policy = group.rollout if group is not None else _DEFAULT_POLICY
-        rid = rollout_id(label, release, config_label(r["config_digest"] for r in bucket.records))
+        rid = rollout_id(label, release, config_label(bucket.configs))
         indices = wave_indices(label, bucket.devices, bucket.changing, policy.waves)
         for record, index in zip(bucket.records, indices, strict=True):
             record["wave"] = index
@@ -445,8 +441,7 @@ def plan_fleet(
 
     unknown: list[str] = []
     if only_group is None and only_device is None:
-        devices_known = inventory.devices
-        unknown = sorted(r for r in reports if r not in devices_known)
+        unknown = sorted(reports.keys() - inventory.devices.keys())
 
     if inventory_ref is None:
         inventory_ref = InventoryRef.model_construct(

@@ -148,6 +148,8 @@ class RequirementsCheck:
 
     def __init__(self, releases: Mapping[Version, ReleaseView]) -> None:
         self.releases = releases
+        #: whether some release has requirements (when none has, no device needs a check)
+        self.any = any(r.manifest.requires is not None for r in releases.values())
         self._requires: dict[str, Requirements | None] = {}  # by the desired version's text
         self._found: dict[tuple[object, ...], Unmet | None] = {}
 
