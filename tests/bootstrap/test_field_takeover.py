@@ -30,7 +30,7 @@ from engine.store import Store
 from engine.store.schema import reports
 from tests.bootstrap.conftest import FieldDevice, legacy_install
 from tests.bundles import RuntimeBundle
-from tests.harness.procs import child_env, wait_until
+from tests.harness.procs import start_as_service, wait_until
 from tests.harness.repo import DeviceSpec, OperatorRepo
 from tests.harness.server import ServerProcess
 from tests.harness.supervised import SUPERVISOR_SOURCE
@@ -154,16 +154,6 @@ def test_field_device_is_taken_over_updated_and_uninstalled(
     assert field_device.files() == before
 
 
-def _start(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """``argv`` in its own session as a service manager runs it (no PYTHONPATH: each runtime
-    runs its own venv's code)."""
-    env = child_env()
-    env.pop("PYTHONPATH", None)
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-
-
 def _report(repo: OperatorRepo) -> dict[str, Any]:
     """The device's last check-in report in the server's store ({} before the first)."""
     url = f"sqlite:///{repo.root / '.engine' / 'state.db'}"
@@ -195,8 +185,8 @@ def test_an_install_from_before_self_update_is_converted_in_place(
     assert (prefix / "pyvenv.cfg").is_file()
     token = (prefix / "etc" / "token").read_bytes()
     log = tmp_path / "runtime.log"
-    old = _start([str(prefix / "bin" / "agent-runtime"), "converge", "--config", str(config)],
-                 log, field_device.base)  # fmt: skip
+    argv = [str(prefix / "bin" / "agent-runtime"), "converge", "--config", str(config)]
+    old = start_as_service(argv, log, field_device.base)
     try:
         base = json.loads((runtime_bundle.directory / "bundle.json").read_text())
         version = base["runtime_version"]
@@ -230,7 +220,7 @@ def test_an_install_from_before_self_update_is_converted_in_place(
         old.terminate()
         old.wait(30)
         moment = _report(repo)["last_seen"]
-        old = _start(argv, log, field_device.base)
+        old = start_as_service(argv, log, field_device.base)
         wait_until("the supervised runtime to check in",
                    lambda: _report(repo)["last_seen"] > moment, timeout=90)  # fmt: skip
         assert json.loads((prefix / "child.pid").read_text())["version"] == version

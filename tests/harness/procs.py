@@ -5,13 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-__all__ = ["REPO_ROOT", "child_env", "free_port", "kill_processes_under", "wait_until"]
+__all__ = [
+    "REPO_ROOT",
+    "child_env",
+    "free_port",
+    "kill_processes_under",
+    "start_as_service",
+    "wait_until",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +78,13 @@ def kill_processes_under(base: Path) -> None:
         if cwd.startswith(root) and proc.pid != os.getpid():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+
+
+def start_as_service(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as a service manager would: its own session, output to ``log``, no
+    PYTHONPATH (each runtime version runs its own venv's code)."""
+    env = child_env()
+    env.pop("PYTHONPATH", None)
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip

@@ -34,7 +34,7 @@ from engine.store import Store
 from engine.store.schema import events, invites, reports
 from tests.bootstrap.conftest import FieldDevice
 from tests.bundles import RuntimeBundle
-from tests.harness.procs import child_env, wait_until
+from tests.harness.procs import start_as_service, wait_until
 from tests.harness.repo import DeviceSpec, OperatorRepo
 from tests.harness.server import ServerProcess
 from tests.harness.sshd import Sshd
@@ -117,16 +117,6 @@ def _bootstrap(world: World) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _start_supervisor(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start exactly ``argv`` (what the installer said to run) as a service manager would:
-    its own session, no PYTHONPATH (each runtime version runs its own venv's code)."""
-    env = child_env()
-    env.pop("PYTHONPATH", None)
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-
-
 def _json(path: Path) -> dict[str, Any]:
     """The JSON object in ``path`` ({} while it is missing or being replaced)."""
     try:
@@ -202,7 +192,7 @@ def test_field_device_bootstrapped_over_ssh_supervised_then_self_updated(
                 "env": {"HEARTBEAT_INTERVAL": "0.5", "PYTHONDONTWRITEBYTECODE": "1"}})  # fmt: skip
     config.write_text(yaml.safe_dump(cfg))
     log = world.host / "runtime.log"
-    supervisor = _start_supervisor(argv, log, world.device.base)
+    supervisor = start_as_service(argv, log, world.device.base)
     try:
         wait_until("the device to report 3.0.0", lambda: world.reports("3.0.0"), timeout=90)
         assert world.runtime_reported() == base
