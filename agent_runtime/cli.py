@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from agent_runtime import supervisor
 from agent_runtime._memory import release_memory
 from agent_runtime.config import DEFAULT_CONFIG_PATHS, DeviceConfig, load_config
 from agent_runtime.converge import FilePlanSource, PlanSource, Runtime, exit_code
@@ -63,6 +64,10 @@ def _err(line: str) -> None:
 
 
 def _converge(args: argparse.Namespace, config: DeviceConfig) -> int:
+    if not supervisor.may_run():
+        _err("agent-runtime: the supervisor that started this runtime is gone before it "
+             "recorded it; exiting (the next supervisor starts its own)")  # fmt: skip
+        return 0
     if args.json and not (args.once and args.plan):
         raise ConfigError("converge --json needs --once and --plan FILE")
     if not args.plan and config.server is not None:

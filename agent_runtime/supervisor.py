@@ -16,6 +16,12 @@ Under ``--home`` (the runtime home):
   at check-in;
 - ``child.pid``: the runtime the supervisor started.
 
+A runtime learns its supervisor's pid from ``AGENT_RUNTIME_SUPERVISOR`` and
+does nothing until ``child.pid`` names it (``wait_recorded``): a supervisor
+killed between starting a runtime and recording it would leave a runtime its
+successor cannot find and stop, and two runtimes would run at once; such a
+runtime sees its supervisor gone and exits instead.
+
 The old runtime installs the new one beside itself, writes a trial that is not
 started yet and exits. The supervisor then marks the trial started, runs the
 new runtime, and waits for ``confirmed.json``: once it names the trial, the new
@@ -56,15 +62,18 @@ __all__ = [
     "HOME_ENV",
     "OUTCOME",
     "STATE",
+    "SUPERVISOR_ENV",
     "SWITCH_EXIT",
     "VERSIONS",
     "Supervisor",
     "build",
     "installing_marker",
     "main",
+    "may_run",
     "parse_args",
     "read_json",
     "runtime_exe",
+    "wait_recorded",
     "write_json",
 ]
 
@@ -75,6 +84,11 @@ CHILD_PID = "child.pid"
 VERSIONS = "versions"
 #: The environment variable naming the runtime home for the runtime it starts.
 HOME_ENV = "AGENT_RUNTIME_HOME"
+#: The environment variable naming the supervisor's pid for the runtime it starts.
+SUPERVISOR_ENV = "AGENT_RUNTIME_SUPERVISOR"
+#: Seconds a runtime waits to be recorded in ``child.pid`` while its supervisor lives
+#: (it records within milliseconds; past this the runtime goes on regardless).
+RECORD_TIMEOUT = 30.0
 #: The exit code with which a runtime asks to be replaced by the trial it prepared.
 SWITCH_EXIT = 75
 #: Seconds between polls of a trial, and before restarting a runtime that exited.
@@ -243,6 +257,7 @@ class Supervisor:
         """Start ``version``'s runtime with the supervisor's arguments."""
         env = dict(os.environ)
         env[HOME_ENV] = str(self.home)
+        env[SUPERVISOR_ENV] = str(os.getpid())
         exe = runtime_exe(self.home, version)
         extra: dict[str, Any] = {}
         if self.output is not None:
@@ -382,6 +397,41 @@ class Supervisor:
         end = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < end:
             time.sleep(min(POLL, max(0.0, end - time.monotonic())))
+
+
+def wait_recorded(home: Path, supervisor: int, timeout: float = RECORD_TIMEOUT) -> bool:
+    """Wait until ``home``'s ``child.pid`` names this process; False when the supervisor
+    ``supervisor`` died first (the runtime must then exit without doing anything)."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read_json(home / CHILD_PID)
+        if found is not None and found.get("pid") == me:
+            return True
+        if not _supervisor_alive(supervisor):
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.02)
+
+
+def may_run() -> bool:
+    """False when a supervisor started this process and died before recording it in
+    ``child.pid`` (the process must exit at once); True otherwise, or with no supervisor.
+    Called by a runtime before it does anything."""
+    pid = os.environ.pop(SUPERVISOR_ENV, "")  # for this process, not its children
+    home = os.environ.get(HOME_ENV)
+    if not home or not pid.isdigit():
+        return True
+    return wait_recorded(Path(home), int(pid))
+
+
+def _supervisor_alive(pid: int) -> bool:
+    """Whether the supervisor ``pid`` that started this process still runs."""
+    if sys.platform == "win32":
+        return _win_alive(pid)
+    # A child whose parent died is re-parented at once: no pid-reuse question.
+    return os.getppid() == pid
 
 
 def _version_key(version: str) -> tuple[tuple[int, str], ...]:

@@ -47,6 +47,12 @@ def _runtimes_of(home: Path) -> list[psutil.Process]:
     return found
 
 
+def _only_recorded(sup: SupervisedRuntime) -> bool:
+    """Exactly one runtime runs from the home, and it is the one the supervisor recorded
+    (``child.pid``): it knows to stop it."""
+    return [p.pid for p in _runtimes_of(sup.home)] == [sup.child_pid()]
+
+
 def test_runtime_release_rolls_out_then_a_broken_one_is_reverted_and_halts(
     make_fleet: MakeFleet,
     release_bundles: ReleaseBundles,
@@ -157,7 +163,8 @@ def test_kills_mid_install_and_mid_trial_leave_one_runtime_and_the_update_lands(
     )
     sup.kill_supervisor()
     sup.start()
-    wait_until("one runtime to run", lambda: len(_runtimes_of(sup.home)) == 1, timeout=60)
+    wait_until("one runtime to run, the one the new supervisor started",
+               lambda: _only_recorded(sup), timeout=60)  # fmt: skip
     # Counted succeeded only once the supervisor kept the new runtime (a trial the kill
     # reverted is retried by the rollout first).
     rollout = view.rollout(f"fleet@runtime-{GOOD}")
@@ -165,10 +172,13 @@ def test_kills_mid_install_and_mid_trial_leave_one_runtime_and_the_update_lands(
         "the rollout to count the device succeeded",
         lambda: [r.state for r in view.devices(rollout.id)] == ["succeeded"],
         timeout=400,
-    )
+        progress=lambda: (f"devices {[(r.state, r.reason) for r in view.devices(rollout.id)]}, "
+                          f"runtime.json {sup.state()}, outcome {sup.outcome()}, runtimes "
+                          f"{[p.pid for p in _runtimes_of(sup.home)]}, child {sup.child_pid()}"),
+    )  # fmt: skip
     assert sup.current() == GOOD and not sup.state().get("trial")
     assert sup.outcome()["result"] == "confirmed"
     assert runtime_versions(view).get(device.id) == GOOD
-    wait_until("one runtime to run", lambda: len(_runtimes_of(sup.home)) == 1, timeout=30)
+    wait_until("one runtime to run", lambda: _only_recorded(sup), timeout=30)
     assert device.agent_pid() == pid
     assert device.heartbeating("3.0.0")

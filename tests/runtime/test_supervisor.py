@@ -28,6 +28,9 @@ from tests.harness import wait_until
 
 FAKE_RUNTIME = """#!{python}
 import json, os, pathlib, signal, sys, time, uuid
+from agent_runtime import supervisor as sv
+if not sv.may_run():  # as the real runtime's `converge` does first
+    sys.exit(0)
 home = pathlib.Path(os.environ["AGENT_RUNTIME_HOME"])
 version = pathlib.Path(__file__).parents[1].name
 mode = (home / "versions" / version / "mode").read_text().strip()
@@ -200,6 +203,30 @@ def test_killing_the_supervisor_mid_trial_leaves_the_old_runtime(home: Home) -> 
     home.start()
     wait_until("2.0 reverted", lambda: home.outcome().get("result") == "reverted", timeout=30)
     assert "restarted before the runtime confirmed" in str(home.outcome()["detail"])
+    wait_until("1.0 alone to run", lambda: _only(home, "1.0"), timeout=30)
+
+
+def test_a_runtime_its_supervisor_died_before_recording_exits_by_itself(home: Home) -> None:
+    """The supervisor is SIGKILLed after starting the trial's runtime but before recording
+    it in child.pid (held there by a FIFO where its temporary file goes), so no successor
+    could find that runtime: it exits on its own, and the next supervisor reverts the
+    trial and runs 1.0 alone."""
+    home.add("2.0", "good")
+    home.start()
+    wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
+    assert home.proc is not None
+    wait_until("1.0 to be recorded", lambda: sv.read_json(home.root / sv.CHILD_PID) is not None,
+               timeout=30)  # fmt: skip
+    os.mkfifo(home.root / f".{sv.CHILD_PID}.tmp-{home.proc.pid}")  # open() blocks on it
+    (home.root / "offer").write_text("2.0")
+    wait_until("2.0 to start", lambda: home.running() == ["2.0"], timeout=30)
+    trial = home.state().get("trial")
+    assert isinstance(trial, dict) and trial.get("started"), trial
+    home.kill()
+    wait_until("the unrecorded 2.0 to exit", lambda: home.running() == [], timeout=30)
+    assert "2.0" not in (home.root / "runs.log").read_text()  # it did nothing
+    home.start()
+    wait_until("2.0 reverted", lambda: home.outcome().get("result") == "reverted", timeout=30)
     wait_until("1.0 alone to run", lambda: _only(home, "1.0"), timeout=30)
 
 
