@@ -26,9 +26,8 @@ __all__ = [
 
 #: The plan's reason for a device in a runtime rollout whose runtime cannot update itself.
 NOT_SUPERVISED_REASON = (
-    "runtime is not supervised, so it cannot update itself: on Linux and macOS reinstall it "
-    "with the field installer (docs/install.md) to let it update itself; on Windows the "
-    "installer does not set up the supervisor yet (docs/install.md, Upgrading the runtime)"
+    "runtime is not supervised, so it cannot update itself: reinstall it with the field "
+    "installer (docs/install.md), which runs it under the supervisor on every OS"
 )
 
 

@@ -15,19 +15,21 @@ verify the runtime bundle (signature by a pinned key over bundle.json, then
 every wheel's size and sha256; anything off and nothing is installed); lay out
 the prefix as a runtime home (docs/runtime.md, "Runtime self-update"): the
 venv ``versions/<V>/`` with ``pip install --no-index`` from the bundle,
-``runtime.json`` naming V current, a copy of the runtime's ``supervisor.py``;
-write the device config and the invite code (mode 0600); enroll; identify the
-installed agent (``agent-runtime adopt``, which never restarts it); register
-the OS service that runs the supervisor with this Python, which runs the
-current runtime and updates it (``--service none``: the note says the command
-to run); write ``<prefix>/bin/agent-runtime``, which runs the current runtime.
-A prefix that is a plain venv (installed before runtime self-update) is
-converted in place: the service is swapped (only the runtime restarts, never
-the agent), then the old venv's files are removed; config, token and state
-stay. On Windows the runtime is still a plain venv at the prefix with the plain
-service. ``--uninstall`` removes the runtime, its config, state and service,
-and leaves the agent's files as they are. Exit 0 or 1; the last line says what
-happened (``--json``: one JSON document on stdout).
+``runtime.json`` naming V current, a copy of the runtime's ``supervisor.py``
+(on Windows ``winsupervisor.py`` too, the wrapper the Service Control Manager
+runs); write the device config and the invite code (mode 0600); enroll;
+identify the installed agent (``agent-runtime adopt``, which never restarts
+it); register the OS service that runs the supervisor with this Python (on
+Windows its ``pythonw.exe``), which runs the current runtime and updates it
+(``--service none``: the note says the command to run); write the launcher
+``<prefix>/bin/agent-runtime`` (Windows: ``bin\\agent-runtime.cmd``, which runs
+``bin\\agent-runtime.py`` beside it), which runs the current runtime. A prefix
+that is a plain venv (installed before runtime self-update) is converted in
+place: the service is swapped (only the runtime restarts, never the agent),
+then the old venv's files are removed; config, token and state stay.
+``--uninstall`` removes the runtime, its config, state and service, and leaves
+the agent's files as they are. Exit 0 or 1; the last line says what happened
+(``--json``: one JSON document on stdout).
 """
 
 from __future__ import annotations
@@ -198,12 +200,14 @@ def detect() -> Host:
 
 @dataclass
 class Paths:
-    """Where the runtime, its config and state go, and where the agent lives."""
+    """Where the runtime, its config and state go, and where the agent lives; ``windows``:
+    the venvs there have the Windows layout (``Scripts\\<name>.exe``)."""
 
     prefix: Path
     config_dir: Path
     state_dir: Path
     agent_root: Path
+    windows: bool = False
 
     @property
     def config(self) -> Path:
@@ -218,9 +222,15 @@ class Paths:
         return self.config_dir / "token"
 
     def bin(self, name: str) -> Path:
-        if sys.platform == "win32":
-            return self.prefix / "Scripts" / f"{name}.exe"
-        return self.prefix / "bin" / name
+        """``name`` of a venv at the prefix (POSIX: the launcher when ``name`` is
+        agent-runtime and the prefix is a runtime home)."""
+        return venv_exe(self.prefix, name, self.windows)
+
+
+def venv_exe(venv: Path, name: str, windows: bool) -> Path:
+    """A venv's interpreter or console script ``name``: ``Scripts\\<name>.exe`` on Windows,
+    ``bin/<name>`` elsewhere (as ``runtime_exe`` of agent_runtime/supervisor.py has it)."""
+    return venv / "Scripts" / f"{name}.exe" if windows else venv / "bin" / name
 
 
 def default_paths(plat: str, args: argparse.Namespace) -> Paths:
@@ -229,7 +239,7 @@ def default_paths(plat: str, args: argparse.Namespace) -> Paths:
         pf = Path(os.environ.get("PROGRAMFILES", "C:/Program Files"))
         pd = Path(os.environ.get("PROGRAMDATA", "C:/ProgramData"))
         std = Paths(pf / "AgentRuntime", pd / "AgentRuntime", pd / "AgentRuntime" / "state",
-                    pf / "Wegweiser" / "Agent")  # fmt: skip
+                    pf / "Wegweiser" / "Agent", windows=True)  # fmt: skip
     elif plat == "macos":
         std = Paths(Path("/Library/AgentRuntime"), Path("/etc/agent-runtime"),
                     Path("/Library/Application Support/AgentRuntime"),
@@ -348,13 +358,16 @@ class Report:
     changed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     adoption: dict[str, Any] | None = None
-    runtime: dict[str, Any] | None = None  # home, version, command, supervisor (not Windows)
+    runtime: dict[str, Any] | None = None  # home, version, command, supervisor
     ok: bool = True
     error: str | None = None
 
 
 def _run(argv: list[str], what: str) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as e:  # e.g. a venv without the interpreter this platform's layout names
+        raise InstallError(f"{what} failed: cannot run {argv[0]}: {e.strerror or e}") from e
     if proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-5:]
         raise InstallError(f"{what} failed (exit {proc.returncode}): {' / '.join(said)}")
@@ -389,47 +402,19 @@ def device_config(args: argparse.Namespace, host: Host, paths: Paths, keys: list
     return json.dumps(config, indent=2) + "\n"
 
 
-def installed_version(paths: Paths) -> str | None:
-    """The runtime package version in the plain venv (Windows), or None when there is none."""
-    python = paths.bin("python")
-    if not python.exists():
-        return None
-    code = f"import importlib.metadata as m; print(m.version({PACKAGE!r}))"
-    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _pip_install(venv: Path, python: Path, bundle: Path, version: str) -> None:
-    _run([sys.executable, "-m", "venv", str(venv)], "creating the venv")
-    _run([str(python), "-m", "pip", "install", "--quiet", "--no-index",
-          "--disable-pip-version-check", "--find-links", str(bundle), f"{PACKAGE}=={version}"],
-         "pip install from the bundle")  # fmt: skip
-
-
-def install_plain_venv(paths: Paths, bundle: Path, version: str, report: Report) -> Path:
-    """Windows: the runtime in a venv at the prefix (no supervisor there yet); its
-    ``agent-runtime``."""
-    if installed_version(paths) != version:
-        fresh = not paths.prefix.exists()
-        try:
-            _pip_install(paths.prefix, paths.bin("python"), bundle, version)
-        except InstallError:
-            if fresh:
-                shutil.rmtree(paths.prefix, ignore_errors=True)
-            raise
-        report.changed.append(f"runtime {version} installed in {paths.prefix}")
-    return paths.bin("agent-runtime")
-
-
-# -- the runtime home (Linux, macOS): versions beside each other, run by the supervisor -------
+# -- the runtime home: versions beside each other, run by the supervisor ---------------------
 # Names as agent_runtime/supervisor.py has them (this script cannot import the package).
 
 VERSIONS = "versions"
 STATE = "runtime.json"
 SUPERVISOR = "supervisor.py"
+#: The SCM wrapper the Windows service runs (agent_runtime/winsupervisor.py, ADR 0023).
+WINSUPERVISOR = "winsupervisor.py"
 CONFIRM_TIMEOUT = 120.0
 #: What `python -m venv` + pip left at the prefix before runtime self-update.
 LEGACY_VENV = ("include", "lib", "lib64", "share", "bin")
+#: The same on Windows (where a venv has no bin/: the launcher's directory is new there).
+LEGACY_VENV_WINDOWS = ("Include", "Lib", "Scripts", "share")
 #: ``<prefix>/bin/agent-runtime``: runs the current version (runtime.json), so the path
 #: stays right whatever version the supervisor makes current.
 LAUNCHER = """#!{python}
@@ -444,26 +429,64 @@ try:
 except (OSError, ValueError, KeyError, TypeError) as e:
     sys.exit("agent-runtime: no current runtime in " + home + ": " + str(e))
 """
+#: Windows: ``<prefix>\bin\agent-runtime.cmd`` runs ``agent-runtime.py`` beside it with
+#: this Python; that runs the current version's ``agent-runtime.exe`` and exits with its
+#: code (a child: Windows has no exec that keeps the console waiting).
+LAUNCHER_CMD = (
+    "@echo off\r\n"
+    "rem agent-runtime: the current runtime of this runtime home (written by install.py)\r\n"
+    '"{python}" "%~dp0agent-runtime.py" %*\r\n'
+    "exit /b %ERRORLEVEL%\r\n"
+)
+LAUNCHER_WINDOWS = """\
+# agent-runtime: the current runtime of this runtime home, run by agent-runtime.cmd beside
+# this file (written by install.py)
+import json, os, subprocess, sys
+home = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+try:
+    with open(os.path.join(home, "runtime.json"), encoding="utf-8") as f:
+        current = str(json.load(f)["current"])
+    exe = os.path.join(home, "versions", current, "Scripts", "agent-runtime.exe")
+    child = subprocess.Popen([exe] + sys.argv[1:])
+except (OSError, ValueError, KeyError, TypeError) as e:
+    sys.exit("agent-runtime: no current runtime in " + home + ": " + str(e))
+while True:
+    try:
+        sys.exit(child.wait())
+    except KeyboardInterrupt:  # Ctrl+C reached the runtime too (one console): wait for it
+        pass
+"""
 
 
-def version_exe(home: Path, version: str) -> Path:
+def launchers(home: Path, windows: bool) -> dict[Path, bytes]:
+    """The launcher's files in the home, the command first: ``bin/agent-runtime``, or on
+    Windows ``bin\\agent-runtime.cmd`` and the ``agent-runtime.py`` it runs; with this
+    Python."""
+    if not windows:
+        return {home / "bin" / "agent-runtime": LAUNCHER.format(python=sys.executable).encode()}
+    cmd = LAUNCHER_CMD.format(python=sys.executable.replace("%", "%%"))
+    return {home / "bin" / "agent-runtime.cmd": cmd.encode(),
+            home / "bin" / "agent-runtime.py": LAUNCHER_WINDOWS.encode()}  # fmt: skip
+
+
+def version_exe(home: Path, version: str, windows: bool) -> Path:
     """``agent-runtime`` of runtime ``version`` in the home."""
-    return home / VERSIONS / version / "bin" / "agent-runtime"
+    return venv_exe(home / VERSIONS / version, "agent-runtime", windows)
 
 
-def runnable(home: Path, version: str) -> bool:
+def runnable(home: Path, version: str, windows: bool) -> bool:
     """Whether ``version`` has a complete venv (as the supervisor decides it)."""
     marker = home / VERSIONS / f".{version}.installing"
-    return version_exe(home, version).exists() and not marker.exists()
+    return version_exe(home, version, windows).exists() and not marker.exists()
 
 
-def current_version(home: Path) -> str | None:
+def current_version(home: Path, windows: bool) -> str | None:
     """``runtime.json``'s current version when it names a complete venv, else None."""
     try:
         current = json.loads((home / STATE).read_text(encoding="utf-8")).get("current")
     except (OSError, ValueError, AttributeError):
         return None
-    return current if isinstance(current, str) and runnable(home, current) else None
+    return current if isinstance(current, str) and runnable(home, current, windows) else None
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -483,7 +506,14 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def build_version(home: Path, bundle: Path, version: str) -> None:
+def _pip_install(venv: Path, python: Path, bundle: Path, version: str) -> None:
+    _run([sys.executable, "-m", "venv", str(venv)], "creating the venv")
+    _run([str(python), "-m", "pip", "install", "--quiet", "--no-index",
+          "--disable-pip-version-check", "--find-links", str(bundle), f"{PACKAGE}=={version}"],
+         "pip install from the bundle")  # fmt: skip
+
+
+def build_version(home: Path, bundle: Path, version: str, windows: bool) -> None:
     """``versions/<version>``: a venv with the runtime from the bundle, marked
     ``.<version>.installing`` until complete (the supervisor never runs a half-built one)."""
     versions = home / VERSIONS
@@ -492,7 +522,7 @@ def build_version(home: Path, bundle: Path, version: str) -> None:
     marker.touch()
     shutil.rmtree(final, ignore_errors=True)
     try:
-        _pip_install(final, final / "bin" / "python", bundle, version)
+        _pip_install(final, venv_exe(final, "python", windows), bundle, version)
     except InstallError:
         shutil.rmtree(final, ignore_errors=True)
         marker.unlink()
@@ -500,25 +530,34 @@ def build_version(home: Path, bundle: Path, version: str) -> None:
     marker.unlink()
 
 
-def supervisor_source(home: Path, version: str) -> bytes:
-    """``agent_runtime/supervisor.py`` as installed in ``version``'s venv."""
-    pattern = f"lib/python*/site-packages/agent_runtime/{SUPERVISOR}"
+def home_files(windows: bool) -> tuple[str, ...]:
+    """The runtime's standard-library files copied into the home: the supervisor, and on
+    Windows the SCM wrapper that runs it (``service install --manager windows --home``
+    copies the same two; copied here first, the service is not restarted for them)."""
+    return (SUPERVISOR, WINSUPERVISOR) if windows else (SUPERVISOR,)
+
+
+def package_file(home: Path, version: str, name: str, windows: bool) -> bytes:
+    """``agent_runtime/<name>`` as installed in ``version``'s venv (``Lib\\site-packages``
+    on Windows, ``lib/pythonX.Y/site-packages`` elsewhere)."""
+    site = "Lib/site-packages" if windows else "lib/python*/site-packages"
+    pattern = f"{site}/agent_runtime/{name}"
     found = sorted((home / VERSIONS / version).glob(pattern))
     if len(found) != 1:
         raise InstallError(f"runtime {version} in {home / VERSIONS} has no {pattern}")
     return found[0].read_bytes()
 
 
-def lay_out_home(home: Path, bundle: Path, version: str, report: Report) -> str:
+def lay_out_home(home: Path, bundle: Path, version: str, report: Report, windows: bool) -> str:
     """The runtime home at ``home``: the bundle's version built unless a runnable one is
     current already (a runtime release may have replaced the bundle's since), runtime.json,
-    the supervisor; the current version."""
-    current = current_version(home)
+    the supervisor (and on Windows its SCM wrapper); the current version."""
+    current = current_version(home, windows)
     if current is None:
         fresh = not home.exists()
-        if not runnable(home, version):
+        if not runnable(home, version, windows):
             try:
-                build_version(home, bundle, version)
+                build_version(home, bundle, version, windows)
             except InstallError:
                 if fresh:
                     shutil.rmtree(home, ignore_errors=True)
@@ -531,11 +570,12 @@ def lay_out_home(home: Path, bundle: Path, version: str, report: Report) -> str:
     elif current != version:
         report.notes.append(f"runtime {current} is current in {home} (the bundle is {version}): "
                             "kept; runtime releases update it")  # fmt: skip
-    source = supervisor_source(home, current)
-    path = home / SUPERVISOR
-    if not path.is_file() or path.read_bytes() != source:
-        write_atomic(path, source, 0o644)
-        report.changed.append(f"{path} copied from runtime {current}")
+    for name in home_files(windows):
+        source = package_file(home, current, name, windows)
+        path = home / name
+        if not path.is_file() or path.read_bytes() != source:
+            write_atomic(path, source, 0o644)
+            report.changed.append(f"{path} copied from runtime {current}")
     return current
 
 
@@ -547,33 +587,47 @@ def supervisor_argv(home: Path, config: Path, confirm_timeout: float) -> list[st
             "converge", "--config", str(config)]  # fmt: skip
 
 
+def service_python(manager: str) -> Path:
+    """The interpreter the service runs the supervisor with: this Python; for the Windows
+    service the ``pythonw.exe`` beside the base interpreter (no console; the SCM runs it:
+    ADR 0023), the ``home`` that the venvs it built name in their ``pyvenv.cfg``."""
+    if manager != "windows":
+        return Path(sys.executable)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return Path(base).with_name("pythonw.exe")
+
+
 def finish_home(paths: Paths, report: Report) -> None:
     """Remove a plain venv's files from the prefix (an install from before runtime
     self-update; ``pyvenv.cfg`` goes last, so an interrupted run is finished by the next)
-    and write the launcher ``bin/agent-runtime``."""
+    and write the launcher (``bin/agent-runtime``; Windows: ``bin\\agent-runtime.cmd`` and
+    the ``agent-runtime.py`` it runs)."""
     home = paths.prefix
     legacy = (home / "pyvenv.cfg").is_file()
     keep = (paths.config_dir, paths.state_dir, paths.agent_root)
-    launcher = home / "bin" / "agent-runtime"
+    files = launchers(home, paths.windows)
+    launcher = next(iter(files))
     if legacy:
-        for name in LEGACY_VENV:
+        for name in LEGACY_VENV_WINDOWS if paths.windows else LEGACY_VENV:
             path = home / name
             if any(k == path or k.is_relative_to(path) for k in keep):
                 continue  # config, state or the agent under it: never removed
             entries = sorted(path.iterdir()) if name == "bin" and path.is_dir() else [path]
             for entry in entries:
-                if entry == launcher and not entry.is_symlink():
+                if entry in files and not entry.is_symlink():
                     continue  # replaced below, atomically: the command path never vanishes
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 elif entry.exists() or entry.is_symlink():
                     entry.unlink()
-    text = LAUNCHER.format(python=sys.executable).encode()
-    same = launcher.is_file() and not launcher.is_symlink() and launcher.read_bytes() == text
-    if not same or not os.access(launcher, os.X_OK):
-        write_atomic(launcher, text, 0o755)
-        if not legacy:
-            report.changed.append(f"{launcher} runs the current runtime")
+    written = False
+    for path, data in files.items():
+        same = path.is_file() and not path.is_symlink() and path.read_bytes() == data
+        if not same or not (paths.windows or os.access(path, os.X_OK)):
+            write_atomic(path, data, 0o755)
+            written = True
+    if written and not legacy:
+        report.changed.append(f"{launcher} runs the current runtime")
     if legacy:
         (home / "pyvenv.cfg").unlink()
         report.changed.append(f"the old runtime venv's files removed from {home}: it is a "
@@ -585,7 +639,6 @@ def install(args: argparse.Namespace, host: Host, paths: Paths, report: Report) 
     keys = list(args.pinned_key or PINNED_KEYS)
     if not paths.agent_root.is_dir():
         raise InstallError(f"no agent at {paths.agent_root} (pass --agent-root DIR)")
-    supervised = host.platform != "windows"
     home = paths.prefix
     with tempfile.TemporaryDirectory(prefix="agent-runtime-bundle-") as tmp:
         bundle = Path(args.bundle_dir) if args.bundle_dir else None
@@ -593,16 +646,13 @@ def install(args: argparse.Namespace, host: Host, paths: Paths, report: Report) 
             bundle = download_bundle(args.server, host, Path(tmp))
         doc = verify_bundle(bundle, host, keys)
         version = str(doc.get("runtime_version"))
-        if supervised:
-            current = lay_out_home(home, bundle, version, report)
-            runtime = version_exe(home, current)
-            report.runtime = {
-                "home": str(home), "version": current,
-                "command": str(home / "bin" / "agent-runtime"),
-                "supervisor": supervisor_argv(home, paths.config, args.confirm_timeout),
-            }  # fmt: skip
-        else:
-            runtime = install_plain_venv(paths, bundle, version, report)
+        current = lay_out_home(home, bundle, version, report, paths.windows)
+    runtime = version_exe(home, current, paths.windows)
+    report.runtime = {
+        "home": str(home), "version": current,
+        "command": str(next(iter(launchers(home, paths.windows)))),
+        "supervisor": supervisor_argv(home, paths.config, args.confirm_timeout),
+    }  # fmt: skip
     text = device_config(args, host, paths, keys)
     if not paths.config.is_file() or paths.config.read_text(encoding="utf-8") != text:
         _write_private(paths.config, text)
@@ -616,30 +666,26 @@ def install(args: argparse.Namespace, host: Host, paths: Paths, report: Report) 
                    "adopting the agent")  # fmt: skip
     report.adoption = json.loads(adopted or "{}")
     install_service(args, host, paths, runtime, report)
-    if supervised:
-        finish_home(paths, report)
+    finish_home(paths, report)
 
 
 def install_service(
     args: argparse.Namespace, host: Host, paths: Paths, runtime: Path, report: Report
 ) -> None:
-    """Register the runtime's OS service (over a runtime home: the supervised one, which
-    replaces the plain one and restarts only the runtime), or say what to run without one."""
+    """Register the supervised service over the runtime home (it replaces the plain one of
+    an old install and restarts only the runtime), or say what to run without one."""
+    supervisor = supervisor_argv(paths.prefix, paths.config, args.confirm_timeout)
     if args.service == "none":
         why = f" ({host.why_none})" if host.why_none else ""
-        if report.runtime is None:
-            run = f"{runtime} converge --config {paths.config}"
-        else:
-            run = shlex.join(report.runtime["supervisor"])
-            if (paths.prefix / "pyvenv.cfg").is_file():
-                run += f" (stop the old runtime, {paths.bin('agent-runtime')} converge, first)"
+        run = subprocess.list2cmdline(supervisor) if paths.windows else shlex.join(supervisor)
+        if (paths.prefix / "pyvenv.cfg").is_file():
+            run += f" (stop the old runtime, {paths.bin('agent-runtime')} converge, first)"
         report.notes.append(f"no OS service installed{why}: run {run}")
         return
     argv = [str(runtime), "service", "install", "--manager", args.service,
-            "--config", str(paths.config)]  # fmt: skip
-    if report.runtime is not None:
-        argv += ["--home", str(paths.prefix), "--python", sys.executable,
-                 "--confirm-timeout", f"{args.confirm_timeout:g}"]  # fmt: skip
+            "--config", str(paths.config), "--home", str(paths.prefix),
+            "--python", str(service_python(args.service)),
+            "--confirm-timeout", f"{args.confirm_timeout:g}"]  # fmt: skip
     said = _run(argv, "installing the service")
     if "unchanged" not in said:
         report.changed.append(said.strip())
@@ -648,13 +694,18 @@ def install_service(
 def uninstall(args: argparse.Namespace, paths: Paths, report: Report) -> None:
     """Remove the service, the runtime home (or venv), the config and the state; never the
     agent's files."""
-    runtime = paths.bin("agent-runtime")
-    current = current_version(paths.prefix)
-    if not runtime.exists() and current is not None:  # a run that stopped before the launcher
-        runtime = version_exe(paths.prefix, current)
+    runtime = paths.bin("agent-runtime")  # POSIX: the launcher; else an old plain venv's
+    current = current_version(paths.prefix, paths.windows)
+    home: list[str] = []
+    if paths.windows and current is not None:
+        # The supervised service's uninstall waits until the supervisor has stopped its
+        # runtime: Windows removes no file in use, and the home is removed next.
+        runtime, home = version_exe(paths.prefix, current, True), ["--home", str(paths.prefix)]
+    elif not runtime.exists() and current is not None:  # stopped before the launcher
+        runtime = version_exe(paths.prefix, current, paths.windows)
     if args.service != "none" and runtime.exists() and paths.config.is_file():
         said = _run([str(runtime), "service", "uninstall", "--manager", args.service,
-                     "--config", str(paths.config)], "removing the service")  # fmt: skip
+                     "--config", str(paths.config), *home], "removing the service")  # fmt: skip
         if "was not installed" not in said:
             report.changed.append(said.strip())
     for path in (paths.prefix, paths.config_dir, paths.state_dir):
