@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -175,6 +176,30 @@ def test_concurrent_openers_migrate_once(store_url: str) -> None:
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_a_new_sqlite_store_opens_while_another_connection_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """Switching a new database to WAL fails at once while another connection holds the
+    write lock (SQLite does not wait on the busy timeout there), as when processes open a
+    new store together and one is migrating it: opening waits for the lock instead."""
+    db = tmp_path / "state.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    engine = create_store_engine(normalize_url(f"sqlite:///{db}"))
+    try:
+        release.start()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("SELECT x FROM t").scalar() == 1  # after the COMMIT
+    finally:
+        release.join()
+        engine.dispose()
+        holder.close()
 
 
 def test_sqlite_connections_use_wal_and_pragmas(tmp_path: Path) -> None:
