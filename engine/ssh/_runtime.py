@@ -26,12 +26,25 @@ __all__ = ["RuntimeInstaller", "checked_bundle", "remote_target"]
 #: Seconds an offline pip install of the runtime may take on a host.
 INSTALL_TIMEOUT = 600.0
 _PLATFORMS = {"Linux": "linux", "Darwin": "macos"}
+#: cmd.exe: "'sh' is not recognized as an internal or external command"; PowerShell: "The
+#: term 'sh' is not recognized as a name of a cmdlet, function, script file, or ...".
+_NOT_RECOGNIZED = "is not recognized as"
 
 
 def remote_target(session: SshSession) -> str:
     """The host's bundle target, e.g. ``linux-x86_64-py3.11`` (from uname and python3)."""
     script = "uname -s; uname -m; python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'"
-    out = session.check(["sh", "-c", script], timeout=30)
+    res = session.run(["sh", "-c", script], timeout=30)
+    if res.exit_status != 0:
+        if _NOT_RECOGNIZED in res.stderr:  # cmd.exe or PowerShell, which know no `sh`
+            raise SshError(
+                f"{session.endpoint}: a Windows host (its shell has no `sh`): engine bootstrap "
+                "installs over SSH on Linux and macOS only; on Windows run the installer "
+                "served at /install/windows on the device (docs/install.md)"
+            )
+        last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
+        raise RemoteCommandError(f"{session.endpoint}: sh exited with {res.exit_status}: {last}")
+    out = res.stdout
     lines = out.split()
     if len(lines) != 3:
         raise SshError(f"{session.endpoint}: cannot tell the host's platform from {out!r}")

@@ -56,8 +56,11 @@ def sshd_missing() -> str | None:
 class Sshd:
     """One sshd process with its own host key, client key and config under ``base``."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, extra_config: list[str] | None = None) -> None:
+        """An sshd under ``base``; ``extra_config``: sshd_config lines appended (say a
+        ``ForceCommand`` that answers as another OS's shell would)."""
         self.base = base
+        self.extra_config = list(extra_config or [])
         self.port = free_port()
         self.user = getpass.getuser()
         self.host_key = base / "ssh_host_ed25519_key"
@@ -96,6 +99,7 @@ class Sshd:
             "MaxSessions 50",
             "LogLevel VERBOSE",
             "UseDNS no",
+            *self.extra_config,
         ]
         self.config.write_text("\n".join(lines) + "\n")
         if root:  # sshd insists on its privilege separation directory

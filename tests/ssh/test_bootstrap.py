@@ -189,3 +189,35 @@ def test_bootstrap_needs_a_server_url_and_trusted_keys(
     done = _bootstrap(root, "--server", SERVER)
     assert done.returncode == 1 and "names no trusted_keys" in done.stderr
     assert not (root / ".engine" / "state.db").exists()
+
+
+#: What Windows OpenSSH's default shell (cmd.exe) answers to `sh -c ...`, on stderr.
+CMD_EXE_ANSWER = """#!/bin/sh
+printf "'sh' is not recognized as an internal or external command,\\r\\n" >&2
+printf "operable program or batch file.\\r\\n" >&2
+exit 1
+"""
+
+
+def test_bootstrap_says_a_windows_host_needs_the_installer_run_there(
+    sshd: Sshd, tmp_path: Path, runtime_bundle: RuntimeBundle
+) -> None:
+    """A host whose shell answers as cmd.exe does (a second sshd whose ForceCommand says
+    what cmd.exe says of `sh`; ``sshd`` skips the test where there is no sshd) fails with
+    what to do instead, and nothing is uploaded."""
+    answer = tmp_path / "cmd-exe"
+    answer.write_text(CMD_EXE_ANSWER)
+    answer.chmod(0o755)
+    windows = Sshd(tmp_path / "sshd-windows", extra_config=[f"ForceCommand {answer}"])
+    windows.start()
+    try:
+        root = _repo(tmp_path, windows, {"pos-0": {"platform": "linux"}}, runtime_bundle)
+        script = tmp_path / "install.py"
+        script.write_text(STAND_IN)
+        done = _bootstrap(root, "--script", str(script), "--accept-new")
+    finally:
+        windows.stop()
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "a Windows host" in said and "/install/windows" in said, said
+    assert not (tmp_path / "host").exists()
