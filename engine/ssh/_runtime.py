@@ -34,17 +34,16 @@ _NOT_RECOGNIZED = "is not recognized as"
 def remote_target(session: SshSession) -> str:
     """The host's bundle target, e.g. ``linux-x86_64-py3.11`` (from uname and python3)."""
     script = "uname -s; uname -m; python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'"
-    res = session.run(["sh", "-c", script], timeout=30)
-    if res.exit_status != 0:
-        if _NOT_RECOGNIZED in res.stderr:  # cmd.exe or PowerShell, which know no `sh`
-            raise SshError(
-                f"{session.endpoint}: a Windows host (its shell has no `sh`): engine bootstrap "
-                "installs over SSH on Linux and macOS only; on Windows run the installer "
-                "served at /install/windows on the device (docs/install.md)"
-            )
-        last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
-        raise RemoteCommandError(f"{session.endpoint}: sh exited with {res.exit_status}: {last}")
-    out = res.stdout
+    try:
+        out = session.check(["sh", "-c", script], timeout=30)
+    except RemoteCommandError as e:
+        if _NOT_RECOGNIZED not in e.stderr:  # cmd.exe or PowerShell, which know no `sh`
+            raise
+        raise SshError(
+            f"{session.endpoint}: a Windows host (its shell has no `sh`): engine bootstrap "
+            "installs over SSH on Linux and macOS only; on Windows run the installer "
+            "served at /install/windows on the device (docs/install.md)"
+        ) from e
     lines = out.split()
     if len(lines) != 3:
         raise SshError(f"{session.endpoint}: cannot tell the host's platform from {out!r}")

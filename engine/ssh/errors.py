@@ -52,6 +52,11 @@ class HostKeyChangedError(SshError):
 
 
 class RemoteCommandError(SshError):
-    """A command on the host failed or answered something that is not understood."""
+    """A command on the host failed or answered something that is not understood;
+    ``stderr``: all the command said there (the message keeps its last line)."""
 
     kind = "failed"
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr

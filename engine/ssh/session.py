@@ -211,7 +211,7 @@ class SshSession:
         if res.exit_status != 0:
             last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
             raise RemoteCommandError(
-                f"{self.endpoint}: {argv[0]} exited with {res.exit_status}: {last}"
+                f"{self.endpoint}: {argv[0]} exited with {res.exit_status}: {last}", res.stderr
             )
         return res.stdout
 
