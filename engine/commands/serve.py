@@ -11,6 +11,7 @@ import socket
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -230,11 +231,18 @@ def _start_nats(built: Any) -> Any:
 def _start_controller(
     settings: Any, webhook_url: str | None, stop: threading.Event, nudger: Any
 ) -> Any:
-    from engine.rollouts.controller import RolloutController
+    from datetime import timedelta
 
+    from engine.rollouts.controller import RolloutController
+    from engine.rollouts.model import Timings
+
+    timings = Timings.from_env()
+    if timings.poll_interval is None:
+        timings = replace(timings, poll_interval=timedelta(seconds=settings.poll_interval))
     controller = RolloutController(
         settings.store,
         clock=settings.clock,
+        timings=timings,
         webhook_url=webhook_url,
         webhook_secret=os.environ.get(ENV_WEBHOOK_SECRET) or None,
         nudger=nudger,

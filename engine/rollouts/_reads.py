@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -259,10 +259,14 @@ def offer_candidates(
     now: datetime,
     limit: int,
     runtime: bool = False,
+    overdue_before: datetime | None = None,
 ) -> list[tuple[str, str | None]]:
     """(device, reported version) of pending online devices of waves up to ``last_wave``.
 
-    In wave order, then stable position; devices waiting for a retry time left out,
+    In wave order, then stable position; with ``overdue_before``, in wave order, then
+    the order the devices are due to check in (last seen longest ago first, devices
+    last seen before ``overdue_before`` after the punctual ones), then stable position.
+    Devices waiting for a retry time are left out,
     and devices waiting for their runtime (``requires_runtime``) until the runtime
     version they report meets it (engine.requires). Only a runtime's report gives a
     version here: a report from elsewhere (no runtime version, e.g. imported from the
@@ -282,6 +286,7 @@ def offer_candidates(
             rd.c.requires_runtime,
             reports.c.config_digest.label("reported"),
             rd.c.config_digest.label("want"),
+            reports.c.last_seen,
         )
         .select_from(rd.join(reports, reports.c.device == rd.c.device))
         .where(
@@ -291,8 +296,12 @@ def offer_candidates(
             or_(rd.c.retry_at.is_(None), rd.c.retry_at <= now),
             reports.c.last_seen >= online_since,
         )
-        .order_by(rd.c.wave, rd.c.position)
     )
+    if overdue_before is None:
+        query = query.order_by(rd.c.wave, rd.c.position)
+    else:
+        overdue = case((reports.c.last_seen < overdue_before, 1), else_=0)
+        query = query.order_by(rd.c.wave, overdue, reports.c.last_seen, rd.c.position)
     rows = list(conn.execute(query.where(rd.c.requires_runtime.is_(None)).limit(limit)))
     # Waiting devices are read apart so that many of them cannot fill ``limit``, and only
     # in rollouts of a release with a runtime requirement (the others have none).
@@ -302,7 +311,7 @@ def offer_candidates(
     if requirement is not None:
         waiting = conn.execute(query.where(rd.c.requires_runtime.is_not(None)))
         met = [w for w in waiting if runtime_satisfies(w.requires_runtime, w.runtime_version)]
-        rows = sorted([*rows, *met], key=lambda r: (r.wave, r.position))[:limit]
+        rows = sorted([*rows, *met], key=_offer_order(overdue_before))[:limit]
     if runtime:
         return [(str(r.device), r.runtime_version) for r in rows]
     return [
@@ -314,6 +323,13 @@ def offer_candidates(
         )
         for r in rows
     ]
+
+
+def _offer_order(overdue_before: datetime | None) -> Callable[[Any], tuple[Any, ...]]:
+    """The sort key of ``offer_candidates`` rows, as its statement orders them."""
+    if overdue_before is None:
+        return lambda r: (r.wave, r.position)
+    return lambda r: (r.wave, r.last_seen < overdue_before, r.last_seen, r.position)
 
 
 @dataclass(frozen=True)

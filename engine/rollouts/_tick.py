@@ -437,6 +437,7 @@ def _offer(
         now=now,
         limit=slots + 100,
         runtime=r.component == "runtime",
+        overdue_before=_overdue_before(timings, now),
     )
     chosen = choose_offers(candidates, Version(r.release), slots)
     there = [d for d, event in chosen if event is DeviceEvent.ON_RELEASE]
@@ -448,6 +449,16 @@ def _offer(
     )
     _store.move_listed(conn, r.id, offered, pending, DeviceEvent.OFFER, now=now, offered_at=now)
     _store.clear_waiting_reasons(conn, r.id, offered)
+
+
+def _overdue_before(timings: Timings, now: datetime) -> datetime | None:
+    """Devices last seen before this have missed a check-in (None: poll interval unknown).
+
+    A poll and a half: the server's jitter and a device's own spread stay well inside.
+    """
+    if timings.poll_interval is None:
+        return None
+    return now - timings.poll_interval * 1.5
 
 
 def _advance(

@@ -1,0 +1,78 @@
+"""Which pending devices get free slots first: the ones due to check in soonest."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from engine.rollouts import RolloutController
+from engine.rollouts.model import Timings
+from engine.store import Store
+from engine.waves import wave_fraction
+from tests.rollouts.fleet import (
+    Clock,
+    SimDevice,
+    apply_plan,
+    device_states,
+    linux_devices,
+    report,
+    write_repo,
+)
+
+POLICY = {"waves": [100], "soak": "0s", "max_parallel": 2}
+#: seconds since each device (in stable position order) was last seen; poll 60 s.
+#: The device seen 300 s ago has missed its check-ins: it comes last.
+SEEN_AGO = [5, 20, 300, 40, 80, 50]
+
+
+def _offered(store: Store, rollout_id: int) -> set[str]:
+    return {d for d, s in device_states(store, rollout_id).items() if s == "offered"}
+
+
+def _fleet(tmp_path: Path, store: Store, clock: Clock) -> tuple[int, list[str]]:
+    """Six pending devices in one wave, last seen ``SEEN_AGO`` before now in position order."""
+    devices = linux_devices("srv", len(SEEN_AGO))
+    group = {"match": {"platform": "linux"}, "agent": {"release": "3.0.1"}, "rollout": POLICY}
+    root = write_repo(tmp_path / "repo", devices, {"prod": group})
+    by_position = sorted(devices, key=lambda d: wave_fraction("prod", d))
+    store.upsert_reports(
+        [
+            report(d, "3.0.0", clock.now - timedelta(seconds=ago))
+            for d, ago in zip(by_position, SEEN_AGO, strict=True)
+        ]
+    )
+    (recorded,) = apply_plan(root, store, clock.now).rollouts
+    return recorded.id, by_position
+
+
+def test_free_slots_go_to_the_devices_due_to_check_in_soonest(tmp_path: Path, store: Store) -> None:
+    """Seen longest ago first, overdue devices after the punctual ones, two slots at a time."""
+    clock = Clock()
+    rollout_id, by_position = _fleet(tmp_path, store, clock)
+    due_order = [by_position[i] for i in (4, 5, 3, 1, 0, 2)]  # 80, 50, 40, 20, 5, then 300 s
+    timings = Timings(poll_interval=timedelta(seconds=60))
+    controller = RolloutController(store, clock=clock, timings=timings)
+
+    taken: list[set[str]] = []
+    for _ in range(3):
+        controller.tick()
+        offered = _offered(store, rollout_id)
+        taken.append(offered)
+        sims = [SimDevice(name, "3.0.0") for name in sorted(offered)]
+        assert all(sim.checkin(store, clock.now) is not None for sim in sims)
+        clock.advance(seconds=2)
+        for sim in sims:
+            sim.succeed(store, clock.now)
+        controller.tick()  # judges them: their slots are free again
+        clock.advance(seconds=1)
+    assert taken == [set(due_order[0:2]), set(due_order[2:4]), set(due_order[4:6])]
+
+
+def test_without_a_poll_interval_slots_go_in_stable_position(tmp_path: Path, store: Store) -> None:
+    """A controller that does not know the devices' poll interval offers in position order."""
+    clock = Clock()
+    rollout_id, by_position = _fleet(tmp_path, store, clock)
+    controller = RolloutController(store, clock=clock, timings=Timings())
+
+    controller.tick()
+    assert _offered(store, rollout_id) == set(by_position[0:2])
