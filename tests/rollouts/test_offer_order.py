@@ -9,6 +9,9 @@ from engine.rollouts import RolloutController
 from engine.rollouts.model import Timings
 from engine.store import Store
 from engine.waves import wave_fraction
+from fleetbase.platform import Platform
+from fleetbase.version import Version
+from states.report import Report
 from tests.rollouts.fleet import (
     Clock,
     SimDevice,
@@ -76,3 +79,35 @@ def test_without_a_poll_interval_slots_go_in_stable_position(tmp_path: Path, sto
 
     controller.tick()
     assert _offered(store, rollout_id) == set(by_position[0:2])
+
+
+def test_devices_whose_runtime_came_to_meet_the_release_are_offered_in_due_order_too(
+    tmp_path: Path, store: Store
+) -> None:
+    """Devices that waited for their runtime (sorted apart from the statement) keep the order."""
+    clock = Clock()
+    devices = linux_devices("srv", len(SEEN_AGO))
+    group = {"match": {"platform": "linux"}, "agent": {"release": "3.0.1"}, "rollout": POLICY}
+    root = write_repo(tmp_path / "repo", devices, {"prod": group})
+    manifest = root / "releases" / "3.0.1.yaml"
+    manifest.write_text(manifest.read_text() + "requires: {runtime: '>=0.2.0'}\n")
+    by_position = sorted(devices, key=lambda d: wave_fraction("prod", d))
+
+    def reports(runtime: str) -> list[Report]:
+        return [
+            Report(
+                device=d,
+                agent_version=Version("3.0.0"),
+                platform=Platform.LINUX,
+                last_seen=clock.now - timedelta(seconds=ago),
+                runtime_version=runtime,
+            )
+            for d, ago in zip(by_position, SEEN_AGO, strict=True)
+        ]
+
+    store.upsert_reports(reports("0.1.0"))
+    (recorded,) = apply_plan(root, store, clock.now).rollouts
+    store.upsert_reports(reports("0.2.0"))  # every runtime meets the requirement now
+    timings = Timings(poll_interval=timedelta(seconds=60))
+    RolloutController(store, clock=clock, timings=timings).tick()
+    assert _offered(store, recorded.id) == {by_position[4], by_position[5]}  # 80 s, 50 s
