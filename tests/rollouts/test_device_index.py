@@ -5,14 +5,17 @@ row of the rollout in that state for each device (a large rollout then crawls)."
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+import pytest
+from sqlalchemy import Connection, insert, text, update
 
 from engine.rollouts._store import of_rollout
 from engine.rollouts.offers import _Sql
 from engine.store import Store
 from engine.store.schema import rollout_devices, rollouts
+from tests.rollouts.fleet import Clock, apply_plan, linux_devices, report, write_repo
 
 DEVICE_INDEX = "ix_rollout_devices_device_state"
 ROLLOUT_INDEX = "ix_rollout_devices_rollout_state"
@@ -106,3 +109,32 @@ def test_controller_moves_listed_devices_through_the_device_index(store: Store) 
         done = conn.execute(statement).rowcount
     assert DEVICE_INDEX in plan, plan
     assert done == len(chosen)
+
+
+@pytest.mark.postgres
+def test_apply_gives_postgresql_the_size_of_the_reports_table(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Reports written since the store was created look like an empty table to the planner
+    until something analyses it; recording a rollout does (the controller's offer search
+    joins the reports, and planned it as one index lookup per report without statistics)."""
+    clock = Clock()
+    devices = linux_devices("srv", 3000)
+    group = {"match": {"platform": "linux"}, "agent": {"release": "3.0.1"}}
+    root = write_repo(tmp_path / "repo", devices, {"prod": group})
+    with Store.open(postgres_url) as store:
+        store.upsert_reports([report(d, "3.0.0", clock.now) for d in devices])
+        before = _planner_rows(store, "reports")
+        apply_plan(root, store, clock.now)
+        after = _planner_rows(store, "reports")
+    assert before < 1000, before  # never analysed: the planner guesses
+    assert after == 3000
+
+
+def _planner_rows(store: Store, table: str) -> float:
+    """The row count PostgreSQL's planner assumes for ``table`` (pg_class.reltuples)."""
+    with store.read() as conn:
+        found = conn.execute(
+            text("SELECT reltuples FROM pg_class WHERE relname = :t"), {"t": table}
+        ).scalar_one()
+    return float(found)
