@@ -220,7 +220,7 @@ def refresh_statistics(store: Store) -> None:
     next pass): with the statistics of an empty table it chose plans that read every
     rollout device for each check-in. The reports too: a store filled by enrollment since
     it was created looks empty to the planner, and the controller's search for devices to
-    offer then joined each of 100,000 reports to its rollout row by index (2.7 s a tick)
+    offer then joined each of 100,000 reports to its rollout row by index (2.7 s per search)
     instead of hashing them. A failure is logged, never fatal: the rollouts are recorded."""
     try:
         store.analyze([reports.name, rollout_devices.name, rollouts.name])
