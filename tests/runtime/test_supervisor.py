@@ -81,6 +81,13 @@ class Home:
         exe.chmod(0o755)
         (self.root / sv.VERSIONS / version / "mode").write_text(mode)
 
+    def offer(self, version: str) -> None:
+        """Have the current runtime hand over to ``version``; written whole, by rename,
+        so the runtime never reads the file half-written."""
+        tmp = self.root / ".offer.tmp"
+        tmp.write_text(version)
+        os.replace(tmp, self.root / "offer")
+
     def state(self) -> dict[str, object]:
         return sv.read_json(self.root / sv.STATE) or {}
 
@@ -148,7 +155,7 @@ def test_a_good_runtime_takes_over_and_confirms(home: Home) -> None:
     home.add("0.9", "good")  # an older version: removed once 2.0 is confirmed
     home.start()
     wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
-    (home.root / "offer").write_text("2.0")
+    home.offer("2.0")
     wait_until("2.0 confirmed", lambda: home.outcome().get("result") == "confirmed", timeout=30)
     # the outcome is written before the state: the state follows within the same commit
     wait_until("2.0 current", lambda: home.state() == {"current": "2.0", "trial": None,
@@ -163,7 +170,7 @@ def test_a_runtime_that_exits_at_start_is_reverted(home: Home) -> None:
     home.add("2.0", "broken")
     home.start()
     wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
-    (home.root / "offer").write_text("2.0")
+    home.offer("2.0")
     wait_until("2.0 reverted", lambda: home.outcome().get("result") == "reverted", timeout=30)
     assert "exited with 3" in str(home.outcome()["detail"])
     assert home.state() == {"current": "1.0", "trial": None}
@@ -174,7 +181,7 @@ def test_a_runtime_that_never_checks_in_is_stopped_and_reverted(home: Home) -> N
     home.add("2.0", "silent")
     home.start(confirm_timeout=2)
     wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
-    (home.root / "offer").write_text("2.0")
+    home.offer("2.0")
     wait_until("2.0 reverted", lambda: home.outcome().get("result") == "reverted", timeout=30)
     assert "did not check in within 2s" in str(home.outcome()["detail"])
     wait_until("1.0 alone to run again", lambda: _only(home, "1.0"), timeout=30)
@@ -184,7 +191,7 @@ def test_killing_the_new_runtime_mid_trial_reverts(home: Home) -> None:
     home.add("2.0", "silent")
     home.start()
     wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
-    (home.root / "offer").write_text("2.0")
+    home.offer("2.0")
     wait_until("2.0 on trial", lambda: _only(home, "2.0"), timeout=30)
     for p in home.runtimes():
         p.send_signal(signal.SIGKILL)
@@ -199,7 +206,7 @@ def test_killing_the_supervisor_mid_trial_leaves_the_old_runtime(home: Home) -> 
     home.add("2.0", "silent")
     home.start()
     wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
-    (home.root / "offer").write_text("2.0")
+    home.offer("2.0")
     wait_until("2.0 on trial", lambda: _only(home, "2.0"), timeout=30)
     home.kill()
     assert home.running() == ["2.0"]  # orphaned
@@ -223,7 +230,7 @@ def test_a_runtime_its_supervisor_died_before_recording_exits_by_itself(home: Ho
     wait_until("1.0 to be recorded", lambda: sv.read_json(home.root / sv.CHILD_PID) is not None,
                timeout=WAIT)  # fmt: skip
     os.mkfifo(home.root / f".{sv.CHILD_PID}.tmp-{home.proc.pid}")  # open() blocks on it
-    (home.root / "offer").write_text("2.0")
+    home.offer("2.0")
     wait_until("2.0 to start", lambda: home.running() == ["2.0"], timeout=WAIT)
     trial = home.state().get("trial")
     assert isinstance(trial, dict) and trial.get("started"), trial
@@ -279,7 +286,7 @@ def test_random_kills_always_leave_one_runnable_runtime(home: Home) -> None:
     home.start()
     for target in ("2.0", "3.0", "2.0"):
         wait_until("a runtime to run", lambda: len(home.running()) == 1, timeout=30)
-        (home.root / "offer").write_text(target)
+        home.offer(target)
         for victim in ("runtime", "supervisor"):
             wait_until("the offer taken", lambda: not (home.root / "offer").exists(), timeout=30)
             if victim == "runtime":
@@ -300,7 +307,7 @@ def test_a_trial_of_a_version_without_a_runtime_is_reverted(home: Home) -> None:
     previous runtime runs and the outcome says why."""
     home.start()
     wait_until("1.0 to run", lambda: _only(home, "1.0"), timeout=30)
-    (home.root / "offer").write_text("4.0")  # no versions/4.0
+    home.offer("4.0")  # no versions/4.0
     wait_until("4.0 reverted", lambda: home.outcome().get("result") == "reverted", timeout=30)
     assert home.outcome()["detail"] == "runtime 4.0 is not installed"
     wait_until("1.0 to run again", lambda: _only(home, "1.0"), timeout=30)
