@@ -20,7 +20,9 @@ into a throwaway venv under the temporary directory, and prints the ratio.
 ``--shape labels`` writes another repo shape instead: 20 groups with a
 release, each selecting its devices by a label (``region: r00`` .. ``r19``),
 five of them narrowed further by a second label at a higher priority, and
-every device carrying both labels.
+every device carrying both labels. ``--shape block`` writes the default repo
+with every device in block style (a field a line, tags as a list of ``- tag``
+lines) rather than one flow mapping a line, as hand-written inventories often are.
 
 Usage::
 
@@ -183,6 +185,22 @@ def _yaml_device(name: str, body: dict[str, object]) -> str:
     )
 
 
+def _yaml_device_block(name: str, body: dict[str, object]) -> str:
+    """The same device written as people often do by hand: block style, one field a line."""
+    tags = body["tags"]
+    labels = body["labels"]
+    assert isinstance(tags, list) and isinstance(labels, dict)
+    lines = [f"  {name}:\n", f"    platform: {body['platform']}\n", f"    site: {body['site']}\n"]
+    if tags:
+        lines.append("    tags:\n")
+        lines.extend(f"      - {t}\n" for t in tags)
+    lines.append("    labels:\n")
+    lines.extend(f'      {k}: "{v}"\n' for k, v in labels.items())
+    if "pin" in body:
+        lines.append(f'    pin: "{body["pin"]}"\n')
+    return "".join(lines)
+
+
 def generate(size: int, base: Path, shape: str = "default") -> Fleet:
     """Write an operator repo of ``size`` devices and a store with 95 % of them reported."""
     rng = random.Random(size)
@@ -201,7 +219,8 @@ def generate(size: int, base: Path, shape: str = "default") -> Fleet:
         for i in range(count):
             name, body = _device(rng, site, i, shape)
             devices[name] = body
-            lines.append(_yaml_device(name, body))
+            write = _yaml_device_block if shape == "block" else _yaml_device
+            lines.append(write(name, body))
         (root / "inventory" / f"{site}.yaml").write_text("".join(lines))
 
     now = datetime.now(UTC)
@@ -353,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--shape",
-        choices=["default", "labels"],
+        choices=["default", "labels", "block"],
         default="default",
         help="default: about 10 groups by platform, site, tag and label; "
-        "labels: 20 label-matched groups",
+        "labels: 20 label-matched groups; block: the default repo with each device "
+        "written in block style, a field a line",
     )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
