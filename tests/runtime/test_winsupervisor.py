@@ -110,7 +110,7 @@ def test_the_stop_hook_stops_the_supervisor_and_its_runtime(home: Home) -> None:
     thread.start()
     try:
         wait_until("1.0 to run", lambda: home.running() == ["1.0"], timeout=30)
-        (home.root / "offer").write_text("2.0")
+        home.offer("2.0")
         wait_until("2.0 confirmed", lambda: home.outcome().get("result") == "confirmed", timeout=30)
         wait_until("2.0 alone to run", lambda: home.running() == ["2.0"], timeout=30)
         started = time.monotonic()
