@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="STATE",
         help="with --rollout: only devices in this state (repeatable): pending, offered, "
-        "in_progress, succeeded, failed, timed_out, rollback, rolling_back, rolled_back, "
-        "rollback_failed, excluded, overridden, cancelled",
+        "in_progress, succeeded, failed, timed_out, regressed, rollback, rolling_back, "
+        "rolled_back, rollback_failed, excluded, overridden, cancelled",
     )
     p.add_argument(
         "--limit", type=_positive, default=50, help="with --rollout: devices shown (default 50)"

@@ -144,3 +144,14 @@ def test_openapi_types_the_forensics_endpoints(client: TestClient) -> None:
     action = next(p for p in params if p["name"] == "action")["schema"]
     ref = action["$ref"].rsplit("/", 1)[-1]
     assert spec["components"]["schemas"][ref]["enum"] == ["pause", "resume", "abort"]
+
+
+def test_cli_status_help_names_every_device_state(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--device-state`'s help lists the states the option accepts, all of them."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one line: argparse wraps the help at the terminal
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+    listed = capsys.readouterr().out.split("(repeatable): ", 1)[1].split("\n", 1)[0]
+    assert [s.strip() for s in listed.split(",")] == [s.value for s in DeviceState]
