@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from engine.rollouts import RolloutController
+from engine.rollouts import RolloutController, _reads
 from engine.rollouts.model import Timings
 from engine.store import Store
 from engine.waves import wave_fraction
@@ -111,3 +111,31 @@ def test_devices_whose_runtime_came_to_meet_the_release_are_offered_in_due_order
     timings = Timings(poll_interval=timedelta(seconds=60))
     RolloutController(store, clock=clock, timings=timings).tick()
     assert _offered(store, recorded.id) == {by_position[4], by_position[5]}  # 80 s, 50 s
+
+
+def test_with_more_pending_than_the_sample_the_first_in_position_are_sorted_by_due(
+    tmp_path: Path, store: Store
+) -> None:
+    """The due order is taken among the first ``sample`` online pending devices in stable
+    position (an index range), not among all of them; offline devices take no place."""
+    clock = Clock()
+    rollout_id, by_position = _fleet(tmp_path, store, clock)
+
+    def search(online_for: int) -> list[str]:
+        with store.read() as conn:
+            found = _reads.offer_candidates(
+                conn,
+                rollout_id,
+                last_wave=0,
+                online_since=clock.now - timedelta(seconds=online_for),
+                now=clock.now,
+                limit=2,
+                overdue_before=clock.now - timedelta(seconds=90),
+                sample=4,
+            )
+        return [device for device, _ in found]
+
+    # the first four in position were seen 5, 20, 300 (overdue) and 40 s ago
+    assert search(online_for=3600) == [by_position[3], by_position[1]]  # 40 s, 20 s
+    # offline (seen 300 s ago): the sample is the next four online, 5, 20, 40 and 80 s ago
+    assert search(online_for=100) == [by_position[4], by_position[3]]  # 80 s, 40 s
