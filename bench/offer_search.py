@@ -25,16 +25,13 @@ import random
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, select, update
 
+from bench._postgres import temporary_database
 from engine.rollouts import _reads
 from engine.rollouts.model import DeviceState
 from engine.store import Store
@@ -108,7 +105,9 @@ def _settle(store: Store, rollout_id: int, *, waves_below: int, n_done_in_last: 
     last wave too; the rest pending. The number of pending devices."""
     rd = rollout_devices
     with store.write() as conn:
-        conn.execute(update(rd).where(rd.c.rollout_id == rollout_id).values(state="pending"))
+        conn.execute(
+            update(rd).where(rd.c.rollout_id == rollout_id).values(state=DeviceState.PENDING.value)
+        )
         conn.execute(
             update(rd)
             .where(rd.c.rollout_id == rollout_id, rd.c.wave < waves_below)
@@ -131,12 +130,12 @@ def _settle(store: Store, rollout_id: int, *, waves_below: int, n_done_in_last: 
                 .values(state=DeviceState.SUCCEEDED.value)
             )
         pending = conn.execute(
-            rd.select()
-            .with_only_columns(rd.c.device)
-            .where(rd.c.rollout_id == rollout_id, rd.c.state == "pending")
-        ).fetchall()
+            select(func.count()).where(
+                rd.c.rollout_id == rollout_id, rd.c.state == DeviceState.PENDING.value
+            )
+        ).scalar_one()
     store.analyze([reports.name, rollout_devices.name, rollouts.name])
-    return len(pending)
+    return int(pending)
 
 
 def _best(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
@@ -188,28 +187,6 @@ def bench(url: str, n: int, slots: int, repeat: int) -> None:
             )
 
 
-@contextmanager
-def _postgres(address: str) -> Iterator[str | None]:
-    """A fresh database's URL (dropped afterwards), or None when the server is unreachable."""
-    host, _, port = address.partition(":")
-    admin = f"host={host} port={port or 5432} user=postgres dbname=postgres connect_timeout=3"
-    name = f"engine_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error as e:
-        print(f"postgresql: skipped, cannot reach {address}: {e}")
-        yield None
-        return
-    try:
-        yield f"postgresql://postgres@{host}:{port or 5432}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 def main() -> None:
     """Run the benchmark on the chosen backends."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -224,7 +201,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             bench(f"sqlite:///{Path(tmp) / 'state.db'}", args.devices, args.slots, args.repeat)
     if "postgresql" in backends:
-        with _postgres(args.pg) as url:
+        with temporary_database(args.pg) as url:
             if url is not None:
                 bench(url, args.devices, args.slots, args.repeat)
 

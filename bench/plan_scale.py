@@ -212,6 +212,7 @@ def generate(size: int, base: Path, shape: str = "default") -> Fleet:
     groups_yaml = _labels_groups_yaml() if shape == "labels" else GROUPS_YAML
     (root / "inventory" / "groups.yaml").write_text(groups_yaml)
     devices: dict[str, dict[str, object]] = {}
+    write = _yaml_device_block if shape == "block" else _yaml_device
     per_site = size // len(SITES)
     for s, site in enumerate(SITES):
         count = per_site if s < len(SITES) - 1 else size - per_site * (len(SITES) - 1)
@@ -219,7 +220,6 @@ def generate(size: int, base: Path, shape: str = "default") -> Fleet:
         for i in range(count):
             name, body = _device(rng, site, i, shape)
             devices[name] = body
-            write = _yaml_device_block if shape == "block" else _yaml_device
             lines.append(write(name, body))
         (root / "inventory" / f"{site}.yaml").write_text("".join(lines))
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-import psycopg
-from psycopg import sql
-
+from bench._postgres import temporary_database
 from engine.store import Store
 from fleetbase.platform import Platform
 from fleetbase.version import Version
@@ -81,22 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bench(f"sqlite:///{Path(tmp) / 'state.db'}", args.devices)
-    host, _, port = args.pg.partition(":")
-    admin = f"host={host} port={port or 5432} user=postgres dbname=postgres connect_timeout=3"
-    name = f"engine_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error as e:
-        print(f"postgresql: skipped, cannot reach {args.pg}: {e}")
-        return
-    try:
-        bench(f"postgresql://postgres@{host}:{port or 5432}/{name}", args.devices)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with temporary_database(args.pg) as url:
+        if url is not None:
+            bench(url, args.devices)
 
 
 if __name__ == "__main__":

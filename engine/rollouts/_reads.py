@@ -287,19 +287,18 @@ def offer_candidates(
     With ``runtime`` the version is the reported runtime version (a runtime rollout).
     """
     rd = rollout_devices
-    columns = (
-        rd.c.device,
-        reports.c.agent_version,
-        reports.c.runtime_version,
-        rd.c.wave,
-        rd.c.position,
-        rd.c.requires_runtime,
-        reports.c.config_digest.label("reported"),
-        rd.c.config_digest.label("want"),
-        reports.c.last_seen,
-    )
     query = (
-        select(*columns)
+        select(
+            rd.c.device,
+            reports.c.agent_version,
+            reports.c.runtime_version,
+            rd.c.wave,
+            rd.c.position,
+            rd.c.requires_runtime,
+            reports.c.config_digest.label("reported"),
+            rd.c.config_digest.label("want"),
+            reports.c.last_seen,
+        )
         .select_from(rd.join(reports, reports.c.device == rd.c.device))
         .where(
             rd.c.rollout_id == rollout_id,
@@ -309,8 +308,7 @@ def offer_candidates(
             reports.c.last_seen >= online_since,
         )
     )
-    in_position = query.order_by(rd.c.wave, rd.c.position)
-    ready = in_position.where(rd.c.requires_runtime.is_(None))
+    ready = query.where(rd.c.requires_runtime.is_(None)).order_by(rd.c.wave, rd.c.position)
     if overdue_before is None:
         rows = list(conn.execute(ready.limit(limit)))
     else:
@@ -319,8 +317,7 @@ def offer_candidates(
         # in position order, an index range, are sorted instead; positions are random, so
         # they are a fair sample of when the devices are due.
         size = sample if sample is not None else max(OFFER_SAMPLE_FACTOR * limit, OFFER_SAMPLE_MIN)
-        first = ready.limit(size)
-        sampled = first.subquery()
+        sampled = ready.limit(size).subquery()
         overdue = case((sampled.c.last_seen < overdue_before, 1), else_=0)
         due = select(sampled).order_by(
             sampled.c.wave, overdue, sampled.c.last_seen, sampled.c.position
